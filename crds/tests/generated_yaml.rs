@@ -1,0 +1,24 @@
+//! The checked-in `crds/*.yaml` must be exactly what the Rust types generate.
+
+#[test]
+fn checked_in_crds_match_the_types() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, crd) in weft_api::all_crds() {
+        let expected = weft_api::render_crd_yaml(&crd).expect("render CRD");
+        let actual = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "crds/{file} is stale or hand-edited: run `cargo run -p weft-api --bin crdgen`"
+        );
+    }
+}
+
+#[test]
+fn every_crd_is_cluster_scoped_in_weft_dev_v1alpha1() {
+    for (_, crd) in weft_api::all_crds() {
+        assert_eq!(crd.spec.group, "weft.dev");
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.versions.len(), 1);
+        assert_eq!(crd.spec.versions[0].name, "v1alpha1");
+    }
+}

@@ -1,0 +1,48 @@
+//! Runs the real `weft-controller` binary as a child process, the way a node would.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+use tokio::process::{Child, Command};
+
+/// A running weft-controller. Dropping it kills the process (SIGKILL).
+pub struct ControllerProcess {
+    child: Child,
+}
+
+impl ControllerProcess {
+    /// Start `binary` with the test's KUBECONFIG and extra arguments.
+    pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self> {
+        let child = Command::new(binary)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { child })
+    }
+
+    /// SIGKILL and reap: no chance to clean up, as in a crash.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("killing weft-controller")
+    }
+
+    /// The process id, for tests that read /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Fails if the process has exited (a crash would otherwise look like slowness).
+    pub fn assert_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => anyhow::bail!("weft-controller exited: {status}"),
+            None => Ok(()),
+        }
+    }
+}
