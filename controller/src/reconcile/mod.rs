@@ -1,0 +1,77 @@
+//! Reconcilers, one file per kind, sharing one [`Context`].
+
+pub mod network;
+pub mod pool;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::mpsc::UnboundedSender;
+use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
+
+use crate::Settings;
+use crate::allocations::Allocations;
+use crate::metrics::Metrics;
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// The single allocation state; held only for in-memory work, never across an await.
+    pub allocations: Mutex<Allocations>,
+    pub pools: Store<AddressPool>,
+    pub nodes: Store<NetworkNode>,
+    pub node_blocks: Store<NetworkAllocation>,
+    /// The controller's own view of every network.
+    pub networks: Store<ContainerNetwork>,
+    pub recorder: Recorder,
+    /// Last status write per network, to rate-limit rollup-only writes.
+    pub last_rollup_write: Mutex<HashMap<String, Instant>>,
+    /// Networks to reconcile again (an older network displaced their subnet).
+    pub requeue: UnboundedSender<ObjectRef<ContainerNetwork>>,
+    /// Pool usage changed: rewrite AddressPool status.
+    pub pools_changed: UnboundedSender<()>,
+}
+
+impl Context {
+    /// Space was freed: give every network still waiting for an allocation another try.
+    pub fn wake_unallocated(&self) {
+        for net in self.networks.state() {
+            let allocated = net.status.as_ref().is_some_and(|s| {
+                weft_api::condition::is_true(
+                    &s.conditions,
+                    weft_api::condition::types::SUBNET_ALLOCATED,
+                )
+            });
+            if !allocated && net.metadata.deletion_timestamp.is_none() {
+                let _ = self.requeue.send(ObjectRef::from_obj(&*net));
+            }
+        }
+    }
+
+    /// Events are best-effort: an API server without Events costs a debug line, never an error.
+    pub async fn event(
+        &self,
+        net: &ContainerNetwork,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        use kube::Resource;
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Allocate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &net.object_ref(&())).await {
+            tracing::debug!(error = %e, "event not recorded (the API server may not serve Events)");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! `ContainerNetwork`: allocate, publish the allocation, roll up node readiness, and on
+//! deletion wait for every node to remove the network before releasing its addresses.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use weft_api::{
+    ContainerNetwork, ContainerNetworkStatus, NETWORK_FINALIZER, NetworkAllocation,
+    NetworkAllocationSpec, NetworkNode, NodeBlock, RealizationState, network::AddressCapacity,
+};
+
+use super::Context;
+use crate::allocations::Outcome;
+use crate::metrics::{ErrorLabels, Metrics};
+use crate::{Error, MANAGER, Result, status};
+
+/// Entry point for kube's Controller.
+pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics
+        .reconciles
+        .get_or_create(&Metrics::kind("ContainerNetwork"))
+        .inc();
+    let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, NETWORK_FINALIZER, net, |event| async {
+        match event {
+            Finalizer::Apply(net) => apply(&net, &ctx).await,
+            Finalizer::Cleanup(net) => cleanup(&net, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .duration
+        .get_or_create(&Metrics::kind("ContainerNetwork"))
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// Requeue with backoff-free delay; errors are counted by label.
+pub fn error_policy(_net: Arc<ContainerNetwork>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            kind: "ContainerNetwork".into(),
+            error: error.metric_label().into(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Does a NetworkNode's labels satisfy the network's nodeSelector?
+fn selects(net: &ContainerNetwork, node: &NetworkNode) -> bool {
+    let labels = node.labels();
+    net.spec
+        .node_selector
+        .as_ref()
+        .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Does the node report (some of) this network programmed in its kernel?
+fn node_has(net: &ContainerNetwork, node: &NetworkNode) -> Option<RealizationState> {
+    let uid = net.uid();
+    node.status.as_ref()?.networks.iter().find_map(|r| {
+        (r.name == net.name_any() && (r.uid.is_none() || r.uid == uid)).then_some(r.state)
+    })
+}
+
+async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
+    let name = net.name_any();
+    let nodes = ctx.nodes.state();
+    let live_nodes = nodes
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none());
+    let selected: BTreeSet<String> = live_nodes
+        .filter(|n| selects(net, n))
+        .map(|n| n.name_any())
+        .collect();
+    let nodes_ready = nodes
+        .iter()
+        .filter(|n| {
+            selected.contains(&n.name_any())
+                && node_has(net, n) == Some(RealizationState::Programmed)
+        })
+        .count();
+
+    let outcome = {
+        let mut alloc = ctx.allocations.lock().unwrap_or_else(|p| p.into_inner());
+        alloc.sync_pools(&ctx.pools.state());
+        alloc.plan(
+            net,
+            &selected,
+            ctx.settings.node_grace_period,
+            Instant::now(),
+        )
+    };
+    for other in &outcome.displaced {
+        let _ = ctx.requeue.send(ObjectRef::new(other));
+    }
+    if !outcome.pools_touched.is_empty() {
+        let _ = ctx.pools_changed.send(());
+    }
+    if net.spec.driver.is_cluster_scope() && !outcome.view.subnets.is_empty() {
+        write_node_blocks(net, &outcome, ctx).await?;
+    }
+
+    let previous = net.status.clone().unwrap_or_default();
+    let new_status = network_status(
+        net,
+        &outcome,
+        &previous,
+        nodes_ready as i32,
+        selected.len() as i32,
+        None,
+    );
+    write_status(net, &previous, new_status, ctx).await?;
+
+    if let Some(p) = &outcome.problem {
+        let was =
+            weft_api::condition::find(&previous.conditions, "Stalled").map(|c| c.reason.as_str());
+        if was != Some(p.reason) {
+            ctx.event(net, EventType::Warning, p.reason, p.message.clone())
+                .await;
+        }
+        tracing::info!(network = %name, reason = p.reason, message = %p.message, "network stalled");
+    } else if previous.subnets.is_empty() && !outcome.view.subnets.is_empty() {
+        let subnets: Vec<String> = outcome.view.subnets.iter().map(|s| s.to_string()).collect();
+        ctx.event(
+            net,
+            EventType::Normal,
+            "Allocated",
+            format!("subnets {}", subnets.join(", ")),
+        )
+        .await;
+    }
+    Ok(match outcome.recheck_after {
+        Some(d) => Action::requeue(d + Duration::from_millis(50)),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn network_status(
+    net: &ContainerNetwork,
+    outcome: &Outcome,
+    previous: &ContainerNetworkStatus,
+    nodes_ready: i32,
+    nodes_selected: i32,
+    terminating: Option<String>,
+) -> ContainerNetworkStatus {
+    let v = &outcome.view;
+    let needs_addresses = net.spec.driver.has_addresses();
+    let allocated = !needs_addresses || (!v.subnets.is_empty() && outcome.problem.is_none());
+    let problem = outcome
+        .problem
+        .as_ref()
+        .map(|p| (p.reason, p.message.as_str()));
+    ContainerNetworkStatus {
+        observed_generation: net.metadata.generation,
+        conditions: status::network_conditions(
+            &previous.conditions,
+            net.metadata.generation,
+            allocated,
+            problem,
+            nodes_ready,
+            nodes_selected,
+            terminating,
+        ),
+        subnets: v.subnets.iter().map(|s| s.to_string()).collect(),
+        gateway: v.gateway.map(|g| g.to_string()),
+        vni: v.vni.and_then(|x| i32::try_from(x).ok()),
+        nodes_selected,
+        nodes_ready,
+        nodes: Some(format!("{nodes_ready}/{nodes_selected}")),
+        capacity: needs_addresses.then(|| AddressCapacity {
+            addresses: v.addresses,
+            block_prefix_length: v.block_prefix_len.map(i32::from),
+            blocks: v.block_capacity.and_then(|c| i32::try_from(c).ok()),
+        }),
+    }
+}
+
+/// Only rollup counts differ: such writes are rate-limited per network.
+fn rollup_only(a: &ContainerNetworkStatus, b: &ContainerNetworkStatus) -> bool {
+    let strip = |s: &ContainerNetworkStatus| ContainerNetworkStatus {
+        nodes_ready: 0,
+        nodes_selected: 0,
+        nodes: None,
+        conditions: s
+            .conditions
+            .iter()
+            .map(
+                |c| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    message: String::new(),
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    ..c.clone()
+                },
+            )
+            .collect(),
+        ..s.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Server-side apply of the status, only when it says something new.
+async fn write_status(
+    net: &ContainerNetwork,
+    previous: &ContainerNetworkStatus,
+    new: ContainerNetworkStatus,
+    ctx: &Context,
+) -> Result<()> {
+    if net.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let name = net.name_any();
+    if net.status.is_some() && rollup_only(previous, &new) {
+        let mut last = ctx
+            .last_rollup_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(at) = last.get(&name) {
+            if now.duration_since(*at) < ctx.settings.rollup_interval {
+                // A later reconcile (node events, periodic requeue) will write it.
+                return Ok(());
+            }
+        }
+        last.insert(name.clone(), now);
+    }
+    let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": "weft.dev/v1alpha1",
+        "kind": "ContainerNetwork",
+        "status": new,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&Metrics::kind("ContainerNetwork"))
+        .inc();
+    Ok(())
+}
+
+/// Publish the per-node blocks of a cluster-scope network, only when they changed.
+async fn write_node_blocks(net: &ContainerNetwork, outcome: &Outcome, ctx: &Context) -> Result<()> {
+    let name = net.name_any();
+    let uid = net.uid().ok_or(Error::MissingMetadata)?;
+    let Some(block_len) = outcome.view.block_prefix_len.or(outcome
+        .view
+        .blocks
+        .values()
+        .next()
+        .map(|b| b.prefix_len()))
+    else {
+        return Ok(());
+    };
+    let spec = NetworkAllocationSpec {
+        network: name.clone(),
+        network_uid: uid,
+        block_prefix_length: i32::from(block_len),
+        blocks: outcome
+            .view
+            .blocks
+            .iter()
+            .map(|(node, cidr)| NodeBlock {
+                node: node.clone(),
+                cidr: cidr.to_string(),
+            })
+            .collect(),
+    };
+    let current = ctx.node_blocks.get(&ObjectRef::new(&name));
+    if current.as_ref().is_some_and(|c| c.spec == spec) {
+        return Ok(());
+    }
+    let mut obj = NetworkAllocation::new(&name, spec);
+    if let Some(owner) = net.controller_owner_ref(&()) {
+        obj.metadata.owner_references = Some(vec![owner]);
+    }
+    let api: Api<NetworkAllocation> = Api::all(ctx.client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
+    let name = net.name_any();
+    let still: Vec<String> = ctx
+        .nodes
+        .state()
+        .iter()
+        .filter(|n| node_has(net, n).is_some())
+        .map(|n| n.name_any())
+        .collect();
+    if !still.is_empty() {
+        let previous = net.status.clone().unwrap_or_default();
+        let outcome = Outcome {
+            view: crate::allocations::NetworkAllocationView {
+                subnets: previous
+                    .subnets
+                    .iter()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
+                gateway: previous.gateway.as_deref().and_then(|g| g.parse().ok()),
+                vni: previous.vni.and_then(|v| u32::try_from(v).ok()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let msg = format!(
+            "deleting: waiting for {} node(s) to remove the network: {}",
+            still.len(),
+            still.join(", ")
+        );
+        let mut new = network_status(
+            net,
+            &outcome,
+            &previous,
+            previous.nodes_ready,
+            previous.nodes_selected,
+            Some(msg),
+        );
+        new.capacity = previous.capacity.clone();
+        write_status(net, &previous, new, ctx).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let pool = ctx
+        .allocations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .release(&name);
+    if pool.is_some() {
+        let _ = ctx.pools_changed.send(());
+    }
+    ctx.wake_unallocated();
+    ctx.last_rollup_write
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name);
+    let api: Api<NetworkAllocation> = Api::all(ctx.client.clone());
+    match api.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    tracing::info!(network = %name, "released");
+    Ok(Action::await_change())
+}

@@ -1,0 +1,177 @@
+//! Wiring: rebuild allocations from the API, then run the controllers until shutdown.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio_stream_shim::UnboundedReceiverStream;
+use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
+
+use crate::allocations::Allocations;
+use crate::http::Probes;
+use crate::reconcile::{Context, network, pool};
+use crate::{MANAGER, Settings};
+
+mod tokio_stream_shim {
+    //! A receiver as a Stream, without pulling in tokio-stream for one adapter.
+    pub struct UnboundedReceiverStream<T>(pub tokio::sync::mpsc::UnboundedReceiver<T>);
+    impl<T> futures::Stream for UnboundedReceiverStream<T> {
+        type Item = T;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+/// Start a reflector for `K` and wait until its first list is in.
+async fn store<K>(client: &Client) -> anyhow::Result<reflector::Store<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(stream);
+    reader.wait_until_ready().await?;
+    Ok(reader)
+}
+
+/// What makes a NetworkNode matter to networks: labels, spec and realization states, but
+/// not its heartbeat (so heartbeats never trigger a thousand reconciles).
+fn node_digest(node: &NetworkNode) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    node.labels().hash(&mut h);
+    serde_json::to_string(&node.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    if let Some(s) = &node.status {
+        serde_json::to_string(&s.networks)
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Run until the process is told to stop.
+pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::Result<()> {
+    let pools = store::<AddressPool>(&client).await?;
+    let nodes = store::<NetworkNode>(&client).await?;
+    let node_blocks = store::<NetworkAllocation>(&client).await?;
+
+    // Rebuild allocations from the records before anything can allocate.
+    let networks: Api<ContainerNetwork> = Api::all(client.clone());
+    let listed = networks.list(&ListParams::default()).await?.items;
+    let (allocations, warnings) = Allocations::seed(
+        &listed,
+        &node_blocks
+            .state()
+            .iter()
+            .map(|a| (**a).clone())
+            .collect::<Vec<_>>(),
+        &pools.state(),
+    );
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(networks = listed.len(), "allocations rebuilt from the API");
+
+    let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (pools_tx, pools_rx) = tokio::sync::mpsc::unbounded_channel();
+    let controller = Controller::new(networks, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+    );
+    let all_networks = controller.store();
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: settings.clone(),
+        metrics: probes.metrics.clone(),
+        allocations: Mutex::new(allocations),
+        pools: pools.clone(),
+        nodes: nodes.clone(),
+        node_blocks,
+        networks: all_networks.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        last_rollup_write: Mutex::new(HashMap::new()),
+        requeue: requeue_tx,
+        pools_changed: pools_tx.clone(),
+    });
+    tokio::spawn(pool::run(ctx.clone(), pools_rx));
+
+    let on_pool = {
+        let all = all_networks.clone();
+        let pools_tx = pools_tx.clone();
+        move |_: AddressPool| {
+            let _ = pools_tx.send(());
+            all.state()
+                .iter()
+                .map(|n| ObjectRef::from_obj(&**n))
+                .collect::<Vec<_>>()
+        }
+    };
+    let on_node = {
+        let all = all_networks.clone();
+        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        move |node: NetworkNode| {
+            let digest = node_digest(&node);
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.insert(node.name_any(), digest) == Some(digest) {
+                return Vec::new();
+            }
+            all.state()
+                .iter()
+                .map(|n| ObjectRef::from_obj(&**n))
+                .collect::<Vec<_>>()
+        }
+    };
+    probes.ready.store(true, Ordering::Relaxed);
+    controller
+        .owns(
+            Api::<NetworkAllocation>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .watches(
+            Api::<AddressPool>::all(client.clone()),
+            watcher::Config::default(),
+            on_pool,
+        )
+        .watches(
+            Api::<NetworkNode>::all(client.clone()),
+            watcher::Config::default(),
+            on_node,
+        )
+        .reconcile_on(UnboundedReceiverStream(requeue_rx))
+        .shutdown_on_signal()
+        .run(network::reconcile, network::error_policy, ctx)
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    Ok(())
+}
