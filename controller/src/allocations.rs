@@ -240,10 +240,10 @@ impl Allocations {
                 .as_ref()
                 .map(|s| s.subnets.iter().filter_map(|s| s.parse().ok()).collect())
                 .unwrap_or_default();
-            if let Request::FromPool { pool, .. } = &req {
-                if !recorded.is_empty() {
-                    me.pool_of.insert(name.clone(), pool.clone());
-                }
+            if let Request::FromPool { pool, .. } = &req
+                && !recorded.is_empty()
+            {
+                me.pool_of.insert(name.clone(), pool.clone());
             }
             if recorded.is_empty() {
                 me.subnets.upsert_request(&name, claimant(net), req);
@@ -261,30 +261,28 @@ impl Allocations {
                 .as_ref()
                 .and_then(|s| s.vni)
                 .and_then(|v| u32::try_from(v).ok())
+                && let Err(e) = me.vnis.restore(&name, vni)
             {
-                if let Err(e) = me.vnis.restore(&name, vni) {
-                    warnings.push(format!("network {name}: recorded VNI not restored: {e}"));
-                }
+                warnings.push(format!("network {name}: recorded VNI not restored: {e}"));
             }
             let uid = net.uid();
             if let Some(rec) = node_blocks
                 .iter()
                 .find(|a| a.name_any() == name && Some(&a.spec.network_uid) == uid.as_ref())
+                && let Some(alloc) = me.block_allocator(net)
             {
-                if let Some(alloc) = me.block_allocator(net) {
-                    for b in &rec.spec.blocks {
-                        match b.cidr.parse::<IpNet>() {
-                            Ok(cidr) => {
-                                if let Err(e) = alloc.restore(&b.node, cidr) {
-                                    warnings.push(format!(
-                                        "network {name}: block of node {} not restored: {e}",
-                                        b.node
-                                    ));
-                                }
+                for b in &rec.spec.blocks {
+                    match b.cidr.parse::<IpNet>() {
+                        Ok(cidr) => {
+                            if let Err(e) = alloc.restore(&b.node, cidr) {
+                                warnings.push(format!(
+                                    "network {name}: block of node {} not restored: {e}",
+                                    b.node
+                                ));
                             }
-                            Err(_) => warnings
-                                .push(format!("network {name}: block {:?} is not a CIDR", b.cidr)),
                         }
+                        Err(_) => warnings
+                            .push(format!("network {name}: block {:?} is not a CIDR", b.cidr)),
                     }
                 }
             }

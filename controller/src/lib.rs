@@ -22,8 +22,6 @@ pub const MANAGER: &str = "weft-controller";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("serializing: {0}")]
     Serialize(#[from] serde_json::Error),
     #[error("object has no name or uid")]
@@ -34,7 +32,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::Serialize(_) => "serialize",
             Error::MissingMetadata => "metadata",
         }

@@ -14,8 +14,11 @@ pub struct ControllerProcess {
 impl ControllerProcess {
     /// Start `binary` with the test's KUBECONFIG and extra arguments.
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self> {
-        let child = Command::new(binary)
-            .args(["--metrics-addr", "127.0.0.1:0"])
+        let mut cmd = Command::new(binary);
+        if !extra_args.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        let child = cmd
             .args(extra_args)
             .env(
                 "RUST_LOG",

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -22,6 +21,10 @@ use crate::allocations::Outcome;
 use crate::metrics::{ErrorLabels, Metrics};
 use crate::{Error, MANAGER, Result, status};
 
+/// Field manager that owns only the finalizer, so adding and removing it never touches
+/// anything else and needs no read-modify-write.
+const FINALIZER_MANAGER: &str = "weft-controller-finalizer";
+
 /// Entry point for kube's Controller.
 pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
@@ -29,20 +32,53 @@ pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<
         .reconciles
         .get_or_create(&Metrics::kind("ContainerNetwork"))
         .inc();
-    let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
-    let result = finalizer(&api, NETWORK_FINALIZER, net, |event| async {
-        match event {
-            Finalizer::Apply(net) => apply(&net, &ctx).await,
-            Finalizer::Cleanup(net) => cleanup(&net, &ctx).await,
+    let has_finalizer = net.finalizers().iter().any(|f| f == NETWORK_FINALIZER);
+    let result = if net.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            cleanup(&net, &ctx).await
+        } else {
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    } else {
+        if !has_finalizer {
+            set_finalizer(&net, &ctx, true).await?;
+        }
+        apply(&net, &ctx).await
+    };
     ctx.metrics
         .duration
         .get_or_create(&Metrics::kind("ContainerNetwork"))
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Add or remove our finalizer by server-side apply of just that list entry.
+async fn set_finalizer(net: &ContainerNetwork, ctx: &Context, present: bool) -> Result<()> {
+    let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
+    let name = net.name_any();
+    let finalizers: Vec<&str> = if present {
+        vec![NETWORK_FINALIZER]
+    } else {
+        vec![]
+    };
+    let patch = json!({
+        "apiVersion": "weft.dev/v1alpha1",
+        "kind": "ContainerNetwork",
+        "metadata": {"name": name, "uid": net.uid(), "finalizers": finalizers},
+    });
+    match api
+        .patch(
+            &name,
+            &PatchParams::apply(FINALIZER_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone (or replaced by a new object of the same name): nothing left to do.
+        Err(kube::Error::Api(s)) if !present && (s.code == 404 || s.code == 409) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Requeue with backoff-free delay; errors are counted by label.
@@ -122,7 +158,7 @@ async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         selected.len() as i32,
         None,
     );
-    write_status(net, &previous, new_status, ctx).await?;
+    let held_back = write_status(net, &previous, new_status, ctx).await?;
 
     if let Some(p) = &outcome.problem {
         let was =
@@ -142,7 +178,11 @@ async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(match outcome.recheck_after {
+    let next = [outcome.recheck_after, held_back]
+        .into_iter()
+        .flatten()
+        .min();
+    Ok(match next {
         Some(d) => Action::requeue(d + Duration::from_millis(50)),
         None => Action::requeue(Duration::from_secs(300)),
     })
@@ -212,15 +252,17 @@ fn rollup_only(a: &ContainerNetworkStatus, b: &ContainerNetworkStatus) -> bool {
     strip(a) == strip(b)
 }
 
-/// Server-side apply of the status, only when it says something new.
+/// Server-side apply of the status, only when it says something new. A change of node
+/// counts alone is held back to one write per rollup interval; the returned delay says when
+/// to look again so the held-back counts still get written.
 async fn write_status(
     net: &ContainerNetwork,
     previous: &ContainerNetworkStatus,
     new: ContainerNetworkStatus,
     ctx: &Context,
-) -> Result<()> {
+) -> Result<Option<Duration>> {
     if net.status.as_ref() == Some(&new) {
-        return Ok(());
+        return Ok(None);
     }
     let name = net.name_any();
     if net.status.is_some() && rollup_only(previous, &new) {
@@ -230,9 +272,9 @@ async fn write_status(
             .unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if let Some(at) = last.get(&name) {
-            if now.duration_since(*at) < ctx.settings.rollup_interval {
-                // A later reconcile (node events, periodic requeue) will write it.
-                return Ok(());
+            let since = now.duration_since(*at);
+            if since < ctx.settings.rollup_interval {
+                return Ok(Some(ctx.settings.rollup_interval - since));
             }
         }
         last.insert(name.clone(), now);
@@ -253,7 +295,7 @@ async fn write_status(
         .status_writes
         .get_or_create(&Metrics::kind("ContainerNetwork"))
         .inc();
-    Ok(())
+    Ok(None)
 }
 
 /// Publish the per-node blocks of a cluster-scope network, only when they changed.
@@ -340,6 +382,7 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         );
         new.capacity = previous.capacity.clone();
         write_status(net, &previous, new, ctx).await?;
+        // Node status changes trigger a reconcile at once; this is the backstop.
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let pool = ctx
@@ -361,6 +404,7 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
+    set_finalizer(net, ctx, false).await?;
     tracing::info!(network = %name, "released");
     Ok(Action::await_change())
 }
