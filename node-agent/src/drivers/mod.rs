@@ -1,0 +1,1 @@
+//! One module per network driver, behind one trait (see plan::Driver).

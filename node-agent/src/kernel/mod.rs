@@ -1,0 +1,1 @@
+//! Reading, diffing and applying kernel state (effects). See kernel/README in mod docs.

@@ -1,0 +1,11 @@
+//! weft-agent: makes one node's kernel match the ContainerNetworks that select it.
+//!
+//! Data flows one way: API objects → [`plan`] (pure, one module per driver) → the desired
+//! [`model::KernelState`] → [`kernel`] reads back what Weft owns, diffs, and applies the
+//! minimum → status.
+
+pub mod model;
+pub mod names;
+pub mod drivers;
+pub mod kernel;
+pub mod plan;

@@ -1,0 +1,1 @@
+//! Pure planning: API objects → desired kernel state.
