@@ -490,20 +490,9 @@ impl Allocations {
                 }
             }
         }
-        out.view.block_prefix_len = Some(
-            alloc
-                .blocks()
-                .next()
-                .map(|(_, b)| b.prefix_len())
-                .unwrap_or_default(),
-        );
+        out.view.block_prefix_len = Some(alloc.block_prefix_len());
         out.view.block_capacity = Some(alloc.capacity());
         out.view.blocks = alloc.blocks().map(|(n, b)| (n.to_string(), b)).collect();
-        if let Some(first) = out.view.blocks.values().next() {
-            out.view.block_prefix_len = Some(first.prefix_len());
-        } else {
-            out.view.block_prefix_len = None;
-        }
         if !without.is_empty() {
             out.problem.get_or_insert(Problem::new(
                 "BlocksExhausted",
@@ -537,5 +526,154 @@ impl Allocations {
             .allocations()
             .map(|(n, s)| (n.to_string(), s.to_vec()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn net(name: &str, spec: serde_json::Value) -> ContainerNetwork {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": spec,
+        }))
+        .expect("network")
+    }
+
+    fn pool(name: &str, cidr: &str, prefix: i32, default: bool) -> Arc<AddressPool> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "AddressPool",
+                "metadata": {"name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"cidrs": [cidr], "prefixLength": prefix, "default": default},
+            }))
+            .expect("pool"),
+        )
+    }
+
+    fn n(s: &str) -> IpNet {
+        s.parse().expect("net")
+    }
+
+    #[test]
+    fn capacity_excludes_network_broadcast_gateway_and_excluded_ranges() {
+        let gw = Some("10.0.0.1".parse().expect("ip"));
+        assert_eq!(capacity(&[n("10.0.0.0/24")], None, &[], gw), 253);
+        assert_eq!(
+            capacity(&[n("10.0.0.0/24")], None, &[n("10.0.0.200/29")], gw),
+            245
+        );
+        assert_eq!(
+            capacity(&[n("10.0.0.0/24")], Some(n("10.0.0.128/25")), &[], gw),
+            126
+        );
+        assert!(
+            capacity(&[n("fd00::/64")], None, &[], None) > i64::MAX / 2,
+            "saturates"
+        );
+        assert_eq!(
+            capacity(&[n("10.0.0.0/24"), n("10.0.1.0/24")], None, &[], gw),
+            253 + 254
+        );
+    }
+
+    #[test]
+    fn default_block_is_six_bits_longer_within_bounds() {
+        assert_eq!(default_block_prefix_len(&n("10.0.0.0/16")), 22);
+        assert_eq!(default_block_prefix_len(&n("10.0.0.0/24")), 28);
+        assert_eq!(
+            default_block_prefix_len(&n("10.0.0.0/29")),
+            29,
+            "never larger than the subnet"
+        );
+        assert_eq!(default_block_prefix_len(&n("fd00::/64")), 70);
+    }
+
+    #[test]
+    fn oldest_default_pool_wins() {
+        let mut newer = (*pool("b", "10.1.0.0/16", 24, true)).clone();
+        newer.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-02-01T00:00:00Z".parse().expect("time"),
+            ));
+        let pools = vec![
+            Arc::new(newer),
+            pool("a", "10.2.0.0/16", 24, true),
+            pool("c", "10.3.0.0/16", 24, false),
+        ];
+        assert_eq!(default_pool(&pools).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn plan_allocates_from_the_default_pool_and_stalls_without_one() {
+        let mut a = Allocations::default();
+        let none = BTreeSet::new();
+        let now = Instant::now();
+        let out = a.plan(
+            &net("x", serde_json::json!({"driver": "bridge"})),
+            &none,
+            Duration::ZERO,
+            now,
+        );
+        assert_eq!(out.problem.map(|p| p.reason), Some("NoDefaultPool"));
+        a.sync_pools(&[pool("default", "10.200.0.0/16", 24, true)]);
+        let out = a.plan(
+            &net("x", serde_json::json!({"driver": "bridge"})),
+            &none,
+            Duration::ZERO,
+            now,
+        );
+        assert!(out.problem.is_none(), "{:?}", out.problem);
+        assert_eq!(out.view.subnets, vec![n("10.200.0.0/24")]);
+        assert_eq!(out.view.gateway, Some("10.200.0.1".parse().expect("ip")));
+        // host and none have no addresses: nothing to allocate, no problem.
+        let out = a.plan(
+            &net("h", serde_json::json!({"driver": "host"})),
+            &none,
+            Duration::ZERO,
+            now,
+        );
+        assert!(out.problem.is_none() && out.view.subnets.is_empty());
+    }
+
+    #[test]
+    fn a_gone_node_keeps_its_block_for_the_grace_period() {
+        let mut a = Allocations::default();
+        let net = net(
+            "ov",
+            serde_json::json!({"driver": "overlay", "ipam": {"subnets": ["10.9.0.0/24"]}}),
+        );
+        let t0 = Instant::now();
+        let both: BTreeSet<String> = ["n1".to_string(), "n2".to_string()].into();
+        let out = a.plan(&net, &both, Duration::from_secs(10), t0);
+        assert_eq!(out.view.blocks.len(), 2);
+        assert!(out.view.vni.is_some_and(|v| v >= 4096));
+        let only_n2: BTreeSet<String> = ["n2".to_string()].into();
+        let out = a.plan(
+            &net,
+            &only_n2,
+            Duration::from_secs(10),
+            t0 + Duration::from_secs(3),
+        );
+        assert_eq!(out.view.blocks.len(), 2, "kept during the grace period");
+        // The grace period runs from when the controller noticed (t0 + 3 s).
+        assert_eq!(out.recheck_after, Some(Duration::from_secs(10)));
+        let out = a.plan(
+            &net,
+            &only_n2,
+            Duration::from_secs(10),
+            t0 + Duration::from_secs(9),
+        );
+        assert_eq!(out.view.blocks.len(), 2);
+        let out = a.plan(
+            &net,
+            &only_n2,
+            Duration::from_secs(10),
+            t0 + Duration::from_secs(13),
+        );
+        assert_eq!(out.view.blocks.keys().collect::<Vec<_>>(), vec!["n2"]);
     }
 }

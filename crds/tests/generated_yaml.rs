@@ -14,6 +14,20 @@ fn checked_in_crds_match_the_types() {
 }
 
 #[test]
+fn helm_chart_carries_the_same_crds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, _) in weft_api::all_crds() {
+        let top = std::fs::read_to_string(dir.join(file)).expect("crds/ file");
+        let chart =
+            std::fs::read_to_string(dir.join("../charts/weft/crds").join(file)).unwrap_or_default();
+        assert!(
+            top == chart,
+            "charts/weft/crds/{file} differs from crds/{file}: run `cargo run -p weft-api --bin crdgen`"
+        );
+    }
+}
+
+#[test]
 fn every_crd_is_cluster_scoped_in_weft_dev_v1alpha1() {
     for (_, crd) in weft_api::all_crds() {
         assert_eq!(crd.spec.group, "weft.dev");

@@ -359,3 +359,31 @@ async fn network_node_with_bad_underlay_address_is_refused() {
         .expect_err("must be refused");
     assert_mentions(&msg, "underlayAddress must be an IP address");
 }
+
+#[tokio::test]
+async fn examples_are_accepted_by_the_api_server() {
+    connect().await.expect("API server (CRDs installed)");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let out = tokio::process::Command::new("kubectl")
+        .args(["apply", "--dry-run=server", "-f"])
+        .arg(&dir)
+        .output()
+        .await
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "examples refused: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = std::fs::read_dir(&dir).expect("examples/").filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+    });
+    assert_eq!(
+        stdout.lines().count(),
+        files.count(),
+        "one object per example file: {stdout}"
+    );
+}

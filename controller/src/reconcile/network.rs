@@ -302,13 +302,7 @@ async fn write_status(
 async fn write_node_blocks(net: &ContainerNetwork, outcome: &Outcome, ctx: &Context) -> Result<()> {
     let name = net.name_any();
     let uid = net.uid().ok_or(Error::MissingMetadata)?;
-    let Some(block_len) = outcome.view.block_prefix_len.or(outcome
-        .view
-        .blocks
-        .values()
-        .next()
-        .map(|b| b.prefix_len()))
-    else {
+    let Some(block_len) = outcome.view.block_prefix_len else {
         return Ok(());
     };
     let spec = NetworkAllocationSpec {
