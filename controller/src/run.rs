@@ -116,6 +116,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         networks: all_networks.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         last_rollup_write: Mutex::new(HashMap::new()),
+        last_written: Mutex::new(HashMap::new()),
         requeue: requeue_tx,
         pools_changed: pools_tx.clone(),
     });

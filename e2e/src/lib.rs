@@ -14,6 +14,7 @@ use serde_json::json;
 use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 pub mod controller;
+pub mod netns;
 
 /// Field manager the harness applies objects with.
 pub const TEST_MANAGER: &str = "weft-e2e";

@@ -32,6 +32,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Last status write per network, to rate-limit rollup-only writes.
     pub last_rollup_write: Mutex<HashMap<String, Instant>>,
+    /// The status we last wrote per network and when: a reconcile that runs before the
+    /// watch delivers our own write sees a stale status and must not write it again.
+    pub last_written: Mutex<HashMap<String, (weft_api::ContainerNetworkStatus, Instant)>>,
     /// Networks to reconcile again (an older network displaced their subnet).
     pub requeue: UnboundedSender<ObjectRef<ContainerNetwork>>,
     /// Pool usage changed: rewrite AddressPool status.

@@ -265,6 +265,17 @@ async fn write_status(
         return Ok(None);
     }
     let name = net.name_any();
+    // Our own write of this very status may simply not have reached the cache yet.
+    const ECHO_WINDOW: Duration = Duration::from_secs(2);
+    if ctx
+        .last_written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&name)
+        .is_some_and(|(s, at)| *s == new && at.elapsed() < ECHO_WINDOW)
+    {
+        return Ok(None);
+    }
     if net.status.is_some() && rollup_only(previous, &new) {
         let mut last = ctx
             .last_rollup_write
@@ -295,6 +306,10 @@ async fn write_status(
         .status_writes
         .get_or_create(&Metrics::kind("ContainerNetwork"))
         .inc();
+    ctx.last_written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name, (new, Instant::now()));
     Ok(None)
 }
 
@@ -389,6 +404,10 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
     }
     ctx.wake_unallocated();
     ctx.last_rollup_write
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name);
+    ctx.last_written
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&name);

@@ -1,0 +1,99 @@
+//! Throwaway network namespaces for tests: created with `ip netns add`, removed (with every
+//! process still inside) when the guard drops — also when the test panics.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace that exists as long as this value does.
+pub struct Netns {
+    name: String,
+}
+
+/// Run a command, failing with its stderr.
+pub fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Netns {
+    /// A new namespace named `weft-<prefix>-<pid>-<n>`, with loopback up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = format!(
+            "weft-{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&["ip", "netns", "add", &name])?;
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bind-mount path (what `weft-agent --netns` takes).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Run a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Like `exec`, but returns whether it succeeded instead of failing.
+    pub fn try_exec(&self, args: &[&str]) -> bool {
+        self.exec(args).is_ok()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Kill anything still running inside (servers, pings), then remove the namespace.
+        if let Ok(pids) = sh(&["ip", "netns", "pids", &self.name]) {
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A binary of this workspace, next to the test executable's `deps/` directory
+/// (`cargo nextest run --workspace` and `cargo test --workspace` build them all first).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built: run `cargo build -p {}` (or the whole workspace) first",
+            path.display(),
+            name
+        );
+    }
+    Ok(path)
+}
