@@ -177,9 +177,16 @@ pub fn default_block_prefix_len(subnet: &IpNet) -> u8 {
     }
 }
 
-/// First host address: the default gateway.
+/// First host address: the default gateway. For IPv6 that is network + 1: the network
+/// address itself is the subnet-router anycast address (ipnet's `hosts()` includes it).
 fn first_host(net: &IpNet) -> Option<IpAddr> {
-    net.hosts().next()
+    match net {
+        IpNet::V4(n) => n.hosts().next().map(IpAddr::V4),
+        IpNet::V6(n) if n.prefix_len() < 128 => Some(IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(n.network()) + 1,
+        ))),
+        IpNet::V6(_) => None,
+    }
 }
 
 fn saturating_size(net: &IpNet) -> i64 {
@@ -577,6 +584,18 @@ mod tests {
         assert_eq!(
             capacity(&[n("10.0.0.0/24"), n("10.0.1.0/24")], None, &[], gw),
             253 + 254
+        );
+    }
+
+    #[test]
+    fn default_gateway_is_the_first_host_in_both_families() {
+        assert_eq!(
+            first_host(&n("10.0.0.0/24")),
+            Some("10.0.0.1".parse().expect("ip"))
+        );
+        assert_eq!(
+            first_host(&n("fd00:1::/64")),
+            Some("fd00:1::1".parse().expect("ip"))
         );
     }
 

@@ -55,6 +55,47 @@ where
     Ok(reader)
 }
 
+/// Every object the watcher touches, with deletions marked by a deletionTimestamp: an object
+/// deleted without finalizers arrives looking exactly as it did, and the mappers below must
+/// be able to tell its deletion from a no-op update.
+fn touched_marking_deletes<K>(
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .flat_map(|event| {
+            let touched: Vec<Result<K, watcher::Error>> = match event {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![Ok(o)],
+                Ok(watcher::Event::Delete(mut o)) => {
+                    let meta = o.meta_mut();
+                    if meta.deletion_timestamp.is_none() {
+                        meta.deletion_timestamp =
+                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                                k8s_openapi::jiff::Timestamp::now(),
+                            ));
+                    }
+                    vec![Ok(o)]
+                }
+                Ok(_) => vec![],
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(touched)
+        })
+}
+
+/// What makes an AddressPool matter to networks: its spec and whether it is going away.
+fn pool_digest(pool: &AddressPool) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&pool.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    pool.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
 /// What makes a NetworkNode matter to networks: labels, spec and realization states, but
 /// not its heartbeat (so heartbeats never trigger a thousand reconciles).
 fn node_digest(node: &NetworkNode) -> u64 {
@@ -122,10 +163,18 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
     });
     tokio::spawn(pool::run(ctx.clone(), pools_rx));
 
+    // Only a pool's spec (or its appearance/removal) matters to networks; its status is our
+    // own usage report and must not re-queue every network on each write.
     let on_pool = {
         let all = all_networks.clone();
         let pools_tx = pools_tx.clone();
-        move |_: AddressPool| {
+        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        move |pool: AddressPool| {
+            let digest = pool_digest(&pool);
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.insert(pool.name_any(), digest) == Some(digest) {
+                return Vec::new();
+            }
             let _ = pools_tx.send(());
             all.state()
                 .iter()
@@ -154,14 +203,12 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
             Api::<NetworkAllocation>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches(
-            Api::<AddressPool>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            touched_marking_deletes(Api::<AddressPool>::all(client.clone())),
             on_pool,
         )
-        .watches(
-            Api::<NetworkNode>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            touched_marking_deletes(Api::<NetworkNode>::all(client.clone())),
             on_node,
         )
         .reconcile_on(UnboundedReceiverStream(requeue_rx))
