@@ -4,8 +4,8 @@
 //! [`model::KernelState`] → [`kernel`] reads back what Weft owns, diffs, and applies the
 //! minimum → status.
 
-pub mod model;
-pub mod names;
 pub mod drivers;
 pub mod kernel;
+pub mod model;
+pub mod names;
 pub mod plan;

@@ -7,7 +7,9 @@ pub const LINK_PREFIX: &str = "wf";
 
 /// 32-bit FNV-1a: tiny, stable across versions and platforms (std's hasher is neither).
 fn fnv1a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Stable 8-hex-digit tag of a network.

@@ -1,1 +1,216 @@
-//! One module per network driver, behind one trait (see plan::Driver).
+//! One module per network driver, behind [`crate::plan::Driver`]. Adding a driver means
+//! adding a file here and a line in [`crate::plan::driver_for`].
+//!
+//! This module holds what several drivers read the same way: the controller's allocation
+//! (subnets, gateway, this node's block), the MTU and the node's capabilities. Every reader
+//! turns malformed data into a [`Problem`]; nothing here panics.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::plan::{NetworkInput, NodeFacts, Problem, reason};
+
+pub mod bridge;
+pub mod host;
+pub mod ipvlan;
+pub mod macvlan;
+pub mod none;
+pub mod overlay;
+mod parent;
+
+/// Smallest MTU Weft sets (IPv4's minimum reassembly size, the schema's lower bound).
+pub const MIN_MTU: u32 = 576;
+
+/// The network's allocated subnets, canonical, in allocation order. None yet → NotAllocated.
+pub(crate) fn allocated_subnets(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
+    if net.status.subnets.is_empty() {
+        return Err(Problem::new(
+            reason::NOT_ALLOCATED,
+            format!(
+                "the controller has not allocated a subnet to network {} yet",
+                net.name
+            ),
+        ));
+    }
+    let mut subnets: Vec<IpNet> = Vec::with_capacity(net.status.subnets.len());
+    for s in &net.status.subnets {
+        let parsed: IpNet = s.trim().parse().map_err(|_| {
+            Problem::new(
+                reason::INVALID_STATUS,
+                format!(
+                    "status.subnets of network {} holds {s:?}, which is not a CIDR",
+                    net.name
+                ),
+            )
+        })?;
+        let canonical = parsed.trunc();
+        if !subnets.contains(&canonical) {
+            subnets.push(canonical);
+        }
+    }
+    Ok(subnets)
+}
+
+/// The controller's gateway (of the first subnet), if any.
+pub(crate) fn status_gateway(net: &NetworkInput) -> Result<Option<IpAddr>, Problem> {
+    match net.status.gateway.as_deref() {
+        None => Ok(None),
+        Some(g) => g.trim().parse().map(Some).map_err(|_| {
+            Problem::new(
+                reason::INVALID_STATUS,
+                format!(
+                    "status.gateway of network {} is {g:?}, not an IP address",
+                    net.name
+                ),
+            )
+        }),
+    }
+}
+
+/// The gateway address of every subnet, with the subnet's prefix: `gateway` for the subnet
+/// that contains it, the first host address for the others (and for all, without a
+/// gateway).
+pub fn gateway_addresses(subnets: &[IpNet], gateway: Option<IpAddr>) -> Vec<IpNet> {
+    subnets
+        .iter()
+        .filter_map(|subnet| {
+            let addr = gateway
+                .filter(|g| subnet.contains(g))
+                .or_else(|| first_host(subnet))?;
+            IpNet::new(addr, subnet.prefix_len()).ok()
+        })
+        .collect()
+}
+
+/// The first host address of a net: network + 1, except on /31, /32, /127 and /128 where
+/// every address is a host.
+pub fn first_host(net: &IpNet) -> Option<IpAddr> {
+    let net = net.trunc();
+    let point_to_point = net.max_prefix_len() - net.prefix_len() <= 1;
+    let offset = if point_to_point { 0 } else { 1 };
+    offset_addr(net.network(), offset)
+}
+
+/// `addr + n`, if it does not overflow the family.
+pub(crate) fn offset_addr(addr: IpAddr, n: u128) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) => {
+            let v = u128::from(u32::from(a)).checked_add(n)?;
+            u32::try_from(v).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v)))
+        }
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(n)
+            .map(|v| IpAddr::V6(Ipv6Addr::from(v))),
+    }
+}
+
+/// MTU of the network's links: `spec.mtu` if set, else `default`.
+pub(crate) fn link_mtu(net: &NetworkInput, default: u32) -> Result<u32, Problem> {
+    match net.spec.mtu {
+        Some(mtu) => explicit_mtu(net, mtu),
+        None if default >= MIN_MTU => Ok(default),
+        None => Err(Problem::new(
+            reason::UNSUPPORTED,
+            format!(
+                "network {} would get MTU {default} from the underlay, less than {MIN_MTU}; set spec.mtu or fix the node's underlay MTU",
+                net.name
+            ),
+        )),
+    }
+}
+
+/// `spec.mtu` if set (checked), else `None` (the kernel's choice).
+pub(crate) fn optional_mtu(net: &NetworkInput) -> Result<Option<u32>, Problem> {
+    net.spec.mtu.map(|mtu| explicit_mtu(net, mtu)).transpose()
+}
+
+fn explicit_mtu(net: &NetworkInput, mtu: i32) -> Result<u32, Problem> {
+    u32::try_from(mtu)
+        .ok()
+        .filter(|m| (MIN_MTU..=65535).contains(m))
+        .ok_or_else(|| {
+            Problem::new(
+                reason::INVALID_SPEC,
+                format!(
+                    "spec.mtu of network {} is {mtu}; it must be between {MIN_MTU} and 65535",
+                    net.name
+                ),
+            )
+        })
+}
+
+/// This node's block of a cluster-scope network. None yet → NoBlock.
+pub(crate) fn node_block(net: &NetworkInput, node: &NodeFacts) -> Result<IpNet, Problem> {
+    net.blocks
+        .get(&node.node_name)
+        .map(IpNet::trunc)
+        .ok_or_else(|| {
+            Problem::new(
+                reason::NO_BLOCK,
+                format!(
+                    "the controller has not given node {} an address block of network {} yet",
+                    node.node_name, net.name
+                ),
+            )
+        })
+}
+
+/// `Ok` if the node's kernel has the feature.
+pub(crate) fn require(present: bool, message: impl FnOnce() -> String) -> Result<(), Problem> {
+    if present {
+        Ok(())
+    } else {
+        Err(Problem::new(reason::UNSUPPORTED, message()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test CIDR")
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test IP")
+    }
+
+    #[test]
+    fn first_hosts() {
+        assert_eq!(first_host(&net("10.0.0.0/24")), Some(ip("10.0.0.1")));
+        assert_eq!(first_host(&net("10.0.0.7/24")), Some(ip("10.0.0.1")));
+        assert_eq!(first_host(&net("10.0.0.4/31")), Some(ip("10.0.0.4")));
+        assert_eq!(first_host(&net("10.0.0.4/32")), Some(ip("10.0.0.4")));
+        assert_eq!(first_host(&net("fd00:1::/64")), Some(ip("fd00:1::1")));
+        assert_eq!(first_host(&net("fd00::/127")), Some(ip("fd00::")));
+    }
+
+    #[test]
+    fn gateways_per_subnet() {
+        let subnets = [net("10.0.0.0/24"), net("10.0.1.0/24"), net("fd00::/64")];
+        assert_eq!(
+            gateway_addresses(&subnets, Some(ip("10.0.0.254"))),
+            vec![net("10.0.0.254/24"), net("10.0.1.1/24"), net("fd00::1/64")]
+        );
+        assert_eq!(
+            gateway_addresses(&subnets, Some(ip("10.0.1.9"))),
+            vec![net("10.0.0.1/24"), net("10.0.1.9/24"), net("fd00::1/64")]
+        );
+        assert_eq!(
+            gateway_addresses(&subnets[..1], None),
+            vec![net("10.0.0.1/24")]
+        );
+    }
+
+    #[test]
+    fn offsets_do_not_overflow() {
+        assert_eq!(offset_addr(ip("255.255.255.255"), 1), None);
+        assert_eq!(
+            offset_addr(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), 1),
+            None
+        );
+        assert_eq!(offset_addr(ip("10.0.0.1"), 2), Some(ip("10.0.0.3")));
+    }
+}

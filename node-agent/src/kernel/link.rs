@@ -1,0 +1,655 @@
+//! Links: reading them back into [`Link`]s and creating, changing and deleting them.
+//!
+//! The kernel ignores `IFLA_IFALIAS` on creation, so a creation is up to three writes: the
+//! `RTM_NEWLINK` with the kind-specific attributes, an `RTM_SETLINK` with the alias alone
+//! (from then on the link is Weft's, so a failure later never leaves an unowned orphan),
+//! and one with master, up and a bridge's MTU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, IpVlanMode,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+};
+
+use super::{Kernel, KernelError, already_gone};
+use crate::model::{ALIAS_PREFIX, IpvlanMode, Link, LinkKind, Mac, MacvlanMode};
+
+/// One link as the kernel reports it, owned or not.
+#[derive(Clone, Debug)]
+pub(crate) struct RawLink {
+    pub index: u32,
+    pub name: String,
+    pub alias: Option<String>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    pub mac: Option<Mac>,
+    pub master: Option<u32>,
+    /// `IFLA_LINK`: the parent (macvlan, ipvlan, vlan) or the veth peer.
+    pub link: Option<u32>,
+    /// Set when `link` lives in another namespace (then the index means nothing here).
+    pub link_netnsid: Option<i32>,
+    pub kind: Option<InfoKind>,
+    pub data: Option<InfoData>,
+}
+
+impl RawLink {
+    fn parse(msg: LinkMessage) -> RawLink {
+        let mut raw = RawLink {
+            index: msg.header.index,
+            name: String::new(),
+            alias: None,
+            mtu: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mac: None,
+            master: None,
+            link: None,
+            link_netnsid: None,
+            kind: None,
+            data: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => raw.name = n,
+                LinkAttribute::IfAlias(a) => raw.alias = Some(a),
+                LinkAttribute::Mtu(m) => raw.mtu = Some(m),
+                LinkAttribute::Address(a) => raw.mac = <Mac>::try_from(a.as_slice()).ok(),
+                LinkAttribute::Controller(m) if m != 0 => raw.master = Some(m),
+                LinkAttribute::Link(l) if l != 0 => raw.link = Some(l),
+                LinkAttribute::LinkNetNsId(id) => raw.link_netnsid = Some(id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => raw.kind = Some(k),
+                            LinkInfo::Data(d) => raw.data = Some(d),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        raw
+    }
+
+    /// Weft's iff its alias carries the prefix.
+    pub fn owned(&self) -> bool {
+        self.alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+    }
+
+    pub fn kind_name(&self) -> Option<String> {
+        self.kind.as_ref().map(|k| k.to_string())
+    }
+
+    fn is_vxlan(&self) -> bool {
+        matches!(self.kind, Some(InfoKind::Vxlan))
+    }
+}
+
+/// All links of the namespace, indexed both ways.
+pub(crate) struct LinkView {
+    by_index: HashMap<u32, RawLink>,
+    by_name: HashMap<String, u32>,
+}
+
+impl LinkView {
+    pub fn new(raws: &[RawLink]) -> LinkView {
+        LinkView {
+            by_index: raws.iter().map(|r| (r.index, r.clone())).collect(),
+            by_name: raws.iter().map(|r| (r.name.clone(), r.index)).collect(),
+        }
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&RawLink> {
+        self.by_name.get(name).and_then(|i| self.by_index.get(i))
+    }
+
+    pub fn name_of(&self, index: u32) -> Option<&str> {
+        self.by_index.get(&index).map(|r| r.name.as_str())
+    }
+
+    /// Name of an owned link with this index.
+    pub fn owned_name(&self, index: u32) -> Option<&str> {
+        self.by_index
+            .get(&index)
+            .filter(|r| r.owned())
+            .map(|r| r.name.as_str())
+    }
+
+    /// Name of an owned VXLAN link with this index.
+    pub fn owned_vxlan_name(&self, index: u32) -> Option<&str> {
+        self.by_index
+            .get(&index)
+            .filter(|r| r.owned() && r.is_vxlan())
+            .map(|r| r.name.as_str())
+    }
+
+    /// The owned links as the model sees them. An owned link of a kind the model has no
+    /// word for is left out (and logged): Weft never creates such links.
+    pub fn owned_links(&self) -> BTreeMap<String, Link> {
+        let mut out = BTreeMap::new();
+        for raw in self.by_index.values().filter(|r| r.owned()) {
+            match self.model_kind(raw) {
+                Some(kind) => {
+                    out.insert(
+                        raw.name.clone(),
+                        Link {
+                            name: raw.name.clone(),
+                            alias: raw.alias.clone().unwrap_or_default(),
+                            kind,
+                            mtu: raw.mtu,
+                            master: raw.master.and_then(|m| self.name_of(m)).map(str::to_string),
+                            up: raw.up,
+                            mac: raw.mac,
+                        },
+                    );
+                }
+                None => tracing::warn!(
+                    link = %raw.name,
+                    kind = ?raw.kind,
+                    "link carries a Weft alias but has a kind Weft does not manage; ignoring it"
+                ),
+            }
+        }
+        out
+    }
+
+    /// Name of the `IFLA_LINK` target when it is in this namespace; `""` when unknown.
+    fn lower_name(&self, raw: &RawLink) -> String {
+        match (raw.link, raw.link_netnsid) {
+            (Some(i), None) => self.name_of(i).unwrap_or_default().to_string(),
+            _ => String::new(),
+        }
+    }
+
+    fn model_kind(&self, raw: &RawLink) -> Option<LinkKind> {
+        Some(match raw.kind.as_ref()? {
+            InfoKind::Bridge => LinkKind::Bridge,
+            InfoKind::Vxlan => {
+                let mut vni = 0;
+                let mut port = 0;
+                let mut local = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                let mut underlay = None;
+                let mut learning = true;
+                if let Some(InfoData::Vxlan(infos)) = &raw.data {
+                    for info in infos {
+                        match info {
+                            InfoVxlan::Id(v) => vni = *v,
+                            InfoVxlan::Port(p) => port = *p,
+                            InfoVxlan::Local(a) => local = IpAddr::V4(*a),
+                            InfoVxlan::Local6(a) => local = IpAddr::V6(*a),
+                            InfoVxlan::Link(i) if *i != 0 => {
+                                underlay = Some(self.name_of(*i).unwrap_or_default().to_string())
+                            }
+                            InfoVxlan::Learning(l) => learning = *l,
+                            _ => {}
+                        }
+                    }
+                }
+                LinkKind::Vxlan {
+                    vni,
+                    port,
+                    local,
+                    underlay,
+                    learning,
+                }
+            }
+            InfoKind::MacVlan => {
+                let mut mode = None;
+                if let Some(InfoData::MacVlan(infos)) = &raw.data {
+                    for info in infos {
+                        if let InfoMacVlan::Mode(m) = info {
+                            mode = match m {
+                                MacVlanMode::Private => Some(MacvlanMode::Private),
+                                MacVlanMode::Vepa => Some(MacvlanMode::Vepa),
+                                MacVlanMode::Bridge => Some(MacvlanMode::Bridge),
+                                MacVlanMode::Passthrough => Some(MacvlanMode::Passthru),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+                LinkKind::Macvlan {
+                    parent: self.lower_name(raw),
+                    mode: mode?,
+                }
+            }
+            InfoKind::IpVlan => {
+                let mut mode = None;
+                if let Some(InfoData::IpVlan(infos)) = &raw.data {
+                    for info in infos {
+                        if let InfoIpVlan::Mode(m) = info {
+                            mode = match m {
+                                IpVlanMode::L2 => Some(IpvlanMode::L2),
+                                IpVlanMode::L3 => Some(IpvlanMode::L3),
+                                IpVlanMode::L3S => Some(IpvlanMode::L3s),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+                LinkKind::Ipvlan {
+                    parent: self.lower_name(raw),
+                    mode: mode?,
+                }
+            }
+            InfoKind::Vlan => {
+                let mut id = None;
+                if let Some(InfoData::Vlan(infos)) = &raw.data {
+                    for info in infos {
+                        if let InfoVlan::Id(v) = info {
+                            id = Some(*v);
+                        }
+                    }
+                }
+                LinkKind::Vlan {
+                    parent: self.lower_name(raw),
+                    id: id?,
+                }
+            }
+            // The kernel reports the peer only by index; across namespaces its name is not
+            // knowable from here, which `""` says (the diff treats it as "any peer").
+            InfoKind::Veth => LinkKind::Veth {
+                peer: self.lower_name(raw),
+            },
+            _ => return None,
+        })
+    }
+}
+
+fn macvlan_mode(m: MacvlanMode) -> MacVlanMode {
+    match m {
+        MacvlanMode::Private => MacVlanMode::Private,
+        MacvlanMode::Vepa => MacVlanMode::Vepa,
+        MacvlanMode::Bridge => MacVlanMode::Bridge,
+        MacvlanMode::Passthru => MacVlanMode::Passthrough,
+    }
+}
+
+fn ipvlan_mode(m: IpvlanMode) -> IpVlanMode {
+    match m {
+        IpvlanMode::L2 => IpVlanMode::L2,
+        IpvlanMode::L3 => IpVlanMode::L3,
+        IpvlanMode::L3s => IpVlanMode::L3S,
+    }
+}
+
+/// The rtnetlink kind name of a model kind (for messages).
+pub(crate) fn kind_word(kind: &LinkKind) -> &'static str {
+    match kind {
+        LinkKind::Bridge => "bridge",
+        LinkKind::Vxlan { .. } => "vxlan",
+        LinkKind::Macvlan { .. } => "macvlan",
+        LinkKind::Ipvlan { .. } => "ipvlan",
+        LinkKind::Vlan { .. } => "802.1q vlan",
+        LinkKind::Veth { .. } => "veth",
+    }
+}
+
+/// A `RTM_SETLINK` for an existing link: only the given fields change.
+fn set_message(
+    index: u32,
+    mtu: Option<u32>,
+    master: Option<Option<u32>>,
+    up: Option<bool>,
+    alias: Option<&str>,
+    mac: Option<Mac>,
+) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    if let Some(up) = up {
+        if up {
+            msg.header.flags |= LinkFlags::Up;
+        }
+        msg.header.change_mask |= LinkFlags::Up;
+    }
+    if let Some(a) = alias {
+        msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+    }
+    if let Some(m) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(m));
+    }
+    if let Some(m) = mac {
+        msg.attributes.push(LinkAttribute::Address(m.to_vec()));
+    }
+    if let Some(m) = master {
+        msg.attributes
+            .push(LinkAttribute::Controller(m.unwrap_or(0)));
+    }
+    msg
+}
+
+impl Kernel {
+    pub(crate) async fn dump_links(&self) -> Result<Vec<RawLink>, KernelError> {
+        let replies = self
+            .query(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                true,
+                || "list links".into(),
+            )
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(RawLink::parse(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// One link by name; `None` if there is none.
+    pub(crate) async fn get_link(&self, name: &str) -> Result<Option<RawLink>, KernelError> {
+        if name.is_empty() || name.len() > 15 {
+            return Ok(None);
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self
+            .query(RouteNetlinkMessage::GetLink(msg), false, || {
+                format!("look up link {name}")
+            })
+            .await
+        {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(RawLink::parse(l)),
+                _ => None,
+            })),
+            Err(e) if already_gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn index_of(&self, name: &str, op: impl Fn() -> String) -> Result<u32, KernelError> {
+        match self.get_link(name).await? {
+            Some(raw) => Ok(raw.index),
+            None => Err(KernelError::NoSuchLink {
+                op: op(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Create a link and make it Weft's. Returns the number of writes sent.
+    pub(crate) async fn create_link(&self, link: &Link) -> (usize, Result<(), KernelError>) {
+        let op = || format!("create {} {}", kind_word(&link.kind), link.name);
+        if !link.alias.starts_with(ALIAS_PREFIX) {
+            return (
+                0,
+                Err(KernelError::Invalid(format!(
+                    "{}: alias {:?} does not mark it as Weft's",
+                    op(),
+                    link.alias
+                ))),
+            );
+        }
+        if link.name.is_empty() || link.name.len() > 15 || link.name.contains(['/', ' ', ':']) {
+            return (
+                0,
+                Err(KernelError::Invalid(format!(
+                    "{}: {:?} is not a valid interface name",
+                    op(),
+                    link.name
+                ))),
+            );
+        }
+        // Resolve the master first: failing after the creation would leave a link that is
+        // not marked as Weft's yet.
+        let master = match &link.master {
+            Some(m) => match self.index_of(m, op).await {
+                Ok(i) => Some(Some(i)),
+                Err(e) => return (0, Err(e)),
+            },
+            None => None,
+        };
+        let existing = match self.get_link(&link.name).await {
+            Ok(e) => e,
+            Err(e) => return (0, Err(e)),
+        };
+        if let Some(raw) = existing {
+            // Already there: fine if it is ours, or if it is the still unmarked far end of
+            // a veth pair Weft just created through its owned peer. Then bring it in line.
+            let adoptable = raw.owned()
+                || (matches!(raw.kind, Some(InfoKind::Veth))
+                    && raw.link_netnsid.is_none()
+                    && match (&link.kind, raw.link) {
+                        (LinkKind::Veth { peer }, Some(peer_index)) => {
+                            matches!(self.get_link(peer).await, Ok(Some(p)) if p.index == peer_index && p.owned())
+                        }
+                        _ => false,
+                    });
+            if !adoptable {
+                return (
+                    0,
+                    Err(KernelError::Invalid(format!(
+                        "{}: a link with that name already exists and is not Weft's; refusing to take it over",
+                        op()
+                    ))),
+                );
+            }
+            let msg = set_message(
+                raw.index,
+                link.mtu,
+                master,
+                Some(link.up),
+                Some(&link.alias),
+                link.mac,
+            );
+            let r = self.ack(RouteNetlinkMessage::SetLink(msg), 0, op).await;
+            return (1, r);
+        }
+
+        // 1. The link itself, with everything the kernel takes at creation (an invalid MAC
+        //    or MTU fails here, before anything exists).
+        let msg = match self.create_message(link, &op).await {
+            Ok(m) => m,
+            Err(e) => return (0, Err(e)),
+        };
+        if let Err(e) = self
+            .ack(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                op,
+            )
+            .await
+        {
+            let e = match e {
+                KernelError::Netlink {
+                    errno: libc::EOPNOTSUPP,
+                    ..
+                } => KernelError::Netlink {
+                    op: op(),
+                    errno: libc::EOPNOTSUPP,
+                    message: format!(
+                        "this kernel has no {} support (Unknown device type)",
+                        kind_word(&link.kind)
+                    ),
+                },
+                other => other,
+            };
+            return (1, Err(e));
+        }
+        // 2. The alias alone, right away: it cannot fail for a reason of its own, and from
+        //    then on the link is Weft's (garbage-collectable) whatever happens next.
+        let index = match self.index_of(&link.name, op).await {
+            Ok(i) => i,
+            Err(e) => return (1, Err(e)),
+        };
+        let msg = set_message(index, None, None, None, Some(&link.alias), None);
+        if let Err(e) = self
+            .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                format!("{} (set alias)", op())
+            })
+            .await
+        {
+            return (2, Err(e));
+        }
+        // 3. Master, up, and a bridge's MTU (see `create_message`), when there is any.
+        let mtu = link.mtu.filter(|_| matches!(link.kind, LinkKind::Bridge));
+        let up = link.up.then_some(true);
+        if mtu.is_none() && master.is_none() && up.is_none() {
+            return (2, Ok(()));
+        }
+        let msg = set_message(index, mtu, master, up, None, None);
+        let r = self
+            .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                format!("{} (set master, up, mtu)", op())
+            })
+            .await;
+        (3, r)
+    }
+
+    async fn create_message(
+        &self,
+        link: &Link,
+        op: &impl Fn() -> String,
+    ) -> Result<LinkMessage, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(link.name.clone()));
+        // A bridge's MTU goes in the follow-up set instead: only an MTU set through
+        // ndo_change_mtu marks it as chosen by the user, which stops the bridge from
+        // lowering it to its smallest port's MTU whenever a port joins.
+        if let Some(m) = link.mtu.filter(|_| !matches!(link.kind, LinkKind::Bridge)) {
+            msg.attributes.push(LinkAttribute::Mtu(m));
+        }
+        if let Some(m) = link.mac {
+            msg.attributes.push(LinkAttribute::Address(m.to_vec()));
+        }
+        let (kind, data, lower) = match &link.kind {
+            LinkKind::Bridge => (InfoKind::Bridge, None, None),
+            LinkKind::Vxlan {
+                vni,
+                port,
+                local,
+                underlay,
+                learning,
+            } => {
+                let mut d = vec![
+                    InfoVxlan::Id(*vni),
+                    InfoVxlan::Port(*port),
+                    InfoVxlan::Learning(*learning),
+                ];
+                match local {
+                    IpAddr::V4(a) => d.push(InfoVxlan::Local(*a)),
+                    IpAddr::V6(a) => d.push(InfoVxlan::Local6(*a)),
+                }
+                if let Some(u) = underlay {
+                    d.push(InfoVxlan::Link(self.index_of(u, op).await?));
+                }
+                (InfoKind::Vxlan, Some(InfoData::Vxlan(d)), None)
+            }
+            LinkKind::Macvlan { parent, mode } => (
+                InfoKind::MacVlan,
+                Some(InfoData::MacVlan(vec![InfoMacVlan::Mode(macvlan_mode(
+                    *mode,
+                ))])),
+                Some(self.index_of(parent, op).await?),
+            ),
+            LinkKind::Ipvlan { parent, mode } => (
+                InfoKind::IpVlan,
+                Some(InfoData::IpVlan(vec![InfoIpVlan::Mode(ipvlan_mode(*mode))])),
+                Some(self.index_of(parent, op).await?),
+            ),
+            LinkKind::Vlan { parent, id } => (
+                InfoKind::Vlan,
+                Some(InfoData::Vlan(vec![InfoVlan::Id(*id)])),
+                Some(self.index_of(parent, op).await?),
+            ),
+            LinkKind::Veth { peer } => {
+                let mut p = LinkMessage::default();
+                p.attributes.push(LinkAttribute::IfName(peer.clone()));
+                (
+                    InfoKind::Veth,
+                    Some(InfoData::Veth(InfoVeth::Peer(p))),
+                    None,
+                )
+            }
+        };
+        if let Some(l) = lower {
+            msg.attributes.push(LinkAttribute::Link(l));
+        }
+        let mut info = vec![LinkInfo::Kind(kind)];
+        if let Some(d) = data {
+            info.push(LinkInfo::Data(d));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        Ok(msg)
+    }
+
+    /// Look a link up and make sure it is Weft's before writing to it.
+    async fn owned_link(&self, name: &str) -> Result<Option<RawLink>, KernelError> {
+        match self.get_link(name).await? {
+            None => Ok(None),
+            Some(raw) if !raw.owned() => Err(KernelError::NotOwned(name.to_string())),
+            Some(raw) => Ok(Some(raw)),
+        }
+    }
+
+    /// Delete an owned link; one that is already gone counts as deleted.
+    pub(crate) async fn delete_link(&self, name: &str) -> (usize, Result<(), KernelError>) {
+        let op = || format!("delete link {name}");
+        let raw = match self.owned_link(name).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return (0, Ok(())),
+            Err(e) => return (0, Err(e)),
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = raw.index;
+        match self.ack(RouteNetlinkMessage::DelLink(msg), 0, op).await {
+            Err(e) if already_gone(&e) => (1, Ok(())),
+            r => (1, r),
+        }
+    }
+
+    /// Change an owned link in place.
+    pub(crate) async fn set_link(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        master: Option<Option<&str>>,
+        up: Option<bool>,
+        alias: Option<&str>,
+        mac: Option<Mac>,
+    ) -> (usize, Result<(), KernelError>) {
+        let op = || format!("set link {name}");
+        if let Some(a) = alias
+            && !a.starts_with(ALIAS_PREFIX)
+        {
+            return (
+                0,
+                Err(KernelError::Invalid(format!(
+                    "{}: alias {a:?} would give the link away",
+                    op()
+                ))),
+            );
+        }
+        let raw = match self.owned_link(name).await {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                return (
+                    0,
+                    Err(KernelError::NoSuchLink {
+                        op: op(),
+                        name: name.to_string(),
+                    }),
+                );
+            }
+            Err(e) => return (0, Err(e)),
+        };
+        let master = match master {
+            Some(Some(m)) => match self.index_of(m, op).await {
+                Ok(i) => Some(Some(i)),
+                Err(e) => return (0, Err(e)),
+            },
+            Some(None) => Some(None),
+            None => None,
+        };
+        let msg = set_message(raw.index, mtu, master, up, alias, mac);
+        (1, self.ack(RouteNetlinkMessage::SetLink(msg), 0, op).await)
+    }
+}

@@ -1,0 +1,228 @@
+//! Routes in the main table through owned links, marked with [`WEFT_RTPROT`].
+//!
+//! The protocol mark is what makes a route Weft's: the kernel's own prefix routes on the
+//! same links (`proto kernel`) and anything another daemon adds are never touched.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+use super::link::LinkView;
+use super::{Kernel, KernelError, WEFT_RTPROT, already_gone, owned_index};
+use crate::model::Route;
+
+pub(crate) fn describe(r: &Route) -> String {
+    match r.gateway {
+        Some(g) => format!("{} via {g} dev {}", r.destination, r.link),
+        None => format!("{} dev {}", r.destination, r.link),
+    }
+}
+
+/// One route as the kernel reports it (only what Weft looks at).
+struct RawRoute {
+    table: u32,
+    protocol: u8,
+    kind: RouteType,
+    destination: Option<IpNet>,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    priority: u32,
+}
+
+fn addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn parse(msg: RouteMessage) -> RawRoute {
+    let family = msg.header.address_family;
+    let len = msg.header.destination_prefix_length;
+    let mut raw = RawRoute {
+        table: u32::from(msg.header.table),
+        protocol: u8::from(msg.header.protocol),
+        kind: msg.header.kind,
+        destination: None,
+        gateway: None,
+        oif: None,
+        priority: 0,
+    };
+    for attr in msg.attributes {
+        match attr {
+            RouteAttribute::Table(t) => raw.table = t,
+            RouteAttribute::Destination(d) => {
+                raw.destination = addr(&d).and_then(|ip| IpNet::new(ip, len).ok())
+            }
+            RouteAttribute::Gateway(g) => raw.gateway = addr(&g),
+            RouteAttribute::Oif(o) => raw.oif = Some(o),
+            RouteAttribute::Priority(p) => raw.priority = p,
+            _ => {}
+        }
+    }
+    if raw.destination.is_none() && len == 0 {
+        // A default route carries no RTA_DST.
+        raw.destination = match family {
+            AddressFamily::Inet => "0.0.0.0/0".parse().ok(),
+            AddressFamily::Inet6 => "::/0".parse().ok(),
+            _ => None,
+        };
+    }
+    raw
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    }
+}
+
+/// The message for adding (`scope` = link or universe) or deleting (`scope` = nowhere,
+/// which matches any) one of Weft's routes.
+fn message(r: &Route, index: u32, scope: RouteScope) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = match r.destination {
+        IpNet::V4(_) => AddressFamily::Inet,
+        IpNet::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.destination_prefix_length = r.destination.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::from(WEFT_RTPROT);
+    msg.header.scope = scope;
+    msg.header.kind = RouteType::Unicast;
+    if r.destination.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(route_address(
+                r.destination.network(),
+            )));
+    }
+    if let Some(g) = r.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(route_address(g)));
+    }
+    msg.attributes.push(RouteAttribute::Oif(index));
+    msg
+}
+
+impl Kernel {
+    async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RawRoute>, KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family;
+        let replies = self
+            .query(RouteNetlinkMessage::GetRoute(msg), true, || {
+                "list routes".into()
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(parse(r)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub(crate) async fn observe_routes(
+        &self,
+        view: &LinkView,
+    ) -> Result<BTreeSet<Route>, KernelError> {
+        let (v4, v6) = futures::join!(
+            self.dump_routes(AddressFamily::Inet),
+            self.dump_routes(AddressFamily::Inet6)
+        );
+        let mut out = BTreeSet::new();
+        for raw in v4?.into_iter().chain(v6?) {
+            if raw.table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || raw.protocol != WEFT_RTPROT
+                || raw.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let (Some(dst), Some(link)) =
+                (raw.destination, raw.oif.and_then(|o| view.owned_name(o)))
+            else {
+                continue;
+            };
+            out.insert(Route {
+                destination: dst,
+                link: link.to_string(),
+                gateway: raw.gateway,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Output interface of the lowest-metric IPv4 default route in the main table.
+    pub(crate) async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
+        let routes = self.dump_routes(AddressFamily::Inet).await?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| {
+                r.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && r.kind == RouteType::Unicast
+                    && r.destination.is_some_and(|d| d.prefix_len() == 0)
+                    && r.oif.is_some()
+            })
+            .min_by_key(|r| r.priority)
+            .and_then(|r| r.oif))
+    }
+
+    pub(crate) async fn add_route(
+        &self,
+        r: &Route,
+        view: &LinkView,
+    ) -> (usize, Result<(), KernelError>) {
+        let op = || format!("add route {}", describe(r));
+        let index = match owned_index(view, &r.link, op) {
+            Ok(i) => i,
+            Err(e) => return (0, Err(e)),
+        };
+        let scope = if r.gateway.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        // EXCL, not REPLACE: an equal route that is not Weft's must not be taken over.
+        let res = self
+            .ack(
+                RouteNetlinkMessage::NewRoute(message(r, index, scope)),
+                NLM_F_CREATE | NLM_F_EXCL,
+                op,
+            )
+            .await;
+        (1, res)
+    }
+
+    pub(crate) async fn delete_route(
+        &self,
+        r: &Route,
+        view: &LinkView,
+    ) -> (usize, Result<(), KernelError>) {
+        let op = || format!("delete route {}", describe(r));
+        let index = match owned_index(view, &r.link, op) {
+            Ok(i) => i,
+            Err(KernelError::NoSuchLink { .. }) => return (0, Ok(())),
+            Err(e) => return (0, Err(e)),
+        };
+        // The protocol in the request makes the kernel delete only a route carrying it.
+        match self
+            .ack(
+                RouteNetlinkMessage::DelRoute(message(r, index, RouteScope::NoWhere)),
+                0,
+                op,
+            )
+            .await
+        {
+            Err(e) if already_gone(&e) => (1, Ok(())),
+            res => (1, res),
+        }
+    }
+}

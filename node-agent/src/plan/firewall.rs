@@ -1,0 +1,556 @@
+//! Firewalling, apart from the drivers: each driver says what its network needs
+//! ([`FirewallIntent`]); [`render`] turns the intents of every network on the node into
+//! Weft's own nftables tables (`inet weft`, `bridge weft`), all at once, because isolation
+//! is a relation between networks.
+//!
+//! What is emitted, per feature (`B` = the network's bridge, `S` = one of its subnets):
+//!
+//! | feature | family / chain | rule |
+//! |---|---|---|
+//! | masquerade (unless internal or `bridge.masquerade: false`) | inet `postrouting` (nat) | `ip saddr S oifname != "B" masquerade` (`ip6 saddr` for IPv6) |
+//! | internal | inet `forward` | `iifname "B" oifname != "B" drop`, `iifname != "B" oifname "B" drop` |
+//! | isolation (if either side asks for it) | inet `forward` | `iifname "B" oifname { "B2", "B3" } drop` (one rule per source bridge) |
+//! | `interContainerTraffic: false` | bridge `forward` | `ip daddr S drop` (`ip6 daddr` for IPv6) |
+//! | overlay anycast gateway | bridge `prerouting` | `iifname "X" ether saddr M drop` (`X` = VXLAN port, `M` = gateway MAC) |
+//!
+//! Inter-container traffic: Docker drops `-i B -o B` in iptables, which sees bridged IP
+//! packets through br_netfilter. The nftables equivalent, `meta ibrname "B" drop` in the
+//! bridge family, needs the kernel's `nft_meta_bridge` (CONFIG_NFT_BRIDGE_META), which many
+//! kernels (this project's CI kernel among them) lack, and one unsupported expression makes
+//! the whole atomic nft transaction fail. The bridge family's forward hook only ever sees
+//! frames switched between two ports of one bridge (frames to and from the gateway take the
+//! input/output hooks), and only this network's endpoints hold addresses of `S`, so
+//! `ip daddr S drop` there drops exactly endpoint-to-endpoint IP traffic on this bridge — what
+//! Docker's rule drops — without naming the bridge. ARP and IPv6 link-local traffic pass, as
+//! they do with Docker's rule for ARP.
+//!
+//! Rule ids are content hashes of the body, so a changed body is a changed id and the
+//! executor's comparison of ids per chain is a comparison of bodies.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+
+use crate::model::{Mac, NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
+
+use super::fnv1a64;
+
+/// Base chain spec of the filter chains on the forward hook.
+pub const FILTER_FORWARD: &str = "type filter hook forward priority 0; policy accept;";
+/// Base chain spec of the bridge family's filter chain on the prerouting hook.
+pub const FILTER_PREROUTING: &str = "type filter hook prerouting priority 0; policy accept;";
+/// Base chain spec of the nat chain on the postrouting hook.
+pub const NAT_POSTROUTING: &str = "type nat hook postrouting priority 100; policy accept;";
+
+/// Chain names (one chain per hook, named after it).
+pub const CHAIN_FORWARD: &str = "forward";
+pub const CHAIN_PREROUTING: &str = "prerouting";
+pub const CHAIN_POSTROUTING: &str = "postrouting";
+
+/// What one network needs from nftables on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FirewallIntent {
+    /// The network's name.
+    pub network: String,
+    /// The interface the network's endpoints are routed through on this node (its bridge).
+    /// `None` = the network is not routed by this node (macvlan, ipvlan, host, none) and
+    /// nothing is rendered for it.
+    pub interface: Option<String>,
+    /// The network's subnets (for masquerade and inter-container rules).
+    pub subnets: Vec<IpNet>,
+    /// Masquerade traffic from the subnets that leaves through another interface.
+    pub masquerade: bool,
+    /// Nothing is forwarded into or out of the network (Docker's `--internal`).
+    pub internal: bool,
+    /// Drop forwarding between this network and every other Weft network on the node.
+    pub isolation: bool,
+    /// Endpoints on the bridge may talk to each other (Docker's `enable_icc`).
+    pub icc: bool,
+    /// Overlay: drop frames that enter the bridge from the VXLAN port with the anycast
+    /// gateway's MAC as source — another node's gateway, which must stay on its own node.
+    pub anycast_guard: Option<AnycastGuard>,
+}
+
+/// A bridge port on which frames from the (shared) gateway MAC are dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnycastGuard {
+    /// The VXLAN port of the overlay's bridge.
+    pub port: String,
+    /// The anycast gateway MAC.
+    pub mac: Mac,
+}
+
+impl FirewallIntent {
+    /// A network that needs nothing from the firewall.
+    pub fn none(network: &str) -> Self {
+        FirewallIntent {
+            network: network.to_string(),
+            icc: true,
+            ..FirewallIntent::default()
+        }
+    }
+
+    /// Whether anything would be rendered for this network (isolation counts, though it
+    /// only renders once a second network is on the node).
+    pub fn needs_nftables(&self) -> bool {
+        self.interface.is_some()
+            && (self.internal
+                || self.isolation
+                || !self.icc
+                || self.anycast_guard.is_some()
+                || (self.masquerade && !self.subnets.is_empty()))
+    }
+}
+
+/// A rule whose id is the content hash of its body.
+pub fn rule(body: impl Into<String>) -> NftRule {
+    let body = body.into();
+    NftRule {
+        id: rule_id(&body),
+        body,
+    }
+}
+
+/// `{:016x}` of the 64-bit FNV-1a of the body.
+pub fn rule_id(body: &str) -> String {
+    format!("{:016x}", fnv1a64(body.as_bytes()))
+}
+
+/// Weft's nftables tables for a set of networks. A family with no rules has no table (and a
+/// chain with no rules is left out), so a node without networks has no nft state at all.
+/// The result does not depend on the order of `intents`.
+pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
+    // Routed networks, one per interface, in interface order.
+    let mut routed: Vec<(&str, &FirewallIntent)> = intents
+        .iter()
+        .filter_map(|i| i.interface.as_deref().map(|name| (name, i)))
+        .collect();
+    routed.sort_by(|a, b| (a.0, &a.1.network).cmp(&(b.0, &b.1.network)));
+    routed.dedup_by(|later, earlier| later.0 == earlier.0);
+
+    let mut inet = Tables::default();
+    let mut bridge = Tables::default();
+
+    for &(name, intent) in &routed {
+        let b = quote(name);
+        if intent.internal {
+            inet.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!("iifname {b} oifname != {b} drop"),
+            );
+            inet.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!("iifname != {b} oifname {b} drop"),
+            );
+            // Nothing crosses the bridge at all: isolation would add nothing.
+            continue;
+        }
+        let others: Vec<&str> = routed
+            .iter()
+            .filter(|(other, o)| *other != name && !o.internal && (intent.isolation || o.isolation))
+            .map(|(other, _)| *other)
+            .collect();
+        if !others.is_empty() {
+            inet.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!("iifname {b} oifname {} drop", quote_set(&others)),
+            );
+        }
+    }
+
+    for &(name, intent) in &routed {
+        if !intent.masquerade || intent.internal {
+            continue;
+        }
+        for subnet in sorted(&intent.subnets) {
+            inet.add(
+                CHAIN_POSTROUTING,
+                NAT_POSTROUTING,
+                format!(
+                    "{} saddr {subnet} oifname != {} masquerade",
+                    l3(&subnet),
+                    quote(name)
+                ),
+            );
+        }
+    }
+
+    for &(_, intent) in &routed {
+        if intent.icc {
+            continue;
+        }
+        for subnet in sorted(&intent.subnets) {
+            bridge.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!("{} daddr {subnet} drop", l3(&subnet)),
+            );
+        }
+    }
+
+    for &(_, intent) in &routed {
+        if let Some(guard) = &intent.anycast_guard {
+            bridge.add(
+                CHAIN_PREROUTING,
+                FILTER_PREROUTING,
+                format!(
+                    "iifname {} ether saddr {} drop",
+                    quote(&guard.port),
+                    format_mac(&guard.mac)
+                ),
+            );
+        }
+    }
+
+    let mut out = BTreeMap::new();
+    for (family, tables) in [(NftFamily::Inet, inet), (NftFamily::Bridge, bridge)] {
+        if !tables.table.chains.is_empty() {
+            out.insert(family, tables.table);
+        }
+    }
+    out
+}
+
+/// The tables as one nft script (`nft -f -` input, without any flush): the reference text
+/// form of what [`render`] produces, comments included. Tabs, one statement a line, a
+/// newline before every `}` (nft 1.0.6's parser wants one).
+pub fn to_nft_script(tables: &BTreeMap<NftFamily, NftTable>) -> String {
+    let mut s = String::new();
+    for (family, table) in tables {
+        let _ = writeln!(s, "table {} {NFT_TABLE} {{", family.as_str());
+        for (name, chain) in &table.chains {
+            let _ = writeln!(s, "\tchain {name} {{");
+            if let Some(base) = &chain.base {
+                let _ = writeln!(s, "\t\t{base}");
+            }
+            for rule in &chain.rules {
+                let _ = writeln!(s, "\t\t{} comment \"weft:{}\"", rule.body, rule.id);
+            }
+            let _ = writeln!(s, "\t}}");
+        }
+        let _ = writeln!(s, "}}");
+    }
+    s
+}
+
+/// `02:57:0a:1b:2c:3d`.
+pub fn format_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Builds one table; a rule whose id is already in the table is not added twice.
+#[derive(Default)]
+struct Tables {
+    table: NftTable,
+}
+
+impl Tables {
+    fn add(&mut self, chain: &str, base: &str, body: String) {
+        let rule = rule(body);
+        let taken = self
+            .table
+            .chains
+            .values()
+            .any(|c| c.rules.iter().any(|r| r.id == rule.id));
+        if taken {
+            return;
+        }
+        self.table
+            .chains
+            .entry(chain.to_string())
+            .or_insert_with(|| NftChain {
+                base: Some(base.to_string()),
+                rules: Vec::new(),
+            })
+            .rules
+            .push(rule);
+    }
+}
+
+/// An interface name as an nft string. Weft's names are `[A-Za-z0-9_.:-]`; anything else
+/// is escaped away rather than trusted.
+fn quote(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        .collect();
+    format!("\"{clean}\"")
+}
+
+/// `"a"` for one name, `{ "a", "b" }` for more.
+fn quote_set(names: &[&str]) -> String {
+    match names {
+        [one] => quote(one),
+        _ => format!(
+            "{{ {} }}",
+            names
+                .iter()
+                .map(|n| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn l3(net: &IpNet) -> &'static str {
+    match net {
+        IpNet::V4(_) => "ip",
+        IpNet::V6(_) => "ip6",
+    }
+}
+
+/// Canonical (host bits cleared), sorted, deduplicated.
+fn sorted(subnets: &[IpNet]) -> Vec<IpNet> {
+    let mut v: Vec<IpNet> = subnets.iter().map(IpNet::trunc).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("test CIDR")
+    }
+
+    fn bridge_intent(network: &str, iface: &str, subnets: &[&str]) -> FirewallIntent {
+        FirewallIntent {
+            network: network.into(),
+            interface: Some(iface.into()),
+            subnets: subnets.iter().map(|s| net(s)).collect(),
+            masquerade: true,
+            internal: false,
+            isolation: true,
+            icc: true,
+            anycast_guard: None,
+        }
+    }
+
+    fn bodies(
+        tables: &BTreeMap<NftFamily, NftTable>,
+        family: NftFamily,
+        chain: &str,
+    ) -> Vec<String> {
+        tables
+            .get(&family)
+            .and_then(|t| t.chains.get(chain))
+            .map(|c| c.rules.iter().map(|r| r.body.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn no_intents_no_tables() {
+        assert!(render(&[]).is_empty());
+        assert!(render(&[FirewallIntent::none("mv")]).is_empty());
+    }
+
+    #[test]
+    fn masquerade_per_subnet_and_family() {
+        let t = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24", "fd00:1::/64"])]);
+        assert_eq!(
+            bodies(&t, NftFamily::Inet, CHAIN_POSTROUTING),
+            vec![
+                r#"ip saddr 10.0.0.0/24 oifname != "wfb-a" masquerade"#,
+                r#"ip6 saddr fd00:1::/64 oifname != "wfb-a" masquerade"#,
+            ]
+        );
+        let chain = &t[&NftFamily::Inet].chains[CHAIN_POSTROUTING];
+        assert_eq!(
+            chain.base.as_deref(),
+            Some("type nat hook postrouting priority 100; policy accept;")
+        );
+        // One network alone: isolation has nobody to isolate from, ICC on: no other chains.
+        assert_eq!(t[&NftFamily::Inet].chains.len(), 1);
+        assert!(!t.contains_key(&NftFamily::Bridge));
+    }
+
+    #[test]
+    fn no_masquerade_when_off_or_internal() {
+        let mut off = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
+        off.masquerade = false;
+        assert!(render(&[off]).is_empty());
+
+        let mut internal = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
+        internal.internal = true;
+        let t = render(&[internal]);
+        assert!(bodies(&t, NftFamily::Inet, CHAIN_POSTROUTING).is_empty());
+    }
+
+    #[test]
+    fn internal_drops_everything_crossing_the_bridge() {
+        let mut internal = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
+        internal.internal = true;
+        let t = render(&[internal]);
+        assert_eq!(
+            bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
+            vec![
+                r#"iifname "wfb-a" oifname != "wfb-a" drop"#,
+                r#"iifname != "wfb-a" oifname "wfb-a" drop"#,
+            ]
+        );
+        assert_eq!(
+            t[&NftFamily::Inet].chains[CHAIN_FORWARD].base.as_deref(),
+            Some("type filter hook forward priority 0; policy accept;")
+        );
+    }
+
+    #[test]
+    fn isolation_between_networks() {
+        let t = render(&[
+            bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
+            bridge_intent("b", "wfb-b", &["10.0.1.0/24"]),
+            bridge_intent("c", "wfb-c", &["10.0.2.0/24"]),
+        ]);
+        assert_eq!(
+            bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
+            vec![
+                r#"iifname "wfb-a" oifname { "wfb-b", "wfb-c" } drop"#,
+                r#"iifname "wfb-b" oifname { "wfb-a", "wfb-c" } drop"#,
+                r#"iifname "wfb-c" oifname { "wfb-a", "wfb-b" } drop"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn isolation_applies_if_either_side_asks() {
+        let mut open = bridge_intent("b", "wfb-b", &["10.0.1.0/24"]);
+        open.isolation = false;
+        let mut open2 = bridge_intent("c", "wfb-c", &["10.0.2.0/24"]);
+        open2.isolation = false;
+        let t = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"]), open, open2]);
+        assert_eq!(
+            bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
+            vec![
+                r#"iifname "wfb-a" oifname { "wfb-b", "wfb-c" } drop"#,
+                r#"iifname "wfb-b" oifname "wfb-a" drop"#,
+                r#"iifname "wfb-c" oifname "wfb-a" drop"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn internal_networks_are_left_out_of_isolation_sets() {
+        let mut internal = bridge_intent("b", "wfb-b", &["10.0.1.0/24"]);
+        internal.internal = true;
+        let t = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"]), internal]);
+        assert_eq!(
+            bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
+            vec![
+                r#"iifname "wfb-b" oifname != "wfb-b" drop"#,
+                r#"iifname != "wfb-b" oifname "wfb-b" drop"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn icc_off_in_the_bridge_family() {
+        let mut a = bridge_intent("a", "wfb-a", &["fd00:1::/64", "10.0.0.0/24"]);
+        a.icc = false;
+        let t = render(&[a]);
+        assert_eq!(
+            bodies(&t, NftFamily::Bridge, CHAIN_FORWARD),
+            vec!["ip daddr 10.0.0.0/24 drop", "ip6 daddr fd00:1::/64 drop"]
+        );
+        assert_eq!(
+            t[&NftFamily::Bridge].chains[CHAIN_FORWARD].base.as_deref(),
+            Some("type filter hook forward priority 0; policy accept;")
+        );
+    }
+
+    #[test]
+    fn anycast_guard_in_bridge_prerouting() {
+        let mut a = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
+        a.anycast_guard = Some(AnycastGuard {
+            port: "wfx-a".into(),
+            mac: [0x02, 0x57, 0xde, 0xad, 0xbe, 0xef],
+        });
+        let t = render(&[a]);
+        assert_eq!(
+            bodies(&t, NftFamily::Bridge, CHAIN_PREROUTING),
+            vec![r#"iifname "wfx-a" ether saddr 02:57:de:ad:be:ef drop"#]
+        );
+        assert_eq!(
+            t[&NftFamily::Bridge].chains[CHAIN_PREROUTING]
+                .base
+                .as_deref(),
+            Some("type filter hook prerouting priority 0; policy accept;")
+        );
+    }
+
+    #[test]
+    fn rule_ids_are_content_hashes() {
+        let a = rule("ip saddr 10.0.0.0/24 oifname != \"wfb-a\" masquerade");
+        let same = rule("ip saddr 10.0.0.0/24 oifname != \"wfb-a\" masquerade");
+        let other = rule("ip saddr 10.0.1.0/24 oifname != \"wfb-a\" masquerade");
+        assert_eq!(a.id, same.id);
+        assert_ne!(a.id, other.id);
+        assert_eq!(a.id.len(), 16);
+        // Pinned: ids must not change between versions (FNV-1a 64 reference vectors).
+        assert_eq!(rule_id(""), "cbf29ce484222325");
+        assert_eq!(rule_id("a"), "af63dc4c8601ec8c");
+        assert_eq!(rule_id("foobar"), "85944171f73967e8");
+    }
+
+    #[test]
+    fn rule_ids_change_iff_bodies_change() {
+        let before = render(&[
+            bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
+            bridge_intent("b", "wfb-b", &["10.0.1.0/24"]),
+        ]);
+        let mut b_no_masq = bridge_intent("b", "wfb-b", &["10.0.1.0/24"]);
+        b_no_masq.masquerade = false;
+        let after = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"]), b_no_masq]);
+        let all = |t: &BTreeMap<NftFamily, NftTable>| -> Vec<NftRule> {
+            t.values()
+                .flat_map(|t| t.chains.values())
+                .flat_map(|c| c.rules.clone())
+                .collect()
+        };
+        let (before, after) = (all(&before), all(&after));
+        for r in &before {
+            for s in &after {
+                assert_eq!(r.id == s.id, r.body == s.body, "{r:?} vs {s:?}");
+            }
+        }
+        // The unchanged masquerade rule of a kept its id; b's is gone.
+        assert_eq!(before.len(), after.len() + 1);
+    }
+
+    #[test]
+    fn render_is_order_independent() {
+        let mut a = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
+        a.icc = false;
+        let b = bridge_intent("b", "wfb-b", &["10.0.1.0/24"]);
+        let mut c = bridge_intent("c", "wfb-c", &["10.0.2.0/24"]);
+        c.internal = true;
+        let one = render(&[a.clone(), b.clone(), c.clone()]);
+        let two = render(&[c, b, a]);
+        assert_eq!(one, two);
+    }
+
+    #[test]
+    fn interface_names_are_never_trusted_into_nft_text() {
+        assert_eq!(quote("wfb-1\" accept; #"), "\"wfb-1accept\"");
+    }
+
+    #[test]
+    fn script_shape() {
+        let t = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"])]);
+        let id = rule_id(r#"ip saddr 10.0.0.0/24 oifname != "wfb-a" masquerade"#);
+        assert_eq!(
+            to_nft_script(&t),
+            format!(
+                "table inet weft {{\n\tchain postrouting {{\n\t\ttype nat hook postrouting priority 100; policy accept;\n\t\tip saddr 10.0.0.0/24 oifname != \"wfb-a\" masquerade comment \"weft:{id}\"\n\t}}\n}}\n"
+            )
+        );
+    }
+}
