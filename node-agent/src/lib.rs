@@ -4,8 +4,11 @@
 //! [`model::KernelState`] → [`kernel`] reads back what Weft owns, diffs, and applies the
 //! minimum → status.
 
+pub mod agent;
 pub mod drivers;
+pub mod http;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod plan;

@@ -1,9 +1,105 @@
-//! `weft-agent`: the node agent (work in progress: see docs/ARCHITECTURE.md).
+//! `weft-agent`: makes this node's kernel match the ContainerNetworks that select it.
 
-fn main() {
-    eprintln!(
-        "weft-agent {}: the node agent is not implemented yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use weft_agent::{agent, http, metrics::Metrics};
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Weft's node agent.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Name of this node (its NetworkNode object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Program this network namespace instead of the agent's own (the API is still reached from here).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Interface carrying the underlay (default: the interface of the default route).
+    #[arg(long)]
+    underlay_interface: Option<String>,
+    /// Underlay (VTEP) address (default: the underlay interface's first address).
+    #[arg(long)]
+    underlay_address: Option<IpAddr>,
+    /// Labels of this node for nodeSelectors, as key=value (repeatable or comma-separated).
+    #[arg(long = "node-label", value_delimiter = ',')]
+    node_labels: Vec<String>,
+    /// Full pass at least this often, even without events.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    resync_period: Duration,
+    /// NetworkNode heartbeat interval.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// Address of /metrics, /healthz (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    metrics_addr: SocketAddr,
+    #[arg(long, value_enum, default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s or 250ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--node-label {kv:?}: expected key=value"))?;
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes API: set KUBECONFIG or run inside a cluster")?;
+    let metrics = Arc::new(Metrics::default());
+    let bound = http::serve(args.metrics_addr, metrics.clone())
+        .await
+        .context("binding --metrics-addr")?;
+    tracing::info!(addr = %bound, "serving /metrics and /healthz");
+    let cfg = agent::Config {
+        node_name: args.node_name,
+        netns: args.netns,
+        underlay_interface: args.underlay_interface,
+        underlay_address: args.underlay_address,
+        labels: parse_labels(&args.node_labels)?,
+        resync: args.resync_period,
+        heartbeat: args.heartbeat,
+    };
+    agent::run(client, cfg, metrics).await
 }

@@ -148,10 +148,9 @@ impl Kernel {
         &self,
         view: &LinkView,
     ) -> Result<BTreeSet<Neighbour>, KernelError> {
-        let (v4, v6) = futures::join!(
-            self.dump_neighbours(AddressFamily::Inet),
-            self.dump_neighbours(AddressFamily::Inet6)
-        );
+        // One dump at a time per netlink socket (a concurrent second dump gets EBUSY).
+        let v4 = self.dump_neighbours(AddressFamily::Inet).await;
+        let v6 = self.dump_neighbours(AddressFamily::Inet6).await;
         let mut out = BTreeSet::new();
         for raw in v4?.into_iter().chain(v6?) {
             let (Some(link), Some(ip), Some(mac)) = (view.owned_name(raw.index), raw.ip, raw.mac)

@@ -381,6 +381,19 @@ impl Kernel {
         probe::probe(self).await
     }
 
+    /// Names of every link in the netns that is not Weft's (parents, the underlay, foreign
+    /// bridges): the planner needs them to find parents and to refuse names already taken.
+    pub async fn foreign_link_names(&self) -> Result<BTreeSet<String>, KernelError> {
+        let raws = self.dump_links().await?;
+        let view = link::LinkView::new(&raws);
+        let owned = view.owned_links();
+        Ok(raws
+            .iter()
+            .map(|r| r.name.clone())
+            .filter(|n| !owned.contains_key(n))
+            .collect())
+    }
+
     /// Everything Weft owns in the namespace.
     pub async fn observe(&self) -> Result<KernelState, KernelError> {
         let raws = self.dump_links().await?;
@@ -390,11 +403,17 @@ impl Kernel {
         if let Ok(written) = self.sysctl_keys.lock() {
             keys.extend(written.iter().cloned());
         }
-        let (addresses, routes, fdb, neighbours, nft, sysctls) = futures::join!(
-            self.observe_addresses(&view),
-            self.observe_routes(&view),
-            self.observe_fdb(&view),
-            self.observe_neighbours(&view),
+        // The kernel runs one dump at a time per netlink socket (a second one gets EBUSY), so
+        // the netlink dumps go one after the other; nft and sysctl reads overlap with them.
+        let netlink_dumps = async {
+            let addresses = self.observe_addresses(&view).await;
+            let routes = self.observe_routes(&view).await;
+            let fdb = self.observe_fdb(&view).await;
+            let neighbours = self.observe_neighbours(&view).await;
+            (addresses, routes, fdb, neighbours)
+        };
+        let ((addresses, routes, fdb, neighbours), nft, sysctls) = futures::join!(
+            netlink_dumps,
             nft::observe(self.netns()),
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );

@@ -134,10 +134,9 @@ impl Kernel {
         &self,
         view: &LinkView,
     ) -> Result<BTreeSet<Route>, KernelError> {
-        let (v4, v6) = futures::join!(
-            self.dump_routes(AddressFamily::Inet),
-            self.dump_routes(AddressFamily::Inet6)
-        );
+        // One dump at a time per netlink socket (a concurrent second dump gets EBUSY).
+        let v4 = self.dump_routes(AddressFamily::Inet).await;
+        let v6 = self.dump_routes(AddressFamily::Inet6).await;
         let mut out = BTreeSet::new();
         for raw in v4?.into_iter().chain(v6?) {
             if raw.table != u32::from(RouteHeader::RT_TABLE_MAIN)
