@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weft_api::condition::is_true;
 use weft_api::{AddressPool, ContainerNetwork};
-use weft_e2e::controller::ControllerProcess;
+use weft_e2e::daemon::Daemon;
 use weft_e2e::{connect, reset, wait_for};
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
                 "metadata": {"name": "bench"}, "spec": {"cidrs": ["10.0.0.0/8"], "prefixLength": 24, "default": true}})),
         )
         .await?;
-    let ctl = ControllerProcess::start(
+    let ctl = Daemon::start(
         Path::new(env!("CARGO_BIN_EXE_weft-controller")),
         &["--concurrency", "32"],
     )?;

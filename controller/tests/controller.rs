@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use weft_api::condition::{find, is_true};
 use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
-use weft_e2e::controller::ControllerProcess;
+use weft_e2e::daemon::Daemon;
 use weft_e2e::{connect, reset, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
@@ -21,8 +21,8 @@ async fn fresh_cluster() -> Client {
     client
 }
 
-fn start(args: &[&str]) -> ControllerProcess {
-    ControllerProcess::start(Path::new(BIN), args).expect("start weft-controller")
+fn start(args: &[&str]) -> Daemon {
+    Daemon::start(Path::new(BIN), args).expect("start weft-controller")
 }
 
 async fn apply<K>(client: &Client, value: serde_json::Value) -> K

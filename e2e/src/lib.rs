@@ -13,7 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
 
-pub mod controller;
+pub mod daemon;
 pub mod netns;
 
 /// Field manager the harness applies objects with.

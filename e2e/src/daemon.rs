@@ -1,4 +1,4 @@
-//! Runs the real `weft-controller` binary as a child process, the way a node would.
+//! Runs the real `weft-controller` and `weft-agent` binaries as child processes.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -6,12 +6,12 @@ use std::process::Stdio;
 use anyhow::{Context, Result};
 use tokio::process::{Child, Command};
 
-/// A running weft-controller. Dropping it kills the process (SIGKILL).
-pub struct ControllerProcess {
+/// A running Weft daemon. Dropping it kills the process (SIGKILL).
+pub struct Daemon {
     child: Child,
 }
 
-impl ControllerProcess {
+impl Daemon {
     /// Start `binary` with the test's KUBECONFIG and extra arguments.
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(binary);
@@ -33,7 +33,7 @@ impl ControllerProcess {
 
     /// SIGKILL and reap: no chance to clean up, as in a crash.
     pub async fn kill(mut self) -> Result<()> {
-        self.child.kill().await.context("killing weft-controller")
+        self.child.kill().await.context("killing the daemon")
     }
 
     /// The process id, for tests that read /proc.
@@ -44,7 +44,7 @@ impl ControllerProcess {
     /// Fails if the process has exited (a crash would otherwise look like slowness).
     pub fn assert_running(&mut self) -> Result<()> {
         match self.child.try_wait()? {
-            Some(status) => anyhow::bail!("weft-controller exited: {status}"),
+            Some(status) => anyhow::bail!("the daemon exited: {status}"),
             None => Ok(()),
         }
     }
