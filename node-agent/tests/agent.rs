@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use weft_agent::names;
 use weft_api::{ContainerNetwork, NetworkNode, RealizationState};
@@ -28,7 +28,10 @@ struct Node {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Node {
@@ -37,7 +40,17 @@ impl Node {
         reset(&client).await.expect("reset");
         let ns = Netns::new("node").expect("netns");
         for cmd in [
-            &["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"][..],
+            &[
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0-peer",
+            ][..],
             &["ip", "addr", "add", "192.0.2.10/24", "dev", "eth0"],
             &["ip", "link", "set", "eth0", "up"],
             &["ip", "link", "set", "eth0-peer", "up"],
@@ -46,8 +59,18 @@ impl Node {
             ns.exec(cmd).expect("underlay setup");
         }
         let controller = workspace_binary("weft-controller").expect("controller binary");
-        let ctl = Daemon::start(&controller, &["--node-grace-period", "1s", "--rollup-interval", "100ms"]).expect("controller");
-        let mut node = Node { ns, client, port: free_port(), agent: None, _controller: ctl };
+        let ctl = Daemon::start(
+            &controller,
+            &["--node-grace-period", "1s", "--rollup-interval", "100ms"],
+        )
+        .expect("controller");
+        let mut node = Node {
+            ns,
+            client,
+            port: free_port(),
+            agent: None,
+            _controller: ctl,
+        };
         node.start_agent();
         node
     }
@@ -55,7 +78,14 @@ impl Node {
     fn start_agent(&mut self) {
         let netns = self.ns.path();
         let port = format!("127.0.0.1:{}", self.port);
-        let args = ["--node-name", NODE, "--netns", netns.to_str().expect("path"), "--metrics-addr", &port];
+        let args = [
+            "--node-name",
+            NODE,
+            "--netns",
+            netns.to_str().expect("path"),
+            "--metrics-addr",
+            &port,
+        ];
         self.agent = Some(Daemon::start(Path::new(AGENT), &args).expect("agent"));
     }
 
@@ -66,20 +96,25 @@ impl Node {
     }
 
     async fn apply(&self, value: Value) {
-        let name = value["metadata"]["name"].as_str().expect("name").to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
         let kind = value["kind"].as_str().expect("kind").to_string();
         let pp = PatchParams::apply("test").force();
         match kind.as_str() {
-            "ContainerNetwork" => {
-                Api::<ContainerNetwork>::all(self.client.clone()).patch(&name, &pp, &Patch::Apply(&value)).await.map(|_| ())
-            }
+            "ContainerNetwork" => Api::<ContainerNetwork>::all(self.client.clone())
+                .patch(&name, &pp, &Patch::Apply(&value))
+                .await
+                .map(|_| ()),
             "AddressPool" => Api::<weft_api::AddressPool>::all(self.client.clone())
                 .patch(&name, &pp, &Patch::Apply(&value))
                 .await
                 .map(|_| ()),
-            "NetworkNode" => {
-                Api::<NetworkNode>::all(self.client.clone()).patch(&name, &pp, &Patch::Apply(&value)).await.map(|_| ())
-            }
+            "NetworkNode" => Api::<NetworkNode>::all(self.client.clone())
+                .patch(&name, &pp, &Patch::Apply(&value))
+                .await
+                .map(|_| ()),
             other => panic!("unknown kind {other}"),
         }
         .expect("apply");
@@ -98,8 +133,15 @@ impl Node {
             let api = api.clone();
             let network = network.clone();
             async move {
-                let Some(node) = api.get_opt(NODE).await? else { return Ok(None) };
-                let entry = node.status.unwrap_or_default().networks.into_iter().find(|e| e.name == network);
+                let Some(node) = api.get_opt(NODE).await? else {
+                    return Ok(None);
+                };
+                let entry = node
+                    .status
+                    .unwrap_or_default()
+                    .networks
+                    .into_iter()
+                    .find(|e| e.name == network);
                 Ok(entry.filter(|e| e.state == state).map(|e| e.reason))
             }
         })
@@ -120,7 +162,10 @@ impl Node {
 
     fn link(&self, name: &str) -> Option<Value> {
         let all = self.ip(&["link", "show"]);
-        all.as_array()?.iter().find(|l| l["ifname"] == name).cloned()
+        all.as_array()?
+            .iter()
+            .find(|l| l["ifname"] == name)
+            .cloned()
     }
 
     fn ifindex(&self, name: &str) -> Option<u64> {
@@ -185,18 +230,39 @@ async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 #[tokio::test]
 async fn bridge_network_is_programmed_with_its_attributes() {
     let node = Node::start().await;
-    node.network("web", json!({"driver": "bridge", "mtu": 1400, "ipam": {"subnets": ["10.0.0.0/24"]}})).await;
+    node.network(
+        "web",
+        json!({"driver": "bridge", "mtu": 1400, "ipam": {"subnets": ["10.0.0.0/24"]}}),
+    )
+    .await;
     node.programmed("web").await;
     let br = names::bridge("web");
     let link = node.link(&br).expect("bridge exists");
     assert_eq!(link["linkinfo"]["info_kind"], "bridge");
     assert_eq!(link["mtu"], 1400);
     assert_eq!(link["ifalias"], "weft:web");
-    assert!(link["flags"].as_array().expect("flags").iter().any(|f| f == "UP"));
+    assert!(
+        link["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .any(|f| f == "UP")
+    );
     assert_eq!(node.addresses(&br), vec!["10.0.0.1/24"]);
-    assert_eq!(node.ns.exec(&["sysctl", "-n", "net.ipv4.ip_forward"]).expect("sysctl").trim(), "1");
+    assert_eq!(
+        node.ns
+            .exec(&["sysctl", "-n", "net.ipv4.ip_forward"])
+            .expect("sysctl")
+            .trim(),
+        "1"
+    );
     let rules = node.nft(&["list", "table", "inet", "weft"]);
-    assert!(rules.contains(&format!("ip saddr 10.0.0.0/24 oifname != \"{br}\" masquerade")), "{rules}");
+    assert!(
+        rules.contains(&format!(
+            "ip saddr 10.0.0.0/24 oifname != \"{br}\" masquerade"
+        )),
+        "{rules}"
+    );
 }
 
 #[tokio::test]
@@ -206,7 +272,11 @@ async fn overlay_network_has_a_vxlan_with_flood_entries_to_its_peers() {
     node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
         "spec": {"underlayAddress": "192.0.2.20"}}))
     .await;
-    node.network("app", json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}})).await;
+    node.network(
+        "app",
+        json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+    )
+    .await;
     node.programmed("app").await;
     let vni = node.status_of("app").await.vni.expect("vni");
     let (br, vx) = (names::bridge("app"), names::vxlan("app"));
@@ -220,26 +290,57 @@ async fn overlay_network_has_a_vxlan_with_flood_entries_to_its_peers() {
     assert_eq!(vxlan["mtu"], 1450, "underlay 1500 − 50");
     assert_eq!(node.link(&br).expect("bridge")["mtu"], 1450);
     assert_eq!(node.addresses(&br), vec!["10.40.0.1/24"]);
-    let flood = || node.ns.exec(&["bridge", "fdb", "show", "dev", &vx]).unwrap_or_default();
-    assert!(flood().contains("00:00:00:00:00:00 dst 192.0.2.20"), "{}", flood());
+    let flood = || {
+        node.ns
+            .exec(&["bridge", "fdb", "show", "dev", &vx])
+            .unwrap_or_default()
+    };
+    assert!(
+        flood().contains("00:00:00:00:00:00 dst 192.0.2.20"),
+        "{}",
+        flood()
+    );
 
     // The peer leaves: its flood entry goes, nothing else is touched.
     let bridge_index = node.ifindex(&br);
-    Api::<NetworkNode>::all(node.client.clone()).delete("node-2", &DeleteParams::default()).await.expect("delete node");
-    eventually("flood entry removed", Duration::from_secs(10), || !flood().contains("192.0.2.20")).await;
+    Api::<NetworkNode>::all(node.client.clone())
+        .delete("node-2", &DeleteParams::default())
+        .await
+        .expect("delete node");
+    eventually("flood entry removed", Duration::from_secs(10), || {
+        !flood().contains("192.0.2.20")
+    })
+    .await;
     assert_eq!(node.ifindex(&br), bridge_index, "bridge not recreated");
 }
 
 #[tokio::test]
 async fn macvlan_waits_for_its_parent_then_gets_a_host_shim() {
     let node = Node::start().await;
-    node.network("pub", json!({"driver": "macvlan", "macvlan": {"parent": "eth1", "hostShim": true},
-        "ipam": {"subnets": ["192.168.50.0/24"]}}))
+    node.network(
+        "pub",
+        json!({"driver": "macvlan", "macvlan": {"parent": "eth1", "hostShim": true},
+        "ipam": {"subnets": ["192.168.50.0/24"]}}),
+    )
     .await;
     let reason = node.wait_state("pub", RealizationState::Pending).await;
     assert_eq!(reason.as_deref(), Some("ParentMissing"));
-    node.ns.exec(&["ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1-peer"]).expect("parent");
-    node.ns.exec(&["ip", "link", "set", "eth1", "up"]).expect("up");
+    node.ns
+        .exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1-peer",
+        ])
+        .expect("parent");
+    node.ns
+        .exec(&["ip", "link", "set", "eth1", "up"])
+        .expect("up");
     node.programmed("pub").await;
     let shim = node.link(&names::shim("pub")).expect("shim exists");
     assert_eq!(shim["linkinfo"]["info_kind"], "macvlan");
@@ -247,9 +348,18 @@ async fn macvlan_waits_for_its_parent_then_gets_a_host_shim() {
     assert_eq!(shim["link"], "eth1");
     let addrs = node.addresses(&names::shim("pub"));
     assert_eq!(addrs.len(), 1, "{addrs:?}");
-    assert!(addrs[0].starts_with("192.168.50.") && addrs[0].ends_with("/32"), "{addrs:?}");
-    let routes = node.ns.exec(&["ip", "route", "show", "dev", &names::shim("pub")]).expect("routes");
-    assert!(routes.contains("192.168.50.0/"), "a route to this node's block: {routes}");
+    assert!(
+        addrs[0].starts_with("192.168.50.") && addrs[0].ends_with("/32"),
+        "{addrs:?}"
+    );
+    let routes = node
+        .ns
+        .exec(&["ip", "route", "show", "dev", &names::shim("pub")])
+        .expect("routes");
+    assert!(
+        routes.contains("192.168.50.0/"),
+        "a route to this node's block: {routes}"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +367,9 @@ async fn vlan_sub_interface_is_created_and_owned_where_the_kernel_has_vlan() {
     let node = Node::start().await;
     node.programmed_node().await;
     if !node.capability("vlan").await {
-        eprintln!("SKIP: vlan_sub_interface_is_created_and_owned_where_the_kernel_has_vlan: this kernel has no 802.1q vlan support (Unknown device type)");
+        eprintln!(
+            "SKIP: vlan_sub_interface_is_created_and_owned_where_the_kernel_has_vlan: this kernel has no 802.1q vlan support (Unknown device type)"
+        );
         return;
     }
     node.network("mv", json!({"driver": "macvlan", "macvlan": {"parent": "eth0", "vlan": 10}, "ipam": {"subnets": ["192.168.10.0/24"]}}))
@@ -266,8 +378,16 @@ async fn vlan_sub_interface_is_created_and_owned_where_the_kernel_has_vlan() {
     let vlan = node.link("eth0.10").expect("eth0.10 exists");
     assert_eq!(vlan["linkinfo"]["info_data"]["id"], 10);
     assert_eq!(vlan["ifalias"], "weft:mv");
-    Api::<ContainerNetwork>::all(node.client.clone()).delete("mv", &DeleteParams::default()).await.expect("delete");
-    eventually("eth0.10 removed with the network", Duration::from_secs(10), || node.link("eth0.10").is_none()).await;
+    Api::<ContainerNetwork>::all(node.client.clone())
+        .delete("mv", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "eth0.10 removed with the network",
+        Duration::from_secs(10),
+        || node.link("eth0.10").is_none(),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -275,7 +395,9 @@ async fn ipvlan_network_is_programmed_where_the_kernel_has_ipvlan() {
     let node = Node::start().await;
     node.programmed_node().await;
     if !node.capability("ipvlan").await {
-        eprintln!("SKIP: ipvlan_network_is_programmed_where_the_kernel_has_ipvlan: this kernel has no ipvlan support (Unknown device type)");
+        eprintln!(
+            "SKIP: ipvlan_network_is_programmed_where_the_kernel_has_ipvlan: this kernel has no ipvlan support (Unknown device type)"
+        );
         return;
     }
     node.network("iv", json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"}, "ipam": {"subnets": ["192.168.20.0/24"]}}))
@@ -291,7 +413,13 @@ async fn host_and_none_networks_are_reported_programmed_with_nothing_to_create()
     node.programmed("h").await;
     node.programmed("n").await;
     let links = node.ip(&["link", "show"]);
-    assert!(links.as_array().expect("links").iter().all(|l| !l["ifname"].as_str().unwrap_or("").starts_with("wf")));
+    assert!(
+        links
+            .as_array()
+            .expect("links")
+            .iter()
+            .all(|l| !l["ifname"].as_str().unwrap_or("").starts_with("wf"))
+    );
 }
 
 impl Node {
@@ -307,26 +435,38 @@ impl Node {
     }
 
     async fn capability(&self, name: &str) -> bool {
-        let caps = serde_json::to_value(&self.programmed_node().await.spec.capabilities).expect("caps");
+        let caps =
+            serde_json::to_value(&self.programmed_node().await.spec.capabilities).expect("caps");
         caps[name] == true
     }
 }
 
 // ---------------------------------------------------------------- drift
 
-async fn drift_test(kind: &str, tamper: impl Fn(&Node, &str, &str), restored: impl Fn(&Node, &str, &str) -> bool) {
+async fn drift_test(
+    kind: &str,
+    tamper: impl Fn(&Node, &str, &str),
+    restored: impl Fn(&Node, &str, &str) -> bool,
+) {
     let node = Node::start().await;
     node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
         "spec": {"underlayAddress": "192.0.2.20"}}))
     .await;
-    node.network("app", json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}})).await;
+    node.network(
+        "app",
+        json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+    )
+    .await;
     node.programmed("app").await;
     let (br, vx) = (names::bridge("app"), names::vxlan("app"));
     assert!(restored(&node, &br, &vx), "in place before tampering");
     let label = format!("weft_drift_corrections_total{{kind=\"{kind}\"}}");
     let before = node.metric(&label).await;
     tamper(&node, &br, &vx);
-    let took = eventually(&format!("{kind} restored"), Duration::from_secs(1), || restored(&node, &br, &vx)).await;
+    let took = eventually(&format!("{kind} restored"), Duration::from_secs(1), || {
+        restored(&node, &br, &vx)
+    })
+    .await;
     eprintln!("{kind}: restored in {took:?}");
     let counted = wait_for(Duration::from_secs(2), || {
         let node = &node;
@@ -337,7 +477,10 @@ async fn drift_test(kind: &str, tamper: impl Fn(&Node, &str, &str), restored: im
         }
     })
     .await;
-    assert!(counted.is_ok(), "weft_drift_corrections_total{{kind=\"{kind}\"}} did not count the repair");
+    assert!(
+        counted.is_ok(),
+        "weft_drift_corrections_total{{kind=\"{kind}\"}} did not count the repair"
+    );
 }
 
 #[tokio::test]
@@ -345,9 +488,16 @@ async fn deleted_bridge_is_restored_within_a_second() {
     drift_test(
         "link",
         |n, br, _| {
-            n.ns.exec(&["ip", "link", "del", br]).expect("delete bridge");
+            n.ns.exec(&["ip", "link", "del", br])
+                .expect("delete bridge");
         },
-        |n, br, vx| n.link(br).is_some() && n.link(vx).and_then(|l| l["master"].as_str().map(str::to_string)).as_deref() == Some(br),
+        |n, br, vx| {
+            n.link(br).is_some()
+                && n.link(vx)
+                    .and_then(|l| l["master"].as_str().map(str::to_string))
+                    .as_deref()
+                    == Some(br)
+        },
     )
     .await;
 }
@@ -357,7 +507,8 @@ async fn flushed_address_is_restored_within_a_second() {
     drift_test(
         "address",
         |n, br, _| {
-            n.ns.exec(&["ip", "addr", "flush", "dev", br]).expect("flush");
+            n.ns.exec(&["ip", "addr", "flush", "dev", br])
+                .expect("flush");
         },
         |n, br, _| n.addresses(br) == vec!["10.40.0.1/24"],
     )
@@ -369,9 +520,23 @@ async fn removed_fdb_entry_is_restored_within_a_second() {
     drift_test(
         "fdb",
         |n, _, vx| {
-            n.ns.exec(&["bridge", "fdb", "del", "00:00:00:00:00:00", "dev", vx, "dst", "192.0.2.20"]).expect("fdb del");
+            n.ns.exec(&[
+                "bridge",
+                "fdb",
+                "del",
+                "00:00:00:00:00:00",
+                "dev",
+                vx,
+                "dst",
+                "192.0.2.20",
+            ])
+            .expect("fdb del");
         },
-        |n, _, vx| n.ns.exec(&["bridge", "fdb", "show", "dev", vx]).unwrap_or_default().contains("dst 192.0.2.20"),
+        |n, _, vx| {
+            n.ns.exec(&["bridge", "fdb", "show", "dev", vx])
+                .unwrap_or_default()
+                .contains("dst 192.0.2.20")
+        },
     )
     .await;
 }
@@ -381,9 +546,13 @@ async fn flushed_nft_table_is_restored_within_a_second() {
     drift_test(
         "nft",
         |n, _, _| {
-            n.ns.exec(&["nft", "flush", "table", "inet", "weft"]).expect("flush table");
+            n.ns.exec(&["nft", "flush", "table", "inet", "weft"])
+                .expect("flush table");
         },
-        |n, _, _| n.nft(&["list", "table", "inet", "weft"]).contains("masquerade"),
+        |n, _, _| {
+            n.nft(&["list", "table", "inet", "weft"])
+                .contains("masquerade")
+        },
     )
     .await;
 }
@@ -395,46 +564,114 @@ async fn foreign_objects_survive_every_pass() {
     let node = Node::start().await;
     for cmd in [
         &["ip", "link", "add", "br-foreign", "type", "bridge"][..],
-        &["ip", "link", "add", "vx-foreign", "type", "vxlan", "id", "77", "dstport", "4789", "local", "192.0.2.10"],
-        &["ip", "link", "add", "mv-foreign", "link", "eth0", "type", "macvlan", "mode", "bridge"],
+        &[
+            "ip",
+            "link",
+            "add",
+            "vx-foreign",
+            "type",
+            "vxlan",
+            "id",
+            "77",
+            "dstport",
+            "4789",
+            "local",
+            "192.0.2.10",
+        ],
+        &[
+            "ip",
+            "link",
+            "add",
+            "mv-foreign",
+            "link",
+            "eth0",
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
         &["ip", "addr", "add", "172.31.0.1/24", "dev", "br-foreign"],
         &["nft", "add", "table", "inet", "foreign"],
-        &["nft", "add", "chain", "inet", "foreign", "input", "{ type filter hook input priority 0; policy accept; }"],
-        &["nft", "add", "rule", "inet", "foreign", "input", "tcp", "dport", "22", "accept"],
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "foreign",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ],
+        &[
+            "nft", "add", "rule", "inet", "foreign", "input", "tcp", "dport", "22", "accept",
+        ],
     ] {
         node.ns.exec(cmd).expect("foreign setup");
     }
     let snapshot = |n: &Node| {
         (
-            ["br-foreign", "vx-foreign", "mv-foreign"].map(|l| n.link(l).map(|v| (v["ifindex"].clone(), v["flags"].clone()))),
+            ["br-foreign", "vx-foreign", "mv-foreign"].map(|l| {
+                n.link(l)
+                    .map(|v| (v["ifindex"].clone(), v["flags"].clone()))
+            }),
             n.addresses("br-foreign"),
             n.nft(&["list", "table", "inet", "foreign"]),
         )
     };
     let before = snapshot(&node);
-    node.network("web", json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}})).await;
-    node.network("app", json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}})).await;
+    node.network(
+        "web",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+    )
+    .await;
+    node.network(
+        "app",
+        json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+    )
+    .await;
     node.programmed("web").await;
     node.programmed("app").await;
     let api: Api<ContainerNetwork> = Api::all(node.client.clone());
-    api.delete("web", &DeleteParams::default()).await.expect("delete");
-    api.delete("app", &DeleteParams::default()).await.expect("delete");
-    eventually("weft objects removed", Duration::from_secs(10), || node.link(&names::bridge("web")).is_none() && node.link(&names::bridge("app")).is_none()).await;
-    assert_eq!(snapshot(&node), before, "foreign links, address and nft table untouched");
+    api.delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    api.delete("app", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("weft objects removed", Duration::from_secs(10), || {
+        node.link(&names::bridge("web")).is_none() && node.link(&names::bridge("app")).is_none()
+    })
+    .await;
+    assert_eq!(
+        snapshot(&node),
+        before,
+        "foreign links, address and nft table untouched"
+    );
     assert!(before.2.contains("tcp dport 22 accept"));
 }
 
 #[tokio::test]
 async fn restarted_agent_keeps_every_link_and_writes_nothing() {
     let mut node = Node::start().await;
-    node.network("web", json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}})).await;
+    node.network(
+        "web",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+    )
+    .await;
     node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
         "spec": {"underlayAddress": "192.0.2.20"}}))
     .await;
-    node.network("app", json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}})).await;
+    node.network(
+        "app",
+        json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+    )
+    .await;
     node.programmed("web").await;
     node.programmed("app").await;
-    let names = [names::bridge("web"), names::bridge("app"), names::vxlan("app")];
+    let names = [
+        names::bridge("web"),
+        names::bridge("app"),
+        names::vxlan("app"),
+    ];
     let before: Vec<_> = names.iter().map(|n| node.ifindex(n)).collect();
     assert!(before.iter().all(Option::is_some));
 
@@ -449,28 +686,49 @@ async fn restarted_agent_keeps_every_link_and_writes_nothing() {
     .expect("first pass");
     let after: Vec<_> = names.iter().map(|n| node.ifindex(n)).collect();
     assert_eq!(before, after, "same ifindexes: nothing recreated");
-    assert_eq!(node.metric("weft_agent_kernel_writes_total").await, 0.0, "zero kernel writes on the first pass");
+    assert_eq!(
+        node.metric("weft_agent_kernel_writes_total").await,
+        0.0,
+        "zero kernel writes on the first pass"
+    );
 }
 
 #[tokio::test]
 async fn network_deleted_while_the_agent_was_down_is_cleaned_on_start() {
     let mut node = Node::start().await;
-    node.network("web", json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}})).await;
+    node.network(
+        "web",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+    )
+    .await;
     node.programmed("web").await;
     node.kill_agent().await;
     let api: Api<ContainerNetwork> = Api::all(node.client.clone());
-    api.delete("web", &DeleteParams::default()).await.expect("delete");
+    api.delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(api.get_opt("web").await.expect("get").is_some(), "the finalizer waits: the node still has the network");
+    assert!(
+        api.get_opt("web").await.expect("get").is_some(),
+        "the finalizer waits: the node still has the network"
+    );
     assert!(node.link(&names::bridge("web")).is_some());
 
     node.start_agent();
-    eventually("bridge removed", Duration::from_secs(10), || node.link(&names::bridge("web")).is_none()).await;
+    eventually("bridge removed", Duration::from_secs(10), || {
+        node.link(&names::bridge("web")).is_none()
+    })
+    .await;
     wait_for(Duration::from_secs(10), || {
         let api = api.clone();
         async move { Ok(api.get_opt("web").await?.is_none().then_some(())) }
     })
     .await
     .expect("the network is gone once the node reported the removal");
-    assert!(node.nft(&["list", "tables"]).lines().all(|l| !l.contains("weft")), "no weft tables left");
+    assert!(
+        node.nft(&["list", "tables"])
+            .lines()
+            .all(|l| !l.contains("weft")),
+        "no weft tables left"
+    );
 }
