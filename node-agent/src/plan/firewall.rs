@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | masquerade (unless internal or `bridge.masquerade: false`) | inet `postrouting` (nat) | `ip saddr S oifname != "B" masquerade` (`ip6 saddr` for IPv6) |
 //! | internal | inet `forward` | `iifname "B" oifname != "B" drop`, `iifname != "B" oifname "B" drop` |
-//! | isolation (if either side asks for it) | inet `forward` | `iifname "B" oifname { "B2", "B3" } drop` (one rule per source bridge) |
+//! | isolation (if either side asks for it) | inet `forward` | `iifname "B" oifname != "B" oifname "wfb-*" drop`, `oifname "B" iifname != "B" iifname "wfb-*" drop` |
 //! | `interContainerTraffic: false` | bridge `forward` | `ip daddr S drop` (`ip6 daddr` for IPv6) |
 //! | overlay anycast gateway | bridge `prerouting` | `iifname "X" ether saddr M drop` (`X` = VXLAN port, `M` = gateway MAC) |
 //!
@@ -148,16 +148,23 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
             // Nothing crosses the bridge at all: isolation would add nothing.
             continue;
         }
-        let others: Vec<&str> = routed
+        // Two constant-size rules per isolated network, matching every other Weft bridge by
+        // name prefix (Docker's two-stage isolation chains, in nftables): the ruleset grows
+        // linearly with the number of networks, not quadratically.
+        let has_others = routed
             .iter()
-            .filter(|(other, o)| *other != name && !o.internal && (intent.isolation || o.isolation))
-            .map(|(other, _)| *other)
-            .collect();
-        if !others.is_empty() {
+            .any(|(other, o)| *other != name && !o.internal);
+        if intent.isolation && has_others {
+            let all = format!("\"{}b-*\"", crate::names::LINK_PREFIX);
             inet.add(
                 CHAIN_FORWARD,
                 FILTER_FORWARD,
-                format!("iifname {b} oifname {} drop", quote_set(&others)),
+                format!("iifname {b} oifname != {b} oifname {all} drop"),
+            );
+            inet.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!("oifname {b} iifname != {b} iifname {all} drop"),
             );
         }
     }
@@ -284,21 +291,6 @@ fn quote(name: &str) -> String {
     format!("\"{clean}\"")
 }
 
-/// `"a"` for one name, `{ "a", "b" }` for more.
-fn quote_set(names: &[&str]) -> String {
-    match names {
-        [one] => quote(one),
-        _ => format!(
-            "{{ {} }}",
-            names
-                .iter()
-                .map(|n| quote(n))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 fn l3(net: &IpNet) -> &'static str {
     match net {
         IpNet::V4(_) => "ip",
@@ -410,14 +402,16 @@ mod tests {
             bridge_intent("b", "wfb-b", &["10.0.1.0/24"]),
             bridge_intent("c", "wfb-c", &["10.0.2.0/24"]),
         ]);
-        assert_eq!(
-            bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
-            vec![
-                r#"iifname "wfb-a" oifname { "wfb-b", "wfb-c" } drop"#,
-                r#"iifname "wfb-b" oifname { "wfb-a", "wfb-c" } drop"#,
-                r#"iifname "wfb-c" oifname { "wfb-a", "wfb-b" } drop"#,
-            ]
-        );
+        let mut want = Vec::new();
+        for n in ["wfb-a", "wfb-b", "wfb-c"] {
+            want.push(format!(
+                r#"iifname "{n}" oifname != "{n}" oifname "wfb-*" drop"#
+            ));
+            want.push(format!(
+                r#"oifname "{n}" iifname != "{n}" iifname "wfb-*" drop"#
+            ));
+        }
+        assert_eq!(bodies(&t, NftFamily::Inet, CHAIN_FORWARD), want);
     }
 
     #[test]
@@ -427,14 +421,31 @@ mod tests {
         let mut open2 = bridge_intent("c", "wfb-c", &["10.0.2.0/24"]);
         open2.isolation = false;
         let t = render(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"]), open, open2]);
+        // Only a's rules: they cut a off from b and c in both directions; b and c still talk.
         assert_eq!(
             bodies(&t, NftFamily::Inet, CHAIN_FORWARD),
             vec![
-                r#"iifname "wfb-a" oifname { "wfb-b", "wfb-c" } drop"#,
-                r#"iifname "wfb-b" oifname "wfb-a" drop"#,
-                r#"iifname "wfb-c" oifname "wfb-a" drop"#,
+                r#"iifname "wfb-a" oifname != "wfb-a" oifname "wfb-*" drop"#,
+                r#"oifname "wfb-a" iifname != "wfb-a" iifname "wfb-*" drop"#,
             ]
         );
+    }
+
+    #[test]
+    fn isolation_rules_grow_linearly_with_networks() {
+        let intents: Vec<_> = (0..1000)
+            .map(|i| {
+                bridge_intent(
+                    &format!("n{i}"),
+                    &format!("wfb-{i:08x}"),
+                    &[&format!("10.{}.{}.0/24", i / 256, i % 256)],
+                )
+            })
+            .collect();
+        let t = render(&intents);
+        let rules = &t[&NftFamily::Inet].chains[CHAIN_FORWARD].rules;
+        assert_eq!(rules.len(), 2000);
+        assert!(rules.iter().all(|r| r.body.len() < 100));
     }
 
     #[test]
