@@ -5,8 +5,10 @@
 //!    to all N reported Programmed, kernel writes, agent peak RSS (VmHWM).
 //! 2. M networks (default 100) applied one at a time: apply → Programmed on the node, p50/p99.
 //!
-//!     cargo build --release -p weft-controller
-//!     KUBECONFIG=... cargo bench -p weft-agent --bench node [-- N M]
+//! ```text
+//! cargo build --release -p weft-controller
+//! KUBECONFIG=... cargo bench -p weft-agent --bench node [-- N M]
+//! ```
 //!
 //! It deletes every Weft object in the cluster first and last.
 
@@ -185,7 +187,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         loop {
             let (_, names) = programmed(&nodes).await;
-            if names.iter().any(|x| *x == name) {
+            if names.contains(&name) {
                 break;
             }
             anyhow::ensure!(
