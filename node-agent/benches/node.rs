@@ -4,6 +4,9 @@
 //! 1. N bridge networks (default 1,000) exist before the agent starts: time from agent start
 //!    to all N reported Programmed, kernel writes, agent peak RSS (VmHWM).
 //! 2. M networks (default 100) applied one at a time: apply → Programmed on the node, p50/p99.
+//! 3. The same M bridge networks created by Docker 20.10 (`docker network create -d bridge`,
+//!    dockerd confined to its own throwaway netns and data directory), p50/p99, and the
+//!    ratio Weft / Docker. Skipped, visibly, when dockerd is not installed.
 //!
 //! ```text
 //! cargo build --release -p weft-controller
