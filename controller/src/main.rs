@@ -35,30 +35,14 @@ struct Args {
     #[arg(long, default_value = "weft-controller")]
     lease_name: String,
     /// How long a node's block outlives its NetworkNode (or its match of the nodeSelector).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     node_grace_period: Duration,
     /// Minimum time between status writes that only change node counts.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     rollup_interval: Duration,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
-}
-
-/// "250ms", "30s", "5m", "1h".
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s or 250ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    }
 }
 
 fn init_logging(format: LogFormat) {

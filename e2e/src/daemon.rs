@@ -14,7 +14,17 @@ pub struct Daemon {
 impl Daemon {
     /// Start `binary` with the test's KUBECONFIG and extra arguments.
     pub fn start(binary: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_with_env(binary, extra_args, &[])
+    }
+
+    /// Like `start`, with extra environment (e.g. a KUBECONFIG that goes through a proxy).
+    pub fn start_with_env(
+        binary: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut cmd = Command::new(binary);
+        cmd.envs(env.iter().copied());
         if !extra_args.contains(&"--metrics-addr") {
             cmd.args(["--metrics-addr", "127.0.0.1:0"]);
         }

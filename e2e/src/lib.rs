@@ -15,6 +15,7 @@ use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 pub mod daemon;
 pub mod netns;
+pub mod outage;
 
 /// Field manager the harness applies objects with.
 pub const TEST_MANAGER: &str = "weft-e2e";

@@ -43,6 +43,28 @@ impl Netns {
         Ok(ns)
     }
 
+    /// A "node": a namespace whose underlay is `eth0` (one end of a veth pair kept inside,
+    /// so it is up) with `address` (CIDR) and a default route via `gateway`.
+    pub fn node(prefix: &str, address: &str, gateway: &str) -> Result<Self> {
+        let ns = Self::new(prefix)?;
+        ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ])?;
+        ns.exec(&["ip", "addr", "add", address, "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "link", "set", "eth0-peer", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", gateway])?;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -1,9 +1,9 @@
 //! Benchmarks of one node (a throwaway netns) against the real API server in KUBECONFIG,
 //! with the real controller and agent binaries:
 //!
-//! 1. N bridge networks (default 1,000) exist before the agent starts: time from agent start
-//!    to all N reported Programmed, kernel writes, agent peak RSS (VmHWM).
-//! 2. M networks (default 100) applied one at a time: apply → Programmed on the node, p50/p99.
+//! 1. M networks (default 100) applied one at a time: apply → Programmed on the node, p50/p99.
+//! 2. N bridge networks (default 1,000) exist before a second node's agent starts: time from
+//!    agent start to all N reported Programmed, kernel writes, agent peak RSS (VmHWM).
 //! 3. The same M bridge networks created by Docker 20.10 (`docker network create -d bridge`,
 //!    dockerd confined to its own throwaway netns and data directory), p50/p99, and the
 //!    ratio Weft / Docker. Skipped, visibly, when dockerd is not installed.
@@ -63,8 +63,8 @@ fn network(name: &str, i: usize) -> ContainerNetwork {
 }
 
 /// How many networks the node reports Programmed.
-async fn programmed(nodes: &Api<NetworkNode>) -> (usize, Vec<String>) {
-    let Ok(Some(node)) = nodes.get_opt(NODE).await else {
+async fn programmed(nodes: &Api<NetworkNode>, node: &str) -> (usize, Vec<String>) {
+    let Ok(Some(node)) = nodes.get_opt(node).await else {
         return (0, vec![]);
     };
     let entries = node.status.unwrap_or_default().networks;
@@ -81,6 +81,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+fn start_agent(node: &str, ns: &Netns, port: u16) -> anyhow::Result<Daemon> {
+    let netns = ns.path();
+    let addr = format!("127.0.0.1:{port}");
+    let args = [
+        "--node-name",
+        node,
+        "--netns",
+        netns.to_str().unwrap_or_default(),
+        "--metrics-addr",
+        &addr,
+    ];
+    Daemon::start(Path::new(env!("CARGO_BIN_EXE_weft-agent")), &args)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -91,29 +111,59 @@ async fn main() -> anyhow::Result<()> {
     let m = args.get(1).copied().unwrap_or(100);
     let client = connect().await?;
     reset(&client).await?;
-    let ns = Netns::new("bench")?;
-    ns.exec(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0-peer",
-    ])?;
-    ns.exec(&["ip", "addr", "add", "192.0.2.10/24", "dev", "eth0"])?;
-    ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-    ns.exec(&["ip", "route", "add", "default", "via", "192.0.2.1"])?;
     let controller = Daemon::start(
         &workspace_binary("weft-controller")?,
         &["--rollup-interval", "1s"],
     )?;
-
-    // 1. Cold start with N networks already allocated.
     let api: Api<ContainerNetwork> = Api::all(client.clone());
-    let created: Vec<anyhow::Result<()>> = futures::stream::iter(0..n)
+    let nodes: Api<NetworkNode> = Api::all(client.clone());
+
+    // 1. One network at a time on a running node: apply → programmed on the node.
+    let ns = Netns::node("bench", "192.0.2.10/24", "192.0.2.1")?;
+    let agent = start_agent(NODE, &ns, free_port()?)?;
+    while nodes.get_opt(NODE).await?.and_then(|n| n.status).is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut latencies = Vec::with_capacity(m);
+    for i in 0..m {
+        let name = format!("one-{i:03}");
+        let t = Instant::now();
+        api.patch(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(network(&name, i)),
+        )
+        .await?;
+        loop {
+            let (_, names) = programmed(&nodes, NODE).await;
+            if names.contains(&name) {
+                break;
+            }
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name} not programmed after 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "agent: one network applied → programmed on the node, over {m} networks: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default())
+    );
+    println!(
+        "agent: peak RSS {:.1} MiB",
+        peak_rss_kib(agent.pid().unwrap_or(0)) as f64 / 1024.0
+    );
+    agent.kill().await?;
+    drop(ns);
+
+    // 2. Cold start: n networks exist (m of them from above) before a new node's agent starts.
+    let total = n.max(m);
+    let created: Vec<anyhow::Result<()>> = futures::stream::iter(m..total)
         .map(|i| {
             let api = api.clone();
             async move {
@@ -136,28 +186,13 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let netns = ns.path();
+    let cold_node = "bench-cold";
+    let ns = Netns::node("cold", "192.0.2.11/24", "192.0.2.1")?;
+    let port = free_port()?;
     let start = Instant::now();
-    let agent = Daemon::start(
-        Path::new(env!("CARGO_BIN_EXE_weft-agent")),
-        &[
-            "--node-name",
-            NODE,
-            "--netns",
-            netns.to_str().unwrap_or_default(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-    )?;
+    let agent = start_agent(cold_node, &ns, port)?;
     let pid = agent.pid().unwrap_or(0);
-    let nodes: Api<NetworkNode> = Api::all(client.clone());
-    loop {
-        if programmed(&nodes).await.0 >= n {
-            break;
-        }
+    while programmed(&nodes, cold_node).await.0 < total {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(300),
             "not all programmed after 300 s"
@@ -170,50 +205,121 @@ async fn main() -> anyhow::Result<()> {
         .exec(&["ip", "-o", "link", "show", "type", "bridge"])?
         .lines()
         .count();
-    let rss_cold = peak_rss_kib(pid);
     println!(
-        "agent: {n} bridge networks, cold start → all programmed: {:.2} s, {writes} kernel writes, {bridges} bridges in the netns, peak RSS {:.1} MiB",
+        "agent: {total} bridge networks, cold start → all programmed: {:.2} s, {writes} kernel writes, {bridges} bridges in the netns, peak RSS {:.1} MiB",
         cold.as_secs_f64(),
-        rss_cold as f64 / 1024.0
-    );
-
-    // 2. One network at a time: apply → programmed on the node.
-    let mut latencies = Vec::with_capacity(m);
-    for i in 0..m {
-        let name = format!("one-{i:03}");
-        let t = Instant::now();
-        api.patch(
-            &name,
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(network(&name, n + i)),
-        )
-        .await?;
-        loop {
-            let (_, names) = programmed(&nodes).await;
-            if names.contains(&name) {
-                break;
-            }
-            anyhow::ensure!(
-                t.elapsed() < Duration::from_secs(30),
-                "{name} not programmed after 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        latencies.push(t.elapsed());
-    }
-    latencies.sort();
-    println!(
-        "agent: one network applied → programmed on the node, over {m} networks (with {n} present): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
-        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
-    );
-    println!(
-        "agent: peak RSS after both runs {:.1} MiB",
         peak_rss_kib(pid) as f64 / 1024.0
     );
     agent.kill().await?;
     controller.kill().await?;
+    drop(ns);
     reset(&client).await?;
+
+    // 3. Docker doing the same work.
+    match docker_bridge_creates(m).await? {
+        None => println!(
+            "SKIP: docker comparison: dockerd is not installed (apt-get install docker.io)"
+        ),
+        Some(mut docker) => {
+            docker.sort();
+            let (dp50, dp99) = (percentile(&docker, 0.5), percentile(&docker, 0.99));
+            println!(
+                "docker 20.10: `docker network create -d bridge`, over {m} networks: p50 {:.0} ms, p99 {:.0} ms",
+                ms(dp50),
+                ms(dp99)
+            );
+            println!(
+                "ratio Weft / Docker: p50 {:.2}, p99 {:.2}",
+                percentile(&latencies, 0.5).as_secs_f64() / dp50.as_secs_f64(),
+                percentile(&latencies, 0.99).as_secs_f64() / dp99.as_secs_f64()
+            );
+        }
+    }
     Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Time `docker network create -d bridge` m times against a dockerd that lives in its own
+/// network namespace (its bridges and iptables rules stay there) with a private data root.
+async fn docker_bridge_creates(m: usize) -> anyhow::Result<Option<Vec<Duration>>> {
+    if std::process::Command::new("dockerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Ok(None);
+    }
+    let ns = Netns::new("docker")?;
+    let dir = std::env::temp_dir().join(format!("weft-bench-docker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let sock = format!("unix://{}/docker.sock", dir.display());
+    let sub = |name: &str| dir.join(name).display().to_string();
+    let mut dockerd = tokio::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args([
+            "dockerd",
+            "--bridge=none",
+            "--storage-driver=vfs",
+            "--host",
+            &sock,
+        ])
+        .args([
+            "--data-root",
+            &sub("data"),
+            "--exec-root",
+            &sub("exec"),
+            "--pidfile",
+            &sub("docker.pid"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("dockerd.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let docker = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(["-H", &sock]).args(args);
+        cmd
+    };
+    let up = Instant::now();
+    while !docker(&["info"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        anyhow::ensure!(
+            up.elapsed() < Duration::from_secs(60),
+            "dockerd did not start; see {}",
+            dir.join("dockerd.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut times = Vec::with_capacity(m);
+    for i in 0..m {
+        let subnet = format!("10.{}.{}.0/24", 200 + i / 256, i % 256);
+        let t = Instant::now();
+        let out = docker(&[
+            "network",
+            "create",
+            "-d",
+            "bridge",
+            "--subnet",
+            &subnet,
+            &format!("dn{i}"),
+        ])
+        .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "docker network create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        times.push(t.elapsed());
+    }
+    let _ = dockerd.start_kill();
+    let _ = dockerd.wait().await;
+    drop(ns); // kills containerd and anything else still in the namespace
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(times))
 }

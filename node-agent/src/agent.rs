@@ -355,10 +355,12 @@ impl Agent {
 
     async fn pass(&mut self) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
-        let mut facts = self.facts.clone();
-        facts.interfaces = self.kernel.foreign_link_names().await?;
+        let (observed, foreign) = self.kernel.observe_with_foreign().await?;
+        let facts = NodeFacts {
+            interfaces: foreign,
+            ..self.facts.clone()
+        };
         let (desired, outcomes) = plan::plan_node(&inputs, &facts);
-        let observed = self.kernel.observe().await?;
         let changes = kernel::diff(&desired, &observed);
         let drift = self.last_desired.as_ref() == Some(&desired);
         let report = if changes.is_empty() {

@@ -36,30 +36,16 @@ struct Args {
     #[arg(long = "node-label", value_delimiter = ',')]
     node_labels: Vec<String>,
     /// Full pass at least this often, even without events.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     resync_period: Duration,
     /// NetworkNode heartbeat interval.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
     /// Address of /metrics, /healthz (port 0 picks a free port).
     #[arg(long, default_value = "0.0.0.0:9090")]
     metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s or 250ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
-    }
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {

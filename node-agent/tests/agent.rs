@@ -38,26 +38,7 @@ impl Node {
     async fn start() -> Self {
         let client = connect().await.expect("API server");
         reset(&client).await.expect("reset");
-        let ns = Netns::new("node").expect("netns");
-        for cmd in [
-            &[
-                "ip",
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0-peer",
-            ][..],
-            &["ip", "addr", "add", "192.0.2.10/24", "dev", "eth0"],
-            &["ip", "link", "set", "eth0", "up"],
-            &["ip", "link", "set", "eth0-peer", "up"],
-            &["ip", "route", "add", "default", "via", "192.0.2.1"],
-        ] {
-            ns.exec(cmd).expect("underlay setup");
-        }
+        let ns = Netns::node("node", "192.0.2.10/24", "192.0.2.1").expect("node netns");
         let controller = workspace_binary("weft-controller").expect("controller binary");
         let ctl = Daemon::start(
             &controller,
@@ -76,6 +57,10 @@ impl Node {
     }
 
     fn start_agent(&mut self) {
+        self.start_agent_with_env(&[]);
+    }
+
+    fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
         let netns = self.ns.path();
         let port = format!("127.0.0.1:{}", self.port);
         let args = [
@@ -86,7 +71,7 @@ impl Node {
             "--metrics-addr",
             &port,
         ];
-        self.agent = Some(Daemon::start(Path::new(AGENT), &args).expect("agent"));
+        self.agent = Some(Daemon::start_with_env(Path::new(AGENT), &args, env).expect("agent"));
     }
 
     async fn kill_agent(&mut self) {
@@ -127,9 +112,19 @@ impl Node {
 
     /// Wait until this node's agent reports the network in `state`; returns the entry's reason.
     async fn wait_state(&self, network: &str, state: RealizationState) -> Option<String> {
+        self.wait_state_within(network, state, Duration::from_secs(15))
+            .await
+    }
+
+    async fn wait_state_within(
+        &self,
+        network: &str,
+        state: RealizationState,
+        timeout: Duration,
+    ) -> Option<String> {
         let api: Api<NetworkNode> = Api::all(self.client.clone());
         let network = network.to_string();
-        wait_for(Duration::from_secs(15), || {
+        wait_for(timeout, || {
             let api = api.clone();
             let network = network.clone();
             async move {
@@ -731,4 +726,66 @@ async fn network_deleted_while_the_agent_was_down_is_cleaned_on_start() {
             .all(|l| !l.contains("weft")),
         "no weft tables left"
     );
+}
+
+#[tokio::test]
+async fn api_outage_leaves_the_dataplane_alone_and_the_agent_resyncs_after() {
+    let mut node = Node::start().await;
+    let dir = std::env::temp_dir().join(format!("weft-outage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let proxy = weft_e2e::outage::ApiProxy::start(&dir)
+        .await
+        .expect("proxy");
+    node.kill_agent().await;
+    let kubeconfig = proxy.kubeconfig().to_str().expect("path").to_string();
+    node.start_agent_with_env(&[("KUBECONFIG", &kubeconfig)]);
+    node.network(
+        "web",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+    )
+    .await;
+    node.programmed("web").await;
+    let bridge = names::bridge("web");
+    let index = node.ifindex(&bridge);
+
+    // The agent loses the API: the dataplane stays, drift is still repaired from its cache.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        node.ifindex(&bridge),
+        index,
+        "nothing torn down during the outage"
+    );
+    node.ns
+        .exec(&["ip", "addr", "flush", "dev", &bridge])
+        .expect("flush");
+    eventually(
+        "address restored without the API",
+        Duration::from_secs(1),
+        || node.addresses(&bridge) == vec!["10.0.0.1/24"],
+    )
+    .await;
+    // A network created during the outage...
+    node.network(
+        "app",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.1.0.0/24"]}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        node.link(&names::bridge("app")).is_none(),
+        "the agent cannot know about it yet"
+    );
+
+    // ...is programmed once the API is back (within the watchers' 30 s backoff ceiling).
+    proxy.restore();
+    node.wait_state_within("app", RealizationState::Programmed, Duration::from_secs(45))
+        .await;
+    assert!(node.link(&names::bridge("app")).is_some());
+    assert_eq!(
+        node.ifindex(&bridge),
+        index,
+        "the first network was never recreated"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

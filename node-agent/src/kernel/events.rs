@@ -2,106 +2,108 @@
 //! of waiting for its periodic pass.
 //!
 //! A multicast rtnetlink socket opened inside the namespace joins the link, address,
-//! neighbour/FDB and route groups. nftables changes travel over nfnetlink instead, so a
-//! second socket joins NFNLGRP_NFTABLES and passes on notifications about Weft's tables. Every notification becomes one `()`; the content is not
-//! interpreted (the agent re-observes anyway). Weft's own writes notify too, and one change
-//! can notify several times, so the consumer should debounce.
+//! neighbour/FDB and route groups; nftables changes travel over nfnetlink instead, so a
+//! second socket joins NFNLGRP_NFTABLES and keeps only notifications about Weft's tables.
+//! Messages are not parsed (the agent re-observes anyway); Weft's own writes notify too.
 
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use futures::channel::mpsc::UnboundedReceiver;
-use netlink_packet_core::NetlinkMessage;
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::MulticastGroup;
+use futures::channel::mpsc::{Receiver, Sender, channel};
+use rtnetlink::sys::{Socket, SocketAddr};
 
-use super::{KernelError, connect};
+use super::KernelError;
 use crate::model::NFT_TABLE;
 
-/// The notification stream; dropping it closes the socket.
+/// The notification stream: one `()` per burst of kernel notifications. Reader threads
+/// coalesce into a channel of capacity one, so a burst of thousands of messages (Weft's own
+/// writes at start) costs one buffer and wakes the agent once, not thousands of parsed
+/// messages queued in memory.
 pub struct KernelEvents {
-    messages: UnboundedReceiver<(
-        NetlinkMessage<RouteNetlinkMessage>,
-        rtnetlink::sys::SocketAddr,
-    )>,
-    connection: tokio::task::JoinHandle<()>,
-    /// Keeps the connection's request side open (the connection ends when all handles go).
-    _handle: rtnetlink::Handle,
-    /// Notifications about Weft's nftables tables.
-    nft: UnboundedReceiver<()>,
+    signals: Receiver<()>,
 }
 
 impl Stream for KernelEvents {
     type Item = ();
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        if let Poll::Ready(Some(())) = Pin::new(&mut self.nft).poll_next(cx) {
-            return Poll::Ready(Some(()));
-        }
-        Pin::new(&mut self.messages)
-            .poll_next(cx)
-            .map(|m| m.map(|_| ()))
+        Pin::new(&mut self.signals).poll_next(cx)
     }
 }
 
-impl Drop for KernelEvents {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
+/// rtnetlink multicast groups (RTNLGRP_*): link, neighbour/FDB, IPv4/IPv6 address and route.
+const ROUTE_GROUPS: [u32; 6] = [1, 3, 5, 7, 9, 11];
+const ENOBUFS: i32 = 105;
 
 pub(crate) async fn subscribe(ns: Option<&Path>) -> Result<KernelEvents, KernelError> {
-    let groups = vec![
-        MulticastGroup::Link,
-        MulticastGroup::Ipv4Ifaddr,
-        MulticastGroup::Ipv6Ifaddr,
-        MulticastGroup::Neigh,
-        MulticastGroup::Ipv4Route,
-        MulticastGroup::Ipv6Route,
-    ];
-    let (handle, messages, connection) = connect(ns, groups).await?;
-    let nft = subscribe_nft(ns).await?;
-    Ok(KernelEvents {
-        messages,
-        connection,
-        _handle: handle,
-        nft,
+    use rtnetlink::sys::protocols::NETLINK_ROUTE;
+    let (tx, rx) = channel(1);
+    spawn_reader(ns, NETLINK_ROUTE, &ROUTE_GROUPS, |_| true, tx.clone()).await?;
+    subscribe_nft(ns, tx).await?;
+    Ok(KernelEvents { signals: rx })
+}
+
+/// Open a multicast socket inside the namespace and forward a signal for every datagram that
+/// `relevant` accepts. An overrun (ENOBUFS: the kernel dropped notifications) is a signal
+/// too: something changed, the pass will see what. The thread ends when the stream is gone.
+async fn spawn_reader(
+    ns: Option<&Path>,
+    protocol: isize,
+    groups: &[u32],
+    relevant: fn(&[u8]) -> bool,
+    mut tx: Sender<()>,
+) -> Result<(), KernelError> {
+    let groups = groups.to_vec();
+    let socket = super::netns::run_in(ns, move || {
+        let mut socket = Socket::new(protocol).map_err(KernelError::Socket)?;
+        socket
+            .bind(&SocketAddr::new(0, 0))
+            .map_err(KernelError::Socket)?;
+        for g in groups {
+            socket.add_membership(g).map_err(KernelError::Socket)?;
+        }
+        Ok(socket)
     })
+    .await?;
+    std::thread::Builder::new()
+        .name("weft-kernel-events".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let signal = match socket.recv(&mut &mut buf[..], 0) {
+                    Ok(n) => relevant(&buf[..n]),
+                    Err(e) if e.raw_os_error() == Some(ENOBUFS) => true,
+                    Err(_) => return,
+                };
+                if signal {
+                    match tx.try_send(()) {
+                        Ok(()) => {}
+                        Err(e) if e.is_full() => {} // a signal is already pending
+                        Err(_) => return,           // the stream was dropped
+                    }
+                }
+            }
+        })
+        .map_err(|e| KernelError::Thread(e.to_string()))?;
+    Ok(())
 }
 
 /// NFNLGRP_NFTABLES: table, chain, rule and set notifications.
 const NFNLGRP_NFTABLES: u32 = 7;
 
-/// Join the nftables notification group inside the namespace; a blocking reader thread
-/// forwards a `()` for every notification about a table named [`NFT_TABLE`]. The thread
-/// ends when the receiver is dropped (at the next notification) or the socket fails.
-async fn subscribe_nft(ns: Option<&Path>) -> Result<UnboundedReceiver<()>, KernelError> {
-    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-    let socket = super::netns::run_in(ns, || {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(KernelError::Socket)?;
-        socket
-            .bind(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
-        socket
-            .add_membership(NFNLGRP_NFTABLES)
-            .map_err(KernelError::Socket)?;
-        Ok(socket)
-    })
-    .await?;
-    let (tx, rx) = futures::channel::mpsc::unbounded();
-    std::thread::Builder::new()
-        .name("weft-nft-events".into())
-        .spawn(move || {
-            while let Ok((buf, _)) = socket.recv_from_full() {
-                if mentions_weft_table(&buf) && tx.unbounded_send(()).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| KernelError::Thread(e.to_string()))?;
-    Ok(rx)
+/// nftables notifications about the tables named [`NFT_TABLE`] only.
+async fn subscribe_nft(ns: Option<&Path>, tx: Sender<()>) -> Result<(), KernelError> {
+    use rtnetlink::sys::protocols::NETLINK_NETFILTER;
+    spawn_reader(
+        ns,
+        NETLINK_NETFILTER,
+        &[NFNLGRP_NFTABLES],
+        mentions_weft_table,
+        tx,
+    )
+    .await
 }
 
 /// Does any nfnetlink message in `buf` name Weft's table? In table, chain, rule and set

@@ -381,21 +381,17 @@ impl Kernel {
         probe::probe(self).await
     }
 
-    /// Names of every link in the netns that is not Weft's (parents, the underlay, foreign
-    /// bridges): the planner needs them to find parents and to refuse names already taken.
-    pub async fn foreign_link_names(&self) -> Result<BTreeSet<String>, KernelError> {
-        let raws = self.dump_links().await?;
-        let view = link::LinkView::new(&raws);
-        let owned = view.owned_links();
-        Ok(raws
-            .iter()
-            .map(|r| r.name.clone())
-            .filter(|n| !owned.contains_key(n))
-            .collect())
-    }
-
     /// Everything Weft owns in the namespace.
     pub async fn observe(&self) -> Result<KernelState, KernelError> {
+        Ok(self.observe_with_foreign().await?.0)
+    }
+
+    /// [`Kernel::observe`], plus the names of every link that is not Weft's (parents, the
+    /// underlay, foreign bridges) from the same link dump: the planner needs them to find
+    /// parents and to refuse names already taken.
+    pub async fn observe_with_foreign(
+        &self,
+    ) -> Result<(KernelState, BTreeSet<String>), KernelError> {
         let raws = self.dump_links().await?;
         let view = link::LinkView::new(&raws);
         let mut keys: BTreeSet<String> =
@@ -417,15 +413,22 @@ impl Kernel {
             nft::observe(self.netns()),
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );
-        Ok(KernelState {
-            links: view.owned_links(),
+        let owned = view.owned_links();
+        let foreign = raws
+            .iter()
+            .map(|r| r.name.clone())
+            .filter(|n| !owned.contains_key(n))
+            .collect();
+        let state = KernelState {
+            links: owned,
             addresses: addresses?,
             routes: routes?,
             fdb: fdb?,
             neighbours: neighbours?,
             nft: nft?,
             sysctls: sysctls?.into_iter().collect(),
-        })
+        };
+        Ok((state, foreign))
     }
 
     /// Apply changes in order. nft changes are applied together in one atomic `nft -f -`
