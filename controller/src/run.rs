@@ -96,21 +96,56 @@ fn pool_digest(pool: &AddressPool) -> u64 {
     h.finish()
 }
 
-/// What makes a NetworkNode matter to networks: labels, spec and realization states, but
-/// not its heartbeat (so heartbeats never trigger a thousand reconciles).
-fn node_digest(node: &NetworkNode) -> u64 {
+/// What the controller remembers of a NetworkNode, to tell which networks an event concerns.
+#[derive(PartialEq)]
+struct NodeSeen {
+    /// Labels, spec and whether it is going away: a change concerns every network (selection).
+    identity: u64,
+    /// network name → its realization entry as JSON: a change concerns that network only.
+    entries: HashMap<String, String>,
+}
+
+fn node_seen(node: &NetworkNode) -> NodeSeen {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     node.labels().hash(&mut h);
     serde_json::to_string(&node.spec)
         .unwrap_or_default()
         .hash(&mut h);
     node.metadata.deletion_timestamp.is_some().hash(&mut h);
-    if let Some(s) = &node.status {
-        serde_json::to_string(&s.networks)
-            .unwrap_or_default()
-            .hash(&mut h);
+    let entries = node
+        .status
+        .iter()
+        .flat_map(|s| s.networks.iter())
+        .map(|e| (e.name.clone(), serde_json::to_string(e).unwrap_or_default()))
+        .collect();
+    NodeSeen {
+        identity: h.finish(),
+        entries,
     }
-    h.finish()
+}
+
+/// The networks a NetworkNode event concerns: none for a heartbeat, the networks whose
+/// realization entry changed, or all of them when the node's identity changed. So a node
+/// reporting one network does not re-queue a thousand.
+fn networks_concerned(before: Option<&NodeSeen>, now: &NodeSeen) -> Option<Vec<String>> {
+    match before {
+        Some(b) if b.identity == now.identity => {
+            let mut changed: Vec<String> = now
+                .entries
+                .iter()
+                .filter(|(k, v)| b.entries.get(*k) != Some(v))
+                .map(|(k, _)| k.clone())
+                .collect();
+            changed.extend(
+                b.entries
+                    .keys()
+                    .filter(|k| !now.entries.contains_key(*k))
+                    .cloned(),
+            );
+            Some(changed)
+        }
+        _ => None,
+    }
 }
 
 /// Run until the process is told to stop.
@@ -184,17 +219,20 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
     };
     let on_node = {
         let all = all_networks.clone();
-        let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let seen: Arc<Mutex<HashMap<String, NodeSeen>>> = Arc::default();
         move |node: NetworkNode| {
-            let digest = node_digest(&node);
+            let now = node_seen(&node);
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.insert(node.name_any(), digest) == Some(digest) {
-                return Vec::new();
+            let concerned = networks_concerned(seen.get(&node.name_any()), &now);
+            seen.insert(node.name_any(), now);
+            match concerned {
+                Some(names) => names.iter().map(|n| ObjectRef::new(n)).collect::<Vec<_>>(),
+                None => all
+                    .state()
+                    .iter()
+                    .map(|n| ObjectRef::from_obj(&**n))
+                    .collect::<Vec<_>>(),
             }
-            all.state()
-                .iter()
-                .map(|n| ObjectRef::from_obj(&**n))
-                .collect::<Vec<_>>()
         }
     };
     probes.ready.store(true, Ordering::Relaxed);
@@ -222,4 +260,47 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         })
         .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(labels: &[(&str, &str)], entries: &[(&str, &str)]) -> NetworkNode {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode",
+            "metadata": {"name": "n1", "labels": labels.iter().cloned().collect::<HashMap<_, _>>()},
+            "spec": {"underlayAddress": "192.0.2.1"},
+            "status": {"heartbeatTime": "2026-01-01T00:00:00Z",
+                "networks": entries.iter().map(|(n, s)| serde_json::json!({"name": n, "state": s})).collect::<Vec<_>>()},
+        }))
+        .expect("node")
+    }
+
+    #[test]
+    fn a_node_event_concerns_only_the_networks_it_changed() {
+        let a = node_seen(&node(&[], &[("web", "Programmed"), ("app", "Pending")]));
+        // Heartbeat only: nothing.
+        assert_eq!(
+            networks_concerned(
+                Some(&a),
+                &node_seen(&node(&[], &[("web", "Programmed"), ("app", "Pending")]))
+            ),
+            Some(vec![])
+        );
+        // One entry changed, one removed: just those two.
+        let mut got = networks_concerned(
+            Some(&a),
+            &node_seen(&node(&[], &[("web", "Programmed"), ("db", "Programmed")])),
+        )
+        .expect("some");
+        got.sort();
+        assert_eq!(got, vec!["app", "db"]);
+        // New node or new labels: every network (selection may change).
+        assert_eq!(networks_concerned(None, &a), None);
+        assert_eq!(
+            networks_concerned(Some(&a), &node_seen(&node(&[("zone", "b")], &[]))),
+            None
+        );
+    }
 }
