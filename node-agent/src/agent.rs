@@ -432,6 +432,9 @@ impl Agent {
                     Some("a kernel change failed; see the agent's log".to_string()),
                 ),
                 Some(Ok(())) => (RealizationState::Programmed, None, None),
+                // Nothing of it can be on the node yet, and the controller knows it is not
+                // allocated: no entry (and no status write on every new network's path).
+                Some(Err(p)) if p.reason == plan::reason::NOT_ALLOCATED => continue,
                 Some(Err(p)) => (
                     p.state(),
                     Some(p.reason.to_string()),

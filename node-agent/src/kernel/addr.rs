@@ -73,20 +73,16 @@ fn message(index: u32, net: &IpNet) -> AddressMessage {
 
 impl Kernel {
     async fn dump_addresses(&self) -> Result<Vec<RawAddress>, KernelError> {
-        let replies = self
-            .query(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                true,
-                || "list addresses".into(),
-            )
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.query_map(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            true,
+            || "list addresses".into(),
+            |m| match m {
                 RouteNetlinkMessage::NewAddress(a) => Some(parse(a)),
                 _ => None,
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     pub(crate) async fn observe_addresses(

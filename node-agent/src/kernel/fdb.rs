@@ -101,8 +101,10 @@ impl Kernel {
     ) -> Result<Vec<RawNeighbour>, KernelError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = family;
-        let replies = self
-            .query(RouteNetlinkMessage::GetNeighbour(msg), true, || {
+        self.query_map(
+            RouteNetlinkMessage::GetNeighbour(msg),
+            true,
+            || {
                 format!(
                     "list {} entries",
                     if family == AddressFamily::Bridge {
@@ -111,15 +113,13 @@ impl Kernel {
                         "neighbour"
                     }
                 )
-            })
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+            },
+            |m| match m {
                 RouteNetlinkMessage::NewNeighbour(n) => Some(parse(n)),
                 _ => None,
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     pub(crate) async fn observe_fdb(

@@ -326,20 +326,16 @@ fn set_message(
 
 impl Kernel {
     pub(crate) async fn dump_links(&self) -> Result<Vec<RawLink>, KernelError> {
-        let replies = self
-            .query(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                true,
-                || "list links".into(),
-            )
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.query_map(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            true,
+            || "list links".into(),
+            |m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(RawLink::parse(l)),
                 _ => None,
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     /// One link by name; `None` if there is none.

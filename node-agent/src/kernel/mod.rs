@@ -629,6 +629,18 @@ impl Kernel {
         dump: bool,
         op: impl FnOnce() -> String,
     ) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
+        self.query_map(msg, dump, op, Some).await
+    }
+
+    /// Like [`Kernel::query`], converting each reply as it arrives: a dump of thousands of
+    /// links never holds thousands of fully parsed messages at once.
+    pub(crate) async fn query_map<T>(
+        &self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+        op: impl FnOnce() -> String,
+        mut convert: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, KernelError> {
         let mut req = NetlinkMessage::from(msg);
         req.header.flags = if dump {
             NLM_F_REQUEST | NLM_F_DUMP
@@ -642,7 +654,7 @@ impl Kernel {
         let mut out = Vec::new();
         while let Some(reply) = replies.next().await {
             match reply.payload {
-                NetlinkPayload::InnerMessage(m) => out.push(m),
+                NetlinkPayload::InnerMessage(m) => out.extend(convert(m)),
                 NetlinkPayload::Error(err) if err.code.is_some() => {
                     return Err(netlink_error(op(), &err));
                 }

@@ -267,6 +267,37 @@ pub(crate) async fn observe(
     Ok(out)
 }
 
+/// The parts of `nft -j list table` Weft reads. Everything else (above all each rule's
+/// `expr` tree, most of the output) is skipped by serde without being built, so reading a
+/// table of thousands of rules costs little memory.
+#[derive(serde::Deserialize)]
+struct ListOutput {
+    nftables: Vec<ListItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListItem {
+    chain: Option<ChainJson>,
+    rule: Option<RuleJson>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChainJson {
+    name: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    hook: Option<String>,
+    prio: Option<Value>,
+    policy: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RuleJson {
+    chain: String,
+    comment: Option<String>,
+    handle: Option<i64>,
+}
+
 fn json_int(v: &Value) -> Option<i64> {
     v.as_i64()
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -274,60 +305,46 @@ fn json_int(v: &Value) -> Option<i64> {
 
 /// Rebuild an [`NftTable`] from `nft -j list table` output.
 pub(crate) fn parse_json(text: &str) -> Result<NftTable, KernelError> {
-    let v: Value = serde_json::from_str(text)
+    let out: ListOutput = serde_json::from_str(text)
         .map_err(|e| KernelError::Nft(format!("cannot parse nft -j output: {e}")))?;
-    let items = v
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or_else(|| KernelError::Nft("nft -j output has no \"nftables\" array".into()))?;
     let mut table = NftTable::default();
-    for chain in items.iter().filter_map(|i| i.get("chain")) {
-        let Some(name) = chain.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        let base = match (
-            chain.get("type").and_then(Value::as_str),
-            chain.get("hook").and_then(Value::as_str),
-        ) {
-            (Some(kind), Some(hook)) => {
-                let prio = chain.get("prio").and_then(json_int).unwrap_or(0);
-                let policy = chain
-                    .get("policy")
-                    .and_then(Value::as_str)
-                    .unwrap_or("accept");
-                Some(base_chain(
-                    kind,
-                    hook,
-                    i32::try_from(prio).unwrap_or(i32::MAX),
-                    policy,
-                ))
-            }
-            _ => None,
-        };
-        table.chains.insert(
-            name.to_string(),
-            NftChain {
-                base,
-                rules: Vec::new(),
-            },
-        );
+    let mut rules = Vec::new();
+    for item in out.nftables {
+        if let Some(chain) = item.chain {
+            let base = match (chain.kind.as_deref(), chain.hook.as_deref()) {
+                (Some(kind), Some(hook)) => {
+                    let prio = chain.prio.as_ref().and_then(json_int).unwrap_or(0);
+                    let policy = chain.policy.as_deref().unwrap_or("accept");
+                    Some(base_chain(
+                        kind,
+                        hook,
+                        i32::try_from(prio).unwrap_or(i32::MAX),
+                        policy,
+                    ))
+                }
+                _ => None,
+            };
+            table.chains.insert(
+                chain.name,
+                NftChain {
+                    base,
+                    rules: Vec::new(),
+                },
+            );
+        } else if let Some(rule) = item.rule {
+            rules.push(rule);
+        }
     }
-    for rule in items.iter().filter_map(|i| i.get("rule")) {
-        let Some(chain) = rule.get("chain").and_then(Value::as_str) else {
-            continue;
-        };
+    for rule in rules {
         let id = match rule
-            .get("comment")
-            .and_then(Value::as_str)
+            .comment
+            .as_deref()
             .and_then(|c| c.strip_prefix("weft:"))
         {
             Some(id) => id.to_string(),
-            None => format!(
-                "<not weft's: handle {}>",
-                rule.get("handle").and_then(json_int).unwrap_or(-1)
-            ),
+            None => format!("<not weft's: handle {}>", rule.handle.unwrap_or(-1)),
         };
-        if let Some(c) = table.chains.get_mut(chain) {
+        if let Some(c) = table.chains.get_mut(&rule.chain) {
             c.rules.push(NftRule {
                 id,
                 body: String::new(),

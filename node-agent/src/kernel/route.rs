@@ -116,18 +116,16 @@ impl Kernel {
     async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RawRoute>, KernelError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family;
-        let replies = self
-            .query(RouteNetlinkMessage::GetRoute(msg), true, || {
-                "list routes".into()
-            })
-            .await?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
+        self.query_map(
+            RouteNetlinkMessage::GetRoute(msg),
+            true,
+            || "list routes".into(),
+            |m| match m {
                 RouteNetlinkMessage::NewRoute(r) => Some(parse(r)),
                 _ => None,
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     pub(crate) async fn observe_routes(
