@@ -195,6 +195,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         last_written: Mutex::new(HashMap::new()),
         requeue: requeue_tx,
         pools_changed: pools_tx.clone(),
+        events_unsupported: Default::default(),
     });
     tokio::spawn(pool::run(ctx.clone(), pools_rx));
 

@@ -39,6 +39,8 @@ pub struct Context {
     pub requeue: UnboundedSender<ObjectRef<ContainerNetwork>>,
     /// Pool usage changed: rewrite AddressPool status.
     pub pools_changed: UnboundedSender<()>,
+    /// Set once the API server answered that it does not serve Events: stop asking.
+    pub events_unsupported: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
@@ -66,6 +68,10 @@ impl Context {
         note: String,
     ) {
         use kube::Resource;
+        use std::sync::atomic::Ordering;
+        if self.events_unsupported.load(Ordering::Relaxed) {
+            return;
+        }
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -73,8 +79,13 @@ impl Context {
             action: "Allocate".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &net.object_ref(&())).await {
-            tracing::debug!(error = %e, "event not recorded (the API server may not serve Events)");
+        match self.recorder.publish(&ev, &net.object_ref(&())).await {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                tracing::debug!("the API server does not serve Events; not recording any");
+                self.events_unsupported.store(true, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "event not recorded"),
         }
     }
 }
