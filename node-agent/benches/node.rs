@@ -257,7 +257,10 @@ async fn docker_bridge_creates(m: usize) -> anyhow::Result<Option<Vec<Duration>>
     std::fs::create_dir_all(&dir)?;
     let sock = format!("unix://{}/docker.sock", dir.display());
     let sub = |name: &str| dir.join(name).display().to_string();
-    let mut dockerd = tokio::process::Command::new("nsenter")
+    // Its own mount namespace too: dockerd bind-mounts its data root, and those mounts must
+    // vanish with it instead of staying on the host.
+    let mut dockerd = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "nsenter"])
         .arg(format!("--net={}", ns.path().display()))
         .args([
             "dockerd",
@@ -316,6 +319,13 @@ async fn docker_bridge_creates(m: usize) -> anyhow::Result<Option<Vec<Duration>>
             String::from_utf8_lossy(&out.stderr)
         );
         times.push(t.elapsed());
+    }
+    // SIGTERM for a clean shutdown (containerd too), then make sure.
+    if let Some(pid) = dockerd.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let _ = tokio::time::timeout(Duration::from_secs(15), dockerd.wait()).await;
     }
     let _ = dockerd.start_kill();
     let _ = dockerd.wait().await;

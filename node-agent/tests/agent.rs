@@ -731,9 +731,8 @@ async fn network_deleted_while_the_agent_was_down_is_cleaned_on_start() {
 #[tokio::test]
 async fn api_outage_leaves_the_dataplane_alone_and_the_agent_resyncs_after() {
     let mut node = Node::start().await;
-    let dir = std::env::temp_dir().join(format!("weft-outage-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let proxy = weft_e2e::outage::ApiProxy::start(&dir)
+    let dir = TempDir::new("weft-outage");
+    let proxy = weft_e2e::outage::ApiProxy::start(&dir.0)
         .await
         .expect("proxy");
     node.kill_agent().await;
@@ -787,5 +786,21 @@ async fn api_outage_leaves_the_dataplane_alone_and_the_agent_resyncs_after() {
         index,
         "the first network was never recreated"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory removed when the test ends, also when it panics.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
