@@ -244,7 +244,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     allocations.wait_until_ready().await?;
     nodes.wait_until_ready().await?;
 
-    let mut events = Kernel::events(cfg.netns.as_deref())
+    let mut events = kernel
+        .events()
         .await
         .context("subscribing to kernel events")?;
     {

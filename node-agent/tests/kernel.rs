@@ -786,7 +786,7 @@ async fn vni_change_recreates_mtu_change_sets_in_place() {
 async fn events_report_out_of_band_changes() {
     let ns = Ns::new();
     let k = Kernel::open(ns.path()).await.unwrap();
-    let mut events = Kernel::events(ns.path()).await.unwrap();
+    let mut events = k.events().await.unwrap();
     converge(&k, &state(vec![link("wfb-t9", "e", LinkKind::Bridge)])).await;
     // Our own writes notify too: drain them.
     let mut own = 0;

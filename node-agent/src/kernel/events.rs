@@ -8,6 +8,8 @@
 
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use futures::Stream;
@@ -37,11 +39,16 @@ impl Stream for KernelEvents {
 const ROUTE_GROUPS: [u32; 6] = [1, 3, 5, 7, 9, 11];
 const ENOBUFS: i32 = 105;
 
-pub(crate) async fn subscribe(ns: Option<&Path>) -> Result<KernelEvents, KernelError> {
+/// Subscribe inside `ns`. `nft_unchanged` is cleared whenever Weft's nftables tables may have
+/// changed (a notification, or an overrun), before the signal goes out.
+pub(crate) async fn subscribe(
+    ns: Option<&Path>,
+    nft_unchanged: Arc<AtomicBool>,
+) -> Result<KernelEvents, KernelError> {
     use rtnetlink::sys::protocols::NETLINK_ROUTE;
     let (tx, rx) = channel(1);
-    spawn_reader(ns, NETLINK_ROUTE, &ROUTE_GROUPS, |_| true, tx.clone()).await?;
-    subscribe_nft(ns, tx).await?;
+    spawn_reader(ns, NETLINK_ROUTE, &ROUTE_GROUPS, |_| true, None, tx.clone()).await?;
+    subscribe_nft(ns, nft_unchanged, tx).await?;
     Ok(KernelEvents { signals: rx })
 }
 
@@ -53,6 +60,7 @@ async fn spawn_reader(
     protocol: isize,
     groups: &[u32],
     relevant: fn(&[u8]) -> bool,
+    clear_on_signal: Option<Arc<AtomicBool>>,
     mut tx: Sender<()>,
 ) -> Result<(), KernelError> {
     let groups = groups.to_vec();
@@ -78,6 +86,9 @@ async fn spawn_reader(
                     Err(_) => return,
                 };
                 if signal {
+                    if let Some(flag) = &clear_on_signal {
+                        flag.store(false, Ordering::SeqCst);
+                    }
                     match tx.try_send(()) {
                         Ok(()) => {}
                         Err(e) if e.is_full() => {} // a signal is already pending
@@ -94,13 +105,19 @@ async fn spawn_reader(
 const NFNLGRP_NFTABLES: u32 = 7;
 
 /// nftables notifications about the tables named [`NFT_TABLE`] only.
-async fn subscribe_nft(ns: Option<&Path>, tx: Sender<()>) -> Result<(), KernelError> {
+async fn subscribe_nft(
+    ns: Option<&Path>,
+    unchanged: Arc<AtomicBool>,
+    tx: Sender<()>,
+) -> Result<(), KernelError> {
     use rtnetlink::sys::protocols::NETLINK_NETFILTER;
+    let groups = [NFNLGRP_NFTABLES];
     spawn_reader(
         ns,
         NETLINK_NETFILTER,
-        &[NFNLGRP_NFTABLES],
+        &groups,
         mentions_weft_table,
+        Some(unchanged),
         tx,
     )
     .await

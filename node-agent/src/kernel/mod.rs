@@ -23,10 +23,11 @@ mod probe;
 mod route;
 mod sysctl;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -304,6 +305,12 @@ pub struct Kernel {
     /// Sysctl keys written through this handle, so `observe` reads them back too and a
     /// second pass sees them as already set.
     sysctl_keys: Mutex<BTreeSet<String>>,
+    /// The last listing of Weft's nftables tables, reused while `nft_unchanged` holds: once
+    /// [`Kernel::events`] runs, every notification about those tables (and every overrun)
+    /// clears the flag, so a pass spawns `nft -j list` only when something may have changed.
+    nft_listing: Mutex<Option<BTreeMap<NftFamily, NftTable>>>,
+    nft_unchanged: Arc<AtomicBool>,
+    nft_watched: AtomicBool,
 }
 
 impl Drop for Kernel {
@@ -361,6 +368,9 @@ impl Kernel {
             netns: netns.map(Path::to_path_buf),
             connection,
             sysctl_keys: Mutex::new(BTreeSet::new()),
+            nft_listing: Mutex::new(None),
+            nft_unchanged: Arc::new(AtomicBool::new(false)),
+            nft_watched: AtomicBool::new(false),
         })
     }
 
@@ -371,9 +381,33 @@ impl Kernel {
     /// A stream that yields `()` whenever a link, address, neighbour/FDB entry or route
     /// changes in the namespace. Weft's own writes trigger it too.
     pub async fn events(
-        netns: Option<&Path>,
+        &self,
     ) -> Result<impl futures::Stream<Item = ()> + Send + Unpin + 'static, KernelError> {
-        events::subscribe(netns).await
+        let events = events::subscribe(self.netns(), self.nft_unchanged.clone()).await?;
+        self.nft_watched.store(true, Ordering::SeqCst);
+        Ok(events)
+    }
+
+    /// Weft's nftables tables: the cached listing while nothing can have changed them,
+    /// otherwise a fresh `nft -j list`.
+    async fn observe_nft(&self) -> Result<BTreeMap<NftFamily, NftTable>, KernelError> {
+        if self.nft_watched.load(Ordering::SeqCst) && self.nft_unchanged.load(Ordering::SeqCst) {
+            if let Some(cached) = self.nft_listing.lock().ok().and_then(|c| c.clone()) {
+                return Ok(cached);
+            }
+        }
+        // Set before listing: a change while `nft` runs clears it again.
+        self.nft_unchanged.store(true, Ordering::SeqCst);
+        let listing = nft::observe(self.netns()).await;
+        match &listing {
+            Ok(tables) => {
+                if let Ok(mut c) = self.nft_listing.lock() {
+                    *c = Some(tables.clone());
+                }
+            }
+            Err(_) => self.nft_unchanged.store(false, Ordering::SeqCst),
+        }
+        listing
     }
 
     /// Create and delete a throwaway link of each kind and report which worked.
@@ -410,7 +444,7 @@ impl Kernel {
         };
         let ((addresses, routes, fdb, neighbours), nft, sysctls) = futures::join!(
             netlink_dumps,
-            nft::observe(self.netns()),
+            self.observe_nft(),
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );
         let owned = view.owned_links();
@@ -445,6 +479,8 @@ impl Kernel {
             if change.is_nft() {
                 if !nft_done {
                     nft_done = true;
+                    // Our own write: the cached listing is stale from now on.
+                    self.nft_unchanged.store(false, Ordering::SeqCst);
                     let all: Vec<&Change> = changes.iter().filter(|c| c.is_nft()).collect();
                     nft::apply(self.netns(), &all, &mut report).await;
                 }
