@@ -391,10 +391,11 @@ impl Kernel {
     /// Weft's nftables tables: the cached listing while nothing can have changed them,
     /// otherwise a fresh `nft -j list`.
     async fn observe_nft(&self) -> Result<BTreeMap<NftFamily, NftTable>, KernelError> {
-        if self.nft_watched.load(Ordering::SeqCst) && self.nft_unchanged.load(Ordering::SeqCst) {
-            if let Some(cached) = self.nft_listing.lock().ok().and_then(|c| c.clone()) {
-                return Ok(cached);
-            }
+        if self.nft_watched.load(Ordering::SeqCst)
+            && self.nft_unchanged.load(Ordering::SeqCst)
+            && let Some(cached) = self.nft_listing.lock().ok().and_then(|c| c.clone())
+        {
+            return Ok(cached);
         }
         // Set before listing: a change while `nft` runs clears it again.
         self.nft_unchanged.store(true, Ordering::SeqCst);
