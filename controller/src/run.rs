@@ -46,8 +46,11 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    // The controller never reads managedFields; as JSON trees they are most of a cache.
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, events)
         .touched_objects()
         .for_each(|_| futures::future::ready(()));
     tokio::spawn(stream);

@@ -98,20 +98,22 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .applied_objects()
-    .for_each(move |obj| {
-        match obj {
-            Ok(o) if relevant(&o) => notify.notify_one(),
-            Ok(_) => {}
-            // The reflector retries with backoff; the dataplane is left as it is meanwhile.
-            Err(e) => tracing::debug!(error = %e, "watch error (retrying)"),
-        }
-        futures::future::ready(())
-    });
+    // Cached objects lose their managedFields: the agent never reads them, and as JSON
+    // trees they would be most of the cache's memory.
+    let events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, events)
+        .applied_objects()
+        .for_each(move |obj| {
+            match obj {
+                Ok(o) if relevant(&o) => notify.notify_one(),
+                Ok(_) => {}
+                // The reflector retries with backoff; the dataplane is left as it is meanwhile.
+                Err(e) => tracing::debug!(error = %e, "watch error (retrying)"),
+            }
+            futures::future::ready(())
+        });
     tokio::spawn(stream);
     reader
 }
