@@ -325,23 +325,12 @@ fn set_message(
 }
 
 impl Kernel {
+    /// Every link in the namespace. The dump runs on a socket of its own, read one datagram
+    /// and parsed one message at a time: through the shared connection, netlink-proto would
+    /// decode the whole dump ahead of the reader, and a full `LinkMessage` is ~13 KB — with a
+    /// thousand bridges that queue was most of the agent's peak memory.
     pub(crate) async fn dump_links(&self) -> Result<Vec<RawLink>, KernelError> {
-        // Statistics are most of each link message and Weft reads none of them; without
-        // them a dump of a thousand links costs a fraction of the memory (as `ip link` does).
-        let mut request = LinkMessage::default();
-        request
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-        self.query_map(
-            RouteNetlinkMessage::GetLink(request),
-            true,
-            || "list links".into(),
-            |m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(RawLink::parse(l)),
-                _ => None,
-            },
-        )
-        .await
+        super::netns::run_in(self.netns(), dump_links_here).await
     }
 
     /// One link by name; `None` if there is none.
@@ -653,5 +642,59 @@ impl Kernel {
         };
         let msg = set_message(raw.index, mtu, master, up, alias, mac);
         (1, self.ack(RouteNetlinkMessage::SetLink(msg), 0, op).await)
+    }
+}
+
+/// Dump the links of the calling thread's network namespace (see [`Kernel::dump_links`]).
+fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
+    use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
+    socket.bind_auto().map_err(KernelError::Socket)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(KernelError::Socket)?;
+    // Statistics are most of each link message and Weft reads none of them (as `ip link`).
+    let mut request = LinkMessage::default();
+    request
+        .attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut msg = NetlinkMessage::from(RouteNetlinkMessage::GetLink(request));
+    msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    msg.header.sequence_number = 1;
+    msg.finalize();
+    let mut out_buf = vec![0u8; msg.buffer_len()];
+    msg.serialize(&mut out_buf);
+    socket.send(&out_buf, 0).map_err(KernelError::Socket)?;
+
+    let mut links = Vec::new();
+    let mut buf = vec![0u8; 1 << 17];
+    loop {
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(KernelError::Socket)?;
+        let mut rest = &buf[..n];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < 16 || len > rest.len() {
+                return Err(KernelError::Unexpected(format!(
+                    "link dump: bad message length {len}"
+                )));
+            }
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                .map_err(|e| KernelError::Unexpected(format!("link dump: {e}")))?;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(links),
+                NetlinkPayload::Error(err) if err.code.is_some() => {
+                    return Err(super::netlink_error("list links".into(), &err));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                    links.push(RawLink::parse(l))
+                }
+                _ => {}
+            }
+            rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        }
     }
 }
