@@ -7,11 +7,15 @@
 
 pub mod allocation;
 pub mod condition;
+pub mod endpoint;
 pub mod network;
 pub mod node;
 pub mod pool;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
+pub use endpoint::{
+    ContainerEndpoint, ContainerEndpointSpec, ContainerEndpointStatus, Protocol, PublishedPort,
+};
 pub use network::{
     BridgeOptions, ContainerNetwork, ContainerNetworkSpec, ContainerNetworkStatus, Driver,
     IpamSpec, IpvlanMode, IpvlanOptions, MacvlanMode, MacvlanOptions, OverlayOptions,
@@ -37,6 +41,7 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("addresspools.yaml", AddressPool::crd()),
         ("networknodes.yaml", NetworkNode::crd()),
         ("networkallocations.yaml", NetworkAllocation::crd()),
+        ("containerendpoints.yaml", ContainerEndpoint::crd()),
     ]
 }
 

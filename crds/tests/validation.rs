@@ -2,8 +2,10 @@
 //! person understands. Each case creates the object on a real API server and reads the error.
 
 use serde_json::{Value, json};
-use weft_api::{AddressPool, ContainerNetwork, NetworkNode};
-use weft_e2e::{connect, create_raw, patch_spec_raw};
+use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkNode};
+use weft_e2e::{
+    connect, create_raw, create_raw_namespaced, patch_spec_raw, patch_spec_raw_namespaced,
+};
 
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
@@ -386,4 +388,122 @@ async fn examples_are_accepted_by_the_api_server() {
         files.count(),
         "one object per example file: {stdout}"
     );
+}
+
+// --- ContainerEndpoint ---
+
+const NS: &str = "validation";
+
+fn endpoint(name: &str, extra: Value) -> Value {
+    let mut spec = json!({"network": "web", "node": "node-1", "sandbox": "/var/run/netns/web-1"});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint", "metadata": {"name": name}, "spec": spec})
+}
+
+async fn rejected_endpoint(extra: Value) -> String {
+    let client = connect().await.expect("API server");
+    match create_raw_namespaced::<ContainerEndpoint>(
+        &client,
+        NS,
+        endpoint(&unique("bad-ep"), extra.clone()),
+    )
+    .await
+    {
+        Ok(_) => panic!("the API server accepted an invalid endpoint: {extra}"),
+        Err(msg) => msg,
+    }
+}
+
+#[tokio::test]
+async fn endpoint_with_port_out_of_range_is_refused() {
+    let msg =
+        rejected_endpoint(json!({"publish": [{"hostPort": 70000, "containerPort": 80}]})).await;
+    assert_mentions(&msg, "spec.publish[0].hostPort");
+    assert_mentions(&msg, "less than or equal to 65535");
+    let msg = rejected_endpoint(json!({"publish": [{"hostPort": 8080, "containerPort": 0}]})).await;
+    assert_mentions(&msg, "greater than or equal to 1");
+}
+
+#[tokio::test]
+async fn endpoint_with_unknown_protocol_is_refused() {
+    let msg = rejected_endpoint(
+        json!({"publish": [{"hostPort": 53, "containerPort": 53, "protocol": "icmp"}]}),
+    )
+    .await;
+    assert_mentions(&msg, r#"supported values: "tcp", "udp", "sctp""#);
+}
+
+#[tokio::test]
+async fn endpoint_port_range_must_be_ordered_and_fit() {
+    let msg = rejected_endpoint(
+        json!({"publish": [{"hostPort": 8010, "hostPortEnd": 8000, "containerPort": 80}]}),
+    )
+    .await;
+    assert_mentions(&msg, "hostPortEnd must not be below hostPort");
+    let msg = rejected_endpoint(
+        json!({"publish": [{"hostPort": 8000, "hostPortEnd": 8010, "containerPort": 65530}]}),
+    )
+    .await;
+    assert_mentions(&msg, "the container port range would end above 65535");
+}
+
+#[tokio::test]
+async fn endpoint_with_malformed_addresses_is_refused() {
+    let msg = rejected_endpoint(json!({"address": "10.0.0.300"})).await;
+    assert_mentions(&msg, "address must be an IP address");
+    let msg = rejected_endpoint(
+        json!({"publish": [{"hostPort": 80, "containerPort": 80, "hostIP": "localhost"}]}),
+    )
+    .await;
+    assert_mentions(&msg, "hostIP must be an IP address");
+}
+
+#[tokio::test]
+async fn endpoint_with_multicast_or_malformed_mac_is_refused() {
+    let msg = rejected_endpoint(json!({"mac": "01:00:5e:00:00:01"})).await;
+    assert_mentions(&msg, "spec.mac");
+    let msg = rejected_endpoint(json!({"mac": "02:42:ac:11:00"})).await;
+    assert_mentions(&msg, "spec.mac");
+}
+
+#[tokio::test]
+async fn endpoint_sandbox_must_be_a_path() {
+    let msg = rejected_endpoint(json!({"sandbox": "web-1"})).await;
+    assert_mentions(&msg, "spec.sandbox");
+}
+
+#[tokio::test]
+async fn endpoint_identity_is_immutable_and_defaults_are_filled() {
+    let client = connect().await.expect("API server");
+    let name = unique("ep");
+    let created = create_raw_namespaced::<ContainerEndpoint>(
+        &client,
+        NS,
+        endpoint(&name, json!({"address": "10.0.0.254", "mac": "02:42:0a:00:00:fe", "publish": [{"hostPort": 5000, "containerPort": 80}]})),
+    )
+    .await
+    .expect("valid endpoint is accepted");
+    assert_eq!(created.data["spec"]["interfaceName"], json!("eth0"));
+    assert_eq!(created.data["spec"]["publish"][0]["protocol"], json!("tcp"));
+    for (change, message) in [
+        (json!({"network": "other"}), "network is immutable"),
+        (json!({"node": "node-2"}), "node is immutable"),
+        (json!({"address": "10.0.0.253"}), "address is immutable"),
+    ] {
+        let msg =
+            patch_spec_raw_namespaced::<ContainerEndpoint>(&client, NS, &name, change.clone())
+                .await
+                .expect_err("identity change must be refused");
+        assert_mentions(&msg, message);
+    }
+    patch_spec_raw_namespaced::<ContainerEndpoint>(
+        &client,
+        NS,
+        &name,
+        json!({"publish": [{"hostPort": 5001, "containerPort": 80}]}),
+    )
+    .await
+    .expect("published ports may change");
 }

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 pub mod daemon;
 pub mod netns;
@@ -70,10 +70,29 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 /// Delete every Weft object, stripping finalizers, so each test starts from an empty cluster.
 /// Tests that touch the API server run one at a time (see `.config/nextest.toml`).
 pub async fn reset(client: &Client) -> Result<()> {
+    purge_endpoints(client).await?;
     purge::<ContainerNetwork>(client).await?;
     purge::<NetworkAllocation>(client).await?;
     purge::<AddressPool>(client).await?;
     purge::<NetworkNode>(client).await?;
+    Ok(())
+}
+
+/// Delete every ContainerEndpoint in every namespace, stripping finalizers.
+async fn purge_endpoints(client: &Client) -> Result<()> {
+    let all: Api<ContainerEndpoint> = Api::all(client.clone());
+    for ep in all.list(&ListParams::default()).await? {
+        let ns = ep.namespace().unwrap_or_default();
+        let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &ns);
+        let name = ep.name_any();
+        if !ep.finalizers().is_empty() {
+            let patch = json!({"metadata": {"finalizers": null}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .ok();
+        }
+        api.delete(&name, &DeleteParams::default()).await.ok();
+    }
     Ok(())
 }
 
@@ -148,6 +167,42 @@ where
     let obj: DynamicObject =
         serde_json::from_value(value).map_err(|e| format!("test object does not parse: {e}"))?;
     api.create(&Default::default(), &obj)
+        .await
+        .map_err(api_error_text)
+}
+
+/// Like [`create_raw`] for a namespaced kind (the test API server needs no Namespace object).
+pub async fn create_raw_namespaced<K>(
+    client: &Client,
+    namespace: &str,
+    value: serde_json::Value,
+) -> Result<DynamicObject, String>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()));
+    let obj: DynamicObject =
+        serde_json::from_value(value).map_err(|e| format!("test object does not parse: {e}"))?;
+    api.create(&Default::default(), &obj)
+        .await
+        .map_err(api_error_text)
+}
+
+/// Like [`patch_spec_raw`] for a namespaced kind.
+pub async fn patch_spec_raw_namespaced<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<DynamicObject, String>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &ApiResource::erase::<K>(&()));
+    let patch = json!({"spec": spec});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(api_error_text)
 }

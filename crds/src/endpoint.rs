@@ -1,0 +1,137 @@
+//! `ContainerEndpoint` (short name `cep`): one attachment of a sandbox (a network namespace)
+//! to a network, with the ports it publishes on its node. Written by the CNI plugin (through
+//! the agent) or by a user; its status is written by the node's agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One sandbox attached to one network.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "weft.dev",
+    version = "v1alpha1",
+    kind = "ContainerEndpoint",
+    plural = "containerendpoints",
+    shortname = "cep",
+    namespaced,
+    status = "ContainerEndpointStatus",
+    category = "weft",
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.network == oldSelf.network", "fieldPath": ".network",
+     "message": "network is immutable: an endpoint is one attachment; create another to attach elsewhere"},
+    {"rule": "self.node == oldSelf.node", "fieldPath": ".node",
+     "message": "node is immutable: an endpoint lives where its sandbox is"},
+    {"rule": "self.sandbox == oldSelf.sandbox", "fieldPath": ".sandbox",
+     "message": "sandbox is immutable"},
+    {"rule": "self.interfaceName == oldSelf.interfaceName", "fieldPath": ".interfaceName",
+     "message": "interfaceName is immutable"},
+    {"rule": "has(self.address) == has(oldSelf.address) && (!has(self.address) || self.address == oldSelf.address)",
+     "fieldPath": ".address", "message": "address is immutable: create a new endpoint for another address"},
+    {"rule": "!has(self.address) || isIP(self.address)", "fieldPath": ".address",
+     "message": "address must be an IP address such as 10.0.0.254"}
+]))]
+pub struct ContainerEndpointSpec {
+    /// The ContainerNetwork to attach to.
+    #[schemars(length(min = 1, max = 253))]
+    pub network: String,
+    /// The node (NetworkNode name) whose agent performs the attachment.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// The sandbox: a network namespace path on that node, such as /var/run/netns/web-1.
+    #[schemars(length(min = 2, max = 4096), regex(pattern = r"^/"))]
+    pub sandbox: String,
+    /// Name of the interface inside the sandbox.
+    #[serde(default = "default_interface")]
+    #[schemars(
+        length(min = 1, max = 15),
+        regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    )]
+    pub interface_name: String,
+    /// Requested address (`docker run --ip`). Default: the next free address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    pub address: Option<String>,
+    /// Requested MAC (unicast). Default: derived from the address, as Docker does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-fA-F][02468aAcCeE](:[0-9a-fA-F]{2}){5}$"))]
+    pub mac: Option<String>,
+    /// Ports published on the node (`docker run -p`), by nftables DNAT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub publish: Vec<PublishedPort>,
+}
+
+/// One published port or port range: `hostIP:hostPort[-hostPortEnd] → containerPort`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.hostPortEnd) || self.hostPortEnd >= self.hostPort", "fieldPath": ".hostPortEnd",
+     "message": "hostPortEnd must not be below hostPort"},
+    {"rule": "!has(self.hostPortEnd) || self.containerPort + (self.hostPortEnd - self.hostPort) <= 65535",
+     "fieldPath": ".containerPort", "message": "the container port range would end above 65535"},
+    {"rule": "!has(self.hostIP) || isIP(self.hostIP)", "fieldPath": ".hostIP",
+     "message": "hostIP must be an IP address of the node, such as 192.0.2.10"}
+]))]
+pub struct PublishedPort {
+    /// Port on the node.
+    #[schemars(range(min = 1, max = 65535))]
+    pub host_port: i32,
+    /// Last port of a range (`-p 8000-8010:80-90`); the container range has the same length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub host_port_end: Option<i32>,
+    /// Port in the sandbox (first of the range).
+    #[schemars(range(min = 1, max = 65535))]
+    pub container_port: i32,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Bind to this node address only. Default: every address of the node.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 45))]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// What the agent made of the endpoint.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerEndpointStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, plus reasons such as AddressInUse, OutsideSubnet, PortConflict, SandboxMissing,
+    /// NetworkNotReady.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The endpoint's address with its prefix, such as 10.0.0.2/24.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// The host side of the attachment (veth) on the node, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+}
+
+fn default_interface() -> String {
+    "eth0".into()
+}
