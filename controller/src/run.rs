@@ -199,6 +199,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         requeue: requeue_tx,
         pools_changed: pools_tx.clone(),
         events_unsupported: Default::default(),
+        node_events: Mutex::new(HashMap::new()),
     });
     tokio::spawn(pool::run(ctx.clone(), pools_rx));
 
@@ -223,8 +224,19 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
     };
     let on_node = {
         let all = all_networks.clone();
+        let ctx = ctx.clone();
         let seen: Arc<Mutex<HashMap<String, NodeSeen>>> = Arc::default();
         move |node: NetworkNode| {
+            // Record it first: the reconciles this event triggers must see it.
+            let latest = node
+                .metadata
+                .deletion_timestamp
+                .is_none()
+                .then(|| Arc::new(node.clone()));
+            ctx.node_events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.name_any(), latest);
             let now = node_seen(&node);
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             let concerned = networks_concerned(seen.get(&node.name_any()), &now);
