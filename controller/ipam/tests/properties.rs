@@ -558,8 +558,13 @@ impl World {
         }
         // blocks: disjoint, inside the network's space
         for (network, blocks) in &self.blocks {
-            let space = self.allocated(network);
-            assert_eq!(blocks.space(), space.as_slice());
+            let mut space = self.allocated(network);
+            space.sort();
+            assert_eq!(
+                blocks.space(),
+                space.as_slice(),
+                "the space is kept in address order"
+            );
             let held: Vec<IpNet> = blocks.blocks().map(|(_, b)| b).collect();
             for (i, b) in held.iter().enumerate() {
                 assert!(
