@@ -16,6 +16,7 @@ use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 use crate::allocations::Allocations;
 use crate::http::Probes;
+use crate::reconcile::fresh::FreshStore;
 use crate::reconcile::{Context, network, pool};
 use crate::{MANAGER, Settings};
 
@@ -189,8 +190,8 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         settings: settings.clone(),
         metrics: probes.metrics.clone(),
         allocations: Mutex::new(allocations),
-        pools: pools.clone(),
-        nodes: nodes.clone(),
+        pools: FreshStore::new(pools.clone()),
+        nodes: FreshStore::new(nodes.clone()),
         node_blocks,
         networks: all_networks.clone(),
         recorder: Recorder::new(client.clone(), reporter),
@@ -199,7 +200,6 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         requeue: requeue_tx,
         pools_changed: pools_tx.clone(),
         events_unsupported: Default::default(),
-        node_events: Mutex::new(HashMap::new()),
     });
     tokio::spawn(pool::run(ctx.clone(), pools_rx));
 
@@ -208,8 +208,11 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
     let on_pool = {
         let all = all_networks.clone();
         let pools_tx = pools_tx.clone();
+        let ctx = ctx.clone();
         let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
         move |pool: AddressPool| {
+            // Record it first: the reconciles this event triggers must see it.
+            ctx.pools.record(&pool);
             let digest = pool_digest(&pool);
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.insert(pool.name_any(), digest) == Some(digest) {
@@ -228,15 +231,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         let seen: Arc<Mutex<HashMap<String, NodeSeen>>> = Arc::default();
         move |node: NetworkNode| {
             // Record it first: the reconciles this event triggers must see it.
-            let latest = node
-                .metadata
-                .deletion_timestamp
-                .is_none()
-                .then(|| Arc::new(node.clone()));
-            ctx.node_events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(node.name_any(), latest);
+            ctx.nodes.record(&node);
             let now = node_seen(&node);
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             let concerned = networks_concerned(seen.get(&node.name_any()), &now);

@@ -1,5 +1,6 @@
 //! Reconcilers, one file per kind, sharing one [`Context`].
 
+pub mod fresh;
 pub mod network;
 pub mod pool;
 
@@ -24,8 +25,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The single allocation state; held only for in-memory work, never across an await.
     pub allocations: Mutex<Allocations>,
-    pub pools: Store<AddressPool>,
-    pub nodes: Store<NetworkNode>,
+    /// Pools and nodes as fresh as the events that trigger reconciles (see [`fresh`]).
+    pub pools: fresh::FreshStore<AddressPool>,
+    pub nodes: fresh::FreshStore<NetworkNode>,
     pub node_blocks: Store<NetworkAllocation>,
     /// The controller's own view of every network.
     pub networks: Store<ContainerNetwork>,
@@ -39,41 +41,11 @@ pub struct Context {
     pub requeue: UnboundedSender<ObjectRef<ContainerNetwork>>,
     /// Pool usage changed: rewrite AddressPool status.
     pub pools_changed: UnboundedSender<()>,
-    /// What the NetworkNode trigger has seen, newer than `nodes` can be: the latest object, or
-    /// `None` once deleted. Reconciles read nodes through [`Context::current_nodes`], so a
-    /// reconcile triggered by a node event never works from a store that has not caught up.
-    pub node_events: Mutex<HashMap<String, Option<Arc<NetworkNode>>>>,
     /// Set once the API server answered that it does not serve Events: stop asking.
     pub events_unsupported: std::sync::atomic::AtomicBool,
 }
 
 impl Context {
-    /// Every live NetworkNode: the store, overlaid with what the node trigger saw last.
-    pub fn current_nodes(&self) -> Vec<Arc<NetworkNode>> {
-        use kube::ResourceExt;
-        let mut nodes: HashMap<String, Arc<NetworkNode>> = self
-            .nodes
-            .state()
-            .into_iter()
-            .map(|n| (n.name_any(), n))
-            .collect();
-        for (name, seen) in self
-            .node_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            match seen {
-                Some(node) => nodes.insert(name.clone(), node.clone()),
-                None => nodes.remove(name),
-            };
-        }
-        nodes
-            .into_values()
-            .filter(|n| n.metadata.deletion_timestamp.is_none())
-            .collect()
-    }
-
     /// Space was freed: give every network still waiting for an allocation another try.
     pub fn wake_unallocated(&self) {
         for net in self.networks.state() {

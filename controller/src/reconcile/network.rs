@@ -113,7 +113,7 @@ fn node_has(net: &ContainerNetwork, node: &NetworkNode) -> Option<RealizationSta
 
 async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
     let name = net.name_any();
-    let nodes = ctx.current_nodes();
+    let nodes = ctx.nodes.state();
     let live_nodes = nodes
         .iter()
         .filter(|n| n.metadata.deletion_timestamp.is_none());
@@ -355,7 +355,8 @@ async fn write_node_blocks(net: &ContainerNetwork, outcome: &Outcome, ctx: &Cont
 async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
     let name = net.name_any();
     let still: Vec<String> = ctx
-        .current_nodes()
+        .nodes
+        .state()
         .iter()
         .filter(|n| node_has(net, n).is_some())
         .map(|n| n.name_any())
