@@ -312,10 +312,6 @@ impl Allocations {
         }
     }
 
-    pub fn default_pool_name(&self) -> Option<&str> {
-        self.default_pool.as_deref()
-    }
-
     /// The block allocator of a cluster-scope network, created once its subnets are known.
     fn block_allocator(&mut self, net: &ContainerNetwork) -> Option<&mut BlockAllocator> {
         let name = net.name_any();
@@ -525,14 +521,6 @@ impl Allocations {
     /// Addresses of a pool: (total, allocated, networks).
     pub fn pool_usage(&self, pool: &str) -> Option<weft_ipam::PoolUsage> {
         self.subnets.usage(pool)
-    }
-
-    /// Every network's subnets, ordered by name (tests compare this across restarts).
-    pub fn snapshot(&self) -> Vec<(String, Vec<IpNet>)> {
-        self.subnets
-            .allocations()
-            .map(|(n, s)| (n.to_string(), s.to_vec()))
-            .collect()
     }
 }
 

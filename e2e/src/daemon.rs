@@ -50,12 +50,4 @@ impl Daemon {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
-
-    /// Fails if the process has exited (a crash would otherwise look like slowness).
-    pub fn assert_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => anyhow::bail!("the daemon exited: {status}"),
-            None => Ok(()),
-        }
-    }
 }

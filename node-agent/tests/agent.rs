@@ -105,6 +105,14 @@ impl Node {
         .expect("apply");
     }
 
+    /// A second node that registered but runs no agent here: a peer all the same
+    /// (underlay 192.0.2.20).
+    async fn register_peer(&self) {
+        self.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
+            "spec": {"underlayAddress": "192.0.2.20"}}))
+        .await;
+    }
+
     async fn network(&self, name: &str, spec: Value) {
         self.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork", "metadata": {"name": name}, "spec": spec}))
             .await;
@@ -263,10 +271,7 @@ async fn bridge_network_is_programmed_with_its_attributes() {
 #[tokio::test]
 async fn overlay_network_has_a_vxlan_with_flood_entries_to_its_peers() {
     let node = Node::start().await;
-    // A second node that registered but runs no agent here: it is a peer all the same.
-    node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
-        "spec": {"underlayAddress": "192.0.2.20"}}))
-    .await;
+    node.register_peer().await;
     node.network(
         "app",
         json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
@@ -444,9 +449,7 @@ async fn drift_test(
     restored: impl Fn(&Node, &str, &str) -> bool,
 ) {
     let node = Node::start().await;
-    node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
-        "spec": {"underlayAddress": "192.0.2.20"}}))
-    .await;
+    node.register_peer().await;
     node.network(
         "app",
         json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
@@ -652,9 +655,7 @@ async fn restarted_agent_keeps_every_link_and_writes_nothing() {
         json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
     )
     .await;
-    node.apply(json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": "node-2"},
-        "spec": {"underlayAddress": "192.0.2.20"}}))
-    .await;
+    node.register_peer().await;
     node.network(
         "app",
         json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),

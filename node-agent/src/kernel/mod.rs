@@ -328,41 +328,24 @@ impl fmt::Debug for Kernel {
 }
 
 /// Open an rtnetlink connection from a thread inside `netns` and run its I/O task on the
-/// current tokio runtime. `groups` non-empty = a multicast (event) connection.
+/// current tokio runtime.
 async fn connect(
     ns: Option<&Path>,
-    groups: Vec<rtnetlink::MulticastGroup>,
-) -> Result<
-    (
-        rtnetlink::Handle,
-        futures::channel::mpsc::UnboundedReceiver<(
-            NetlinkMessage<RouteNetlinkMessage>,
-            rtnetlink::sys::SocketAddr,
-        )>,
-        tokio::task::JoinHandle<()>,
-    ),
-    KernelError,
-> {
+) -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>), KernelError> {
     let runtime = tokio::runtime::Handle::current();
-    let (conn, handle, messages) = netns::run_in(ns, move || {
+    let (conn, handle, _) = netns::run_in(ns, move || {
         // The socket registers with the runtime's reactor, which needs the runtime context.
         let _guard = runtime.enter();
-        let made = if groups.is_empty() {
-            rtnetlink::new_connection()
-        } else {
-            rtnetlink::new_multicast_connection(&groups)
-        };
-        made.map_err(KernelError::Socket)
+        rtnetlink::new_connection().map_err(KernelError::Socket)
     })
     .await?;
-    let task = tokio::spawn(conn);
-    Ok((handle, messages, task))
+    Ok((handle, tokio::spawn(conn)))
 }
 
 impl Kernel {
     /// `None` = the agent's own netns; `Some(path)` = e.g. `/var/run/netns/X`.
     pub async fn open(netns: Option<&Path>) -> Result<Self, KernelError> {
-        let (handle, _messages, connection) = connect(netns, Vec::new()).await?;
+        let (handle, connection) = connect(netns).await?;
         Ok(Kernel {
             handle,
             netns: netns.map(Path::to_path_buf),
