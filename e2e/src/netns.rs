@@ -85,6 +85,26 @@ impl Netns {
     pub fn try_exec(&self, args: &[&str]) -> bool {
         self.exec(args).is_ok()
     }
+
+    /// A private directory for an agent working on this namespace (its journal and CNI
+    /// socket), so tests never touch the host's `/var/lib/weft` or `/run/weft`. Removed
+    /// with the namespace.
+    pub fn state_dir(&self) -> PathBuf {
+        let dir = std::env::temp_dir().join(&self.name);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+
+    /// The agent flags that keep its state inside [`Netns::state_dir`].
+    pub fn agent_state_args(&self) -> Vec<String> {
+        let dir = self.state_dir();
+        vec![
+            "--state-dir".into(),
+            dir.display().to_string(),
+            "--cni-socket".into(),
+            dir.join("cni.sock").display().to_string(),
+        ]
+    }
 }
 
 impl Drop for Netns {
@@ -98,6 +118,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.name));
     }
 }
 

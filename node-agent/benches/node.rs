@@ -84,14 +84,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn start_agent(node: &str, ns: &Netns, port: u16) -> anyhow::Result<Daemon> {
     let netns = ns.path();
     let addr = format!("127.0.0.1:{port}");
-    let args = [
-        "--node-name",
-        node,
-        "--netns",
-        netns.to_str().unwrap_or_default(),
-        "--metrics-addr",
-        &addr,
+    let mut args = vec![
+        "--node-name".to_string(),
+        node.into(),
+        "--netns".into(),
+        netns.display().to_string(),
+        "--metrics-addr".into(),
+        addr,
     ];
+    args.extend(ns.agent_state_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start(Path::new(env!("CARGO_BIN_EXE_weft-agent")), &args)
 }
 

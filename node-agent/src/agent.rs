@@ -22,10 +22,11 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 use weft_api::{
-    ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus, NetworkRealization,
-    RealizationState,
+    ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
+    NetworkRealization, RealizationState,
 };
 
+use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
 use crate::metrics::Metrics;
 use crate::model::{KernelState, network_of_alias};
@@ -47,6 +48,10 @@ pub struct Config {
     pub resync: Duration,
     /// How often the NetworkNode's heartbeat is refreshed.
     pub heartbeat: Duration,
+    /// Where the node's endpoint journal lives.
+    pub state_dir: PathBuf,
+    /// The CNI plugin's unix socket; `None` = no CNI.
+    pub cni_socket: Option<PathBuf>,
 }
 
 /// The underlay as found on the node.
@@ -70,10 +75,13 @@ pub struct PassReport {
 struct Agent {
     client: Client,
     cfg: Config,
-    kernel: Kernel,
+    kernel: Arc<Kernel>,
     metrics: Arc<Metrics>,
     facts: NodeFacts,
+    endpoints: Arc<Endpoints>,
+    last_full_check: Option<Instant>,
     networks: Store<ContainerNetwork>,
+    ceps: Store<ContainerEndpoint>,
     allocations: Store<NetworkAllocation>,
     nodes: Store<NetworkNode>,
     last_desired: Option<KernelState>,
@@ -225,6 +233,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     let notify = Arc::new(Notify::new());
     let networks = watch::<ContainerNetwork>(&client, notify.clone(), |_| true);
     let allocations = watch::<NetworkAllocation>(&client, notify.clone(), |_| true);
+    let ceps = watch::<ContainerEndpoint>(&client, notify.clone(), |_| true);
     // Peers matter for their underlay address and existence, not for their heartbeats.
     let seen: std::sync::Mutex<HashMap<String, u64>> = Default::default();
     let me = cfg.node_name.clone();
@@ -245,6 +254,17 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     networks.wait_until_ready().await?;
     allocations.wait_until_ready().await?;
     nodes.wait_until_ready().await?;
+    ceps.wait_until_ready().await?;
+    let kernel = Arc::new(kernel);
+    let endpoints = Arc::new(
+        Endpoints::new(
+            cfg.node_name.clone(),
+            kernel.clone(),
+            &cfg.state_dir,
+            notify.clone(),
+        )
+        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?,
+    );
 
     let mut events = kernel
         .events()
@@ -284,16 +304,42 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         kernel,
         metrics,
         facts,
+        endpoints: endpoints.clone(),
+        last_full_check: None,
         networks,
+        ceps,
         allocations,
         nodes,
         last_desired: None,
         last_status: None,
         last_heartbeat: None,
     };
+    {
+        let inputs = agent.inputs();
+        let facts = NodeFacts {
+            interfaces: agent.kernel.observe_with_foreign().await?.1,
+            ..agent.facts.clone()
+        };
+        endpoints.restore(&agent.ceps.state(), &inputs, &facts);
+    }
+    if let Some(path) = agent.cfg.cni_socket.clone() {
+        crate::endpoints::cni::serve(&path, endpoints.clone())
+            .await
+            .with_context(|| format!("listening on the CNI socket {}", path.display()))?;
+    }
+    let mut first = true;
     loop {
         let started = Instant::now();
-        match agent.pass().await {
+        let result = agent.pass().await;
+        if first {
+            first = false;
+            endpoints.set_ready();
+            agent
+                .metrics
+                .ready
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        match result {
             Ok(r) => {
                 tracing::debug!(changes = r.changes, writes = r.writes, failed = r.failed, took = ?started.elapsed(), "pass")
             }
@@ -356,14 +402,43 @@ impl Agent {
         inputs
     }
 
+    /// One pass, numbered for CNI calls that wait for their ports to be published.
     async fn pass(&mut self) -> anyhow::Result<PassReport> {
+        let n = self.endpoints.pass_started();
+        let result = self.pass_inner().await;
+        self.endpoints.pass_done(n);
+        result
+    }
+
+    async fn pass_inner(&mut self) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
         let (observed, foreign) = self.kernel.observe_with_foreign().await?;
         let facts = NodeFacts {
             interfaces: foreign,
             ..self.facts.clone()
         };
-        let (desired, outcomes) = plan::plan_node(&inputs, &facts);
+        let (mut desired, outcomes) = plan::plan_node(&inputs, &facts);
+        // Endpoints: their publish rules and other nodes' overlay endpoints belong to the
+        // node's state; their sandboxes are converged after the node is applied.
+        let full_check = self
+            .last_full_check
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync);
+        if full_check {
+            self.last_full_check = Some(Instant::now());
+        }
+        let ceps = self.ceps.state();
+        let peers: BTreeMap<String, IpAddr> = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
+            .collect();
+        let (additions, work) = self
+            .endpoints
+            .plan(&inputs, &facts, &desired, &ceps, &peers, full_check);
+        crate::endpoints::plan::add_publish_chains(&mut desired.nft, additions.publish_chains);
+        desired.fdb.extend(additions.fdb);
+        desired.neighbours.extend(additions.neighbours);
         let changes = kernel::diff(&desired, &observed);
         let drift = self.last_desired.as_ref() == Some(&desired);
         let report = if changes.is_empty() {
@@ -399,8 +474,13 @@ impl Agent {
                 .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
                 .collect()
         };
+        let endpoint_writes = self.endpoints.converge(work).await;
+        self.metrics.kernel_writes.inc_by(endpoint_writes as u64);
         self.report_status(&inputs, &outcomes, &desired, &still_present, &report)
             .await?;
+        let ceps = self.ceps.state();
+        let status_writes = self.endpoints.publish_status(&self.client, &ceps).await?;
+        self.metrics.status_writes.inc_by(status_writes as u64);
         Ok(PassReport {
             changes: changes.len(),
             writes: report.writes,

@@ -1,4 +1,5 @@
-//! `/metrics` and `/healthz`.
+//! `/metrics`, `/healthz` (the process runs) and `/readyz` (the first pass is done: the
+//! node's kernel matches the API and CNI calls are served).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,16 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
             get(|State(m): State<Arc<Metrics>>| async move { m.render() }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                if m.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                    (axum::http::StatusCode::OK, "ok")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "starting")
+                }
+            }),
+        )
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod drivers;
+pub mod endpoints;
 pub mod http;
 pub mod kernel;
 pub mod metrics;

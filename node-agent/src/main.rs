@@ -46,6 +46,12 @@ struct Args {
     metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value = "human")]
     log_format: LogFormat,
+    /// Directory for the node's endpoint journal (addresses handed out on this node).
+    #[arg(long, default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Unix socket the weft-cni plugin talks to; "none" disables CNI.
+    #[arg(long, default_value = weft_cni::proto::DEFAULT_SOCKET)]
+    cni_socket: PathBuf,
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -104,6 +110,8 @@ async fn run() -> anyhow::Result<()> {
         labels: parse_labels(&args.node_labels)?,
         resync: args.resync_period,
         heartbeat: args.heartbeat,
+        state_dir: args.state_dir,
+        cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
     };
     agent::run(client, cfg, metrics).await
 }

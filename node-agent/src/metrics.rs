@@ -19,6 +19,8 @@ pub struct Metrics {
     pub drift_corrections: Family<KindLabel, Counter>,
     pub pass_seconds: Histogram,
     pub status_writes: Counter,
+    /// Set after the first full pass: `/readyz` answers 200 from then on.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             drift_corrections,
             pass_seconds,
             status_writes,
+            ready: Default::default(),
         }
     }
 }

@@ -91,6 +91,9 @@ pub enum LinkKind {
         underlay: Option<String>,
         /// MAC learning on the VXLAN device (Weft keeps it off and programs the FDB).
         learning: bool,
+        /// ARP/ND proxy: the device answers neighbour requests from its static entries
+        /// (other nodes' endpoints), so they never flood the underlay.
+        proxy: bool,
     },
     Macvlan {
         parent: String,

@@ -63,14 +63,16 @@ impl Node {
     fn start_agent_with_env(&mut self, env: &[(&str, &str)]) {
         let netns = self.ns.path();
         let port = format!("127.0.0.1:{}", self.port);
-        let args = [
-            "--node-name",
-            NODE,
-            "--netns",
-            netns.to_str().expect("path"),
-            "--metrics-addr",
-            &port,
+        let mut args = vec![
+            "--node-name".to_string(),
+            NODE.into(),
+            "--netns".into(),
+            netns.display().to_string(),
+            "--metrics-addr".into(),
+            port,
         ];
+        args.extend(self.ns.agent_state_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.agent = Some(Daemon::start_with_env(Path::new(AGENT), &args, env).expect("agent"));
     }
 

@@ -284,6 +284,7 @@ async fn vxlan_fdb_and_neighbours() {
             local,
             underlay: Some("und2".into()),
             learning: false,
+            proxy: false,
         },
     );
     vx.mtu = Some(1450);
@@ -296,6 +297,7 @@ async fn vxlan_fdb_and_neighbours() {
             local,
             underlay: Some("und2".into()),
             learning: true,
+            proxy: false,
         },
     );
     let mut d = state(vec![vx, vx2]);
@@ -619,6 +621,7 @@ async fn garbage_collection_spares_foreign_objects() {
                 local: ip("127.0.0.1"),
                 underlay: None,
                 learning: false,
+                proxy: false,
             },
         ),
         link(
@@ -680,6 +683,7 @@ async fn tampering_is_seen_and_undone() {
                 local: ip("192.168.70.1"),
                 underlay: Some("und7".into()),
                 learning: false,
+                proxy: false,
             },
         ),
     ]);
@@ -740,6 +744,7 @@ async fn vni_change_recreates_mtu_change_sets_in_place() {
         local: ip("127.0.0.1"),
         underlay: None,
         learning: false,
+        proxy: false,
     };
     let mut d = state(vec![link("wfx-t8", "v", kind(100))]);
     d.fdb.insert(FdbEntry {

@@ -131,6 +131,14 @@ impl AddressAllocator {
         self.by_owner.len()
     }
 
+    /// Every owner with its address, in address order.
+    pub fn owners(&self) -> impl Iterator<Item = (String, IpAddr)> + '_ {
+        self.by_addr.iter().filter_map(|(value, owner)| {
+            let family = self.span?.family;
+            Some((owner.clone(), u128_to_addr(family, *value)?))
+        })
+    }
+
     /// How many addresses can be handed out in total (reserved ones not counted).
     pub fn capacity(&self) -> u128 {
         self.capacity

@@ -25,7 +25,8 @@ use crate::names;
 use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
 
 use super::{
-    allocated_subnets, node_block, offset_addr, optional_mtu, parent, require, status_gateway,
+    allocated_subnets, excluded_ranges, node_block, offset_addr, optional_mtu, parent, require,
+    status_gateway,
 };
 
 /// The macvlan driver.
@@ -175,31 +176,6 @@ pub fn shim_address(
         }
     }
     None
-}
-
-fn excluded_ranges(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
-    let Some(ranges) = net
-        .spec
-        .ipam
-        .as_ref()
-        .and_then(|i| i.excluded_ranges.as_ref())
-    else {
-        return Ok(Vec::new());
-    };
-    ranges
-        .iter()
-        .map(|r| {
-            r.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                Problem::new(
-                    reason::INVALID_SPEC,
-                    format!(
-                        "spec.ipam.excludedRanges of network {} holds {r:?}, which is not a CIDR",
-                        net.name
-                    ),
-                )
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -156,6 +156,32 @@ pub(crate) fn node_block(net: &NetworkInput, node: &NodeFacts) -> Result<IpNet, 
         })
 }
 
+/// The network's `ipam.excludedRanges` (addresses already used on the LAN).
+pub(crate) fn excluded_ranges(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
+    let Some(ranges) = net
+        .spec
+        .ipam
+        .as_ref()
+        .and_then(|i| i.excluded_ranges.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    ranges
+        .iter()
+        .map(|r| {
+            r.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
+                Problem::new(
+                    reason::INVALID_SPEC,
+                    format!(
+                        "spec.ipam.excludedRanges of network {} holds {r:?}, which is not a CIDR",
+                        net.name
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 /// `Ok` if the node's kernel has the feature.
 pub(crate) fn require(present: bool, message: impl FnOnce() -> String) -> Result<(), Problem> {
     if present {

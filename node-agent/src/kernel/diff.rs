@@ -39,6 +39,7 @@ pub(crate) fn kind_matches(desired: &LinkKind, observed: &LinkKind) -> bool {
                 local,
                 underlay,
                 learning,
+                proxy,
             },
             Vxlan {
                 vni: ov,
@@ -46,12 +47,14 @@ pub(crate) fn kind_matches(desired: &LinkKind, observed: &LinkKind) -> bool {
                 local: ol,
                 underlay: ou,
                 learning: olr,
+                proxy: opx,
             },
         ) => {
             vni == ov
                 && port == op
                 && local == ol
                 && learning == olr
+                && proxy == opx
                 && match (underlay, ou) {
                     (Some(d), Some(o)) => name_matches(d, o),
                     (None, None) => true,
@@ -375,6 +378,7 @@ mod tests {
             local: "10.0.0.1".parse().unwrap(),
             underlay: Some("eth0".into()),
             learning: false,
+            proxy: false,
         }
     }
     fn state(links: Vec<Link>) -> KernelState {

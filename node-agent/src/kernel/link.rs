@@ -176,6 +176,7 @@ impl LinkView {
                 let mut local = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
                 let mut underlay = None;
                 let mut learning = true;
+                let mut proxy = false;
                 if let Some(InfoData::Vxlan(infos)) = &raw.data {
                     for info in infos {
                         match info {
@@ -187,6 +188,7 @@ impl LinkView {
                                 underlay = Some(self.name_of(*i).unwrap_or_default().to_string())
                             }
                             InfoVxlan::Learning(l) => learning = *l,
+                            InfoVxlan::Proxy(p) => proxy = *p,
                             _ => {}
                         }
                     }
@@ -197,6 +199,7 @@ impl LinkView {
                     local,
                     underlay,
                     learning,
+                    proxy,
                 }
             }
             InfoKind::MacVlan => {
@@ -262,7 +265,7 @@ impl LinkView {
     }
 }
 
-fn macvlan_mode(m: MacvlanMode) -> MacVlanMode {
+pub(crate) fn macvlan_mode(m: MacvlanMode) -> MacVlanMode {
     match m {
         MacvlanMode::Private => MacVlanMode::Private,
         MacvlanMode::Vepa => MacVlanMode::Vepa,
@@ -271,7 +274,7 @@ fn macvlan_mode(m: MacvlanMode) -> MacVlanMode {
     }
 }
 
-fn ipvlan_mode(m: IpvlanMode) -> IpVlanMode {
+pub(crate) fn ipvlan_mode(m: IpvlanMode) -> IpVlanMode {
     match m {
         IpvlanMode::L2 => IpVlanMode::L2,
         IpvlanMode::L3 => IpVlanMode::L3,
@@ -519,11 +522,13 @@ impl Kernel {
                 local,
                 underlay,
                 learning,
+                proxy,
             } => {
                 let mut d = vec![
                     InfoVxlan::Id(*vni),
                     InfoVxlan::Port(*port),
                     InfoVxlan::Learning(*learning),
+                    InfoVxlan::Proxy(*proxy),
                 ];
                 match local {
                     IpAddr::V4(a) => d.push(InfoVxlan::Local(*a)),

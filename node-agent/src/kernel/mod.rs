@@ -14,6 +14,7 @@
 
 mod addr;
 mod diff;
+mod endpoint;
 mod events;
 mod fdb;
 mod link;
@@ -39,6 +40,10 @@ use crate::model::{
 };
 
 pub use diff::diff;
+pub use endpoint::{
+    ENDPOINT_ALIAS_PREFIX, EndpointLink, HostEndpointLink, SandboxConfig, SandboxInterface,
+    sandbox_missing,
+};
 pub use events::KernelEvents;
 pub use nft::{base_chain, nft_tables_equivalent};
 pub use probe::Capabilities;
@@ -490,12 +495,18 @@ impl Kernel {
                     }
                 }
                 if let Some(view) = &links {
-                    let results: Vec<(usize, Result<(), KernelError>)> = futures::stream::iter(
-                        changes[i..end].iter().map(|c| self.apply_item(c, view)),
-                    )
-                    .buffered(PIPELINE)
-                    .collect()
-                    .await;
+                    // Futures collected first: a lazy `map` closure inside the stream
+                    // would make this future not provably `Send` (rust-lang/rust#102211),
+                    // and CNI calls run it on spawned tasks.
+                    let pending: Vec<_> = changes[i..end]
+                        .iter()
+                        .map(|c| Box::pin(self.apply_item(c, view)))
+                        .collect();
+                    let results: Vec<(usize, Result<(), KernelError>)> =
+                        futures::stream::iter(pending)
+                            .buffered(PIPELINE)
+                            .collect()
+                            .await;
                     for (c, (writes, result)) in changes[i..end].iter().zip(results) {
                         report.writes += writes;
                         if let Err(e) = result {

@@ -93,6 +93,7 @@ pub(crate) async fn probe(k: &Kernel) -> Capabilities {
                     local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                     underlay: None,
                     learning: false,
+                    proxy: false,
                 },
             ),
             false,

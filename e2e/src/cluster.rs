@@ -1,0 +1,327 @@
+//! A cluster on one machine: N "nodes", each a network namespace on a shared underlay
+//! bridge with its own address and its own `weft-agent` process, one `weft-controller`, and
+//! "containers" as further namespaces. Everything is removed on drop (namespaces with the
+//! processes inside them, agent state directories), also when a test fails.
+//!
+//! Underlay: namespace `ul` holds bridge `ul0` with 192.0.2.1/24 — the nodes' default
+//! gateway and, for tests, the "outside" host. Node i (1-based) has `eth0` 192.0.2.(10+i)/24.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+use weft_api::ContainerEndpoint;
+
+use crate::daemon::Daemon;
+use crate::netns::{Netns, workspace_binary};
+use crate::{TEST_MANAGER, wait_for};
+
+/// The outside host's address on the underlay.
+pub const OUTSIDE: &str = "192.0.2.1";
+
+pub struct Node {
+    pub name: String,
+    pub ns: Netns,
+    /// Underlay address, without prefix.
+    pub address: String,
+    pub metrics_port: u16,
+    agent: Option<Daemon>,
+}
+
+impl Node {
+    pub fn cni_socket(&self) -> PathBuf {
+        self.ns.state_dir().join("cni.sock")
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().and_then(Daemon::pid)
+    }
+}
+
+pub struct Cluster {
+    pub client: Client,
+    pub underlay: Netns,
+    pub nodes: Vec<Node>,
+    controller: Option<Daemon>,
+    agent_binary: PathBuf,
+    controller_binary: PathBuf,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Cluster {
+    /// Reset the API server's Weft objects and start the underlay, `n` nodes with agents,
+    /// and the controller.
+    pub async fn start(n: usize) -> Result<Cluster> {
+        let client = crate::connect().await?;
+        crate::reset(&client).await?;
+        let underlay = Netns::new("ul")?;
+        underlay.exec(&["ip", "link", "add", "ul0", "type", "bridge"])?;
+        underlay.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "ul0"])?;
+        underlay.exec(&["ip", "link", "set", "ul0", "up"])?;
+        let mut cluster = Cluster {
+            client,
+            underlay,
+            nodes: Vec::new(),
+            controller: None,
+            agent_binary: workspace_binary("weft-agent")?,
+            controller_binary: workspace_binary("weft-controller")?,
+        };
+        cluster.start_controller()?;
+        for _ in 0..n {
+            cluster.add_node()?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn start_controller(&mut self) -> Result<()> {
+        self.controller = Some(Daemon::start(
+            &self.controller_binary,
+            &["--node-grace-period", "2s", "--rollup-interval", "100ms"],
+        )?);
+        Ok(())
+    }
+
+    pub async fn kill_controller(&mut self) -> Result<()> {
+        if let Some(c) = self.controller.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// One more node (namespace + underlay link + agent). Returns its index.
+    pub fn add_node(&mut self) -> Result<usize> {
+        let i = self.nodes.len() + 1;
+        let name = format!("node-{i}");
+        let address = format!("192.0.2.{}", 10 + i);
+        let ns = Netns::new(&format!("n{i}"))?;
+        let port_name = format!("ul-{i}");
+        self.underlay.exec(&[
+            "ip",
+            "link",
+            "add",
+            &port_name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.underlay
+            .exec(&["ip", "link", "set", &port_name, "master", "ul0", "up"])?;
+        ns.exec(&["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", OUTSIDE])?;
+        self.nodes.push(Node {
+            name,
+            ns,
+            address,
+            metrics_port: free_port()?,
+            agent: None,
+        });
+        self.start_agent(i - 1)?;
+        Ok(i - 1)
+    }
+
+    pub fn start_agent(&mut self, index: usize) -> Result<()> {
+        let binary = self.agent_binary.clone();
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let mut args = vec![
+            "--node-name".to_string(),
+            node.name.clone(),
+            "--netns".into(),
+            node.ns.path().display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", node.metrics_port),
+            "--resync-period".into(),
+            "5s".into(),
+        ];
+        args.extend(node.ns.agent_state_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        node.agent = Some(Daemon::start(&binary, &args)?);
+        Ok(())
+    }
+
+    /// SIGKILL the node's agent (the dataplane stays as it is).
+    pub async fn kill_agent(&mut self, index: usize) -> Result<()> {
+        if let Some(a) = self.nodes.get_mut(index).and_then(|n| n.agent.take()) {
+            a.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Server-side apply any Weft object given as JSON.
+    pub async fn apply(&self, value: Value) -> Result<()> {
+        let kind = value["kind"].as_str().context("kind")?.to_string();
+        let name = value["metadata"]["name"]
+            .as_str()
+            .context("name")?
+            .to_string();
+        let namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
+        let plural = match kind.as_str() {
+            "ContainerNetwork" => "containernetworks",
+            "AddressPool" => "addresspools",
+            "NetworkNode" => "networknodes",
+            "ContainerEndpoint" => "containerendpoints",
+            other => anyhow::bail!("unknown kind {other}"),
+        };
+        let ar = kube::api::ApiResource {
+            group: "weft.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "weft.dev/v1alpha1".into(),
+            kind: kind.clone(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply(TEST_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {kind} {name}"))?;
+        Ok(())
+    }
+
+    /// A ContainerNetwork.
+    pub async fn network(&self, name: &str, spec: Value) -> Result<()> {
+        self.apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork",
+            "metadata": {"name": name}, "spec": spec}),
+        )
+        .await
+    }
+
+    /// A "container": a fresh namespace with loopback up.
+    pub fn container(&self, prefix: &str) -> Result<Netns> {
+        Netns::new(prefix)
+    }
+
+    /// Attach `sandbox` on node `index` to `network` through a ContainerEndpoint (namespace
+    /// `default`); `extra` is merged into the spec (address, publish…).
+    pub async fn attach(
+        &self,
+        name: &str,
+        network: &str,
+        index: usize,
+        sandbox: &Netns,
+        extra: Value,
+    ) -> Result<()> {
+        let node = self.nodes.get(index).context("no such node")?;
+        let mut spec = json!({"network": network, "node": node.name,
+            "sandbox": sandbox.path().display().to_string()});
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        self.apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+            "metadata": {"name": name, "namespace": "default"}, "spec": spec}),
+        )
+        .await
+    }
+
+    /// Wait until the endpoint's Ready condition has `status`; returns the object.
+    pub async fn wait_endpoint(
+        &self,
+        name: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<ContainerEndpoint> {
+        let api: Api<ContainerEndpoint> = Api::namespaced(self.client.clone(), "default");
+        wait_for(timeout, || {
+            let api = api.clone();
+            let name = name.to_string();
+            let status = status.to_string();
+            async move {
+                let Some(cep) = api.get_opt(&name).await? else {
+                    return Ok(None);
+                };
+                let ready = cep
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                    .is_some_and(|c| c.status == status);
+                Ok(ready.then_some(cep))
+            }
+        })
+        .await
+        .with_context(|| format!("endpoint {name} never became Ready={status}"))
+    }
+
+    /// The address (without prefix) an endpoint got.
+    pub async fn endpoint_address(&self, name: &str) -> Result<String> {
+        let cep = self
+            .wait_endpoint(name, "True", Duration::from_secs(20))
+            .await?;
+        let addr = cep
+            .status
+            .and_then(|s| s.address)
+            .context("no address in status")?;
+        Ok(addr.split('/').next().unwrap_or_default().to_string())
+    }
+}
+
+/// `ping -c1 -W1 target` from inside `ns`, retried for up to `within`.
+pub async fn reachable(ns: &Netns, target: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if ns.try_exec(&["ping", "-c1", "-W1", target]) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Start a tiny HTTP server on `port` inside `ns` that answers with `body` (python3's
+/// http.server; killed with the namespace).
+pub fn http_server(ns: &Netns, port: u16, body: &str) -> Result<()> {
+    let dir = ns.state_dir().join("www");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("index.html"), body)?;
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3", "-m", "http.server"])
+        .arg(port.to_string())
+        .arg("--directory")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting python3 -m http.server")?;
+    Ok(())
+}
+
+/// `curl` from inside `ns` (at most 2 s); the body, or `None` if nothing answered.
+pub fn http_get(ns: &Netns, url: &str) -> Option<String> {
+    ns.exec(&["curl", "-s", "--max-time", "2", url]).ok()
+}
+
+/// Like [`http_get`], retried for up to `within`.
+pub async fn http_get_within(ns: &Netns, url: &str, within: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(body) = http_get(ns, url) {
+            return Some(body);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

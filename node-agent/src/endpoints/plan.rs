@@ -1,0 +1,580 @@
+//! Pure endpoint planning: which addresses a network hands out on this node, what an
+//! attachment looks like in the kernel, the publish (DNAT) rules of the node's endpoints and
+//! the overlay entries other nodes' endpoints need. No I/O.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use weft_api::{Driver, Protocol};
+
+use super::{Attachment, EndpointId, Publication};
+use crate::drivers::{self, first_host, macvlan::shim_address};
+use crate::kernel::{EndpointLink, SandboxConfig};
+use crate::model::{
+    FdbEntry, IpvlanMode, KernelState, Mac, MacvlanMode, Neighbour, NftFamily, NftTable, Route,
+    alias_for,
+};
+use crate::names;
+use crate::plan::{NetworkInput, NodeFacts, Problem, fnv1a64};
+
+/// Reasons an endpoint can be refused or held back (the `Ready` condition's reason).
+pub mod endpoint_reason {
+    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
+    pub const ADDRESS_IN_USE: &str = "AddressInUse";
+    pub const OUTSIDE_SUBNET: &str = "OutsideSubnet";
+    pub const NO_FREE_ADDRESS: &str = "NoFreeAddress";
+    pub const PORT_CONFLICT: &str = "PortConflict";
+    pub const SANDBOX_MISSING: &str = "SandboxMissing";
+    pub const KERNEL_ERROR: &str = "KernelError";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const WRONG_NODE: &str = "WrongNode";
+}
+
+/// Where a network's endpoints get their addresses on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressSpace {
+    /// The subnet (addresses carry its prefix, so the whole subnet is on-link).
+    pub subnet: IpNet,
+    /// What this node hands out: the subnet (bridge, node-local like Docker's) or the
+    /// node's block (cluster-scope drivers), narrowed by `ipam.ipRange`.
+    pub range: IpNet,
+    pub gateway: Option<IpAddr>,
+    /// Never handed out: the gateway, excluded ranges, the macvlan host shim.
+    pub reserved: Vec<IpNet>,
+}
+
+/// The address space of a network on this node; `None` for drivers without addresses.
+pub fn address_space(
+    net: &NetworkInput,
+    node: &NodeFacts,
+) -> Result<Option<AddressSpace>, Problem> {
+    if !net.spec.driver.has_addresses() {
+        return Ok(None);
+    }
+    let subnets = drivers::allocated_subnets(net)?;
+    let status_gateway = drivers::status_gateway(net)?;
+    let excluded = drivers::excluded_ranges(net)?;
+    let (subnet, mut range) = if net.spec.driver.is_cluster_scope() {
+        let block = drivers::node_block(net, node)?;
+        let subnet = subnets
+            .iter()
+            .copied()
+            .find(|s| s.contains(&block))
+            .unwrap_or(block);
+        (subnet, block)
+    } else {
+        (subnets[0], subnets[0])
+    };
+    if let Some(r) = net.spec.ipam.as_ref().and_then(|i| i.ip_range.as_deref())
+        && let Ok(r) = r.trim().parse::<IpNet>()
+        && range.contains(&r.trunc())
+    {
+        range = r.trunc();
+    }
+    let gateway = status_gateway.filter(|g| subnet.contains(g)).or_else(|| {
+        (net.spec.driver != Driver::Macvlan && net.spec.driver != Driver::Ipvlan)
+            .then(|| first_host(&subnet))
+            .flatten()
+    });
+    let mut reserved: Vec<IpNet> = excluded.clone();
+    if let Some(g) = gateway {
+        reserved.push(IpNet::from(g));
+    }
+    let shim = net
+        .spec
+        .macvlan
+        .as_ref()
+        .is_some_and(|m| m.host_shim && net.spec.driver == Driver::Macvlan);
+    if shim && let Some(a) = shim_address(range, &subnets, status_gateway, &excluded) {
+        reserved.push(IpNet::from(a));
+    }
+    Ok(Some(AddressSpace {
+        subnet,
+        range,
+        gateway,
+        reserved,
+    }))
+}
+
+/// The host-side interface of an endpoint: `wfe` + 12 hex digits of its identity (15 bytes).
+pub fn host_interface(id: &EndpointId) -> String {
+    let h = fnv1a64(id.to_string().as_bytes()) & 0xffff_ffff_ffff;
+    format!("{}e{h:012x}", names::LINK_PREFIX)
+}
+
+/// The alias that marks a host-side endpoint interface: `weft-ep:<namespace>/<name>`.
+pub fn host_alias(id: &EndpointId) -> String {
+    format!("{}{id}", crate::kernel::ENDPOINT_ALIAS_PREFIX)
+}
+
+/// Docker's MAC for an address: `02:42` and the last four bytes of the address, so a
+/// re-created endpoint keeps its MAC and neighbours' ARP caches stay valid.
+pub fn derive_mac(addr: IpAddr) -> Mac {
+    let tail: [u8; 4] = match addr {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
+}
+
+/// `aa:bb:cc:dd:ee:ff` → bytes.
+pub fn parse_mac(s: &str) -> Option<Mac> {
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+        .collect::<Option<_>>()?;
+    <Mac>::try_from(parts.as_slice()).ok()
+}
+
+pub fn format_mac(mac: &Mac) -> String {
+    crate::plan::firewall::format_mac(mac)
+}
+
+/// The kernel shape of an attachment whose address is decided.
+pub fn sandbox_config(
+    att: &Attachment,
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+) -> Result<SandboxConfig, Problem> {
+    let link = match net.spec.driver {
+        Driver::Bridge | Driver::Overlay => {
+            let bridge = names::bridge(&net.name);
+            if !desired_node.links.contains_key(&bridge) {
+                return Err(not_ready(net, node));
+            }
+            EndpointLink::Veth {
+                host: host_interface(&att.id),
+                host_alias: host_alias(&att.id),
+                bridge,
+            }
+        }
+        Driver::Macvlan | Driver::Ipvlan => {
+            let (parent, vlan) = match net.spec.driver {
+                Driver::Macvlan => {
+                    let o = net.spec.macvlan.as_ref();
+                    (
+                        o.map(|o| o.parent.clone()).unwrap_or_default(),
+                        o.and_then(|o| o.vlan),
+                    )
+                }
+                _ => {
+                    let o = net.spec.ipvlan.as_ref();
+                    (
+                        o.map(|o| o.parent.clone()).unwrap_or_default(),
+                        o.and_then(|o| o.vlan),
+                    )
+                }
+            };
+            let parent = match vlan.and_then(|v| u16::try_from(v).ok()) {
+                Some(v) => names::vlan(&parent, v),
+                None => parent,
+            };
+            if !node.interfaces.contains(&parent) && !desired_node.links.contains_key(&parent) {
+                return Err(not_ready(net, node));
+            }
+            if net.spec.driver == Driver::Macvlan {
+                let mode = match net.spec.macvlan.as_ref().map(|m| m.mode) {
+                    Some(weft_api::MacvlanMode::Private) => MacvlanMode::Private,
+                    Some(weft_api::MacvlanMode::Vepa) => MacvlanMode::Vepa,
+                    Some(weft_api::MacvlanMode::Passthru) => MacvlanMode::Passthru,
+                    _ => MacvlanMode::Bridge,
+                };
+                EndpointLink::Macvlan { parent, mode }
+            } else {
+                let mode = match net.spec.ipvlan.as_ref().map(|m| m.mode) {
+                    Some(weft_api::IpvlanMode::L3) => IpvlanMode::L3,
+                    Some(weft_api::IpvlanMode::L3s) => IpvlanMode::L3s,
+                    _ => IpvlanMode::L2,
+                };
+                EndpointLink::Ipvlan { parent, mode }
+            }
+        }
+        Driver::None => EndpointLink::LoopbackOnly,
+        Driver::Host => EndpointLink::LoopbackOnly,
+    };
+    let mtu = match net.spec.driver {
+        Driver::Bridge | Driver::Overlay => desired_node
+            .links
+            .get(&names::bridge(&net.name))
+            .and_then(|b| b.mtu),
+        _ => net.spec.mtu.and_then(|m| u32::try_from(m).ok()),
+    };
+    let mut routes = Vec::new();
+    if let (Some(addr), Some(gw)) = (att.address, att.gateway)
+        && !net.spec.internal
+    {
+        let default: IpNet = match addr {
+            IpNet::V4(_) => "0.0.0.0/0".parse().expect("constant"),
+            IpNet::V6(_) => "::/0".parse().expect("constant"),
+        };
+        routes.push(Route {
+            destination: default,
+            link: att.if_name.clone(),
+            gateway: Some(gw),
+        });
+    }
+    Ok(SandboxConfig {
+        sandbox: PathBuf::from(&att.sandbox),
+        if_name: att.if_name.clone(),
+        alias: alias_for(&net.name),
+        link,
+        mac: att.mac,
+        mtu,
+        addresses: att.address.into_iter().collect(),
+        routes,
+    })
+}
+
+fn not_ready(net: &NetworkInput, node: &NodeFacts) -> Problem {
+    Problem::new(
+        endpoint_reason::NETWORK_NOT_READY,
+        format!(
+            "network {} is not programmed on node {} yet",
+            net.name, node.node_name
+        ),
+    )
+}
+
+/// Publish rules for every endpoint of the node, in the order the endpoints came (the
+/// first to claim a host port keeps it). Returns the inet table's extra chains and the
+/// endpoints refused with `PortConflict` (none of their ports is published then).
+pub fn publish_rules(
+    publications: &[Publication],
+) -> (
+    BTreeMap<String, crate::model::NftChain>,
+    BTreeMap<EndpointId, Problem>,
+) {
+    use crate::model::NftChain;
+    use crate::plan::firewall::rule;
+
+    let mut taken: BTreeMap<(Option<IpAddr>, &str, u16), &EndpointId> = BTreeMap::new();
+    let mut conflicts = BTreeMap::new();
+    let mut accepted: Vec<&Publication> = Vec::new();
+    let mut ordered: Vec<&Publication> = publications.iter().collect();
+    ordered.sort_by(|a, b| (a.since, &a.id).cmp(&(b.since, &b.id)));
+    for p in ordered {
+        let mut mine = Vec::new();
+        let mut clash = None;
+        for port in &p.ports {
+            for hp in port.host_port..=port.host_port_end {
+                // A wildcard binding clashes with every specific one and vice versa.
+                let hit = taken
+                    .iter()
+                    .find(|((ip, proto, h), _)| {
+                        *proto == proto_word(port.protocol)
+                            && *h == hp
+                            && (ip.is_none() || port.host_ip.is_none() || *ip == port.host_ip)
+                    })
+                    .map(|(_, owner)| *owner);
+                if let Some(owner) = hit {
+                    clash = Some((owner.clone(), hp, port.protocol));
+                    break;
+                }
+                mine.push((port.host_ip, proto_word(port.protocol), hp));
+            }
+            if clash.is_some() {
+                break;
+            }
+        }
+        match clash {
+            Some((owner, hp, proto)) => {
+                conflicts.insert(
+                    p.id.clone(),
+                    Problem::new(
+                        endpoint_reason::PORT_CONFLICT,
+                        format!(
+                            "host port {hp}/{} is already published by endpoint {owner}; none of this endpoint's ports is published",
+                            proto_word(proto)
+                        ),
+                    ),
+                );
+            }
+            None => {
+                for k in mine {
+                    taken.insert(k, &p.id);
+                }
+                accepted.push(p);
+            }
+        }
+    }
+
+    let mut chains: BTreeMap<String, NftChain> = BTreeMap::new();
+    if accepted.is_empty() {
+        return (chains, conflicts);
+    }
+    let mut publish = Vec::new();
+    let mut hairpin = Vec::new();
+    for p in &accepted {
+        let l3 = if p.address.is_ipv4() { "ip" } else { "ip6" };
+        let target = match p.address {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        for port in &p.ports {
+            let proto = proto_word(port.protocol);
+            let bind = match port.host_ip {
+                Some(ip) if ip.is_ipv4() == p.address.is_ipv4() => {
+                    format!("{} daddr {ip} ", if ip.is_ipv4() { "ip" } else { "ip6" })
+                }
+                // A binding of the other family never matches this endpoint.
+                Some(_) => continue,
+                None => String::new(),
+            };
+            let span = port.host_port_end - port.host_port;
+            let dnat = if port.host_port == port.container_port {
+                if span == 0 {
+                    format!("dnat {l3} to {target}")
+                } else {
+                    // Same ports on both sides: the port is kept.
+                    format!("dnat {l3} to {}", p.address)
+                }
+            } else if span == 0 {
+                format!("dnat {l3} to {target}:{}", port.container_port)
+            } else {
+                let pairs: Vec<String> = (0..=span)
+                    .map(|i| format!("{} : {}", port.host_port + i, port.container_port + i))
+                    .collect();
+                format!(
+                    "dnat {l3} to {} : {proto} dport map {{ {} }}",
+                    p.address,
+                    pairs.join(", ")
+                )
+            };
+            let dport = if span == 0 {
+                port.host_port.to_string()
+            } else {
+                format!("{}-{}", port.host_port, port.host_port_end)
+            };
+            publish.push(rule(format!("{bind}{proto} dport {dport} {dnat}")));
+            let cport = if span == 0 {
+                port.container_port.to_string()
+            } else {
+                format!("{}-{}", port.container_port, port.container_port + span)
+            };
+            // Return traffic of a connection from the endpoint's own subnet (hairpin: the
+            // container itself, or a neighbour on its bridge) would skip the de-NAT without
+            // this: the answer would go straight back over the bridge.
+            hairpin.push(rule(format!(
+                "ct status dnat {l3} saddr {} {l3} daddr {} {proto} dport {cport} masquerade",
+                p.subnet, p.address
+            )));
+        }
+    }
+    chains.insert(
+        CHAIN_PUBLISH.into(),
+        NftChain {
+            base: None,
+            rules: publish,
+        },
+    );
+    chains.insert(
+        CHAIN_PUBLISH_PREROUTING.into(),
+        NftChain {
+            base: Some(NAT_PREROUTING.into()),
+            rules: vec![rule(format!("fib daddr type local jump {CHAIN_PUBLISH}"))],
+        },
+    );
+    chains.insert(
+        CHAIN_PUBLISH_OUTPUT.into(),
+        NftChain {
+            base: Some(NAT_OUTPUT.into()),
+            rules: vec![rule(format!("fib daddr type local jump {CHAIN_PUBLISH}"))],
+        },
+    );
+    chains.insert(
+        CHAIN_PUBLISH_POSTROUTING.into(),
+        NftChain {
+            base: Some(NAT_POSTROUTING_HAIRPIN.into()),
+            rules: hairpin,
+        },
+    );
+    (chains, conflicts)
+}
+
+/// Regular chain holding one DNAT rule per published port.
+pub const CHAIN_PUBLISH: &str = "publish";
+pub const CHAIN_PUBLISH_PREROUTING: &str = "publish-prerouting";
+pub const CHAIN_PUBLISH_OUTPUT: &str = "publish-output";
+pub const CHAIN_PUBLISH_POSTROUTING: &str = "publish-postrouting";
+pub const NAT_PREROUTING: &str = "type nat hook prerouting priority -100; policy accept;";
+pub const NAT_OUTPUT: &str = "type nat hook output priority -100; policy accept;";
+/// Before the network's own masquerade (priority 100), so hairpin traffic is handled first.
+pub const NAT_POSTROUTING_HAIRPIN: &str = "type nat hook postrouting priority 90; policy accept;";
+
+fn proto_word(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// Add the publish chains to the node's desired nft tables.
+pub fn add_publish_chains(
+    nft: &mut BTreeMap<NftFamily, NftTable>,
+    chains: BTreeMap<String, crate::model::NftChain>,
+) {
+    if chains.is_empty() {
+        return;
+    }
+    nft.entry(NftFamily::Inet)
+        .or_default()
+        .chains
+        .extend(chains);
+}
+
+/// An endpoint on another node, for overlay networks: its MAC lives behind that node's VTEP.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemoteEndpoint {
+    pub network: String,
+    pub node: String,
+    pub address: IpAddr,
+    pub mac: Mac,
+}
+
+/// Static FDB (MAC → peer VTEP) and neighbour (IP → MAC, answered by the VXLAN device's ARP
+/// proxy) entries for other nodes' endpoints on the overlay networks this node programs.
+pub fn remote_entries(
+    remote: &[RemoteEndpoint],
+    peers: &BTreeMap<String, IpAddr>,
+    desired_node: &KernelState,
+) -> (Vec<FdbEntry>, Vec<Neighbour>) {
+    let mut fdb = Vec::new();
+    let mut neighbours = Vec::new();
+    for r in remote {
+        let vxlan = names::vxlan(&r.network);
+        let (Some(dst), true) = (peers.get(&r.node), desired_node.links.contains_key(&vxlan))
+        else {
+            continue;
+        };
+        fdb.push(FdbEntry {
+            link: vxlan.clone(),
+            mac: r.mac,
+            dst: *dst,
+        });
+        neighbours.push(Neighbour {
+            link: vxlan,
+            ip: r.address,
+            mac: r.mac,
+        });
+    }
+    (fdb, neighbours)
+}
+
+/// Refusal for an address request that cannot be honoured.
+pub fn address_problem(err: &weft_ipam::AddressError, network: &str) -> Problem {
+    use weft_ipam::AddressError::*;
+    let reason = match err {
+        Exhausted { .. } => endpoint_reason::NO_FREE_ADDRESS,
+        InUse { .. } | Reserved { .. } => endpoint_reason::ADDRESS_IN_USE,
+        OutsideRange { .. } => endpoint_reason::OUTSIDE_SUBNET,
+    };
+    Problem::new(reason, format!("network {network}: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoints::PortSpec;
+
+    fn id(s: &str) -> EndpointId {
+        EndpointId {
+            namespace: "default".into(),
+            name: s.into(),
+        }
+    }
+
+    fn publication(name: &str, since: u64, addr: &str, ports: Vec<PortSpec>) -> Publication {
+        Publication {
+            id: id(name),
+            since,
+            address: addr.parse().expect("addr"),
+            subnet: "10.0.0.0/24".parse().expect("subnet"),
+            ports,
+        }
+    }
+
+    fn tcp(host: u16, container: u16) -> PortSpec {
+        PortSpec {
+            host_port: host,
+            host_port_end: host,
+            container_port: container,
+            protocol: Protocol::Tcp,
+            host_ip: None,
+        }
+    }
+
+    #[test]
+    fn docker_macs_from_addresses() {
+        assert_eq!(
+            derive_mac("172.17.0.2".parse().expect("ip")),
+            [0x02, 0x42, 172, 17, 0, 2]
+        );
+        assert_eq!(
+            parse_mac("02:42:ac:11:00:02"),
+            Some([2, 0x42, 0xac, 0x11, 0, 2])
+        );
+        assert_eq!(parse_mac("02:42:ac:11:00"), None);
+        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+    }
+
+    #[test]
+    fn host_interface_names_fit_and_are_stable() {
+        let n = host_interface(&id("web"));
+        assert_eq!(n.len(), 15);
+        assert_eq!(n, host_interface(&id("web")));
+        assert_ne!(n, host_interface(&id("db")));
+    }
+
+    #[test]
+    fn first_claim_keeps_the_port_and_the_second_gets_nothing() {
+        let a = publication("a", 1, "10.0.0.2", vec![tcp(5000, 80)]);
+        let b = publication("b", 2, "10.0.0.3", vec![tcp(6000, 80), tcp(5000, 80)]);
+        let (chains, conflicts) = publish_rules(&[b.clone(), a.clone()]);
+        assert_eq!(conflicts.len(), 1);
+        let p = &conflicts[&id("b")];
+        assert_eq!(p.reason, endpoint_reason::PORT_CONFLICT);
+        assert!(p.message.contains("default/a"), "{}", p.message);
+        let rules: Vec<&str> = chains[CHAIN_PUBLISH]
+            .rules
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        assert_eq!(rules, vec!["tcp dport 5000 dnat ip to 10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn host_ip_binding_and_ranges() {
+        let mut p = tcp(8000, 80);
+        p.host_port_end = 8001;
+        p.host_ip = Some("192.0.2.1".parse().expect("ip"));
+        let (chains, conflicts) = publish_rules(&[publication("a", 1, "10.0.0.2", vec![p])]);
+        assert!(conflicts.is_empty());
+        assert_eq!(
+            chains[CHAIN_PUBLISH].rules[0].body,
+            "ip daddr 192.0.2.1 tcp dport 8000-8001 dnat ip to 10.0.0.2 : tcp dport map { 8000 : 80, 8001 : 81 }"
+        );
+        // Two specific bindings of one port on different addresses do not clash.
+        let mut q = tcp(5000, 80);
+        q.host_ip = Some("192.0.2.1".parse().expect("ip"));
+        let mut r = tcp(5000, 80);
+        r.host_ip = Some("192.0.2.2".parse().expect("ip"));
+        let (_, conflicts) = publish_rules(&[
+            publication("a", 1, "10.0.0.2", vec![q]),
+            publication("b", 2, "10.0.0.3", vec![r]),
+        ]);
+        assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn no_publications_no_chains() {
+        let (chains, conflicts) = publish_rules(&[]);
+        assert!(chains.is_empty() && conflicts.is_empty());
+    }
+}

@@ -1,0 +1,520 @@
+//! Sandboxes: putting an endpoint's interface into a network namespace that is not the
+//! node's (a pod, a container), configuring it there, and taking it away again.
+//!
+//! The interface is created *directly* inside the sandbox (`IFLA_NET_NS_FD` on the peer of
+//! a veth, or on a macvlan/ipvlan child), already named and with its MAC: one request
+//! instead of Docker's create → move → rename. Everything after that runs through a second
+//! [`Kernel`] handle opened inside the sandbox and is diffed like the node itself, so the
+//! same call attaches, repairs and does nothing when all is in place.
+//!
+//! Ownership: a host-side veth carries the alias `weft-ep:<namespace>/<name>` (on purpose
+//! *not* `weft:`, so the node's own pass never treats it as a network object); the
+//! interface inside the sandbox carries `weft:<network>` and is the only thing Weft touches
+//! there (besides bringing `lo` up).
+
+use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::link::{
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+
+use super::link::LinkView;
+use super::{Change, Kernel, KernelError, already_gone};
+use crate::model::{Address, IpvlanMode, KernelState, Link, Mac, MacvlanMode, Route};
+
+/// Alias prefix of host-side endpoint interfaces.
+pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
+
+/// How the endpoint's interface reaches the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndpointLink {
+    /// A veth pair: `host` on the node, enslaved to `bridge`; the peer in the sandbox.
+    Veth {
+        host: String,
+        host_alias: String,
+        bridge: String,
+    },
+    /// A macvlan child of `parent` (a node interface), living in the sandbox.
+    Macvlan { parent: String, mode: MacvlanMode },
+    /// An ipvlan child of `parent`, living in the sandbox.
+    Ipvlan { parent: String, mode: IpvlanMode },
+    /// No interface: only the sandbox's loopback is brought up (driver `none`).
+    LoopbackOnly,
+}
+
+/// Everything one endpoint needs in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxConfig {
+    pub sandbox: PathBuf,
+    pub if_name: String,
+    /// `weft:<network>`: marks the sandbox interface as Weft's.
+    pub alias: String,
+    pub link: EndpointLink,
+    pub mac: Option<Mac>,
+    pub mtu: Option<u32>,
+    pub addresses: Vec<IpNet>,
+    /// Routes inside the sandbox (the default route via the gateway).
+    pub routes: Vec<Route>,
+}
+
+/// The interface as found in the sandbox (for CNI CHECK and status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxInterface {
+    pub mac: Option<Mac>,
+    pub up: bool,
+    pub addresses: BTreeSet<IpNet>,
+    pub routes: BTreeSet<Route>,
+}
+
+/// Is this kernel error "the sandbox does not exist (any more)"?
+pub fn sandbox_missing(e: &KernelError) -> bool {
+    matches!(e, KernelError::Netns { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)))
+}
+
+impl Kernel {
+    /// Make the endpoint exist exactly as `cfg` says. Returns the number of writes (0 when
+    /// everything was already in place).
+    pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+        let ns_file = super::netns::open(&cfg.sandbox)?;
+        let sandbox = Kernel::open(Some(&cfg.sandbox)).await?;
+        let mut writes = 0;
+        match &cfg.link {
+            EndpointLink::Veth {
+                host,
+                host_alias,
+                bridge,
+            } => {
+                let existing = self.get_link(host).await?;
+                let peer_there = sandbox.get_link(&cfg.if_name).await?;
+                if let Some(raw) = &existing {
+                    let marked = raw.alias.as_deref() == Some(host_alias.as_str());
+                    if raw.alias.is_some() && !marked {
+                        return Err(KernelError::NotOwned(host.clone()));
+                    }
+                    // Keep the pair only if the sandbox's interface is this veth's other
+                    // end (indices point at each other). Otherwise the creation was cut
+                    // short (no alias yet) or the sandbox at that path is a new one: start
+                    // over.
+                    let paired = peer_there
+                        .as_ref()
+                        .is_some_and(|p| raw.link == Some(p.index) && p.link == Some(raw.index));
+                    if !(marked && paired) {
+                        self.delete_by_index(raw.index, host).await?;
+                        writes += 1;
+                    }
+                }
+                let bridge_index =
+                    self.get_link(bridge)
+                        .await?
+                        .map(|b| b.index)
+                        .ok_or_else(|| KernelError::NoSuchLink {
+                            op: format!("attach {} to its bridge", cfg.if_name),
+                            name: bridge.clone(),
+                        })?;
+                match self.get_link(host).await? {
+                    None => {
+                        match sandbox.get_link(&cfg.if_name).await? {
+                            None => {}
+                            // Weft's, but from an attachment of another kind: replace it.
+                            Some(p) if p.owned() => {
+                                let (w, r) = sandbox.delete_link(&cfg.if_name).await;
+                                r?;
+                                writes += w;
+                            }
+                            Some(_) => return Err(name_taken(cfg)),
+                        }
+                        writes += self
+                            .create_veth(cfg, host, host_alias, bridge_index, &ns_file)
+                            .await?;
+                    }
+                    Some(raw) => {
+                        let mtu = cfg.mtu.filter(|m| raw.mtu != Some(*m));
+                        let master = (raw.master != Some(bridge_index)).then_some(bridge_index);
+                        if mtu.is_some() || master.is_some() || !raw.up {
+                            let mut msg = LinkMessage::default();
+                            msg.header.index = raw.index;
+                            msg.header.flags |= LinkFlags::Up;
+                            msg.header.change_mask |= LinkFlags::Up;
+                            if let Some(m) = mtu {
+                                msg.attributes.push(LinkAttribute::Mtu(m));
+                            }
+                            if let Some(m) = master {
+                                msg.attributes.push(LinkAttribute::Controller(m));
+                            }
+                            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                                format!("set {host} up on {bridge}")
+                            })
+                            .await?;
+                            writes += 1;
+                        }
+                    }
+                }
+            }
+            EndpointLink::Macvlan { .. } | EndpointLink::Ipvlan { .. } => {
+                match sandbox.get_link(&cfg.if_name).await? {
+                    Some(raw) if raw.owned() => {}
+                    Some(_) => return Err(name_taken(cfg)),
+                    None => writes += self.create_child(cfg, &ns_file).await?,
+                }
+            }
+            EndpointLink::LoopbackOnly => {}
+        }
+        writes += sandbox.loopback_up().await?;
+        if cfg.link != EndpointLink::LoopbackOnly {
+            writes += sandbox.configure_sandbox_interface(cfg).await?;
+        }
+        Ok(writes)
+    }
+
+    /// Remove the endpoint's interface. Gone already (or the sandbox is gone) = done.
+    pub async fn remove_endpoint(
+        &self,
+        sandbox: &Path,
+        if_name: &str,
+        link: &EndpointLink,
+    ) -> Result<usize, KernelError> {
+        match link {
+            EndpointLink::Veth {
+                host, host_alias, ..
+            } => match self.get_link(host).await? {
+                Some(raw) if raw.alias.as_deref() == Some(host_alias.as_str()) => {
+                    self.delete_by_index(raw.index, host).await?;
+                    Ok(1)
+                }
+                Some(_) => Err(KernelError::NotOwned(host.clone())),
+                None => Ok(0),
+            },
+            EndpointLink::Macvlan { .. } | EndpointLink::Ipvlan { .. } => {
+                let sandbox = match Kernel::open(Some(sandbox)).await {
+                    Ok(k) => k,
+                    Err(e) if sandbox_missing(&e) => return Ok(0),
+                    Err(e) => return Err(e),
+                };
+                let (w, r) = sandbox.delete_link(if_name).await;
+                r.map(|()| w)
+            }
+            EndpointLink::LoopbackOnly => Ok(0),
+        }
+    }
+
+    /// Delete a host-side endpoint interface found by the garbage collector.
+    pub async fn remove_host_endpoint_link(&self, name: &str) -> Result<usize, KernelError> {
+        match self.get_link(name).await? {
+            Some(raw)
+                if raw
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(ENDPOINT_ALIAS_PREFIX)) =>
+            {
+                self.delete_by_index(raw.index, name).await?;
+                Ok(1)
+            }
+            Some(_) => Err(KernelError::NotOwned(name.to_string())),
+            None => Ok(0),
+        }
+    }
+
+    /// Host-side endpoint interfaces on the node: (name, alias, master index, up).
+    pub async fn host_endpoint_links(&self) -> Result<Vec<HostEndpointLink>, KernelError> {
+        Ok(self
+            .dump_links()
+            .await?
+            .into_iter()
+            .filter_map(|raw| {
+                let alias = raw.alias.clone()?;
+                alias
+                    .starts_with(ENDPOINT_ALIAS_PREFIX)
+                    .then(|| HostEndpointLink {
+                        name: raw.name.clone(),
+                        alias,
+                        up: raw.up,
+                        has_master: raw.master.is_some(),
+                    })
+            })
+            .collect())
+    }
+
+    /// The endpoint's interface as it is in the sandbox; `None` if it is not there.
+    pub async fn inspect_endpoint(
+        sandbox: &Path,
+        if_name: &str,
+    ) -> Result<Option<SandboxInterface>, KernelError> {
+        let k = Kernel::open(Some(sandbox)).await?;
+        let Some(raw) = k.get_link(if_name).await? else {
+            return Ok(None);
+        };
+        let state = k.observe_interface(if_name).await?;
+        Ok(Some(SandboxInterface {
+            mac: raw.mac,
+            up: raw.up,
+            addresses: state.addresses.into_iter().map(|a| a.address).collect(),
+            routes: state.routes,
+        }))
+    }
+
+    async fn delete_by_index(&self, index: u32, name: &str) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self
+            .ack(RouteNetlinkMessage::DelLink(msg), 0, || {
+                format!("delete link {name}")
+            })
+            .await
+        {
+            Err(e) if already_gone(&e) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// One request creates both ends: the host end (up, on its bridge) here and the peer,
+    /// named and with its MAC, inside the sandbox. Then the host end gets its alias.
+    async fn create_veth(
+        &self,
+        cfg: &SandboxConfig,
+        host: &str,
+        host_alias: &str,
+        bridge_index: u32,
+        ns_file: &std::fs::File,
+    ) -> Result<usize, KernelError> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(ns_file.as_raw_fd()));
+        if let Some(mac) = cfg.mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(m) = cfg.mtu {
+            peer.attributes.push(LinkAttribute::Mtu(m));
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.flags |= LinkFlags::Up;
+        msg.header.change_mask |= LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(host.to_string()));
+        if let Some(m) = cfg.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(m));
+        }
+        msg.attributes.push(LinkAttribute::Controller(bridge_index));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.ack(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("create veth {host} with {} in the sandbox", cfg.if_name),
+        )
+        .await
+        .map_err(|e| match e.errno() {
+            Some(libc::EEXIST) => name_taken(cfg),
+            _ => e,
+        })?;
+        let index = self
+            .get_link(host)
+            .await?
+            .map(|r| r.index)
+            .ok_or_else(|| KernelError::Unexpected(format!("veth {host} vanished")))?;
+        let mut alias = LinkMessage::default();
+        alias.header.index = index;
+        alias
+            .attributes
+            .push(LinkAttribute::IfAlias(host_alias.to_string()));
+        if let Err(e) = self
+            .ack(RouteNetlinkMessage::SetLink(alias), 0, || {
+                format!("mark {host} as Weft's")
+            })
+            .await
+        {
+            // Never leave an unmarked interface behind.
+            let _ = self.delete_by_index(index, host).await;
+            return Err(e);
+        }
+        Ok(2)
+    }
+
+    /// A macvlan/ipvlan child of a node interface, created straight into the sandbox.
+    async fn create_child(
+        &self,
+        cfg: &SandboxConfig,
+        ns_file: &std::fs::File,
+    ) -> Result<usize, KernelError> {
+        let (parent, kind, data) = match &cfg.link {
+            EndpointLink::Macvlan { parent, mode } => (
+                parent,
+                InfoKind::MacVlan,
+                InfoData::MacVlan(vec![InfoMacVlan::Mode(super::link::macvlan_mode(*mode))]),
+            ),
+            EndpointLink::Ipvlan { parent, mode } => (
+                parent,
+                InfoKind::IpVlan,
+                InfoData::IpVlan(vec![InfoIpVlan::Mode(super::link::ipvlan_mode(*mode))]),
+            ),
+            _ => return Ok(0),
+        };
+        let parent_index = self
+            .get_link(parent)
+            .await?
+            .map(|p| p.index)
+            .ok_or_else(|| KernelError::NoSuchLink {
+                op: format!("create {} in the sandbox", cfg.if_name),
+                name: parent.clone(),
+            })?;
+        let mut msg = LinkMessage::default();
+        msg.attributes
+            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+        msg.attributes.push(LinkAttribute::Link(parent_index));
+        msg.attributes
+            .push(LinkAttribute::NetNsFd(ns_file.as_raw_fd()));
+        if let (Some(mac), InfoKind::MacVlan) = (cfg.mac, &kind) {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(m) = cfg.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(m));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(kind),
+            LinkInfo::Data(data),
+        ]));
+        self.ack(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("create {} on {parent} in the sandbox", cfg.if_name),
+        )
+        .await
+        .map_err(|e| match e.errno() {
+            Some(libc::EEXIST) => name_taken(cfg),
+            _ => e,
+        })?;
+        Ok(1)
+    }
+
+    /// Loopback up (every sandbox needs it; `none` networks get nothing else).
+    async fn loopback_up(&self) -> Result<usize, KernelError> {
+        match self.get_link("lo").await? {
+            Some(lo) if !lo.up => {
+                let mut msg = LinkMessage::default();
+                msg.header.index = lo.index;
+                msg.header.flags |= LinkFlags::Up;
+                msg.header.change_mask |= LinkFlags::Up;
+                self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                    "set lo up in the sandbox".into()
+                })
+                .await?;
+                Ok(1)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Links, addresses and routes Weft owns on one interface of this namespace (no nft, no
+    /// sysctls: a sandbox has none of Weft's).
+    async fn observe_interface(&self, if_name: &str) -> Result<KernelState, KernelError> {
+        let raws = self.dump_links().await?;
+        let view = LinkView::new(&raws);
+        let mut state = KernelState {
+            links: view.owned_links(),
+            addresses: self.observe_addresses(&view).await?,
+            routes: self.observe_routes(&view).await?,
+            ..KernelState::default()
+        };
+        state.links.retain(|n, _| n == if_name);
+        state.addresses.retain(|a| a.link == if_name);
+        state.routes.retain(|r| r.link == if_name);
+        Ok(state)
+    }
+
+    /// Inside the sandbox: the interface marked, up, with its MAC and MTU, exactly its
+    /// addresses and routes. Diffed against what is there, so a repeat writes nothing.
+    async fn configure_sandbox_interface(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+        let Some(raw) = self.get_link(&cfg.if_name).await? else {
+            return Err(KernelError::NoSuchLink {
+                op: "configure the endpoint in its sandbox".into(),
+                name: cfg.if_name.clone(),
+            });
+        };
+        let mut writes = 0;
+        if !raw.owned() {
+            // Just created by us through the node side: mark it before anything else.
+            let mut msg = LinkMessage::default();
+            msg.header.index = raw.index;
+            msg.attributes
+                .push(LinkAttribute::IfAlias(cfg.alias.clone()));
+            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                format!("mark {} as Weft's", cfg.if_name)
+            })
+            .await?;
+            writes += 1;
+        }
+        let observed = self.observe_interface(&cfg.if_name).await?;
+        let kind = observed
+            .links
+            .get(&cfg.if_name)
+            .map(|l| l.kind.clone())
+            .ok_or_else(|| KernelError::Unexpected(format!("{} lost its mark", cfg.if_name)))?;
+        let mut desired = KernelState::default();
+        desired.links.insert(
+            cfg.if_name.clone(),
+            Link {
+                name: cfg.if_name.clone(),
+                alias: cfg.alias.clone(),
+                kind,
+                mtu: cfg.mtu,
+                master: None,
+                up: true,
+                mac: cfg.mac,
+            },
+        );
+        desired.addresses = cfg
+            .addresses
+            .iter()
+            .map(|a| Address {
+                link: cfg.if_name.clone(),
+                address: *a,
+            })
+            .collect();
+        desired.routes = cfg.routes.iter().cloned().collect();
+        let changes: Vec<Change> = super::diff(&desired, &observed)
+            .into_iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Change::CreateLink(_) | Change::RecreateLink(_) | Change::DeleteLink(_)
+                )
+            })
+            .collect();
+        if changes.is_empty() {
+            return Ok(writes);
+        }
+        let report = self.apply(&changes).await;
+        if let Some((change, err)) = report.failed.first() {
+            return Err(KernelError::Unexpected(format!(
+                "in the sandbox: {change}: {err}"
+            )));
+        }
+        Ok(writes + report.writes)
+    }
+}
+
+/// A host-side endpoint interface as the garbage collector sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostEndpointLink {
+    pub name: String,
+    pub alias: String,
+    pub up: bool,
+    pub has_master: bool,
+}
+
+fn name_taken(cfg: &SandboxConfig) -> KernelError {
+    KernelError::Invalid(format!(
+        "interface {} already exists in sandbox {} and is not Weft's",
+        cfg.if_name,
+        cfg.sandbox.display()
+    ))
+}

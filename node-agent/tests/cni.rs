@@ -1,0 +1,356 @@
+//! The CNI plugin driven the way a runtime drives it (environment + stdin JSON, the real
+//! `weft-cni` binary) against a real agent, API server and controller.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kube::Api;
+use serde_json::{Value, json};
+use weft_api::ContainerEndpoint;
+use weft_e2e::cluster::{Cluster, reachable};
+use weft_e2e::netns::{Netns, workspace_binary};
+
+const CONFIG: &str = r#"{"cniVersion":"1.1.0","name":"pods","type":"weft","network":"pods"}"#;
+
+struct Call {
+    code: i32,
+    out: Value,
+}
+
+fn cni(
+    cluster: &Cluster,
+    command: &str,
+    container: &str,
+    sandbox: Option<&Netns>,
+    stdin: &str,
+) -> Call {
+    let plugin = workspace_binary("weft-cni").expect("weft-cni binary");
+    let mut child = Command::new(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env(
+            "CNI_NETNS",
+            sandbox
+                .map(|s| s.path().display().to_string())
+                .unwrap_or_default(),
+        )
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-{container}"),
+        )
+        .env("WEFT_CNI_SOCKET", cluster.nodes[0].cni_socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn weft-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("weft-cni output");
+    let out = if output.stdout.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&output.stdout).expect("weft-cni prints JSON")
+    };
+    Call {
+        code: output.status.code().unwrap_or(-1),
+        out,
+    }
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = format!("{}/cni/tests/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("schema file");
+    jsonschema::validator_for(&serde_json::from_str(&text).expect("schema JSON")).expect("schema")
+}
+
+async fn pods_network(cluster: &Cluster) {
+    cluster
+        .network(
+            "pods",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.88.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    // ADD answers "try again later" until the network is programmed on the node.
+    let probe = cluster.container("probe").expect("probe");
+    for _ in 0..100 {
+        let c = cni(cluster, "ADD", "probe", Some(&probe), CONFIG);
+        if c.code == 0 {
+            let _ = cni(cluster, "DEL", "probe", Some(&probe), CONFIG);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("network pods never became attachable");
+}
+
+fn address_of(call: &Call) -> String {
+    call.out["ips"][0]["address"]
+        .as_str()
+        .expect("address in result")
+        .to_string()
+}
+
+#[tokio::test]
+async fn add_check_del_gc_like_a_runtime() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let result_schema = schema("cni-result-1.1.schema.json");
+    let error_schema = schema("cni-error-1.1.schema.json");
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+
+    let s1 = cluster.container("s1").expect("s1");
+    let add = cni(&cluster, "ADD", "c1", Some(&s1), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert!(
+        result_schema.is_valid(&add.out),
+        "not a CNI 1.1 result: {}",
+        add.out
+    );
+    let addr = address_of(&add);
+    assert!(addr.starts_with("10.88.0."), "{addr}");
+    assert_eq!(add.out["ips"][0]["gateway"], "10.88.0.1");
+    assert_eq!(
+        add.out["interfaces"][0]["sandbox"],
+        s1.path().display().to_string()
+    );
+    let inside = s1
+        .exec(&["ip", "-4", "addr", "show", "eth0"])
+        .expect("eth0");
+    assert!(inside.contains(&addr), "{inside}");
+
+    // Visible in the API, named after the pod, with the same address.
+    let cep = cluster
+        .wait_endpoint("pod-c1", "True", Duration::from_secs(20))
+        .await
+        .expect("ContainerEndpoint for the pod");
+    assert_eq!(
+        cep.status.and_then(|s| s.address).as_deref(),
+        Some(addr.as_str())
+    );
+
+    // The same ADD again gives the same answer.
+    let again = cni(&cluster, "ADD", "c1", Some(&s1), CONFIG);
+    assert_eq!(address_of(&again), addr);
+
+    // CHECK passes, then fails clearly once the interface is gone.
+    let mut check_config: Value = serde_json::from_str(CONFIG).expect("config");
+    check_config["prevResult"] = add.out.clone();
+    let check_stdin = check_config.to_string();
+    let check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
+    assert_eq!(check.code, 0, "{}", check.out);
+    // Tampering inside the sandbox (nothing the node sees): CHECK tells.
+    s1.exec(&["ip", "link", "set", "eth0", "down"])
+        .expect("down");
+    s1.exec(&["ip", "link", "set", "eth0", "name", "gone0"])
+        .expect("tamper");
+    let check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
+    assert_ne!(check.code, 0);
+    assert!(error_schema.is_valid(&check.out), "{}", check.out);
+    let msg = check.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("eth0") && msg.contains("missing"), "{msg}");
+
+    // Deleting the pair from the node's side is repaired by the agent itself.
+    s1.exec(&["ip", "link", "del", "gone0"])
+        .expect("delete the veth");
+    let mut check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
+    for _ in 0..100 {
+        if check.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
+    }
+    assert_eq!(
+        check.code, 0,
+        "the agent did not re-create the endpoint: {}",
+        check.out
+    );
+
+    // DEL twice: both succeed; the endpoint leaves the API.
+    assert_eq!(cni(&cluster, "DEL", "c1", Some(&s1), CONFIG).code, 0);
+    assert_eq!(cni(&cluster, "DEL", "c1", Some(&s1), CONFIG).code, 0);
+    assert_eq!(cni(&cluster, "DEL", "never-added", None, CONFIG).code, 0);
+    weft_e2e::wait_for(Duration::from_secs(20), || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("pod-c1").await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("ContainerEndpoint removed after DEL");
+
+    // GC removes what the runtime no longer lists.
+    let s2 = cluster.container("s2").expect("s2");
+    let s3 = cluster.container("s3").expect("s3");
+    assert_eq!(cni(&cluster, "ADD", "c2", Some(&s2), CONFIG).code, 0);
+    assert_eq!(cni(&cluster, "ADD", "c3", Some(&s3), CONFIG).code, 0);
+    let mut gc: Value = serde_json::from_str(CONFIG).expect("config");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c2", "ifname": "eth0"}]);
+    let gc = cni(&cluster, "GC", "", None, &gc.to_string());
+    assert_eq!(gc.code, 0, "{}", gc.out);
+    assert!(
+        s2.try_exec(&["ip", "link", "show", "eth0"]),
+        "c2 is valid and stays"
+    );
+    assert!(
+        !s3.try_exec(&["ip", "link", "show", "eth0"]),
+        "c3 was not listed and goes"
+    );
+
+    // Errors a person understands.
+    let unknown = cni(
+        &cluster,
+        "ADD",
+        "c4",
+        Some(&s3),
+        r#"{"cniVersion":"1.1.0","name":"x","type":"weft","network":"no-such-network"}"#,
+    );
+    assert_ne!(unknown.code, 0);
+    assert!(
+        unknown.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-such-network"),
+        "{}",
+        unknown.out
+    );
+    let status = cni(&cluster, "STATUS", "", None, CONFIG);
+    assert_eq!(status.code, 0, "{}", status.out);
+}
+
+/// Addresses inside each sandbox (what the kernel really has).
+fn sandbox_addresses(sandboxes: &[Netns]) -> Vec<String> {
+    sandboxes
+        .iter()
+        .filter_map(|s| {
+            let out = s.exec(&["ip", "-4", "-o", "addr", "show", "eth0"]).ok()?;
+            out.split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fifty_concurrent_adds_get_distinct_addresses_even_across_an_agent_kill() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandboxes: Vec<Netns> = (0..50)
+        .map(|i| cluster.container(&format!("p{i}")).expect("sandbox"))
+        .collect();
+
+    // 50 at once.
+    let results: Vec<Call> = std::thread::scope(|s| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .enumerate()
+            .map(|(i, sb)| {
+                let cluster = &cluster;
+                s.spawn(move || cni(cluster, "ADD", &format!("b{i}"), Some(sb), CONFIG))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let ok: Vec<String> = results
+        .iter()
+        .filter(|c| c.code == 0)
+        .map(address_of)
+        .collect();
+    assert_eq!(
+        ok.len(),
+        50,
+        "{:?}",
+        results.iter().map(|c| &c.out).collect::<Vec<_>>()
+    );
+    let distinct: BTreeSet<&String> = ok.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        50,
+        "an address was handed out twice: {ok:?}"
+    );
+
+    // Delete them all, then a burst with the agent killed in the middle of it.
+    for (i, sb) in sandboxes.iter().enumerate() {
+        assert_eq!(
+            cni(&cluster, "DEL", &format!("b{i}"), Some(sb), CONFIG).code,
+            0
+        );
+    }
+    let agent_pid = cluster.nodes[0].agent_pid();
+    let first: Vec<Call> = std::thread::scope(|s| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .enumerate()
+            .map(|(i, sb)| {
+                let cluster = &cluster;
+                s.spawn(move || cni(cluster, "ADD", &format!("k{i}"), Some(sb), CONFIG))
+            })
+            .collect();
+        // SIGKILL while the ADDs are in flight.
+        std::thread::sleep(Duration::from_millis(40));
+        if let Some(pid) = agent_pid {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let interrupted = first.iter().filter(|c| c.code != 0).count();
+    eprintln!("ADDs cut short by the kill: {interrupted} of 50");
+    cluster.kill_agent(0).await.expect("reap");
+    cluster.start_agent(0).expect("restart");
+    // The runtime retries every ADD that did not succeed (and ADD is idempotent for the rest).
+    let mut addresses = Vec::new();
+    for (i, sb) in sandboxes.iter().enumerate() {
+        let mut call = cni(&cluster, "ADD", &format!("k{i}"), Some(sb), CONFIG);
+        for _ in 0..100 {
+            if call.code == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            call = cni(&cluster, "ADD", &format!("k{i}"), Some(sb), CONFIG);
+        }
+        assert_eq!(call.code, 0, "{}", call.out);
+        addresses.push(address_of(&call));
+    }
+    let distinct: BTreeSet<&String> = addresses.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        50,
+        "duplicated after the restart: {addresses:?}"
+    );
+    // What the kernel has matches what was answered, one address per sandbox.
+    let mut inside = sandbox_addresses(&sandboxes);
+    inside.sort();
+    let mut answered = addresses.clone();
+    answered.sort();
+    assert_eq!(inside, answered);
+    // Nothing leaked: exactly 50 journal records, and the first sandbox still talks.
+    let journal = std::fs::read_dir(cluster.nodes[0].ns.state_dir().join("endpoints"))
+        .expect("journal")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count();
+    assert_eq!(journal, 50);
+    let peer = addresses[1]
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reachable(&sandboxes[0], &peer, Duration::from_secs(10)).await);
+}

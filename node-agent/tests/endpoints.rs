@@ -1,0 +1,344 @@
+//! Endpoints end to end: sandboxes attached through ContainerEndpoints and through the CNI
+//! plugin, on nodes that are network namespaces on a shared underlay, with the real API
+//! server, controller and agents. Traffic stays inside the test's namespaces.
+
+use std::time::Duration;
+
+use serde_json::json;
+use weft_agent::endpoints::EndpointId;
+use weft_agent::endpoints::plan::host_interface;
+use weft_agent::names;
+use weft_e2e::cluster::{Cluster, OUTSIDE, http_get, http_get_within, http_server, reachable};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn id(name: &str) -> EndpointId {
+    EndpointId {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test]
+async fn bridge_endpoints_talk_publish_ports_and_detach() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "web",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "web",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 5000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    cluster
+        .attach("b", "web", 0, &b, json!({"address": "10.0.0.254"}))
+        .await
+        .expect("attach b");
+    assert_eq!(cluster.endpoint_address("a").await.expect("a"), "10.0.0.2");
+    assert_eq!(
+        cluster.endpoint_address("b").await.expect("b"),
+        "10.0.0.254"
+    );
+
+    // The kernel as Docker would leave it: a veth on the bridge, eth0 with a MAC derived
+    // from the address, the default route via the gateway.
+    let host = host_interface(&id("a"));
+    let link = node
+        .ns
+        .exec(&["ip", "-d", "link", "show", &host])
+        .expect("host veth");
+    assert!(
+        link.contains(&format!("master {}", names::bridge("web"))),
+        "{link}"
+    );
+    let eth0 = a.exec(&["ip", "-d", "addr", "show", "eth0"]).expect("eth0");
+    assert!(eth0.contains("link/ether 02:42:0a:00:00:02"), "{eth0}");
+    assert!(eth0.contains("inet 10.0.0.2/24"), "{eth0}");
+    let routes = a.exec(&["ip", "route"]).expect("routes");
+    assert!(routes.contains("default via 10.0.0.1 dev eth0"), "{routes}");
+
+    assert!(
+        reachable(&a, "10.0.0.254", SETTLE).await,
+        "a cannot reach b"
+    );
+    assert!(reachable(&b, "10.0.0.2", SETTLE).await, "b cannot reach a");
+
+    // Published port 5000 → a:80, from outside, from the node, and from its neighbour.
+    http_server(&a, 80, "hello from a").expect("server");
+    let url = format!("http://{}:5000/", node.address);
+    let outside = http_get_within(&cluster.underlay, &url, SETTLE).await;
+    assert_eq!(outside.as_deref(), Some("hello from a"), "from outside");
+    assert_eq!(
+        http_get(&node.ns, &url).as_deref(),
+        Some("hello from a"),
+        "from the node"
+    );
+    // Hairpin from a neighbour on the same bridge (masqueraded so the answer comes back
+    // through the node). From `a` to its own published port the SYN is dropped by this
+    // kernel after DNAT (see the closing note); not asserted.
+    assert_eq!(
+        http_get(&b, &url).as_deref(),
+        Some("hello from a"),
+        "hairpin from a neighbour"
+    );
+
+    // A second claim on 5000 is refused, naming the first; nothing of it is published.
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach(
+            "c",
+            "web",
+            0,
+            &c,
+            json!({"publish": [{"hostPort": 5001, "containerPort": 80}, {"hostPort": 5000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach c");
+    let refused = cluster
+        .wait_endpoint("c", "False", SETTLE)
+        .await
+        .expect("c refused");
+    let cond = &refused.status.expect("status").conditions[0];
+    assert_eq!(cond.reason, "PortConflict");
+    assert!(cond.message.contains("default/a"), "{}", cond.message);
+    let rules = node
+        .ns
+        .exec(&["nft", "list", "table", "inet", "weft"])
+        .expect("nft");
+    assert!(!rules.contains("dport 5001"), "{rules}");
+
+    // hostIP: bound to the node's underlay address only.
+    let d = cluster.container("d").expect("d");
+    cluster
+        .attach(
+            "d",
+            "web",
+            0,
+            &d,
+            json!({"publish": [{"hostPort": 6000, "containerPort": 80, "hostIP": node.address}]}),
+        )
+        .await
+        .expect("attach d");
+    cluster.endpoint_address("d").await.expect("d ready");
+    http_server(&d, 80, "hello from d").expect("server d");
+    let bound = format!("http://{}:6000/", node.address);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &bound, SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from d")
+    );
+    assert_eq!(
+        http_get(&node.ns, "http://10.0.0.1:6000/"),
+        None,
+        "the other address must refuse"
+    );
+
+    // Detach: the veth goes, the address is free again.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    api.delete("b", &Default::default())
+        .await
+        .expect("delete b");
+    let host_b = host_interface(&id("b"));
+    let gone = weft_e2e::wait_for(SETTLE, || {
+        let ns = &node.ns;
+        let host_b = host_b.clone();
+        async move { Ok((!ns.try_exec(&["ip", "link", "show", &host_b])).then_some(())) }
+    })
+    .await;
+    assert!(gone.is_ok(), "the veth of b is still there");
+    let e = cluster.container("e").expect("e");
+    cluster
+        .attach("e", "web", 0, &e, json!({"address": "10.0.0.254"}))
+        .await
+        .expect("attach e");
+    assert_eq!(
+        cluster.endpoint_address("e").await.expect("e"),
+        "10.0.0.254"
+    );
+}
+
+#[tokio::test]
+async fn overlay_endpoints_on_two_nodes_talk_through_static_entries() {
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "ov",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "ov", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "ov", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let addr_a = cluster.endpoint_address("a").await.expect("a");
+    let addr_b = cluster.endpoint_address("b").await.expect("b");
+    assert!(
+        reachable(&a, &addr_b, SETTLE).await,
+        "a cannot reach b across nodes"
+    );
+    assert!(
+        reachable(&b, &addr_a, SETTLE).await,
+        "b cannot reach a across nodes"
+    );
+
+    // Node 1 knows b's MAC behind node 2's VTEP and answers ARP for it itself.
+    let vx = names::vxlan("ov");
+    let fdb = cluster.nodes[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", &vx])
+        .expect("fdb");
+    let mac_b = b
+        .exec(&["cat", "/sys/class/net/eth0/address"])
+        .expect("mac")
+        .trim()
+        .to_string();
+    assert!(
+        fdb.lines()
+            .any(|l| l.contains(&mac_b) && l.contains("dst 192.0.2.12")),
+        "{fdb}"
+    );
+    let neigh = cluster.nodes[0]
+        .ns
+        .exec(&["ip", "neigh", "show", "dev", &vx])
+        .expect("neigh");
+    assert!(neigh.contains(&addr_b) && neigh.contains(&mac_b), "{neigh}");
+    let details = cluster.nodes[0]
+        .ns
+        .exec(&["ip", "-d", "link", "show", &vx])
+        .expect("vxlan");
+    assert!(details.contains("nolearning"), "{details}");
+    assert!(details.contains("proxy"), "{details}");
+}
+
+#[tokio::test]
+async fn macvlan_endpoints_on_two_nodes_share_the_underlay() {
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "lan",
+            json!({"driver": "macvlan", "macvlan": {"parent": "eth0"},
+                   "ipam": {"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "lan", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "lan", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let addr_a = cluster.endpoint_address("a").await.expect("a");
+    let addr_b = cluster.endpoint_address("b").await.expect("b");
+    assert_ne!(addr_a, addr_b);
+    assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+    assert!(
+        reachable(&a, OUTSIDE, SETTLE).await,
+        "a cannot reach the LAN"
+    );
+    let kind = a.exec(&["ip", "-d", "link", "show", "eth0"]).expect("eth0");
+    assert!(kind.contains("macvlan"), "{kind}");
+}
+
+#[tokio::test]
+async fn isolation_internal_and_icc() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "one",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.1.0.0/24"]}}),
+        )
+        .await
+        .expect("one");
+    cluster
+        .network(
+            "two",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.2.0.0/24"]}}),
+        )
+        .await
+        .expect("two");
+    cluster
+        .network(
+            "inner",
+            json!({"driver": "bridge", "internal": true, "ipam": {"subnets": ["10.3.0.0/24"]}}),
+        )
+        .await
+        .expect("inner");
+    cluster
+        .network("quiet", json!({"driver": "bridge", "bridge": {"interContainerTraffic": false}, "ipam": {"subnets": ["10.4.0.0/24"]}}))
+        .await
+        .expect("quiet");
+    let c1 = cluster.container("c1").expect("c");
+    let c2 = cluster.container("c2").expect("c");
+    let i1 = cluster.container("i1").expect("c");
+    let i2 = cluster.container("i2").expect("c");
+    let q1 = cluster.container("q1").expect("c");
+    let q2 = cluster.container("q2").expect("c");
+    for (name, net, ns) in [
+        ("c1", "one", &c1),
+        ("c2", "two", &c2),
+        ("i1", "inner", &i1),
+        ("i2", "inner", &i2),
+        ("q1", "quiet", &q1),
+        ("q2", "quiet", &q2),
+    ] {
+        cluster
+            .attach(name, net, 0, ns, json!({}))
+            .await
+            .expect("attach");
+    }
+    let a_c2 = cluster.endpoint_address("c2").await.expect("c2");
+    let a_i2 = cluster.endpoint_address("i2").await.expect("i2");
+    let a_q2 = cluster.endpoint_address("q2").await.expect("q2");
+    cluster.endpoint_address("c1").await.expect("c1");
+    cluster.endpoint_address("i1").await.expect("i1");
+    cluster.endpoint_address("q1").await.expect("q1");
+
+    // Positive controls first, so a failure below means isolation, not a broken setup.
+    assert!(
+        reachable(&c1, OUTSIDE, SETTLE).await,
+        "a normal network reaches outside"
+    );
+    assert!(reachable(&i1, &a_i2, SETTLE).await, "internal peers talk");
+    assert!(
+        reachable(&q1, "10.4.0.1", SETTLE).await,
+        "ICC off still reaches the gateway"
+    );
+
+    assert!(
+        !reachable(&c1, &a_c2, Duration::from_secs(2)).await,
+        "two networks must not talk"
+    );
+    assert!(
+        !reachable(&i1, OUTSIDE, Duration::from_secs(2)).await,
+        "internal must not leave"
+    );
+    assert!(
+        !reachable(&q1, &a_q2, Duration::from_secs(2)).await,
+        "ICC off must block peers"
+    );
+}
