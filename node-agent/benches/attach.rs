@@ -78,7 +78,7 @@ fn env(command: &str, id: &str, ns: &Netns) -> Vec<(&'static str, String)> {
         ("CNI_PATH", REF_DIR.into()),
         (
             "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
         ),
     ]
 }

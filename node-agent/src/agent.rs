@@ -405,12 +405,13 @@ impl Agent {
     /// One pass, numbered for CNI calls that wait for their ports to be published.
     async fn pass(&mut self) -> anyhow::Result<PassReport> {
         let n = self.endpoints.pass_started();
-        let result = self.pass_inner().await;
-        self.endpoints.pass_done(n);
+        let result = self.pass_inner(n).await;
+        // Also when the pass failed early: nobody waits forever.
+        self.endpoints.pass_applied(n);
         result
     }
 
-    async fn pass_inner(&mut self) -> anyhow::Result<PassReport> {
+    async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
         let (observed, foreign) = self.kernel.observe_with_foreign().await?;
         let facts = NodeFacts {
@@ -475,6 +476,9 @@ impl Agent {
                 .collect()
         };
         let endpoint_writes = self.endpoints.converge(work).await;
+        // The kernel side is done: CNI calls waiting for their ports can answer now, before
+        // the API writes below.
+        self.endpoints.pass_applied(n);
         self.metrics.kernel_writes.inc_by(endpoint_writes as u64);
         self.report_status(&inputs, &outcomes, &desired, &still_present, &report)
             .await?;

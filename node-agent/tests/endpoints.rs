@@ -342,3 +342,46 @@ async fn isolation_internal_and_icc() {
         "ICC off must block peers"
     );
 }
+
+/// Does this kernel create ipvlan links? (Asked in a throwaway namespace.)
+fn kernel_has_ipvlan() -> bool {
+    let Ok(ns) = weft_e2e::netns::Netns::new("probe") else {
+        return false;
+    };
+    ns.try_exec(&[
+        "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+    ]) && ns.try_exec(&[
+        "ip", "link", "add", "link", "p0", "name", "iv0", "type", "ipvlan",
+    ])
+}
+
+#[tokio::test]
+async fn ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan() {
+    if !kernel_has_ipvlan() {
+        eprintln!(
+            "SKIP: ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan: this kernel has no ipvlan support (Unknown device type)"
+        );
+        return;
+    }
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "iv",
+            json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"},
+                   "ipam": {"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "iv", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "iv", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let addr_b = cluster.endpoint_address("b").await.expect("b");
+    assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+}

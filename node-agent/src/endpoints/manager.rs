@@ -95,7 +95,7 @@ pub struct Endpoints {
     wake: Arc<Notify>,
     ready: AtomicBool,
     passes_started: AtomicU64,
-    passes_done: tokio::sync::watch::Sender<u64>,
+    passes_applied: tokio::sync::watch::Sender<u64>,
     adds: Semaphore,
 }
 
@@ -158,7 +158,7 @@ impl Endpoints {
             wake,
             ready: AtomicBool::new(false),
             passes_started: AtomicU64::new(0),
-            passes_done: tokio::sync::watch::channel(0).0,
+            passes_applied: tokio::sync::watch::channel(0).0,
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
         })
     }
@@ -236,14 +236,21 @@ impl Endpoints {
         self.passes_started.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    pub fn pass_done(&self, n: u64) {
-        self.passes_done.send_replace(n);
+    /// The pass numbered `n` has applied the kernel (its API writes may still follow).
+    pub fn pass_applied(&self, n: u64) {
+        self.passes_applied.send_if_modified(|v| {
+            let newer = n > *v;
+            if newer {
+                *v = n;
+            }
+            newer
+        });
     }
 
-    /// Wait until a pass that starts after this call has finished.
+    /// Wait until a pass that starts after this call has applied the kernel.
     async fn next_pass(&self) {
         let after = self.passes_started.load(Ordering::SeqCst);
-        let mut rx = self.passes_done.subscribe();
+        let mut rx = self.passes_applied.subscribe();
         self.wake.notify_one();
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(30),
