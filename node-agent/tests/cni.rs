@@ -224,6 +224,34 @@ async fn add_check_del_gc_like_a_runtime() {
     );
     let status = cni(&cluster, "STATUS", "", None, CONFIG);
     assert_eq!(status.code, 0, "{}", status.out);
+
+    // portMappings (the runtime's `-p 7000:80`): published when ADD answers; a second claim
+    // on the same host port is refused, naming the holder, with nothing left behind.
+    let web = cluster.container("web").expect("web");
+    let with_port = r#"{"cniVersion":"1.1.0","name":"pods","type":"weft","network":"pods",
+        "runtimeConfig":{"portMappings":[{"hostPort":7000,"containerPort":80,"protocol":"tcp"}]}}"#;
+    let add = cni(&cluster, "ADD", "web", Some(&web), with_port);
+    assert_eq!(add.code, 0, "{}", add.out);
+    weft_e2e::cluster::http_server(&web, 80, "published").expect("server");
+    let url = format!("http://{}:7000/", cluster.nodes[0].address);
+    let got =
+        weft_e2e::cluster::http_get_within(&cluster.underlay, &url, Duration::from_secs(10)).await;
+    assert_eq!(got.as_deref(), Some("published"));
+    let other = cluster.container("other").expect("other");
+    let clash = cni(&cluster, "ADD", "other", Some(&other), with_port);
+    assert_eq!(clash.out["code"], 103, "{}", clash.out);
+    assert!(
+        clash.out["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("default/pod-web"),
+        "{}",
+        clash.out
+    );
+    assert!(
+        !other.try_exec(&["ip", "link", "show", "eth0"]),
+        "nothing half-applied"
+    );
 }
 
 /// Addresses inside each sandbox (what the kernel really has).

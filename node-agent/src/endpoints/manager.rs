@@ -371,26 +371,7 @@ impl Endpoints {
             .retain(|id, _| wanted.contains_key(id) || st.attachments.contains_key(id));
 
         // Publish rules, from every attachment on a routed network.
-        let publications: Vec<Publication> = st
-            .attachments
-            .values()
-            .filter(|a| !a.publish.is_empty())
-            .filter(|a| {
-                st.networks
-                    .get(&a.network)
-                    .is_some_and(|n| matches!(n.spec.driver, Driver::Bridge | Driver::Overlay))
-            })
-            .filter_map(|a| {
-                let addr = a.address?;
-                Some(Publication {
-                    id: a.id.clone(),
-                    since: a.since,
-                    address: addr.addr(),
-                    subnet: addr.trunc(),
-                    ports: a.publish.clone(),
-                })
-            })
-            .collect();
+        let publications = publications(st);
         let (publish_chains, conflicts) = plan::publish_rules(&publications);
         for (id, p) in conflicts {
             st.problems.insert(id, p);
@@ -908,13 +889,36 @@ impl Endpoints {
             return Err(problem_failure(&p));
         }
         if !request.publish.is_empty() {
-            // Ports are published by the node's nft transaction: wait for the pass.
-            self.next_pass().await;
-            let conflict = lock(&self.state)
-                .problems
-                .get(&id)
-                .filter(|p| p.reason == endpoint_reason::PORT_CONFLICT)
-                .cloned();
+            // Publish now rather than after the next pass: the node's inet table as the last
+            // pass planned it, with the publish chains of every endpoint including this one,
+            // in one atomic nft transaction. The next pass plans the very same table (zero
+            // writes); a pass racing with this one re-plans it right after.
+            let (table, conflict) = {
+                let st = lock(&self.state);
+                let (chains, conflicts) = plan::publish_rules(&publications(&st));
+                let mut nft = st.desired_node.nft.clone();
+                plan::add_publish_chains(&mut nft, chains);
+                (
+                    nft.get(&crate::model::NftFamily::Inet).cloned(),
+                    conflicts.get(&id).cloned(),
+                )
+            };
+            if conflict.is_none()
+                && let Some(table) = table
+            {
+                let report = self
+                    .kernel
+                    .apply(&[crate::kernel::Change::ReplaceNftTable(
+                        crate::model::NftFamily::Inet,
+                        table,
+                    )])
+                    .await;
+                if let Some((_, err)) = report.failed.first() {
+                    tracing::warn!(endpoint = %id, error = %err, "publishing in the ADD path failed; the pass will retry");
+                    self.next_pass().await;
+                }
+            }
+            self.wake.notify_one();
             if let Some(p) = conflict {
                 if let Some(att) = self.forget(&id) {
                     let _ = self.detach(&att).await;
@@ -1084,6 +1088,29 @@ impl Endpoints {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Published ports of every attachment on a routed network (bridge, overlay).
+fn publications(st: &State) -> Vec<Publication> {
+    st.attachments
+        .values()
+        .filter(|a| !a.publish.is_empty())
+        .filter(|a| {
+            st.networks
+                .get(&a.network)
+                .is_some_and(|n| matches!(n.spec.driver, Driver::Bridge | Driver::Overlay))
+        })
+        .filter_map(|a| {
+            let addr = a.address?;
+            Some(Publication {
+                id: a.id.clone(),
+                since: a.since,
+                address: addr.addr(),
+                subnet: addr.trunc(),
+                ports: a.publish.clone(),
+            })
+        })
+        .collect()
 }
 
 fn st_driver(st: &State, network: &str) -> Option<Driver> {
