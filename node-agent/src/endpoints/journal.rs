@@ -56,6 +56,33 @@ impl Journal {
         }
     }
 
+    /// Remember that an endpoint was detached through CNI until its ContainerEndpoint has
+    /// left the API, so a restarted agent does not attach it again from the object.
+    pub fn save_tombstone(&self, id: &EndpointId) -> std::io::Result<()> {
+        let path = self.path(id).with_extension("deleted");
+        let data = serde_json::to_vec(id).map_err(std::io::Error::other)?;
+        std::fs::write(path, data)
+    }
+
+    pub fn remove_tombstone(&self, id: &EndpointId) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(id).with_extension("deleted")) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    pub fn load_tombstones(&self) -> Vec<EndpointId> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("deleted"))
+            .filter_map(|p| serde_json::from_slice(&std::fs::read(p).ok()?).ok())
+            .collect()
+    }
+
     /// Every readable record; unreadable files are reported and skipped (the API status
     /// still has those endpoints).
     pub fn load(&self) -> Vec<Attachment> {

@@ -172,11 +172,20 @@ impl Endpoints {
         facts: &NodeFacts,
     ) {
         let mut st = lock(&self.state);
+        for id in self.journal.load_tombstones() {
+            st.tombstones.insert(
+                id,
+                Tombstone {
+                    seen: false,
+                    since: std::time::Instant::now(),
+                },
+            );
+        }
         let mut records = self.journal.load();
         let journaled: BTreeSet<EndpointId> = records.iter().map(|a| a.id.clone()).collect();
         for cep in ceps.iter().filter(|c| c.spec.node == self.node) {
             let Ok(req) = request_of(cep) else { continue };
-            if journaled.contains(&req.id) {
+            if journaled.contains(&req.id) || st.tombstones.contains_key(&req.id) {
                 continue;
             }
             let Some(status) = &cep.status else { continue };
@@ -302,14 +311,27 @@ impl Endpoints {
             if cep.metadata.deletion_timestamp.is_some() {
                 continue;
             }
+            // The object of an earlier sandbox under the same pod name (DEL, then ADD again
+            // before the old object left the API): the current attachment wins; the stale
+            // object is replaced by publish_status.
+            if let (Some(att), Some(cni)) = (st.attachments.get(&id), cni_id_of(cep))
+                && att.cni.as_ref().is_some_and(|c| *c != cni)
+            {
+                continue;
+            }
             wanted.insert(id, request_of(cep));
         }
+        let journal = &self.journal;
         st.tombstones.retain(|id, t| {
-            if t.seen {
+            let keep = if t.seen {
                 in_store.contains(id)
             } else {
                 t.since.elapsed() < std::time::Duration::from_secs(60)
+            };
+            if !keep {
+                let _ = journal.remove_tombstone(id);
             }
+            keep
         });
 
         // Attachments no longer wanted go (CNI ones not yet mirrored into the API stay).
@@ -706,8 +728,29 @@ impl Endpoints {
                 )
             })
             .collect();
-        // CNI attachments without an object yet.
+        // CNI attachments without an object yet (or with a stale one of an earlier sandbox,
+        // which is deleted first: its identity fields are immutable).
         for att in attachments.values() {
+            if let Some(old) = by_id.get(&att.id)
+                && let (Some(cni), Some(seen)) = (&att.cni, cni_id_of(old))
+                && *cni != seen
+            {
+                let api: Api<ContainerEndpoint> =
+                    Api::namespaced(client.clone(), &att.id.namespace);
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: old.uid(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api.delete(&att.id.name, &dp).await {
+                    Ok(_) => writes += 1,
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
             if att.cni.is_none() || by_id.contains_key(&att.id) || att.in_api {
                 continue;
             }
@@ -766,6 +809,11 @@ impl Endpoints {
         // Statuses of this node's objects.
         for (id, cep) in &by_id {
             if cep.spec.node != self.node || cep.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let (Some(att), Some(seen)) = (attachments.get(id), cni_id_of(cep))
+                && att.cni.as_ref().is_some_and(|c| *c != seen)
+            {
                 continue;
             }
             if tombstones.contains_key(id) {
@@ -845,7 +893,9 @@ impl Endpoints {
                     st.ensured.remove(&old.id);
                     stale = Some(old);
                 }
-                st.tombstones.remove(&request.id);
+                if st.tombstones.remove(&request.id).is_some() {
+                    let _ = self.journal.remove_tombstone(&request.id);
+                }
                 let net = st.networks.get(&request.network).cloned();
                 match net {
                     None => {
@@ -977,6 +1027,9 @@ impl Endpoints {
                     since: std::time::Instant::now(),
                 },
             );
+            if let Err(e) = self.journal.save_tombstone(id) {
+                tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
+            }
             st.attachments.get(id).cloned()
         };
         if let Some(att) = att {
