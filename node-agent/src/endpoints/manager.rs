@@ -29,7 +29,7 @@ use super::plan::{
     self, RemoteEndpoint, address_problem, derive_mac, endpoint_reason, format_mac, parse_mac,
 };
 use super::{Attachment, EndpointId, EndpointRequest, PortSpec, Publication};
-use crate::kernel::{EndpointLink, Kernel, KernelError, sandbox_missing};
+use crate::kernel::{Kernel, KernelError, sandbox_missing};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 use crate::plan::{NetworkInput, NodeFacts, Problem};
 
@@ -62,6 +62,15 @@ pub struct Work {
 struct Tombstone {
     seen: bool,
     since: std::time::Instant,
+}
+
+impl Tombstone {
+    fn now() -> Self {
+        Tombstone {
+            seen: false,
+            since: std::time::Instant::now(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -173,13 +182,7 @@ impl Endpoints {
     ) {
         let mut st = lock(&self.state);
         for id in self.journal.load_tombstones() {
-            st.tombstones.insert(
-                id,
-                Tombstone {
-                    seen: false,
-                    since: std::time::Instant::now(),
-                },
-            );
+            st.tombstones.insert(id, Tombstone::now());
         }
         let mut records = self.journal.load();
         let journaled: BTreeSet<EndpointId> = records.iter().map(|a| a.id.clone()).collect();
@@ -393,44 +396,29 @@ impl Endpoints {
             .retain(|id, _| wanted.contains_key(id) || st.attachments.contains_key(id));
 
         // Publish rules, from every attachment on a routed network.
-        let publications = publications(st);
-        let (publish_chains, conflicts) = plan::publish_rules(&publications);
-        for (id, p) in conflicts {
-            st.problems.insert(id, p);
-        }
-        for id in st.attachments.keys() {
-            let conflict = st
-                .problems
-                .get(id)
-                .is_some_and(|p| p.reason == endpoint_reason::PORT_CONFLICT);
-            if conflict && !publications.iter().any(|p| &p.id == id) {
-                st.problems.remove(id);
-            }
-        }
-        // A conflict that went away (the first endpoint left) is lifted.
-        let conflicted: BTreeSet<EndpointId> =
-            plan::publish_rules(&publications).1.into_keys().collect();
-        st.problems
-            .retain(|id, p| p.reason != endpoint_reason::PORT_CONFLICT || conflicted.contains(id));
+        // Host-port claims are settled afresh every pass, so a conflict whose holder left is
+        // lifted.
+        let (publish_chains, conflicts) = plan::publish_rules(&publications(st));
+        st.problems.retain(|id, p| {
+            p.reason != endpoint_reason::PORT_CONFLICT || conflicts.contains_key(id)
+        });
+        st.problems.extend(conflicts);
 
         let (fdb, neighbours) = plan::remote_entries(&remote, peers, desired_node);
 
         // Kernel work: new/changed attachments, all of them on a full check, and any whose
         // host interface is missing (the node's link dump lists those names).
-        let expected_hosts: BTreeMap<String, EndpointId> = st
-            .attachments
-            .values()
-            .filter(|a| {
-                st.networks
-                    .get(&a.network)
-                    .is_some_and(|n| matches!(n.spec.driver, Driver::Bridge | Driver::Overlay))
-            })
-            .map(|a| (plan::host_interface(&a.id), a.id.clone()))
-            .collect();
-        for (id, _) in st.attachments.iter() {
-            let host_missing = expected_hosts
-                .iter()
-                .any(|(name, owner)| owner == id && !facts.interfaces.contains(name));
+        let mut expected_hosts: BTreeSet<String> = BTreeSet::new();
+        for (id, att) in &st.attachments {
+            let routed = st
+                .networks
+                .get(&att.network)
+                .is_some_and(|n| matches!(n.spec.driver, Driver::Bridge | Driver::Overlay));
+            let host = plan::host_interface(id);
+            let host_missing = routed && !facts.interfaces.contains(&host);
+            if routed {
+                expected_hosts.insert(host);
+            }
             if full_check || host_missing || !st.ensured.contains(id) {
                 work.ensure.push(id.clone());
             }
@@ -439,7 +427,7 @@ impl Endpoints {
         work.garbage = facts
             .interfaces
             .iter()
-            .filter(|n| n.starts_with(&prefix) && n.len() == 15 && !expected_hosts.contains_key(*n))
+            .filter(|n| n.starts_with(&prefix) && n.len() == 15 && !expected_hosts.contains(*n))
             .cloned()
             .collect();
 
@@ -608,43 +596,15 @@ impl Endpoints {
 
     /// Remove one attachment's kernel objects and its journal record.
     async fn detach(&self, att: &Attachment) -> Result<usize, KernelError> {
-        let link = match (st_driver(&lock(&self.state), &att.network), att.address) {
-            (Some(Driver::Macvlan), _) => EndpointLink::Macvlan {
-                parent: String::new(),
-                mode: crate::model::MacvlanMode::Bridge,
-            },
-            (Some(Driver::Ipvlan), _) => EndpointLink::Ipvlan {
-                parent: String::new(),
-                mode: crate::model::IpvlanMode::L2,
-            },
-            (Some(Driver::None | Driver::Host), _) => EndpointLink::LoopbackOnly,
-            // Bridge, overlay, or a network that is gone: the host side of a veth, if any,
-            // and whatever Weft put into the sandbox under the endpoint's name.
-            _ => EndpointLink::Veth {
-                host: plan::host_interface(&att.id),
-                host_alias: plan::host_alias(&att.id),
-                bridge: String::new(),
-            },
-        };
-        let mut writes = self
+        let writes = self
             .kernel
-            .remove_endpoint(Path::new(&att.sandbox), &att.if_name, &link)
+            .remove_endpoint(
+                Path::new(&att.sandbox),
+                &att.if_name,
+                &plan::host_interface(&att.id),
+                &plan::host_alias(&att.id),
+            )
             .await?;
-        if matches!(link, EndpointLink::Veth { .. }) {
-            // A macvlan endpoint of a deleted network: clear the sandbox too.
-            writes += self
-                .kernel
-                .remove_endpoint(
-                    Path::new(&att.sandbox),
-                    &att.if_name,
-                    &EndpointLink::Macvlan {
-                        parent: String::new(),
-                        mode: crate::model::MacvlanMode::Bridge,
-                    },
-                )
-                .await
-                .unwrap_or(0);
-        }
         if let Err(e) = self.journal.remove(&att.id) {
             tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
         }
@@ -735,20 +695,7 @@ impl Endpoints {
                 && let (Some(cni), Some(seen)) = (&att.cni, cni_id_of(old))
                 && *cni != seen
             {
-                let api: Api<ContainerEndpoint> =
-                    Api::namespaced(client.clone(), &att.id.namespace);
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: old.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&att.id.name, &dp).await {
-                    Ok(_) => writes += 1,
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
+                writes += delete_object(client, &att.id, old).await?;
                 continue;
             }
             if att.cni.is_none() || by_id.contains_key(&att.id) || att.in_api {
@@ -798,13 +745,7 @@ impl Endpoints {
             .await?;
             writes += 1;
             let status = status_of(host_if(att), Some(att), problems.get(&att.id), None, None);
-            api.patch_status(
-                &att.id.name,
-                &PatchParams::apply(crate::agent::MANAGER).force(),
-                &Patch::Apply(&json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint", "status": status})),
-            )
-            .await?;
-            writes += 1;
+            writes += apply_status(client, &att.id, &status).await?;
         }
         // Statuses of this node's objects.
         for (id, cep) in &by_id {
@@ -817,19 +758,7 @@ impl Endpoints {
                 continue;
             }
             if tombstones.contains_key(id) {
-                let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: cep.uid(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                match api.delete(&id.name, &dp).await {
-                    Ok(_) => writes += 1,
-                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-                    Err(e) => return Err(e),
-                }
+                writes += delete_object(client, id, cep).await?;
                 continue;
             }
             let status = status_of(
@@ -842,19 +771,7 @@ impl Endpoints {
             if cep.status.as_ref() == Some(&status) {
                 continue;
             }
-            let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
-            match api
-                .patch_status(
-                    &id.name,
-                    &PatchParams::apply(crate::agent::MANAGER).force(),
-                    &Patch::Apply(&json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint", "status": status})),
-                )
-                .await
-            {
-                Ok(_) => writes += 1,
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e),
-            }
+            writes += apply_status(client, id, &status).await?;
         }
         Ok(writes)
     }
@@ -876,7 +793,7 @@ impl Endpoints {
             .map_err(|_| failure(codes::NOT_AVAILABLE, "the Weft agent is shutting down"))?;
         let request = cni_request(req)?;
         let cni_id = request.cni.clone();
-        let (stale, id) = {
+        let (stale, id, admitted) = {
             let mut st = lock(&self.state);
             let st = &mut *st;
             // The same ADD again: same answer.
@@ -886,7 +803,18 @@ impl Endpoints {
                 .find(|a| a.cni == cni_id)
                 .map(|a| a.id.clone());
             let mut stale = None;
+            let mut admitted = Ok(());
             if existing.is_none() {
+                // Refused before anything is taken apart.
+                if !st.networks.contains_key(&request.network) {
+                    return Err(failure(
+                        codes::UNKNOWN_NETWORK,
+                        format!(
+                            "network {:?} does not exist or does not select node {} (kubectl get cnet {})",
+                            request.network, self.node, request.network
+                        ),
+                    ));
+                }
                 // Another sandbox under the same name (a pod re-created without DEL).
                 if let Some(old) = st.attachments.remove(&request.id) {
                     st.ipam.release(&old.network_uid, &old.id.to_string());
@@ -896,46 +824,23 @@ impl Endpoints {
                 if st.tombstones.remove(&request.id).is_some() {
                     let _ = self.journal.remove_tombstone(&request.id);
                 }
-                let net = st.networks.get(&request.network).cloned();
-                match net {
-                    None => {
-                        return Err(failure(
-                            codes::UNKNOWN_NETWORK,
-                            format!(
-                                "network {:?} does not exist or does not select node {} (kubectl get cnet {})",
-                                request.network, self.node, request.network
-                            ),
-                        ));
-                    }
-                    Some(n) => {
-                        let programmed = !n.spec.driver.has_addresses()
-                            || !matches!(n.spec.driver, Driver::Bridge | Driver::Overlay)
-                            || st
-                                .desired_node
-                                .links
-                                .contains_key(&crate::names::bridge(&n.name));
-                        if !programmed {
-                            return Err(failure(
-                                codes::TRY_AGAIN_LATER,
-                                format!(
-                                    "network {} is not programmed on node {} yet",
-                                    n.name, self.node
-                                ),
-                            ));
-                        }
-                    }
-                }
-                self.admit(st, &request).map_err(|p| problem_failure(&p))?;
+                admitted = self.admit(st, &request);
             }
-            (stale, existing.unwrap_or(request.id.clone()))
+            (stale, existing.unwrap_or(request.id.clone()), admitted)
         };
+        // The replaced sandbox is detached even when this ADD is refused.
         if let Some(old) = stale
             && let Err(e) = self.detach(&old).await
         {
             tracing::warn!(endpoint = %old.id, error = %e, "detaching the previous sandbox failed");
         }
+        admitted.map_err(|p| problem_failure(&p))?;
+        // A network not programmed here yet comes back as NetworkNotReady: try again later.
         if let Err(p) = self.ensure(&id).await {
-            self.forget(&id);
+            // Nothing half-applied: whatever the failed attempt created goes too.
+            if let Some(att) = self.forget(&id) {
+                let _ = self.detach(&att).await;
+            }
             return Err(problem_failure(&p));
         }
         if !request.publish.is_empty() {
@@ -1020,13 +925,7 @@ impl Endpoints {
     async fn remove_via_cni(&self, id: &EndpointId) -> Result<(), Failure> {
         let att = {
             let mut st = lock(&self.state);
-            st.tombstones.insert(
-                id.clone(),
-                Tombstone {
-                    seen: false,
-                    since: std::time::Instant::now(),
-                },
-            );
+            st.tombstones.insert(id.clone(), Tombstone::now());
             if let Err(e) = self.journal.save_tombstone(id) {
                 tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
             }
@@ -1132,14 +1031,50 @@ impl Endpoints {
             ))
         }
     }
+}
 
-    /// Number of attachments (metrics, tests).
-    pub fn len(&self) -> usize {
-        lock(&self.state).attachments.len()
+/// Delete an endpoint's object, only that very object (uid precondition); already gone or
+/// replaced counts as done. Returns the writes made.
+async fn delete_object(
+    client: &Client,
+    id: &EndpointId,
+    cep: &ContainerEndpoint,
+) -> kube::Result<usize> {
+    let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: cep.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&id.name, &dp).await {
+        Ok(_) => Ok(1),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(0),
+        Err(e) => Err(e),
     }
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+/// Server-side apply an endpoint's status; an object deleted meanwhile is not an error.
+async fn apply_status(
+    client: &Client,
+    id: &EndpointId,
+    status: &ContainerEndpointStatus,
+) -> kube::Result<usize> {
+    let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
+    let patch =
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint", "status": status});
+    match api
+        .patch_status(
+            &id.name,
+            &PatchParams::apply(crate::agent::MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(1),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
+        Err(e) => Err(e),
     }
 }
 

@@ -173,72 +173,50 @@ impl Kernel {
         Ok(writes)
     }
 
-    /// Remove the endpoint's interface. Gone already (or the sandbox is gone) = done.
+    /// Remove what Weft made for one endpoint, whatever its driver (also when its network is
+    /// gone and the driver unknown): the host side of its veth if there is one carrying
+    /// `host_alias` (the peer goes with it); otherwise Weft's interface `if_name` inside the
+    /// sandbox (a macvlan/ipvlan child). Gone already, or the sandbox gone, counts as done.
     pub async fn remove_endpoint(
         &self,
         sandbox: &Path,
         if_name: &str,
-        link: &EndpointLink,
+        host: &str,
+        host_alias: &str,
     ) -> Result<usize, KernelError> {
-        match link {
-            EndpointLink::Veth {
-                host, host_alias, ..
-            } => match self.get_link(host).await? {
-                Some(raw) if raw.alias.as_deref() == Some(host_alias.as_str()) => {
-                    self.delete_by_index(raw.index, host).await?;
-                    Ok(1)
-                }
-                Some(_) => Err(KernelError::NotOwned(host.clone())),
-                None => Ok(0),
-            },
-            EndpointLink::Macvlan { .. } | EndpointLink::Ipvlan { .. } => {
-                let sandbox = match Kernel::open(Some(sandbox)).await {
-                    Ok(k) => k,
-                    Err(e) if sandbox_missing(&e) => return Ok(0),
-                    Err(e) => return Err(e),
-                };
-                let (w, r) = sandbox.delete_link(if_name).await;
-                r.map(|()| w)
-            }
-            EndpointLink::LoopbackOnly => Ok(0),
+        if self.delete_host_link(host, |a| a == host_alias).await? > 0 {
+            return Ok(1);
         }
+        let sandbox = match Kernel::open(Some(sandbox)).await {
+            Ok(k) => k,
+            Err(e) if sandbox_missing(&e) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let (w, r) = sandbox.delete_link(if_name).await;
+        r.map(|()| w)
     }
 
     /// Delete a host-side endpoint interface found by the garbage collector.
     pub async fn remove_host_endpoint_link(&self, name: &str) -> Result<usize, KernelError> {
+        self.delete_host_link(name, |a| a.starts_with(ENDPOINT_ALIAS_PREFIX))
+            .await
+    }
+
+    /// Delete the node's link `name` if its alias passes `ours`; a link without an alias or
+    /// with another one is refused; a missing one is 0 writes.
+    async fn delete_host_link(
+        &self,
+        name: &str,
+        ours: impl Fn(&str) -> bool,
+    ) -> Result<usize, KernelError> {
         match self.get_link(name).await? {
-            Some(raw)
-                if raw
-                    .alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(ENDPOINT_ALIAS_PREFIX)) =>
-            {
+            Some(raw) if raw.alias.as_deref().is_some_and(&ours) => {
                 self.delete_by_index(raw.index, name).await?;
                 Ok(1)
             }
             Some(_) => Err(KernelError::NotOwned(name.to_string())),
             None => Ok(0),
         }
-    }
-
-    /// Host-side endpoint interfaces on the node: (name, alias, master index, up).
-    pub async fn host_endpoint_links(&self) -> Result<Vec<HostEndpointLink>, KernelError> {
-        Ok(self
-            .dump_links()
-            .await?
-            .into_iter()
-            .filter_map(|raw| {
-                let alias = raw.alias.clone()?;
-                alias
-                    .starts_with(ENDPOINT_ALIAS_PREFIX)
-                    .then(|| HostEndpointLink {
-                        name: raw.name.clone(),
-                        alias,
-                        up: raw.up,
-                        has_master: raw.master.is_some(),
-                    })
-            })
-            .collect())
     }
 
     /// The endpoint's interface as it is in the sandbox; `None` if it is not there.
@@ -500,15 +478,6 @@ impl Kernel {
         }
         Ok(writes + report.writes)
     }
-}
-
-/// A host-side endpoint interface as the garbage collector sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostEndpointLink {
-    pub name: String,
-    pub alias: String,
-    pub up: bool,
-    pub has_master: bool,
 }
 
 fn name_taken(cfg: &SandboxConfig) -> KernelError {

@@ -41,8 +41,7 @@ use crate::model::{
 
 pub use diff::diff;
 pub use endpoint::{
-    ENDPOINT_ALIAS_PREFIX, EndpointLink, HostEndpointLink, SandboxConfig, SandboxInterface,
-    sandbox_missing,
+    ENDPOINT_ALIAS_PREFIX, EndpointLink, SandboxConfig, SandboxInterface, sandbox_missing,
 };
 pub use events::KernelEvents;
 pub use nft::{base_chain, nft_tables_equivalent};
