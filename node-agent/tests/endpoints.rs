@@ -233,35 +233,55 @@ async fn overlay_endpoints_on_two_nodes_talk_through_static_entries() {
 
 #[tokio::test]
 async fn macvlan_endpoints_on_two_nodes_share_the_underlay() {
-    let cluster = Cluster::start(2).await.expect("cluster");
-    cluster
-        .network(
-            "lan",
-            json!({"driver": "macvlan", "macvlan": {"parent": "eth0"},
-                   "ipam": {"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"}}),
-        )
-        .await
-        .expect("network");
-    let a = cluster.container("a").expect("a");
-    let b = cluster.container("b").expect("b");
-    cluster
-        .attach("a", "lan", 0, &a, json!({}))
-        .await
-        .expect("a");
-    cluster
-        .attach("b", "lan", 1, &b, json!({}))
-        .await
-        .expect("b");
-    let addr_a = cluster.endpoint_address("a").await.expect("a");
-    let addr_b = cluster.endpoint_address("b").await.expect("b");
-    assert_ne!(addr_a, addr_b);
-    assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+    let lan = LanPair::start(json!({"driver": "macvlan", "macvlan": {"parent": "eth0"}})).await;
     assert!(
-        reachable(&a, OUTSIDE, SETTLE).await,
+        reachable(&lan.a, OUTSIDE, SETTLE).await,
         "a cannot reach the LAN"
     );
-    let kind = a.exec(&["ip", "-d", "link", "show", "eth0"]).expect("eth0");
+    let kind = lan
+        .a
+        .exec(&["ip", "-d", "link", "show", "eth0"])
+        .expect("eth0");
     assert!(kind.contains("macvlan"), "{kind}");
+}
+
+/// Two nodes on the underlay LAN (192.0.2.0/24, gateway = the outside host), a network of
+/// the given driver handing out 192.0.2.128/25, and one endpoint per node that reach each
+/// other.
+struct LanPair {
+    _cluster: Cluster,
+    a: weft_e2e::netns::Netns,
+    _b: weft_e2e::netns::Netns,
+}
+
+impl LanPair {
+    async fn start(driver: serde_json::Value) -> LanPair {
+        let cluster = Cluster::start(2).await.expect("cluster");
+        let mut spec = driver;
+        spec["ipam"] =
+            json!({"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"});
+        cluster.network("lan", spec).await.expect("network");
+        let a = cluster.container("a").expect("a");
+        let b = cluster.container("b").expect("b");
+        cluster
+            .attach("a", "lan", 0, &a, json!({}))
+            .await
+            .expect("a");
+        cluster
+            .attach("b", "lan", 1, &b, json!({}))
+            .await
+            .expect("b");
+        let addr_a = cluster.endpoint_address("a").await.expect("a");
+        let addr_b = cluster.endpoint_address("b").await.expect("b");
+        assert_ne!(addr_a, addr_b);
+        assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+        assert!(reachable(&b, &addr_a, SETTLE).await, "b cannot reach a");
+        LanPair {
+            _cluster: cluster,
+            a,
+            _b: b,
+        }
+    }
 }
 
 #[tokio::test]
@@ -363,25 +383,95 @@ async fn ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan() {
         );
         return;
     }
-    let cluster = Cluster::start(2).await.expect("cluster");
+    LanPair::start(json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"}})).await;
+}
+
+#[tokio::test]
+async fn refused_endpoints_say_why_and_leave_nothing_behind() {
+    let cluster = Cluster::start(1).await.expect("cluster");
     cluster
         .network(
-            "iv",
-            json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"},
-                   "ipam": {"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"}}),
+            "small",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.7.0.0/30"]}}),
         )
         .await
         .expect("network");
     let a = cluster.container("a").expect("a");
-    let b = cluster.container("b").expect("b");
     cluster
-        .attach("a", "iv", 0, &a, json!({}))
+        .attach("a", "small", 0, &a, json!({}))
         .await
         .expect("a");
+    assert_eq!(cluster.endpoint_address("a").await.expect("a"), "10.7.0.2");
+
+    // (reason, endpoint, spec) — each refused with its reason and a message naming the cause.
+    let cases = [
+        ("AddressInUse", "taken", json!({"address": "10.7.0.2"})),
+        ("OutsideSubnet", "outside", json!({"address": "10.9.9.9"})),
+        ("NoFreeAddress", "full", json!({})),
+    ];
+    let mut sandboxes = Vec::new();
+    for (reason, name, extra) in &cases {
+        let ns = cluster.container(name).expect("sandbox");
+        cluster
+            .attach(name, "small", 0, &ns, extra.clone())
+            .await
+            .expect("attach");
+        let cep = cluster
+            .wait_endpoint(name, "False", SETTLE)
+            .await
+            .expect("refused");
+        let status = cep.status.expect("status");
+        assert_eq!(status.conditions[0].reason, *reason, "{name}");
+        assert!(status.address.is_none(), "{name} got an address");
+        assert!(
+            !ns.try_exec(&["ip", "link", "show", "eth0"]),
+            "{name}: nothing may be attached"
+        );
+        sandboxes.push(ns);
+    }
+
+    // A sandbox path that does not exist (on a network with room, so the address is not
+    // what stops it; the endpoint attaches once the sandbox appears).
     cluster
-        .attach("b", "iv", 1, &b, json!({}))
+        .network(
+            "roomy",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.8.0.0/24"]}}),
+        )
         .await
-        .expect("b");
-    let addr_b = cluster.endpoint_address("b").await.expect("b");
-    assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+        .expect("network");
+    cluster
+        .apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+            "metadata": {"name": "ghost", "namespace": "default"},
+            "spec": {"network": "roomy", "node": cluster.nodes[0].name,
+                     "sandbox": "/var/run/netns/weft-no-such-sandbox"}}),
+        )
+        .await
+        .expect("ghost");
+    // NetworkNotReady first, while the new network is being programmed; then the sandbox.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let cep = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        async move {
+            let cep = api.get("ghost").await?;
+            let missing = cep
+                .status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "SandboxMissing"));
+            Ok(missing.then_some(cep))
+        }
+    })
+    .await
+    .expect("ghost refused with SandboxMissing");
+    let cond = &cep.status.expect("status").conditions[0];
+    assert_eq!(cond.reason, "SandboxMissing");
+    assert!(
+        cond.message.contains("weft-no-such-sandbox"),
+        "{}",
+        cond.message
+    );
+    // The first endpoint is untouched by all of it.
+    let inside = a.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("eth0");
+    assert!(inside.contains("10.7.0.2/30"), "{inside}");
 }
