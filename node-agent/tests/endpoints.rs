@@ -63,6 +63,8 @@ async fn bridge_endpoints_talk_publish_ports_and_detach() {
         link.contains(&format!("master {}", names::bridge("web"))),
         "{link}"
     );
+    // It publishes ports, so its bridge port hairpins (its own published port reaches it).
+    assert!(link.contains("hairpin on"), "{link}");
     let eth0 = a.exec(&["ip", "-d", "addr", "show", "eth0"]).expect("eth0");
     assert!(eth0.contains("link/ether 02:42:0a:00:00:02"), "{eth0}");
     assert!(eth0.contains("inet 10.0.0.2/24"), "{eth0}");
@@ -86,12 +88,16 @@ async fn bridge_endpoints_talk_publish_ports_and_detach() {
         "from the node"
     );
     // Hairpin from a neighbour on the same bridge (masqueraded so the answer comes back
-    // through the node). From `a` to its own published port the SYN is dropped by this
-    // kernel after DNAT (see the closing note); not asserted.
+    // through the node), and from `a` to its own published port.
     assert_eq!(
         http_get(&b, &url).as_deref(),
         Some("hello from a"),
         "hairpin from a neighbour"
+    );
+    assert_eq!(
+        http_get(&a, &url).as_deref(),
+        Some("hello from a"),
+        "hairpin from the container itself"
     );
 
     // A second claim on 5000 is refused, naming the first; nothing of it is published.

@@ -152,6 +152,7 @@ pub fn sandbox_config(
                 host: host_interface(&att.id),
                 host_alias: host_alias(&att.id),
                 bridge,
+                hairpin: !att.publish.is_empty(),
             }
         }
         Driver::Macvlan | Driver::Ipvlan => {

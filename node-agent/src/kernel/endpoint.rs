@@ -20,8 +20,8 @@ use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind,
+    InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 
 use super::link::LinkView;
@@ -39,6 +39,12 @@ pub enum EndpointLink {
         host: String,
         host_alias: String,
         bridge: String,
+        /// Bridge hairpin mode on the host end, so the container's own published ports reach
+        /// it: with `br_netfilter` loaded, a DNAT'd packet is bridged back out the port it
+        /// came in on, which a bridge only does in hairpin mode (Docker does the same without
+        /// its userland proxy). Only endpoints that publish ports get it, as hairpin also
+        /// echoes the endpoint's own broadcasts back to it.
+        hairpin: bool,
     },
     /// A macvlan child of `parent` (a node interface), living in the sandbox.
     Macvlan { parent: String, mode: MacvlanMode },
@@ -90,6 +96,7 @@ impl Kernel {
                 host,
                 host_alias,
                 bridge,
+                hairpin,
             } => {
                 let existing = self.get_link(host).await?;
                 let peer_there = sandbox.get_link(&cfg.if_name).await?;
@@ -131,7 +138,7 @@ impl Kernel {
                             Some(_) => return Err(name_taken(cfg)),
                         }
                         writes += self
-                            .create_veth(cfg, host, host_alias, bridge_index, &ns_file)
+                            .create_veth(cfg, host, host_alias, *hairpin, bridge_index, &ns_file)
                             .await?;
                     }
                     Some(raw) => {
@@ -150,6 +157,13 @@ impl Kernel {
                             }
                             self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
                                 format!("set {host} up on {bridge}")
+                            })
+                            .await?;
+                            writes += 1;
+                        }
+                        if raw.hairpin != Some(*hairpin) {
+                            self.set_port(raw.index, None, *hairpin, || {
+                                format!("set hairpin {hairpin} on {host}")
                             })
                             .await?;
                             writes += 1;
@@ -258,6 +272,7 @@ impl Kernel {
         cfg: &SandboxConfig,
         host: &str,
         host_alias: &str,
+        hairpin: bool,
         bridge_index: u32,
         ns_file: &std::fs::File,
     ) -> Result<usize, KernelError> {
@@ -299,13 +314,8 @@ impl Kernel {
             .await?
             .map(|r| r.index)
             .ok_or_else(|| KernelError::Unexpected(format!("veth {host} vanished")))?;
-        let mut alias = LinkMessage::default();
-        alias.header.index = index;
-        alias
-            .attributes
-            .push(LinkAttribute::IfAlias(host_alias.to_string()));
         if let Err(e) = self
-            .ack(RouteNetlinkMessage::SetLink(alias), 0, || {
+            .set_port(index, Some(host_alias), hairpin, || {
                 format!("mark {host} as Weft's")
             })
             .await
@@ -315,6 +325,29 @@ impl Kernel {
             return Err(e);
         }
         Ok(2)
+    }
+
+    /// Set a bridge port's hairpin mode (and its alias, when given) in one request. Port
+    /// options only change through RTM_NEWLINK on the existing link.
+    async fn set_port(
+        &self,
+        index: u32,
+        alias: Option<&str>,
+        hairpin: bool,
+        op: impl Fn() -> String,
+    ) -> Result<(), KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        if let Some(a) = alias {
+            msg.attributes.push(LinkAttribute::IfAlias(a.to_string()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                hairpin,
+            )])),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), 0, op).await
     }
 
     /// A macvlan/ipvlan child of a node interface, created straight into the sandbox.

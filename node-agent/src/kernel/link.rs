@@ -11,8 +11,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, IpVlanMode,
-    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData, InfoVeth, InfoVlan,
+    InfoVxlan, IpVlanMode, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    MacVlanMode,
 };
 
 use super::{Kernel, KernelError, already_gone};
@@ -34,6 +35,8 @@ pub(crate) struct RawLink {
     pub link_netnsid: Option<i32>,
     pub kind: Option<InfoKind>,
     pub data: Option<InfoData>,
+    /// Bridge port hairpin mode, when the link is a bridge port.
+    pub hairpin: Option<bool>,
 }
 
 impl RawLink {
@@ -50,6 +53,7 @@ impl RawLink {
             link_netnsid: None,
             kind: None,
             data: None,
+            hairpin: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -65,6 +69,12 @@ impl RawLink {
                         match info {
                             LinkInfo::Kind(k) => raw.kind = Some(k),
                             LinkInfo::Data(d) => raw.data = Some(d),
+                            LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
+                                raw.hairpin = opts.iter().find_map(|o| match o {
+                                    InfoBridgePort::HairpinMode(h) => Some(*h),
+                                    _ => None,
+                                });
+                            }
                             _ => {}
                         }
                     }
