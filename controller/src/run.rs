@@ -12,7 +12,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_stream_shim::UnboundedReceiverStream;
-use weft_api::{AddressPool, ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 use crate::allocations::Allocations;
 use crate::http::Probes;
@@ -68,26 +68,34 @@ fn touched_marking_deletes<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(api, watcher::Config::default())
-        .default_backoff()
-        .flat_map(|event| {
-            let touched: Vec<Result<K, watcher::Error>> = match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![Ok(o)],
-                Ok(watcher::Event::Delete(mut o)) => {
-                    let meta = o.meta_mut();
-                    if meta.deletion_timestamp.is_none() {
-                        meta.deletion_timestamp =
-                            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                                k8s_openapi::jiff::Timestamp::now(),
-                            ));
-                    }
-                    vec![Ok(o)]
+    marking_deletes(watcher(api, watcher::Config::default()).default_backoff())
+}
+
+/// The objects of a stream of watch events, deletions marked (see [`touched_marking_deletes`]).
+fn marking_deletes<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + Send + 'static,
+{
+    events.flat_map(|event| {
+        let touched: Vec<Result<K, watcher::Error>> = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => vec![Ok(o)],
+            Ok(watcher::Event::Delete(mut o)) => {
+                let meta = o.meta_mut();
+                if meta.deletion_timestamp.is_none() {
+                    meta.deletion_timestamp =
+                        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                            k8s_openapi::jiff::Timestamp::now(),
+                        ));
                 }
-                Ok(_) => vec![],
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(touched)
-        })
+                vec![Ok(o)]
+            }
+            Ok(_) => vec![],
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(touched)
+    })
 }
 
 /// What makes an AddressPool matter to networks: its spec and whether it is going away.
@@ -157,6 +165,9 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
     let pools = store::<AddressPool>(&client).await?;
     let nodes = store::<NetworkNode>(&client).await?;
     let node_blocks = store::<NetworkAllocation>(&client).await?;
+    // Endpoints keep a network that is being deleted alive; the cache is filled by the
+    // watch that also wakes such a network when its endpoints go (below).
+    let (endpoints, endpoints_writer) = reflector::store::<ContainerEndpoint>();
 
     // Rebuild allocations from the records before anything can allocate.
     let networks: Api<ContainerNetwork> = Api::all(client.clone());
@@ -194,6 +205,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         nodes: FreshStore::new(nodes.clone()),
         node_blocks,
         networks: all_networks.clone(),
+        endpoints,
         recorder: Recorder::new(client.clone(), reporter),
         last_rollup_write: Mutex::new(HashMap::new()),
         last_written: Mutex::new(HashMap::new()),
@@ -246,6 +258,23 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
             }
         }
     };
+    // An endpoint matters to a network only while that network waits to be deleted.
+    let on_endpoint = {
+        let all = all_networks.clone();
+        move |ep: ContainerEndpoint| {
+            let net = ObjectRef::<ContainerNetwork>::new(&ep.spec.network);
+            all.get(&net)
+                .filter(|n| n.metadata.deletion_timestamp.is_some())
+                .map(|_| net)
+        }
+    };
+    let endpoint_events = watcher(
+        Api::<ContainerEndpoint>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|o: &mut ContainerEndpoint| o.managed_fields_mut().clear())
+    .reflect(endpoints_writer);
     probes.ready.store(true, Ordering::Relaxed);
     controller
         .owns(
@@ -260,6 +289,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
             touched_marking_deletes(Api::<NetworkNode>::all(client.clone())),
             on_node,
         )
+        .watches_stream(marking_deletes(endpoint_events), on_endpoint)
         .reconcile_on(UnboundedReceiverStream(requeue_rx))
         .shutdown_on_signal()
         .run(network::reconcile, network::error_policy, ctx)

@@ -363,8 +363,14 @@ impl Agent {
             .filter(|n| n.metadata.deletion_timestamp.is_none())
             .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
             .collect();
+        let ceps = self.ceps.state();
         for net in self.networks.state() {
-            if net.metadata.deletion_timestamp.is_some() || !selects(&net, &self.cfg.labels) {
+            // A network being deleted stays programmed while endpoints still use it (the
+            // controller holds its deletion until they are gone), so traffic is not cut
+            // under them.
+            let deleting = net.metadata.deletion_timestamp.is_some()
+                && !ceps.iter().any(|c| c.spec.network == net.name_any());
+            if deleting || !selects(&net, &self.cfg.labels) {
                 continue;
             }
             let name = net.name_any();

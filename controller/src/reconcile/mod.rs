@@ -31,6 +31,8 @@ pub struct Context {
     pub node_blocks: Store<NetworkAllocation>,
     /// The controller's own view of every network.
     pub networks: Store<ContainerNetwork>,
+    /// Every ContainerEndpoint: a network is not released while one still uses it.
+    pub endpoints: Store<weft_api::ContainerEndpoint>,
     pub recorder: Recorder,
     /// Last status write per network, to rate-limit rollup-only writes.
     pub last_rollup_write: Mutex<HashMap<String, Instant>>,

@@ -103,6 +103,22 @@ fn selects(net: &ContainerNetwork, node: &NetworkNode) -> bool {
         .is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
+/// Why the node failed to program this network, if it reports that it did.
+fn node_failure(net: &ContainerNetwork, node: &NetworkNode) -> Option<String> {
+    let uid = net.uid();
+    let r = node.status.as_ref()?.networks.iter().find(|r| {
+        r.name == net.name_any()
+            && (r.uid.is_none() || r.uid == uid)
+            && r.state == RealizationState::Failed
+    })?;
+    Some(
+        r.message
+            .clone()
+            .or_else(|| r.reason.clone())
+            .unwrap_or_else(|| "failed".into()),
+    )
+}
+
 /// Does the node report (some of) this network programmed in its kernel?
 fn node_has(net: &ContainerNetwork, node: &NetworkNode) -> Option<RealizationState> {
     let uid = net.uid();
@@ -128,6 +144,14 @@ async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
                 && node_has(net, n) == Some(RealizationState::Programmed)
         })
         .count();
+    // A node that failed (not merely waiting, e.g. for a parent interface) stalls the
+    // network: kstatus and Argo CD then say Failed with the node's reason instead of
+    // Progressing forever.
+    let node_failures: Vec<String> = nodes
+        .iter()
+        .filter(|n| selected.contains(&n.name_any()))
+        .filter_map(|n| node_failure(net, n).map(|why| format!("{}: {why}", n.name_any())))
+        .collect();
 
     let outcome = {
         let mut alloc = ctx.allocations.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +180,7 @@ async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         &previous,
         nodes_ready as i32,
         selected.len() as i32,
+        &node_failures,
         None,
     );
     let held_back = write_status(net, &previous, new_status, ctx).await?;
@@ -194,15 +219,22 @@ fn network_status(
     previous: &ContainerNetworkStatus,
     nodes_ready: i32,
     nodes_selected: i32,
+    node_failures: &[String],
     terminating: Option<String>,
 ) -> ContainerNetworkStatus {
     let v = &outcome.view;
     let needs_addresses = net.spec.driver.has_addresses();
     let allocated = !needs_addresses || (!v.subnets.is_empty() && outcome.problem.is_none());
-    let problem = outcome
-        .problem
-        .as_ref()
-        .map(|p| (p.reason, p.message.as_str()));
+    let failed = format!(
+        "{} of {nodes_selected} selected nodes failed: {}",
+        node_failures.len(),
+        node_failures.join("; ")
+    );
+    let problem = match &outcome.problem {
+        Some(p) => Some((p.reason, p.message.as_str())),
+        None if !node_failures.is_empty() => Some(("NodesFailed", failed.as_str())),
+        None => None,
+    };
     ContainerNetworkStatus {
         observed_generation: net.metadata.generation,
         conditions: status::network_conditions(
@@ -354,6 +386,24 @@ async fn write_node_blocks(net: &ContainerNetwork, outcome: &Outcome, ctx: &Cont
 
 async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
     let name = net.name_any();
+    // The endpoint cache is filled by a watch the controller runs; never release a network
+    // on an empty cache that has not listed yet.
+    if tokio::time::timeout(Duration::from_secs(5), ctx.endpoints.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Like `docker network rm`, a network in use is not removed: its endpoints go first
+    // (the agents keep it programmed meanwhile), then every node removes it.
+    let mut attached: Vec<String> = ctx
+        .endpoints
+        .state()
+        .iter()
+        .filter(|e| e.spec.network == name)
+        .map(|e| format!("{}/{}", e.namespace().unwrap_or_default(), e.name_any()))
+        .collect();
+    attached.sort();
     let still: Vec<String> = ctx
         .nodes
         .state()
@@ -361,7 +411,22 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         .filter(|n| node_has(net, n).is_some())
         .map(|n| n.name_any())
         .collect();
-    if !still.is_empty() {
+    let waiting = if !attached.is_empty() {
+        Some(format!(
+            "deleting: waiting for {} endpoint(s) to detach: {}",
+            attached.len(),
+            attached.join(", ")
+        ))
+    } else if !still.is_empty() {
+        Some(format!(
+            "deleting: waiting for {} node(s) to remove the network: {}",
+            still.len(),
+            still.join(", ")
+        ))
+    } else {
+        None
+    };
+    if let Some(msg) = waiting {
         let previous = net.status.clone().unwrap_or_default();
         let outcome = Outcome {
             view: crate::allocations::NetworkAllocationView {
@@ -376,22 +441,18 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
             },
             ..Default::default()
         };
-        let msg = format!(
-            "deleting: waiting for {} node(s) to remove the network: {}",
-            still.len(),
-            still.join(", ")
-        );
         let mut new = network_status(
             net,
             &outcome,
             &previous,
             previous.nodes_ready,
             previous.nodes_selected,
+            &[],
             Some(msg),
         );
         new.capacity = previous.capacity.clone();
         write_status(net, &previous, new, ctx).await?;
-        // Node status changes trigger a reconcile at once; this is the backstop.
+        // Endpoint and node changes trigger a reconcile at once; this is the backstop.
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let pool = ctx
