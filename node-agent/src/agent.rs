@@ -90,10 +90,14 @@ struct Agent {
 }
 
 /// Start a reflector whose every event pokes `notify` (filtered by `relevant`).
+/// Cache every `K` and wake the agent when one changes in a way that matters to it:
+/// `relevant` digests the parts the agent reads, so status churn it does not read (condition
+/// timestamps, node counts) costs no pass. Deletions always wake it. `None` from `relevant`
+/// means "never concerns this agent".
 fn watch<K>(
     client: &Client,
     notify: Arc<Notify>,
-    relevant: impl Fn(&K) -> bool + Send + 'static,
+    relevant: impl Fn(&K) -> Option<u64> + Send + 'static,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -111,17 +115,28 @@ where
     let events = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear());
-    let stream = reflector::reflector(writer, events)
-        .applied_objects()
-        .for_each(move |obj| {
-            match obj {
-                Ok(o) if relevant(&o) => notify.notify_one(),
-                Ok(_) => {}
-                // The reflector retries with backoff; the dataplane is left as it is meanwhile.
-                Err(e) => tracing::debug!(error = %e, "watch error (retrying)"),
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let key = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+    let stream = reflector::reflector(writer, events).for_each(move |event| {
+        match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                if let Some(d) = relevant(&o)
+                    && seen.insert(key(&o), d) != Some(d)
+                {
+                    notify.notify_one();
+                }
             }
-            futures::future::ready(())
-        });
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&key(&o));
+                notify.notify_one();
+            }
+            Ok(watcher::Event::InitDone) => notify.notify_one(),
+            Ok(watcher::Event::Init) => {}
+            // The reflector retries with backoff; the dataplane is left as it is meanwhile.
+            Err(e) => tracing::debug!(error = %e, "watch error (retrying)"),
+        }
+        futures::future::ready(())
+    });
     tokio::spawn(stream);
     reader
 }
@@ -231,24 +246,44 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     }
 
     let notify = Arc::new(Notify::new());
-    let networks = watch::<ContainerNetwork>(&client, notify.clone(), |_| true);
-    let allocations = watch::<NetworkAllocation>(&client, notify.clone(), |_| true);
-    let ceps = watch::<ContainerEndpoint>(&client, notify.clone(), |_| true);
-    // Peers matter for their underlay address and existence, not for their heartbeats.
-    let seen: std::sync::Mutex<HashMap<String, u64>> = Default::default();
-    let me = cfg.node_name.clone();
-    let nodes = watch::<NetworkNode>(&client, notify.clone(), move |n: &NetworkNode| {
-        if n.name_any() == me {
-            return false;
-        }
-        let d = digest(&(
+    // Networks matter for their spec and allocation, not for the controller's rollup of
+    // node counts and conditions (which changes as every node reports).
+    let networks = watch::<ContainerNetwork>(&client, notify.clone(), |n: &ContainerNetwork| {
+        let s = n.status.as_ref();
+        Some(digest(&(
             serde_json::to_string(&n.spec).unwrap_or_default(),
             n.metadata.deletion_timestamp.is_some(),
-        ));
-        seen.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(n.name_any(), d)
-            != Some(d)
+            n.uid(),
+            s.map(|s| (&s.subnets, &s.gateway, s.vni)),
+        )))
+    });
+    let allocations =
+        watch::<NetworkAllocation>(&client, notify.clone(), |a: &NetworkAllocation| {
+            Some(digest(&(
+                serde_json::to_string(&a.spec).unwrap_or_default(),
+                a.uid(),
+            )))
+        });
+    // Endpoints matter for their spec and, on overlays, the address and MAC they got.
+    let ceps = watch::<ContainerEndpoint>(&client, notify.clone(), |c: &ContainerEndpoint| {
+        let s = c.status.as_ref();
+        Some(digest(&(
+            serde_json::to_string(&c.spec).unwrap_or_default(),
+            c.metadata.deletion_timestamp.is_some(),
+            c.uid(),
+            c.finalizers(),
+            s.map(|s| (&s.address, &s.mac)),
+        )))
+    });
+    // Peers matter for their underlay address and existence, not for their heartbeats.
+    let me = cfg.node_name.clone();
+    let nodes = watch::<NetworkNode>(&client, notify.clone(), move |n: &NetworkNode| {
+        (n.name_any() != me).then(|| {
+            digest(&(
+                serde_json::to_string(&n.spec).unwrap_or_default(),
+                n.metadata.deletion_timestamp.is_some(),
+            ))
+        })
     });
     // Never plan from an incomplete picture: an empty store would garbage-collect everything.
     networks.wait_until_ready().await?;
