@@ -48,6 +48,9 @@ pub struct Cluster {
     controller: Option<Daemon>,
     agent_binary: PathBuf,
     controller_binary: PathBuf,
+    /// When set, daemons started from now on reach the API server through this kubeconfig
+    /// (an [`crate::outage::ApiProxy`]'s), so a test can cut them off.
+    pub kubeconfig_override: Option<PathBuf>,
 }
 
 fn free_port() -> Result<u16> {
@@ -73,6 +76,7 @@ impl Cluster {
             controller: None,
             agent_binary: workspace_binary("weft-agent")?,
             controller_binary: workspace_binary("weft-controller")?,
+            kubeconfig_override: None,
         };
         cluster.start_controller()?;
         for _ in 0..n {
@@ -82,11 +86,20 @@ impl Cluster {
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
-        self.controller = Some(Daemon::start(
+        self.controller = Some(Daemon::start_with_env(
             &self.controller_binary,
             &["--node-grace-period", "2s", "--rollup-interval", "100ms"],
+            &self.daemon_env(),
         )?);
         Ok(())
+    }
+
+    fn daemon_env(&self) -> Vec<(&str, &str)> {
+        self.kubeconfig_override
+            .as_deref()
+            .and_then(|p| p.to_str())
+            .map(|p| vec![("KUBECONFIG", p)])
+            .unwrap_or_default()
     }
 
     pub async fn kill_controller(&mut self) -> Result<()> {
@@ -134,6 +147,11 @@ impl Cluster {
 
     pub fn start_agent(&mut self, index: usize) -> Result<()> {
         let binary = self.agent_binary.clone();
+        let env: Vec<(String, String)> = self
+            .daemon_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let node = self.nodes.get_mut(index).context("no such node")?;
         let mut args = vec![
             "--node-name".to_string(),
@@ -147,7 +165,31 @@ impl Cluster {
         ];
         args.extend(node.ns.agent_state_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        node.agent = Some(Daemon::start(&binary, &args)?);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        node.agent = Some(Daemon::start_with_env(&binary, &args, &env)?);
+        Ok(())
+    }
+
+    /// The node leaves for good: its agent dies and its `NetworkNode` is deleted, as when a
+    /// machine is decommissioned. Returns it (its namespace goes when the value drops).
+    pub async fn remove_node(&mut self, index: usize) -> Result<Node> {
+        self.kill_agent(index).await?;
+        let node = self.nodes.remove(index);
+        let api: Api<weft_api::NetworkNode> = Api::all(self.client.clone());
+        match api.delete(&node.name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e).context("deleting the NetworkNode"),
+        }
+        Ok(node)
+    }
+
+    /// Delete a ContainerEndpoint in namespace `default`.
+    pub async fn detach(&self, name: &str) -> Result<()> {
+        let api: Api<ContainerEndpoint> = Api::namespaced(self.client.clone(), "default");
+        api.delete(name, &Default::default())
+            .await
+            .with_context(|| format!("deleting endpoint {name}"))?;
         Ok(())
     }
 
@@ -166,33 +208,34 @@ impl Cluster {
             .as_str()
             .context("name")?
             .to_string();
-        let namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
-        let plural = match kind.as_str() {
-            "ContainerNetwork" => "containernetworks",
-            "AddressPool" => "addresspools",
-            "NetworkNode" => "networknodes",
-            "ContainerEndpoint" => "containerendpoints",
-            other => anyhow::bail!("unknown kind {other}"),
-        };
-        let ar = kube::api::ApiResource {
-            group: "weft.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "weft.dev/v1alpha1".into(),
-            kind: kind.clone(),
-            plural: plural.into(),
-        };
-        let api: Api<kube::api::DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
-            None => Api::all_with(self.client.clone(), &ar),
-        };
-        api.patch(
-            &name,
-            &PatchParams::apply(TEST_MANAGER).force(),
-            &Patch::Apply(&value),
-        )
-        .await
-        .with_context(|| format!("applying {kind} {name}"))?;
+        let namespace = value["metadata"]["namespace"].as_str();
+        self.dynamic_api(&kind, namespace)?
+            .patch(
+                &name,
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(&value),
+            )
+            .await
+            .with_context(|| format!("applying {kind} {name}"))?;
         Ok(())
+    }
+
+    /// A Weft object as the API server has it (JSON), namespace `default` for endpoints.
+    pub async fn get_raw(&self, kind: &str, name: &str) -> Result<Value> {
+        let obj = self
+            .dynamic_api(kind, None)?
+            .get(name)
+            .await
+            .with_context(|| format!("getting {kind} {name}"))?;
+        Ok(serde_json::to_value(obj)?)
+    }
+
+    fn dynamic_api(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+    ) -> Result<Api<kube::api::DynamicObject>> {
+        crate::lab::dynamic_api(&self.client, kind, namespace)
     }
 
     /// A ContainerNetwork.
@@ -272,6 +315,65 @@ impl Cluster {
             .and_then(|s| s.address)
             .context("no address in status")?;
         Ok(addr.split('/').next().unwrap_or_default().to_string())
+    }
+}
+
+/// Can this kernel create links of `kind` (vlan, ipvlan…)? Probed in a scratch namespace.
+pub fn kernel_has(kind: &str) -> bool {
+    let Ok(ns) = Netns::new("probe") else {
+        return false;
+    };
+    match kind {
+        "vlan" => {
+            ns.try_exec(&[
+                "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+            ]) && ns.try_exec(&[
+                "ip", "link", "add", "link", "p0", "name", "p0.10", "type", "vlan", "id", "10",
+            ])
+        }
+        "ipvlan" | "macvlan" => {
+            ns.try_exec(&[
+                "ip", "link", "add", "p0", "type", "veth", "peer", "name", "p1",
+            ]) && ns.try_exec(&[
+                "ip", "link", "add", "link", "p0", "name", "c0", "type", kind,
+            ])
+        }
+        other => ns.try_exec(&["ip", "link", "add", "x0", "type", other]),
+    }
+}
+
+/// A continuous ping (every 20 ms for `seconds`) from `ns` to `target`, running in the
+/// background while a test disturbs the cluster.
+pub struct Pinger {
+    child: std::process::Child,
+}
+
+impl Pinger {
+    pub fn start(ns: &Netns, target: &str, seconds: u32) -> Result<Self> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "ping", "-n", "-q", "-i", "0.02"])
+            .args(["-w", &seconds.to_string(), target])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting ping")?;
+        Ok(Self { child })
+    }
+
+    /// Wait for the end and return (sent, received).
+    pub fn finish(self) -> Result<(u64, u64)> {
+        let out = self.child.wait_with_output().context("waiting for ping")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .with_context(|| format!("no ping summary in {text:?}"))?;
+        let number = |word: &str| -> Result<u64> {
+            let before = line.split(word).next().unwrap_or_default();
+            let n = before.split_whitespace().last().unwrap_or_default();
+            n.parse().with_context(|| format!("parsing {line:?}"))
+        };
+        Ok((number("packets transmitted")?, number("received")?))
     }
 }
 

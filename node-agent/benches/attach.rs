@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use weft_e2e::cluster::Cluster;
 use weft_e2e::netns::{Netns, workspace_binary};
+use weft_e2e::stats::{Stats, ms};
 
 const REF_DIR: &str = "/usr/lib/cni";
 
@@ -81,48 +82,6 @@ fn env(command: &str, id: &str, ns: &Netns) -> Vec<(&'static str, String)> {
             format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}"),
         ),
     ]
-}
-
-struct Stats {
-    name: &'static str,
-    samples: Vec<Duration>,
-}
-
-impl Stats {
-    fn new(name: &'static str) -> Self {
-        Stats {
-            name,
-            samples: Vec::new(),
-        }
-    }
-    fn pct(&self, p: f64) -> Duration {
-        let mut s = self.samples.clone();
-        s.sort();
-        if s.is_empty() {
-            return Duration::ZERO;
-        }
-        s[((s.len() as f64 - 1.0) * p).round() as usize]
-    }
-    fn mean(&self) -> Duration {
-        if self.samples.is_empty() {
-            return Duration::ZERO;
-        }
-        self.samples.iter().sum::<Duration>() / self.samples.len() as u32
-    }
-    fn row(&self) {
-        println!(
-            "{:<34} n={:<4} mean {:>7.2} ms  p50 {:>7.2} ms  p99 {:>7.2} ms",
-            self.name,
-            self.samples.len(),
-            ms(self.mean()),
-            ms(self.pct(0.5)),
-            ms(self.pct(0.99))
-        );
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn ensure_reference_plugins() -> anyhow::Result<()> {
