@@ -185,6 +185,9 @@ pub struct NftRule {
     pub id: String,
     /// The rule body as nft text, without the comment (e.g. `ip saddr 10.0.0.0/24 masquerade`).
     pub body: String,
+    /// The kernel's handle of an observed rule (what incremental updates delete or insert
+    /// after); `None` in desired state.
+    pub handle: Option<u64>,
 }
 
 /// The link alias for a network's objects.

@@ -439,6 +439,7 @@ fn nft_desired() -> KernelState {
     let rule = |id: &str, body: &str| NftRule {
         id: id.into(),
         body: body.into(),
+        handle: None,
     };
     let mut inet = NftTable::default();
     inet.chains.insert(
@@ -502,7 +503,7 @@ async fn nft_tables_apply_read_back_and_restore() {
     let c = diff(&d, &k.observe().await.unwrap());
     assert_eq!(
         c,
-        vec![Change::ReplaceNftTable(
+        vec![Change::SetNftTable(
             NftFamily::Inet,
             d.nft[&NftFamily::Inet].clone()
         )]
@@ -529,6 +530,7 @@ async fn nft_tables_apply_read_back_and_restore() {
         .rules[0] = NftRule {
         id: "h3b".into(),
         body: "oifname != \"wfb-y\" drop".into(),
+        handle: None,
     };
     let c = diff(&d2, &k.observe().await.unwrap());
     assert_eq!(c.len(), 2, "{c:?}");
@@ -547,6 +549,7 @@ async fn nft_tables_apply_read_back_and_restore() {
         .rules[0] = NftRule {
         id: "zz".into(),
         body: "this is not nft".into(),
+        handle: None,
     };
     bad.nft
         .insert(NftFamily::Bridge, d.nft[&NftFamily::Bridge].clone());
@@ -554,7 +557,7 @@ async fn nft_tables_apply_read_back_and_restore() {
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(matches!(
         report.failed[0].0,
-        Change::ReplaceNftTable(NftFamily::Inet, _)
+        Change::SetNftTable(NftFamily::Inet, _)
     ));
     let o = k.observe().await.unwrap();
     assert!(nft_tables_equivalent(
@@ -564,6 +567,83 @@ async fn nft_tables_apply_read_back_and_restore() {
     assert!(
         o.nft.contains_key(&NftFamily::Bridge),
         "the good table still went in"
+    );
+}
+
+/// `nft -a list` handles of the rules carrying these Weft ids, in the order given.
+fn nft_handles(ns: &Ns, family: &str, ids: &[&str]) -> Vec<u64> {
+    let listed = ns.sh(&format!("nft -a list table {family} weft"));
+    ids.iter()
+        .map(|id| {
+            listed
+                .lines()
+                .find(|l| l.contains(&format!("\"weft:{id}\"")))
+                .and_then(|l| l.rsplit_once("# handle "))
+                .and_then(|(_, h)| h.trim().parse().ok())
+                .unwrap_or_else(|| panic!("rule {id} not found in\n{listed}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
+    let ns = Ns::new();
+    let k = Kernel::open(ns.path()).await.unwrap();
+    let _events = k.events().await.unwrap();
+    let d = nft_desired();
+    converge(&k, &d).await;
+    let before = nft_handles(&ns, "inet", &["h1", "h2", "h4"]);
+
+    // A new rule in the middle and one at the end; one rule gone. The rules that stay keep
+    // their handles (they were not rewritten) and the order is the desired one.
+    let mut d2 = d.clone();
+    let inet = d2.nft.get_mut(&NftFamily::Inet).unwrap();
+    let fwd = &mut inet.chains.get_mut("forward").unwrap().rules;
+    let new = |id: &str, body: &str| NftRule {
+        id: id.into(),
+        body: body.into(),
+        handle: None,
+    };
+    fwd.insert(1, new("n1", "iifname \"wfb-n\" drop"));
+    fwd.push(new("n2", "oifname \"wfb-n\" drop"));
+    inet.chains.get_mut("postrouting").unwrap().rules.clear();
+    let listings = k.nft_listings();
+    converge(&k, &d2).await;
+    assert_eq!(
+        nft_handles(&ns, "inet", &["h1", "h2"]),
+        before[..2].to_vec(),
+        "kept rules were rewritten"
+    );
+    let listed = ns.sh("nft list chain inet weft forward");
+    let order: Vec<usize> = ["weft:h1", "weft:n1", "weft:h2", "weft:n2"]
+        .iter()
+        .map(|id| {
+            listed
+                .find(id)
+                .unwrap_or_else(|| panic!("{id} missing:\n{listed}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{listed}");
+    assert!(!ns.sh("nft list table inet weft").contains("weft:h4"));
+
+    // Weft's own transactions did not invalidate the listing: reading back costs no `nft`
+    // run, and what the cache says is what the kernel holds.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(diff(&d2, &k.observe().await.unwrap()), vec![]);
+    assert_eq!(k.nft_listings(), listings, "own writes caused a listing");
+
+    // Somebody else's change does: the next read lists again and sees it.
+    ns.sh("nft add rule inet weft forward accept");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(diff(&d2, &k.observe().await.unwrap()).len(), 1);
+    assert!(k.nft_listings() > listings);
+    converge(&k, &d2).await;
+    assert_eq!(
+        ns.sh("nft list chain inet weft forward")
+            .matches("comment")
+            .count(),
+        4,
+        "the foreign rule was deleted, Weft's kept"
     );
 }
 

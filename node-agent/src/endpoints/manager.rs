@@ -863,7 +863,7 @@ impl Endpoints {
             {
                 let report = self
                     .kernel
-                    .apply(&[crate::kernel::Change::ReplaceNftTable(
+                    .apply(&[crate::kernel::Change::SetNftTable(
                         crate::model::NftFamily::Inet,
                         table,
                     )])

@@ -154,7 +154,7 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
     for family in families {
         match (desired.nft.get(&family), observed.nft.get(&family)) {
             (Some(d), Some(o)) if nft_tables_equivalent(d, o) => {}
-            (Some(d), _) => out.push(Change::ReplaceNftTable(family, d.clone())),
+            (Some(d), _) => out.push(Change::SetNftTable(family, d.clone())),
             (None, Some(_)) => out.push(Change::DeleteNftTable(family)),
             (None, None) => {}
         }
@@ -443,6 +443,7 @@ mod tests {
                 rules: vec![NftRule {
                     id: "r1".into(),
                     body: "accept".into(),
+                    handle: None,
                 }],
             },
         );
@@ -480,7 +481,7 @@ mod tests {
     fn everything_from_scratch_in_dependency_order() {
         let d = rich();
         let c = diff(&d, &KernelState::default());
-        assert!(matches!(c[0], Change::ReplaceNftTable(NftFamily::Inet, _)));
+        assert!(matches!(c[0], Change::SetNftTable(NftFamily::Inet, _)));
         let names = created_names(&c);
         assert_eq!(names.len(), 4);
         let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
@@ -739,7 +740,7 @@ mod tests {
         }
         assert_eq!(
             diff(&d, &flushed),
-            vec![Change::ReplaceNftTable(
+            vec![Change::SetNftTable(
                 NftFamily::Inet,
                 d.nft[&NftFamily::Inet].clone()
             )]
@@ -756,6 +757,7 @@ mod tests {
             .push(NftRule {
                 id: "<not weft's: handle 9>".into(),
                 body: String::new(),
+                handle: Some(9),
             });
         assert_eq!(diff(&d, &foreign_rule).len(), 1);
         let mut extra = rich();

@@ -129,8 +129,9 @@ pub enum Change {
     DeleteFdb(FdbEntry),
     AddNeighbour(Neighbour),
     DeleteNeighbour(Neighbour),
-    /// Replace the family's `weft` table atomically with exactly this content.
-    ReplaceNftTable(NftFamily, NftTable),
+    /// Make the family's `weft` table exactly this, in one atomic transaction that writes
+    /// only the difference from what the kernel holds (see [`nft::plan_update`]).
+    SetNftTable(NftFamily, NftTable),
     DeleteNftTable(NftFamily),
     SetSysctl {
         key: String,
@@ -150,16 +151,13 @@ impl Change {
             Change::AddRoute(_) | Change::DeleteRoute(_) => "route",
             Change::AddFdb(_) | Change::DeleteFdb(_) => "fdb",
             Change::AddNeighbour(_) | Change::DeleteNeighbour(_) => "neighbour",
-            Change::ReplaceNftTable(..) | Change::DeleteNftTable(_) => "nft",
+            Change::SetNftTable(..) | Change::DeleteNftTable(_) => "nft",
             Change::SetSysctl { .. } => "sysctl",
         }
     }
 
     fn is_nft(&self) -> bool {
-        matches!(
-            self,
-            Change::ReplaceNftTable(..) | Change::DeleteNftTable(_)
-        )
+        matches!(self, Change::SetNftTable(..) | Change::DeleteNftTable(_))
     }
 
     /// Changes that do not depend on each other when they are of the same variant, so a run
@@ -264,7 +262,7 @@ impl fmt::Display for Change {
                     n.link
                 )
             }
-            Change::ReplaceNftTable(fam, _) => write!(f, "replace nft table {} weft", fam.as_str()),
+            Change::SetNftTable(fam, _) => write!(f, "set nft table {} weft", fam.as_str()),
             Change::DeleteNftTable(fam) => write!(f, "delete nft table {} weft", fam.as_str()),
             Change::SetSysctl { key, value } => write!(f, "set sysctl {key}={value}"),
         }
@@ -315,6 +313,13 @@ pub struct Kernel {
     nft_listing: Mutex<Option<BTreeMap<NftFamily, NftTable>>>,
     nft_unchanged: Arc<AtomicBool>,
     nft_watched: AtomicBool,
+    /// How many times `nft -j list` ran (tests show own writes do not cost a listing).
+    nft_listings: std::sync::atomic::AtomicU64,
+    /// The agent's `nft` runs, whose own notifications leave the cached listing valid.
+    own_nft: nft::OwnPids,
+    /// Serializes nft writers (passes and CNI ADDs): each computes its difference from the
+    /// listing the previous one left.
+    nft_writer: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Kernel {
@@ -358,6 +363,9 @@ impl Kernel {
             nft_listing: Mutex::new(None),
             nft_unchanged: Arc::new(AtomicBool::new(false)),
             nft_watched: AtomicBool::new(false),
+            own_nft: nft::OwnPids::default(),
+            nft_listings: std::sync::atomic::AtomicU64::new(0),
+            nft_writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -370,7 +378,12 @@ impl Kernel {
     pub async fn events(
         &self,
     ) -> Result<impl futures::Stream<Item = ()> + Send + Unpin + 'static, KernelError> {
-        let events = events::subscribe(self.netns(), self.nft_unchanged.clone()).await?;
+        let events = events::subscribe(
+            self.netns(),
+            self.nft_unchanged.clone(),
+            self.own_nft.clone(),
+        )
+        .await?;
         self.nft_watched.store(true, Ordering::SeqCst);
         Ok(events)
     }
@@ -378,6 +391,14 @@ impl Kernel {
     /// Weft's nftables tables: the cached listing while nothing can have changed them,
     /// otherwise a fresh `nft -j list`.
     async fn observe_nft(&self) -> Result<BTreeMap<NftFamily, NftTable>, KernelError> {
+        // Listings and writes take turns: a listing taken before a write must not be cached
+        // after the write's result.
+        let _writer = self.nft_writer.lock().await;
+        self.observe_nft_locked().await
+    }
+
+    /// [`Kernel::observe_nft`] for a caller that holds `nft_writer`.
+    async fn observe_nft_locked(&self) -> Result<BTreeMap<NftFamily, NftTable>, KernelError> {
         if self.nft_watched.load(Ordering::SeqCst)
             && self.nft_unchanged.load(Ordering::SeqCst)
             && let Some(cached) = self.nft_listing.lock().ok().and_then(|c| c.clone())
@@ -386,6 +407,7 @@ impl Kernel {
         }
         // Set before listing: a change while `nft` runs clears it again.
         self.nft_unchanged.store(true, Ordering::SeqCst);
+        self.nft_listings.fetch_add(1, Ordering::SeqCst);
         let listing = nft::observe(self.netns()).await;
         match &listing {
             Ok(tables) => {
@@ -396,6 +418,43 @@ impl Kernel {
             Err(_) => self.nft_unchanged.store(false, Ordering::SeqCst),
         }
         listing
+    }
+
+    /// How many times Weft's nftables tables were listed from the kernel so far.
+    pub fn nft_listings(&self) -> u64 {
+        self.nft_listings.load(Ordering::SeqCst)
+    }
+
+    /// Write nft changes as the difference from the current listing, then keep that listing
+    /// exact from what `nft` echoed (no second listing), unless somebody else changed the
+    /// tables meanwhile (the event reader cleared `nft_unchanged`) or the result is unknown.
+    async fn apply_nft(&self, changes: &[&Change], report: &mut ApplyReport) {
+        let _writer = self.nft_writer.lock().await;
+        let observed = self.observe_nft_locked().await.ok();
+        let started = std::time::Instant::now();
+        let written = nft::apply(
+            self.netns(),
+            &self.own_nft,
+            observed.as_ref(),
+            changes,
+            report,
+        )
+        .await;
+        tracing::debug!(took = ?started.elapsed(), "nft transaction");
+        let Ok(mut cache) = self.nft_listing.lock() else {
+            return;
+        };
+        match (written, cache.as_mut()) {
+            (Some(tables), Some(listing)) => {
+                for (family, table) in tables {
+                    match table {
+                        Some(t) => listing.insert(family, t),
+                        None => listing.remove(&family),
+                    };
+                }
+            }
+            _ => self.nft_unchanged.store(false, Ordering::SeqCst),
+        }
     }
 
     /// Create and delete a throwaway link of each kind and report which worked.
@@ -467,10 +526,8 @@ impl Kernel {
             if change.is_nft() {
                 if !nft_done {
                     nft_done = true;
-                    // Our own write: the cached listing is stale from now on.
-                    self.nft_unchanged.store(false, Ordering::SeqCst);
                     let all: Vec<&Change> = changes.iter().filter(|c| c.is_nft()).collect();
-                    nft::apply(self.netns(), &all, &mut report).await;
+                    self.apply_nft(&all, &mut report).await;
                 }
                 i += 1;
                 continue;

@@ -1,10 +1,19 @@
 //! Weft's nftables tables (`inet weft`, `bridge weft`), written as nft text through one
 //! `nft -f -` run per pass (one atomic transaction) and read back with `nft -j`.
 //!
-//! Rendering. A replaced table is `add table` + `delete table` (so the delete never fails
-//! on a missing table) + the full table, all in one transaction, so a flushed or tampered
-//! table comes back exactly and no packet ever sees a half-written one. Every rule gets
+//! Writing the difference. [`plan_update`] turns what the kernel holds into what is desired
+//! with the fewest commands: new chains and rules are added at their place (`add rule …
+//! position <handle>`, `insert rule`), rules that must go are deleted by handle, and a
+//! chain whose kept rules changed order is flushed and refilled. Only when a base chain's
+//! hook changed is the whole table replaced (`add table` + `delete table` + the full table).
+//! Why not always replace: a transaction that deletes anything makes the kernel flush its
+//! deferred destruction (an RCU grace period) when `nft` closes its socket — ~15 ms per run
+//! here against ~2.5 ms for a transaction that only adds. Every transaction is still
+//! atomic, so no packet ever sees a half-written table. Every rule gets
 //! ` comment "weft:<id>"` appended.
+//!
+//! `nft` runs with `--echo --handle`, so the handles of the rules it added come back and
+//! the kernel module can keep its cached listing exact without listing again.
 //!
 //! Reading back. Rebuilding a rule's text from nft's JSON is lossy, so observed rules carry
 //! only their id (from the comment) and an empty body, and tables are compared by chain
@@ -17,12 +26,10 @@
 //! `type <type> hook <hook> priority <integer>; policy <accept|drop>;` — numeric priority
 //! (nft's JSON reports numbers, not names like `srcnat`), single spaces, trailing `;`.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -30,6 +37,29 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ApplyReport, Change, KernelError, netns};
 use crate::model::{NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
+
+/// The process ids of the agent's recent `nft` runs, so the kernel-event reader can tell the
+/// agent's own transactions from somebody else's.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct OwnPids(Arc<Mutex<VecDeque<u32>>>);
+
+impl OwnPids {
+    /// How many recent runs are remembered (the reader lags a few transactions at most).
+    const KEEP: usize = 32;
+
+    pub(crate) fn remember(&self, pid: u32) {
+        if let Ok(mut pids) = self.0.lock() {
+            if pids.len() == Self::KEEP {
+                pids.pop_front();
+            }
+            pids.push_back(pid);
+        }
+    }
+
+    pub(crate) fn contains(&self, pid: u32) -> bool {
+        self.0.lock().is_ok_and(|pids| pids.contains(&pid))
+    }
+}
 
 /// A base chain's hook spec in the one canonical form, e.g.
 /// `base_chain("filter", "forward", 0, "accept")` =
@@ -92,6 +122,41 @@ fn check_text(what: &str, s: &str, forbid_braces: bool) -> Result<(), KernelErro
     Ok(())
 }
 
+/// `add chain …` for one chain, checked.
+fn add_chain(fam: &str, name: &str, chain_base: Option<&str>) -> Result<String, KernelError> {
+    if !valid_name(name) {
+        return Err(KernelError::Invalid(format!(
+            "nft chain name {name:?} is not [A-Za-z][A-Za-z0-9_-]*"
+        )));
+    }
+    Ok(match chain_base {
+        Some(base) => {
+            let spec = normalize_base(base);
+            check_text("base chain spec", &spec.replace(';', ""), true)?;
+            format!("add chain {fam} {NFT_TABLE} {name} {{ {spec} }}\n")
+        }
+        None => format!("add chain {fam} {NFT_TABLE} {name}\n"),
+    })
+}
+
+/// A rule's text after the chain (and position): its body and its id comment, checked.
+fn rule_text(rule: &NftRule) -> Result<String, KernelError> {
+    if rule.id.is_empty()
+        || rule.id.len() > 120
+        || !rule
+            .id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
+    {
+        return Err(KernelError::Invalid(format!(
+            "nft rule id {:?} must be 1-120 of [A-Za-z0-9_.:/-]",
+            rule.id
+        )));
+    }
+    check_text("rule", &rule.body, false)?;
+    Ok(format!("{} comment \"weft:{}\"", rule.body.trim(), rule.id))
+}
+
 fn render_table(family: NftFamily, table: &NftTable, out: &mut String) -> Result<(), KernelError> {
     let fam = family.as_str();
     out.push_str(&format!(
@@ -99,53 +164,26 @@ fn render_table(family: NftFamily, table: &NftTable, out: &mut String) -> Result
     ));
     // All chains first, so rules can jump to chains declared after them.
     for (name, chain) in &table.chains {
-        if !valid_name(name) {
-            return Err(KernelError::Invalid(format!(
-                "nft chain name {name:?} is not [A-Za-z][A-Za-z0-9_-]*"
-            )));
-        }
-        match &chain.base {
-            Some(base) => {
-                let spec = normalize_base(base);
-                check_text("base chain spec", &spec.replace(';', ""), true)?;
-                out.push_str(&format!(
-                    "add chain {fam} {NFT_TABLE} {name} {{ {spec} }}\n"
-                ));
-            }
-            None => out.push_str(&format!("add chain {fam} {NFT_TABLE} {name}\n")),
-        }
+        out.push_str(&add_chain(fam, name, chain.base.as_deref())?);
     }
     for (name, chain) in &table.chains {
         for rule in &chain.rules {
-            if rule.id.is_empty()
-                || rule.id.len() > 120
-                || !rule
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
-            {
-                return Err(KernelError::Invalid(format!(
-                    "nft rule id {:?} must be 1-120 of [A-Za-z0-9_.:/-]",
-                    rule.id
-                )));
-            }
-            check_text("rule", &rule.body, false)?;
             out.push_str(&format!(
-                "add rule {fam} {NFT_TABLE} {name} {} comment \"weft:{}\"\n",
-                rule.body.trim(),
-                rule.id
+                "add rule {fam} {NFT_TABLE} {name} {}\n",
+                rule_text(rule)?
             ));
         }
     }
     Ok(())
 }
 
-/// The nft script for some changes (one transaction).
+/// The nft script that replaces whole tables (one transaction); it does not depend on what
+/// the kernel holds.
 pub(crate) fn render(changes: &[&Change]) -> Result<String, KernelError> {
     let mut out = String::new();
     for change in changes {
         match change {
-            Change::ReplaceNftTable(family, table) => render_table(*family, table, &mut out)?,
+            Change::SetNftTable(family, table) => render_table(*family, table, &mut out)?,
             Change::DeleteNftTable(family) => {
                 let fam = family.as_str();
                 out.push_str(&format!(
@@ -158,6 +196,337 @@ pub(crate) fn render(changes: &[&Change]) -> Result<String, KernelError> {
     Ok(out)
 }
 
+/// One command of an incremental update of a `weft` table (borrowing from the tables it
+/// was planned from: a table of thousands of rules is not copied to be written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NftOp<'a> {
+    AddTable,
+    AddChain {
+        chain: &'a str,
+        base: Option<&'a str>,
+    },
+    DeleteRule {
+        chain: &'a str,
+        handle: u64,
+    },
+    FlushChain(&'a str),
+    DeleteChain(&'a str),
+    /// At the end of the chain.
+    AppendRule {
+        chain: &'a str,
+        rule: &'a NftRule,
+    },
+    /// Right after the rule with this handle.
+    AddRuleAfter {
+        chain: &'a str,
+        handle: u64,
+        rule: &'a NftRule,
+    },
+    /// At the head of the chain.
+    InsertRule {
+        chain: &'a str,
+        rule: &'a NftRule,
+    },
+}
+
+/// The commands that turn `observed` (with rule handles) into `desired`, in an order that is
+/// valid inside one transaction: rule deletions and flushes, chain deletions, chain
+/// additions, rule additions. `None` = replace the whole table (a base chain's hook changed).
+pub(crate) fn plan_update<'a>(
+    desired: &'a NftTable,
+    observed: Option<&'a NftTable>,
+) -> Option<Vec<NftOp<'a>>> {
+    let append = |chain: &'a str, rules: &'a [NftRule]| -> Vec<NftOp<'a>> {
+        rules
+            .iter()
+            .map(|rule| NftOp::AppendRule { chain, rule })
+            .collect()
+    };
+    let (mut removals, mut chain_deletes, mut chain_adds, mut additions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let Some(observed) = observed else {
+        let mut ops = vec![NftOp::AddTable];
+        for (name, chain) in &desired.chains {
+            ops.push(NftOp::AddChain {
+                chain: name,
+                base: chain.base.as_deref(),
+            });
+        }
+        for (name, chain) in &desired.chains {
+            ops.extend(append(name, &chain.rules));
+        }
+        return Some(ops);
+    };
+    for name in observed.chains.keys() {
+        if !desired.chains.contains_key(name) {
+            // Flushed first: a chain that still has rules cannot be deleted.
+            removals.push(NftOp::FlushChain(name));
+            chain_deletes.push(NftOp::DeleteChain(name));
+        }
+    }
+    for (name, want) in &desired.chains {
+        let Some(have) = observed.chains.get(name) else {
+            chain_adds.push(NftOp::AddChain {
+                chain: name,
+                base: want.base.as_deref(),
+            });
+            additions.extend(append(name, &want.rules));
+            continue;
+        };
+        if have.base.as_deref().map(normalize_base) != want.base.as_deref().map(normalize_base) {
+            return None;
+        }
+        match rule_steps(name, &want.rules, &have.rules) {
+            Some((rm, add)) => {
+                removals.extend(rm);
+                additions.extend(add);
+            }
+            None => {
+                removals.push(NftOp::FlushChain(name));
+                additions.extend(append(name, &want.rules));
+            }
+        }
+    }
+    Some([removals, chain_deletes, chain_adds, additions].concat())
+}
+
+/// Deletions and additions that turn the rules `have` of one chain into `want`, keeping the
+/// rules both share in place. `None` when that cannot be done rule by rule (duplicate ids,
+/// kept rules in another order, a rule without a handle): the chain is refilled instead.
+type Steps<'a> = (Vec<NftOp<'a>>, Vec<NftOp<'a>>);
+
+fn rule_steps<'a>(chain: &'a str, want: &'a [NftRule], have: &'a [NftRule]) -> Option<Steps<'a>> {
+    let want_ids: BTreeSet<&str> = want.iter().map(|r| r.id.as_str()).collect();
+    let have_ids: BTreeSet<&str> = have.iter().map(|r| r.id.as_str()).collect();
+    if want_ids.len() != want.len() || have_ids.len() != have.len() {
+        return None;
+    }
+    let kept_in_have: Vec<&str> = have
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| want_ids.contains(id))
+        .collect();
+    let kept_in_want: Vec<&str> = want
+        .iter()
+        .map(|r| r.id.as_str())
+        .filter(|id| have_ids.contains(id))
+        .collect();
+    if kept_in_have != kept_in_want {
+        return None;
+    }
+    let handles: HashMap<&str, u64> = have
+        .iter()
+        .filter_map(|r| Some((r.id.as_str(), r.handle?)))
+        .collect();
+    let mut removals = Vec::new();
+    for rule in have.iter().filter(|r| !want_ids.contains(r.id.as_str())) {
+        removals.push(NftOp::DeleteRule {
+            chain,
+            handle: rule.handle?,
+        });
+    }
+    // New rules come in runs between kept ones. A run before a kept rule goes in right after
+    // the kept rule before it (or at the head), added in reverse so it ends up in order; the
+    // run after the last kept rule is appended.
+    let mut additions = Vec::new();
+    let mut anchor: Option<u64> = None;
+    let mut run: Vec<&NftRule> = Vec::new();
+    for rule in want {
+        if !have_ids.contains(rule.id.as_str()) {
+            run.push(rule);
+            continue;
+        }
+        for r in run.drain(..).rev() {
+            additions.push(match anchor {
+                Some(handle) => NftOp::AddRuleAfter {
+                    chain,
+                    handle,
+                    rule: r,
+                },
+                None => NftOp::InsertRule { chain, rule: r },
+            });
+        }
+        anchor = Some(*handles.get(rule.id.as_str())?);
+    }
+    additions.extend(
+        run.into_iter()
+            .map(|rule| NftOp::AppendRule { chain, rule }),
+    );
+    Some((removals, additions))
+}
+
+/// The nft text of some commands on one family's table.
+pub(crate) fn render_ops(family: NftFamily, ops: &[NftOp]) -> Result<String, KernelError> {
+    let fam = family.as_str();
+    let t = NFT_TABLE;
+    let mut out = String::new();
+    let chain_ok = |name: &str| {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err(KernelError::Invalid(format!(
+                "nft chain name {name:?} is not [A-Za-z][A-Za-z0-9_-]*"
+            )))
+        }
+    };
+    for op in ops {
+        match op {
+            NftOp::AddTable => out.push_str(&format!("add table {fam} {t}\n")),
+            NftOp::AddChain { chain, base } => out.push_str(&add_chain(fam, chain, *base)?),
+            NftOp::DeleteRule { chain, handle } => {
+                chain_ok(chain)?;
+                out.push_str(&format!("delete rule {fam} {t} {chain} handle {handle}\n"));
+            }
+            NftOp::FlushChain(chain) => {
+                chain_ok(chain)?;
+                out.push_str(&format!("flush chain {fam} {t} {chain}\n"));
+            }
+            NftOp::DeleteChain(chain) => {
+                chain_ok(chain)?;
+                out.push_str(&format!("delete chain {fam} {t} {chain}\n"));
+            }
+            NftOp::AppendRule { chain, rule } => {
+                chain_ok(chain)?;
+                out.push_str(&format!(
+                    "add rule {fam} {t} {chain} {}\n",
+                    rule_text(rule)?
+                ));
+            }
+            NftOp::AddRuleAfter {
+                chain,
+                handle,
+                rule,
+            } => {
+                chain_ok(chain)?;
+                out.push_str(&format!(
+                    "add rule {fam} {t} {chain} position {handle} {}\n",
+                    rule_text(rule)?
+                ));
+            }
+            NftOp::InsertRule { chain, rule } => {
+                chain_ok(chain)?;
+                out.push_str(&format!(
+                    "insert rule {fam} {t} {chain} {}\n",
+                    rule_text(rule)?
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The script that brings the kernel from `observed` to what `changes` ask, writing only the
+/// difference where it can.
+fn render_update(
+    changes: &[&Change],
+    observed: &BTreeMap<NftFamily, NftTable>,
+) -> Result<String, KernelError> {
+    let mut out = String::new();
+    for change in changes {
+        match change {
+            Change::SetNftTable(family, table) => match plan_update(table, observed.get(family)) {
+                Some(ops) => out.push_str(&render_ops(*family, &ops)?),
+                None => render_table(*family, table, &mut out)?,
+            },
+            Change::DeleteNftTable(_) => out.push_str(&render(&[*change])?),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The handles of the rules an `nft --echo --handle` run added, by (family, chain, rule id),
+/// from lines like `add rule inet weft forward … comment "weft:<id>" # handle 12`.
+fn echoed_handles(stdout: &str) -> HashMap<(&str, &str, &str), u64> {
+    let mut out = HashMap::new();
+    for line in stdout.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(verb), Some("rule"), Some(fam), Some(NFT_TABLE), Some(chain)) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
+            continue;
+        };
+        if verb != "add" && verb != "insert" {
+            continue;
+        }
+        let id = line
+            .split_once("comment \"weft:")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(id, _)| id);
+        let handle = line
+            .rsplit_once("# handle ")
+            .and_then(|(_, h)| h.trim().parse::<u64>().ok());
+        if let (Some(id), Some(handle)) = (id, handle) {
+            out.insert((fam, chain, id), handle);
+        }
+    }
+    out
+}
+
+/// What the tables hold after `changes` were committed: each table as desired, with the
+/// handles of kept rules from `observed` and of new ones from the echo. `None` for a
+/// family's entry = the table is gone. `None` overall = not known exactly (list again).
+fn tables_after(
+    changes: &[&Change],
+    observed: Option<&BTreeMap<NftFamily, NftTable>>,
+    echo: &str,
+) -> Option<BTreeMap<NftFamily, Option<NftTable>>> {
+    let echoed = echoed_handles(echo);
+    let mut out = BTreeMap::new();
+    for change in changes {
+        match change {
+            Change::SetNftTable(family, desired) => {
+                let fam = family.as_str();
+                let before = observed.and_then(|o| o.get(family));
+                // As a listing reads back: ids and handles, no bodies.
+                let mut table = NftTable::default();
+                for (name, chain) in &desired.chains {
+                    let old: HashMap<&str, u64> = before
+                        .and_then(|t| t.chains.get(name))
+                        .map(|c| {
+                            c.rules
+                                .iter()
+                                .filter_map(|r| Some((r.id.as_str(), r.handle?)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut seen = BTreeSet::new();
+                    let mut rules = Vec::with_capacity(chain.rules.len());
+                    for rule in &chain.rules {
+                        if !seen.insert(rule.id.as_str()) {
+                            return None; // duplicate ids: handles would be ambiguous
+                        }
+                        let key = (fam, name.as_str(), rule.id.as_str());
+                        let handle = echoed.get(&key).or(old.get(rule.id.as_str())).copied()?;
+                        rules.push(NftRule {
+                            id: rule.id.clone(),
+                            body: String::new(),
+                            handle: Some(handle),
+                        });
+                    }
+                    table.chains.insert(
+                        name.clone(),
+                        NftChain {
+                            base: chain.base.clone(),
+                            rules,
+                        },
+                    );
+                }
+                out.insert(*family, Some(table));
+            }
+            Change::DeleteNftTable(family) => {
+                out.insert(*family, None);
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
 /// Exit status, stdout, stderr of one `nft` run inside the namespace.
 struct Output {
     ok: bool,
@@ -165,13 +534,16 @@ struct Output {
     stderr: String,
 }
 
-/// Run `nft args…` inside `ns`, feeding `stdin` if given. The child enters the namespace
-/// with setns between fork and exec; the agent itself stays where it is.
-async fn run(ns: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Result<Output, KernelError> {
-    let target: Option<File> = match ns {
-        Some(p) => Some(netns::open(p)?),
-        None => None,
-    };
+/// Run `nft args…` inside `ns`, feeding `stdin` if given; the agent itself stays where it
+/// is. A run that may
+/// write is remembered in `own` before it reads its script, so the notifications of its
+/// transaction are known to be the agent's.
+async fn run(
+    ns: Option<&Path>,
+    args: &[&str],
+    stdin: Option<&str>,
+    own: Option<&OwnPids>,
+) -> Result<Output, KernelError> {
     let mut cmd = tokio::process::Command::new("nft");
     cmd.args(args)
         .stdin(if stdin.is_some() {
@@ -182,28 +554,27 @@ async fn run(ns: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Result<Ou
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if let Some(file) = &target {
-        let fd = file.as_raw_fd();
-        // SAFETY: only the async-signal-safe setns(2) runs between fork and exec; `fd` stays
-        // open in the parent (`target` outlives the spawn) and is inherited by the child.
-        unsafe {
-            cmd.as_std_mut().pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+    // Spawned from a thread inside the namespace, which the child inherits: no code has to
+    // run between fork and exec, so the standard library can use posix_spawn (a vfork)
+    // instead of copying the agent's address space for every run.
+    let runtime = tokio::runtime::Handle::current();
+    let mut child = netns::run_in(ns, move || {
+        // The child's pipes register with the runtime's reactor.
+        let _guard = runtime.enter();
+        cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                KernelError::Nft(
+                    "the nft program is not installed (apt-get install nftables)".into(),
+                )
+            } else {
+                KernelError::Nft(format!("cannot start nft: {e}"))
+            }
+        })
+    })
+    .await?;
+    if let (Some(own), Some(pid)) = (own, child.id()) {
+        own.remember(pid);
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            KernelError::Nft("the nft program is not installed (apt-get install nftables)".into())
-        } else {
-            KernelError::Nft(format!("cannot start nft: {e}"))
-        }
-    })?;
-    drop(target);
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())
             .await
@@ -223,7 +594,7 @@ async fn run(ns: Option<&Path>, args: &[&str], stdin: Option<&str>) -> Result<Ou
 
 /// Whether `nft list tables` works in the namespace (nftables usable).
 pub(crate) async fn available(ns: Option<&Path>) -> bool {
-    matches!(run(ns, &["list", "tables"], None).await, Ok(o) if o.ok)
+    matches!(run(ns, &["list", "tables"], None, None).await, Ok(o) if o.ok)
 }
 
 /// Read one family's `weft` table; `None` when it does not exist.
@@ -234,6 +605,7 @@ async fn observe_family(
     let out = run(
         ns,
         &["-j", "list", "table", family.as_str(), NFT_TABLE],
+        None,
         None,
     )
     .await?;
@@ -348,43 +720,81 @@ pub(crate) fn parse_json(text: &str) -> Result<NftTable, KernelError> {
             c.rules.push(NftRule {
                 id,
                 body: String::new(),
+                handle: rule.handle.and_then(|h| u64::try_from(h).ok()),
             });
         }
     }
     Ok(table)
 }
 
-/// One `nft -f -` run of the rendered changes.
-async fn transaction(ns: Option<&Path>, changes: &[&Change]) -> Result<(), KernelError> {
-    let script = render(changes)?;
-    let out = run(ns, &["-f", "-"], Some(&script)).await?;
+/// One `nft --echo --handle -f -` run of a script; its echo on success.
+async fn transaction(
+    ns: Option<&Path>,
+    own: &OwnPids,
+    script: &str,
+) -> Result<String, KernelError> {
+    let out = run(ns, &["-e", "-a", "-f", "-"], Some(script), Some(own)).await?;
     if out.ok {
-        Ok(())
+        Ok(out.stdout)
     } else {
         Err(KernelError::Nft(out.stderr))
     }
 }
 
-/// Apply every nft change of a pass in one atomic `nft -f -` run. If that run fails and it
-/// held several changes, each is retried alone so one bad table cannot block the others.
-pub(crate) async fn apply(ns: Option<&Path>, changes: &[&Change], report: &mut ApplyReport) {
+/// What the tables hold after an [`apply`], per family (`None` = gone), when known exactly.
+pub(crate) type Written = Option<BTreeMap<NftFamily, Option<NftTable>>>;
+
+/// Apply every nft change of a pass in one atomic transaction: the difference from
+/// `observed` when it is known, whole tables otherwise. If that fails (a stale observation,
+/// a bad rule), each change is retried alone as a whole-table replacement, so one bad table
+/// cannot block the others.
+pub(crate) async fn apply(
+    ns: Option<&Path>,
+    own: &OwnPids,
+    observed: Option<&BTreeMap<NftFamily, NftTable>>,
+    changes: &[&Change],
+    report: &mut ApplyReport,
+) -> Written {
     if changes.is_empty() {
-        return;
+        return Some(BTreeMap::new());
     }
     report.writes += 1;
-    let first = transaction(ns, changes).await;
-    match first {
-        Ok(()) => {}
-        Err(e) if changes.len() == 1 => report.failed.push(((*changes[0]).clone(), e.to_string())),
-        Err(_) => {
-            for change in changes {
-                report.writes += 1;
-                if let Err(e) = transaction(ns, &[*change]).await {
-                    report.failed.push(((*change).clone(), e.to_string()));
-                }
+    let script = match observed {
+        Some(o) => render_update(changes, o),
+        None => render(changes),
+    };
+    let first = match script {
+        Ok(script) => transaction(ns, own, &script).await,
+        Err(e) => Err(e),
+    };
+    let error = match first {
+        Ok(echo) => return tables_after(changes, observed, &echo),
+        Err(e) => e,
+    };
+    if changes.len() == 1 && observed.is_none() {
+        report
+            .failed
+            .push(((*changes[0]).clone(), error.to_string()));
+        return None;
+    }
+    let mut written = BTreeMap::new();
+    let mut known = true;
+    for change in changes {
+        report.writes += 1;
+        let alone = match render(&[*change]) {
+            Ok(script) => transaction(ns, own, &script).await,
+            Err(e) => Err(e),
+        };
+        match alone.map(|echo| tables_after(&[*change], None, &echo)) {
+            Ok(Some(t)) => written.extend(t),
+            Ok(None) => known = false,
+            Err(e) => {
+                known = false;
+                report.failed.push(((*change).clone(), e.to_string()));
             }
         }
     }
+    known.then_some(written)
 }
 
 #[cfg(test)]
@@ -400,6 +810,7 @@ mod tests {
                 rules: vec![NftRule {
                     id: "a1".into(),
                     body: "ct state established accept".into(),
+                    handle: None,
                 }],
             },
         );
@@ -410,6 +821,7 @@ mod tests {
                 rules: vec![NftRule {
                     id: "b2".into(),
                     body: "drop".into(),
+                    handle: None,
                 }],
             },
         );
@@ -431,7 +843,7 @@ mod tests {
     #[test]
     fn renders_one_transaction_with_comments() {
         let t = table();
-        let c = Change::ReplaceNftTable(NftFamily::Inet, t);
+        let c = Change::SetNftTable(NftFamily::Inet, t);
         let s = render(&[&c, &Change::DeleteNftTable(NftFamily::Bridge)]).unwrap();
         assert_eq!(
             s,
@@ -448,10 +860,10 @@ mod tests {
     fn rejects_text_that_would_break_the_script() {
         let mut t = table();
         t.chains.get_mut("isolate").unwrap().rules[0].body = "drop; flush ruleset".into();
-        assert!(render(&[&Change::ReplaceNftTable(NftFamily::Inet, t)]).is_err());
+        assert!(render(&[&Change::SetNftTable(NftFamily::Inet, t)]).is_err());
         let mut t = table();
         t.chains.get_mut("isolate").unwrap().rules[0].id = "x\" ; flush".into();
-        assert!(render(&[&Change::ReplaceNftTable(NftFamily::Inet, t)]).is_err());
+        assert!(render(&[&Change::SetNftTable(NftFamily::Inet, t)]).is_err());
         let mut t = table();
         t.chains.insert(
             "bad name".into(),
@@ -460,7 +872,7 @@ mod tests {
                 rules: vec![],
             },
         );
-        assert!(render(&[&Change::ReplaceNftTable(NftFamily::Inet, t)]).is_err());
+        assert!(render(&[&Change::SetNftTable(NftFamily::Inet, t)]).is_err());
     }
 
     #[test]
@@ -513,5 +925,135 @@ mod tests {
             .collect();
         assert_eq!(ids, ["a1", "<not weft's: handle 5>"]);
         assert_eq!(t.chains["post"].rules[0].id, "m");
+    }
+
+    fn r(id: &str, handle: Option<u64>) -> NftRule {
+        NftRule {
+            id: id.into(),
+            body: format!("meta mark {} drop", id.len()),
+            handle,
+        }
+    }
+
+    fn chain(rules: Vec<NftRule>) -> NftChain {
+        NftChain { base: None, rules }
+    }
+
+    fn one_chain(rules: Vec<NftRule>) -> NftTable {
+        let mut t = NftTable::default();
+        t.chains.insert("c".into(), chain(rules));
+        t
+    }
+
+    #[test]
+    fn new_rules_go_in_at_their_place_and_gone_ones_are_deleted_by_handle() {
+        let have = one_chain(vec![
+            r("a", Some(1)),
+            r("b", Some(2)),
+            r("x", Some(3)),
+            r("c", Some(4)),
+        ]);
+        let want = one_chain(vec![
+            r("n0", None),
+            r("a", None),
+            r("n1", None),
+            r("n2", None),
+            r("b", None),
+            r("c", None),
+            r("n3", None),
+        ]);
+        let ops = plan_update(&want, Some(&have)).unwrap();
+        let script = render_ops(NftFamily::Inet, &ops).unwrap();
+        assert_eq!(
+            script,
+            "delete rule inet weft c handle 3\n\
+             insert rule inet weft c meta mark 2 drop comment \"weft:n0\"\n\
+             add rule inet weft c position 1 meta mark 2 drop comment \"weft:n2\"\n\
+             add rule inet weft c position 1 meta mark 2 drop comment \"weft:n1\"\n\
+             add rule inet weft c meta mark 2 drop comment \"weft:n3\"\n"
+        );
+        // Nothing to do when they match.
+        assert_eq!(
+            plan_update(
+                &one_chain(vec![r("a", None)]),
+                Some(&one_chain(vec![r("a", Some(1))]))
+            ),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn reordered_or_ambiguous_chains_are_refilled_and_hook_changes_replace_the_table() {
+        let have = one_chain(vec![r("a", Some(1)), r("b", Some(2))]);
+        let want = one_chain(vec![r("b", None), r("a", None)]);
+        let ops = plan_update(&want, Some(&have)).unwrap();
+        assert_eq!(ops[0], NftOp::FlushChain("c"));
+        assert_eq!(ops.len(), 3);
+        // A foreign rule has an id no planner makes: deleted by its handle.
+        let foreign = one_chain(vec![r("a", Some(1)), r("<not weft's: handle 7>", Some(7))]);
+        assert_eq!(
+            plan_update(&one_chain(vec![r("a", None)]), Some(&foreign)),
+            Some(vec![NftOp::DeleteRule {
+                chain: "c",
+                handle: 7
+            }])
+        );
+        // Observed rules without handles cannot be addressed.
+        let no_handles = one_chain(vec![r("a", None), r("b", None)]);
+        assert_eq!(
+            plan_update(&one_chain(vec![r("a", None)]), Some(&no_handles)).unwrap()[0],
+            NftOp::FlushChain("c")
+        );
+        let mut based = one_chain(vec![]);
+        based.chains.get_mut("c").unwrap().base =
+            Some(base_chain("filter", "forward", 0, "accept"));
+        assert_eq!(plan_update(&based, Some(&one_chain(vec![]))), None);
+    }
+
+    #[test]
+    fn chains_come_and_go_and_a_missing_table_is_only_added() {
+        let mut have = one_chain(vec![r("a", Some(1))]);
+        have.chains
+            .insert("old".into(), chain(vec![r("z", Some(9))]));
+        let mut want = one_chain(vec![r("a", None)]);
+        want.chains.insert("new".into(), chain(vec![r("y", None)]));
+        let script =
+            render_ops(NftFamily::Bridge, &plan_update(&want, Some(&have)).unwrap()).unwrap();
+        assert_eq!(
+            script,
+            "flush chain bridge weft old\ndelete chain bridge weft old\nadd chain bridge weft new\n\
+             add rule bridge weft new meta mark 1 drop comment \"weft:y\"\n"
+        );
+        let script = render_ops(NftFamily::Inet, &plan_update(&want, None).unwrap()).unwrap();
+        assert!(
+            script.starts_with(
+                "add table inet weft\nadd chain inet weft c\nadd chain inet weft new\n"
+            )
+        );
+        assert!(!script.contains("delete"));
+    }
+
+    #[test]
+    fn the_echo_gives_the_new_rules_handles() {
+        let echo = "add table inet weft\n\
+            add rule inet weft c handle 1 meta mark 2 drop comment \"weft:n1\" # handle 12\n\
+            insert rule inet weft c meta mark 2 drop comment \"weft:n0\" # handle 13\n\
+            # new generation 5 by process 99 (nft)\n";
+        let h = echoed_handles(echo);
+        assert_eq!(h[&("inet", "c", "n1")], 12);
+        assert_eq!(h.len(), 2);
+        let have = one_chain(vec![r("a", Some(1))]);
+        let want = one_chain(vec![r("n0", None), r("a", None), r("n1", None)]);
+        let observed = BTreeMap::from([(NftFamily::Inet, have)]);
+        let change = Change::SetNftTable(NftFamily::Inet, want);
+        let after = tables_after(&[&change], Some(&observed), echo).unwrap();
+        let handles: Vec<_> = after[&NftFamily::Inet].as_ref().unwrap().chains["c"]
+            .rules
+            .iter()
+            .map(|r| r.handle)
+            .collect();
+        assert_eq!(handles, [Some(13), Some(1), Some(12)]);
+        // A rule whose handle is unknown makes the result unknown.
+        assert!(tables_after(&[&change], None, "").is_none());
     }
 }

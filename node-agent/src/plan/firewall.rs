@@ -109,6 +109,7 @@ pub fn rule(body: impl Into<String>) -> NftRule {
     NftRule {
         id: rule_id(&body),
         body,
+        handle: None,
     }
 }
 
