@@ -40,16 +40,30 @@ pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<
             Ok(Action::await_change())
         }
     } else {
-        if !has_finalizer {
-            set_finalizer(&net, &ctx, true).await?;
-        }
-        apply(&net, &ctx).await
+        apply(&net, &ctx, !has_finalizer).await
     };
     ctx.metrics
         .duration
         .get_or_create(&Metrics::kind("ContainerNetwork"))
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// A network deleted before its finalizer landed never comes back to `cleanup`: release
+/// what `apply` allocated for it (agents remove its kernel objects by garbage collection).
+async fn release_if_gone(net: &ContainerNetwork, ctx: &Context) {
+    let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
+    if let Ok(None) = api.get_opt(&net.name_any()).await {
+        let pool = ctx
+            .allocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(&net.name_any());
+        if pool.is_some() {
+            let _ = ctx.pools_changed.send(());
+        }
+        ctx.wake_unallocated();
+    }
 }
 
 /// Add or remove our finalizer by server-side apply of just that list entry.
@@ -127,7 +141,8 @@ fn node_has(net: &ContainerNetwork, node: &NetworkNode) -> Option<RealizationSta
     })
 }
 
-async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
+/// Allocate and write the status; with `add_finalizer`, also put the finalizer in place.
+async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Result<Action> {
     let name = net.name_any();
     let nodes = ctx.nodes.state();
     let live_nodes = nodes
@@ -183,7 +198,28 @@ async fn apply(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         &node_failures,
         None,
     );
-    let held_back = write_status(net, &previous, new_status, ctx).await?;
+    let held_back = if !add_finalizer {
+        write_status(net, &previous, new_status, ctx).await?
+    } else if weft_api::condition::is_true(&new_status.conditions, "Ready") {
+        // Nobody sees the network Ready (and deletes it) before its deletion is guarded.
+        if let Err(e) = set_finalizer(net, ctx, true).await {
+            release_if_gone(net, ctx).await;
+            return Err(e);
+        }
+        write_status(net, &previous, new_status, ctx).await?
+    } else {
+        // Agents act on the allocation in the status, so it goes out without waiting a
+        // round trip for the finalizer.
+        let (finalizer, status) = tokio::join!(
+            set_finalizer(net, ctx, true),
+            write_status(net, &previous, new_status, ctx)
+        );
+        if finalizer.is_err() {
+            release_if_gone(net, ctx).await;
+        }
+        finalizer?;
+        status?
+    };
 
     if let Some(p) = &outcome.problem {
         let was =
