@@ -74,8 +74,11 @@ pub struct NetworkNodeStatus {
     pub conditions: Vec<Condition>,
     /// One entry per network that has kernel objects on this node. An entry disappears only
     /// once every kernel object of that network is gone (the controller's finalizer waits on it).
+    // An atomic list: the node's agent is its only writer, and the API server's per-item
+    // bookkeeping of a list-map made every status write cost ~0.15 ms per network on a
+    // small machine (three times the atomic list's), paid on every network change.
     #[serde(default)]
-    #[schemars(length(max = 10000), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(length(max = 10000), extend("x-kubernetes-list-type" = "atomic"))]
     pub networks: Vec<NetworkRealization>,
 }
 
