@@ -68,6 +68,10 @@ pub struct PassReport {
     pub changes: usize,
     pub writes: usize,
     pub failed: usize,
+    /// Where the pass spent its time: reading the kernel, writing it, writing the API.
+    pub observe: Duration,
+    pub apply: Duration,
+    pub report: Duration,
 }
 
 /// Why a pass ran; a pass whose desired state did not change but still had to correct the
@@ -376,7 +380,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         }
         match result {
             Ok(r) => {
-                tracing::debug!(changes = r.changes, writes = r.writes, failed = r.failed, took = ?started.elapsed(), "pass")
+                tracing::debug!(changes = r.changes, writes = r.writes, failed = r.failed, took = ?started.elapsed(), observe = ?r.observe, apply = ?r.apply, report = ?r.report, "pass")
             }
             Err(e) => tracing::warn!(error = %e, "pass failed"),
         }
@@ -454,7 +458,9 @@ impl Agent {
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
+        let t = Instant::now();
         let (observed, foreign) = self.kernel.observe_with_foreign().await?;
+        let observe = t.elapsed();
         let facts = NodeFacts {
             interfaces: foreign,
             ..self.facts.clone()
@@ -483,6 +489,7 @@ impl Agent {
         desired.neighbours.extend(additions.neighbours);
         let changes = kernel::diff(&desired, &observed);
         let drift = self.last_desired.as_ref() == Some(&desired);
+        let t = Instant::now();
         let report = if changes.is_empty() {
             kernel::ApplyReport::default()
         } else {
@@ -517,6 +524,8 @@ impl Agent {
                 .collect()
         };
         let endpoint_writes = self.endpoints.converge(work).await;
+        let apply = t.elapsed();
+        let t = Instant::now();
         // The kernel side is done: CNI calls waiting for their ports can answer now, before
         // the API writes below.
         self.endpoints.pass_applied(n);
@@ -530,6 +539,9 @@ impl Agent {
             changes: changes.len(),
             writes: report.writes,
             failed: report.failed.len(),
+            observe,
+            apply,
+            report: t.elapsed(),
         })
     }
 
@@ -643,6 +655,6 @@ fn change_link(c: &kernel::Change) -> Option<&str> {
         AddRoute(r) | DeleteRoute(r) => Some(&r.link),
         AddFdb(f) | DeleteFdb(f) => Some(&f.link),
         AddNeighbour(n) | DeleteNeighbour(n) => Some(&n.link),
-        ReplaceNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,
+        SetNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,
     }
 }
