@@ -102,6 +102,7 @@ fn watch<K>(
     client: &Client,
     notify: Arc<Notify>,
     relevant: impl Fn(&K) -> Option<u64> + Send + 'static,
+    trim: fn(&mut K),
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
@@ -114,11 +115,17 @@ where
 {
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    // Cached objects lose their managedFields: the agent never reads them, and as JSON
-    // trees they would be most of the cache's memory.
-    let events = watcher(api, watcher::Config::default())
+    // Cached objects lose their managedFields and what `trim` removes: the agent never
+    // reads them, and as JSON trees they would be most of the cache's memory.
+    // Small pages: a page of the initial list is parsed whole (managedFields included)
+    // before `trim` runs, and the agent's peak memory is set by the biggest page, not by
+    // what it keeps (500 networks a page cost ~8 MiB at start).
+    let events = watcher(api, watcher::Config::default().page_size(50))
         .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear());
+        .modify(move |o: &mut K| {
+            o.managed_fields_mut().clear();
+            trim(o);
+        });
     let mut seen: HashMap<String, u64> = HashMap::new();
     let key = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
     let stream = reflector::reflector(writer, events).for_each(move |event| {
@@ -252,43 +259,63 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     let notify = Arc::new(Notify::new());
     // Networks matter for their spec and allocation, not for the controller's rollup of
     // node counts and conditions (which changes as every node reports).
-    let networks = watch::<ContainerNetwork>(&client, notify.clone(), |n: &ContainerNetwork| {
-        let s = n.status.as_ref();
-        Some(digest(&(
-            serde_json::to_string(&n.spec).unwrap_or_default(),
-            n.metadata.deletion_timestamp.is_some(),
-            n.uid(),
-            s.map(|s| (&s.subnets, &s.gateway, s.vni)),
-        )))
-    });
-    let allocations =
-        watch::<NetworkAllocation>(&client, notify.clone(), |a: &NetworkAllocation| {
+    let networks = watch::<ContainerNetwork>(
+        &client,
+        notify.clone(),
+        |n: &ContainerNetwork| {
+            let s = n.status.as_ref();
+            Some(digest(&(
+                serde_json::to_string(&n.spec).unwrap_or_default(),
+                n.metadata.deletion_timestamp.is_some(),
+                n.uid(),
+                s.map(|s| (&s.subnets, &s.gateway, s.vni)),
+            )))
+        },
+        |_| {},
+    );
+    let allocations = watch::<NetworkAllocation>(
+        &client,
+        notify.clone(),
+        |a: &NetworkAllocation| {
             Some(digest(&(
                 serde_json::to_string(&a.spec).unwrap_or_default(),
                 a.uid(),
             )))
-        });
+        },
+        |_| {},
+    );
     // Endpoints matter for their spec and, on overlays, the address and MAC they got.
-    let ceps = watch::<ContainerEndpoint>(&client, notify.clone(), |c: &ContainerEndpoint| {
-        let s = c.status.as_ref();
-        Some(digest(&(
-            serde_json::to_string(&c.spec).unwrap_or_default(),
-            c.metadata.deletion_timestamp.is_some(),
-            c.uid(),
-            c.finalizers(),
-            s.map(|s| (&s.address, &s.mac)),
-        )))
-    });
+    let ceps = watch::<ContainerEndpoint>(
+        &client,
+        notify.clone(),
+        |c: &ContainerEndpoint| {
+            let s = c.status.as_ref();
+            Some(digest(&(
+                serde_json::to_string(&c.spec).unwrap_or_default(),
+                c.metadata.deletion_timestamp.is_some(),
+                c.uid(),
+                c.finalizers(),
+                s.map(|s| (&s.address, &s.mac)),
+            )))
+        },
+        |_| {},
+    );
     // Peers matter for their underlay address and existence, not for their heartbeats.
+    // Their statuses (one entry per network, on every node) are not kept at all.
     let me = cfg.node_name.clone();
-    let nodes = watch::<NetworkNode>(&client, notify.clone(), move |n: &NetworkNode| {
-        (n.name_any() != me).then(|| {
-            digest(&(
-                serde_json::to_string(&n.spec).unwrap_or_default(),
-                n.metadata.deletion_timestamp.is_some(),
-            ))
-        })
-    });
+    let nodes = watch::<NetworkNode>(
+        &client,
+        notify.clone(),
+        move |n: &NetworkNode| {
+            (n.name_any() != me).then(|| {
+                digest(&(
+                    serde_json::to_string(&n.spec).unwrap_or_default(),
+                    n.metadata.deletion_timestamp.is_some(),
+                ))
+            })
+        },
+        |n| n.status = None,
+    );
     // Never plan from an incomplete picture: an empty store would garbage-collect everything.
     networks.wait_until_ready().await?;
     allocations.wait_until_ready().await?;

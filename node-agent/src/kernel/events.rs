@@ -86,6 +86,20 @@ async fn spawn_reader(
         socket
             .bind(&SocketAddr::new(0, 0))
             .map_err(KernelError::Socket)?;
+        // Room for the notifications of a big transaction (a cold start writes thousands
+        // of rules at once): an overrun would cost a needless re-listing. Best effort: the
+        // FORCE variant needs CAP_NET_ADMIN, which the agent has.
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt on an open socket with a pointer to a live c_int of that size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         for g in groups {
             socket.add_membership(g).map_err(KernelError::Socket)?;
         }

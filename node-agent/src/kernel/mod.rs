@@ -408,6 +408,7 @@ impl Kernel {
         // Set before listing: a change while `nft` runs clears it again.
         self.nft_unchanged.store(true, Ordering::SeqCst);
         self.nft_listings.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!("listing the nft tables");
         let listing = nft::observe(self.netns()).await;
         match &listing {
             Ok(tables) => {

@@ -734,6 +734,7 @@ async fn transaction(
     script: &str,
 ) -> Result<String, KernelError> {
     let out = run(ns, &["-e", "-a", "-f", "-"], Some(script), Some(own)).await?;
+    tracing::debug!(script = script.len(), echo = out.stdout.len(), "nft run");
     if out.ok {
         Ok(out.stdout)
     } else {
