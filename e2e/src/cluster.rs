@@ -82,7 +82,23 @@ impl Cluster {
         for _ in 0..n {
             cluster.add_node()?;
         }
+        cluster.wait_registered().await?;
         Ok(cluster)
+    }
+
+    /// Until every node's agent has registered its `NetworkNode`: it has probed the kernel
+    /// by then (throwaway links a test would otherwise see come and go).
+    pub async fn wait_registered(&self) -> Result<()> {
+        let api: Api<weft_api::NetworkNode> = Api::all(self.client.clone());
+        for node in &self.nodes {
+            wait_for(Duration::from_secs(30), || {
+                let api = api.clone();
+                async move { Ok(api.get_opt(&node.name).await?.map(|_| ())) }
+            })
+            .await
+            .with_context(|| format!("{} never registered", node.name))?;
+        }
+        Ok(())
     }
 
     pub fn start_controller(&mut self) -> Result<()> {
