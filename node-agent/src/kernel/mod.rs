@@ -513,38 +513,45 @@ impl Kernel {
         Ok((state, foreign))
     }
 
-    /// Apply changes in order. nft changes are applied together in one atomic `nft -f -`
-    /// run (at the position of the first one); runs of independent address/route/FDB/
-    /// neighbour changes are pipelined. A failing change is recorded and the rest still
-    /// applied, so one bad network cannot block the others.
+    /// Apply changes. The nft changes go together in one atomic `nft -f -` run, alongside
+    /// the netlink changes (rules name interfaces by string, so they need no link to exist
+    /// first); the netlink changes are applied in order, with runs of independent
+    /// address/route/FDB/neighbour changes pipelined. A failing change is recorded and the
+    /// rest still applied, so one bad network cannot block the others.
     pub async fn apply(&self, changes: &[Change]) -> ApplyReport {
+        let nft: Vec<&Change> = changes.iter().filter(|c| c.is_nft()).collect();
+        let netlink: Vec<&Change> = changes.iter().filter(|c| !c.is_nft()).collect();
+        let nft_part = async {
+            let mut report = ApplyReport::default();
+            if !nft.is_empty() {
+                self.apply_nft(&nft, &mut report).await;
+            }
+            report
+        };
+        let (mut report, nft_report) = futures::join!(self.apply_netlink(&netlink), nft_part);
+        report.writes += nft_report.writes;
+        report.failed.extend(nft_report.failed);
+        report
+    }
+
+    async fn apply_netlink(&self, changes: &[&Change]) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let mut nft_done = false;
         let mut links: Option<link::LinkView> = None;
         let mut i = 0;
         while i < changes.len() {
-            let change = &changes[i];
-            if change.is_nft() {
-                if !nft_done {
-                    nft_done = true;
-                    let all: Vec<&Change> = changes.iter().filter(|c| c.is_nft()).collect();
-                    self.apply_nft(&all, &mut report).await;
-                }
-                i += 1;
-                continue;
-            }
+            let change = changes[i];
             if change.pipelinable() {
                 let same = std::mem::discriminant(change);
                 let end = changes[i..]
                     .iter()
-                    .position(|c| std::mem::discriminant(c) != same)
+                    .position(|c| std::mem::discriminant(*c) != same)
                     .map_or(changes.len(), |p| i + p);
                 if links.is_none() {
                     match self.dump_links().await {
                         Ok(raws) => links = Some(link::LinkView::new(&raws)),
                         Err(e) => {
                             for c in &changes[i..end] {
-                                report.failed.push((c.clone(), e.to_string()));
+                                report.failed.push(((*c).clone(), e.to_string()));
                             }
                             i = end;
                             continue;
@@ -567,7 +574,7 @@ impl Kernel {
                     for (c, (writes, result)) in changes[i..end].iter().zip(results) {
                         report.writes += writes;
                         if let Err(e) = result {
-                            report.failed.push((c.clone(), e.to_string()));
+                            report.failed.push(((*c).clone(), e.to_string()));
                         }
                     }
                 }
