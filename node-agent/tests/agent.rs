@@ -274,12 +274,32 @@ async fn bridge_network_is_programmed_with_its_attributes() {
 async fn overlay_network_has_a_vxlan_with_flood_entries_to_its_peers() {
     let node = Node::start().await;
     node.register_peer().await;
+    const WRITES: &str = "weft_agent_status_writes_total";
+    wait_for(Duration::from_secs(10), || async {
+        Ok((node.metric(WRITES).await >= 1.0).then_some(()))
+    })
+    .await
+    .expect("first status report");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = node.metric(WRITES).await;
     node.network(
         "app",
         json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
     )
     .await;
     node.programmed("app").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.metric(WRITES).await - writes, 1.0);
+    // One status write for the new network, none for the moment before its allocation; and a
+    // network that only waits for the controller (here forever: its pool does not exist)
+    // costs no write at all (no entry: nothing of it can be on the node).
+    node.network(
+        "waiting",
+        json!({"driver": "overlay", "ipam": {"pool": "no-such-pool"}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(node.metric(WRITES).await - writes, 1.0);
     let vni = node.status_of("app").await.vni.expect("vni");
     let (br, vx) = (names::bridge("app"), names::vxlan("app"));
     let vxlan = node.link(&vx).expect("vxlan exists");
