@@ -631,6 +631,9 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(diff(&d2, &k.observe().await.unwrap()), vec![]);
     assert_eq!(k.nft_listings(), listings, "own writes caused a listing");
+    // A change that another writer already made (a CNI ADD racing a pass) runs no nft.
+    let again = Change::SetNftTable(NftFamily::Inet, d2.nft[&NftFamily::Inet].clone());
+    assert_eq!(k.apply(&[again]).await.writes, 0);
 
     // Somebody else's change does: the next read lists again and sees it.
     ns.sh("nft add rule inet weft forward accept");

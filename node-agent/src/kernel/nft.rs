@@ -759,14 +759,21 @@ pub(crate) async fn apply(
     if changes.is_empty() {
         return Some(BTreeMap::new());
     }
-    report.writes += 1;
     let script = match observed {
         Some(o) => render_update(changes, o),
         None => render(changes),
     };
     let first = match script {
-        Ok(script) => transaction(ns, own, &script).await,
-        Err(e) => Err(e),
+        // Another writer (a CNI ADD) already made the tables what this pass wanted.
+        Ok(script) if script.is_empty() => return tables_after(changes, observed, ""),
+        Ok(script) => {
+            report.writes += 1;
+            transaction(ns, own, &script).await
+        }
+        Err(e) => {
+            report.writes += 1;
+            Err(e)
+        }
     };
     let error = match first {
         Ok(echo) => return tables_after(changes, observed, &echo),
