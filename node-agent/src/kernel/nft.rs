@@ -20,7 +20,7 @@
 //! names, base specs and rule ids in order ([`nft_tables_equivalent`]). Consequence for the
 //! planner: a rule id must be a content hash of its body (a different body = a different
 //! id), or a changed rule would never be rewritten. A rule without a Weft comment (added
-//! by someone else) reads back with an id no planner produces, so the table is replaced.
+//! by someone else) reads back with an id no planner produces, so it is deleted by handle.
 //!
 //! Canonical base-chain spec (what [`base_chain`] writes and what observing reconstructs):
 //! `type <type> hook <hook> priority <integer>; policy <accept|drop>;` — numeric priority
