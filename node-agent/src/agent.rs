@@ -131,9 +131,12 @@ where
     let stream = reflector::reflector(writer, events).for_each(move |event| {
         match event {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                if let Some(d) = relevant(&o)
-                    && seen.insert(key(&o), d) != Some(d)
-                {
+                let changed = match relevant(&o) {
+                    Some(d) => seen.insert(key(&o), d) != Some(d),
+                    // It concerned the agent before and no longer does: that is a change.
+                    None => seen.remove(&key(&o)).is_some(),
+                };
+                if changed {
                     notify.notify_one();
                 }
             }
@@ -258,18 +261,26 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
 
     let notify = Arc::new(Notify::new());
     // Networks matter for their spec and allocation, not for the controller's rollup of
-    // node counts and conditions (which changes as every node reports).
+    // node counts and conditions (which changes as every node reports). Before the
+    // controller's allocation there is nothing to program (nor to report), so a new network
+    // wakes the agent once, when allocated, instead of a useless pass first that the one
+    // that matters would queue behind.
     let networks = watch::<ContainerNetwork>(
         &client,
         notify.clone(),
         |n: &ContainerNetwork| {
             let s = n.status.as_ref();
-            Some(digest(&(
-                serde_json::to_string(&n.spec).unwrap_or_default(),
-                n.metadata.deletion_timestamp.is_some(),
-                n.uid(),
-                s.map(|s| (&s.subnets, &s.gateway, s.vni)),
-            )))
+            let unallocated = n.spec.driver.has_addresses()
+                && s.is_none_or(|s| s.subnets.is_empty())
+                && n.metadata.deletion_timestamp.is_none();
+            (!unallocated).then(|| {
+                digest(&(
+                    serde_json::to_string(&n.spec).unwrap_or_default(),
+                    n.metadata.deletion_timestamp.is_some(),
+                    n.uid(),
+                    s.map(|s| (&s.subnets, &s.gateway, s.vni)),
+                ))
+            })
         },
         |_| {},
     );
