@@ -54,16 +54,22 @@ pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<
 async fn release_if_gone(net: &ContainerNetwork, ctx: &Context) {
     let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
     if let Ok(None) = api.get_opt(&net.name_any()).await {
-        let pool = ctx
-            .allocations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(&net.name_any());
-        if pool.is_some() {
-            let _ = ctx.pools_changed.send(());
-        }
-        ctx.wake_unallocated();
+        release_allocation(ctx, &net.name_any());
     }
+}
+
+/// Give the network's subnets and VNI back, and wake what waits for them (pool status,
+/// networks that could not be allocated).
+fn release_allocation(ctx: &Context, name: &str) {
+    let pool = ctx
+        .allocations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .release(name);
+    if pool.is_some() {
+        let _ = ctx.pools_changed.send(());
+    }
+    ctx.wake_unallocated();
 }
 
 /// Add or remove our finalizer by server-side apply of just that list entry.
@@ -491,15 +497,7 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         // Endpoint and node changes trigger a reconcile at once; this is the backstop.
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    let pool = ctx
-        .allocations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .release(&name);
-    if pool.is_some() {
-        let _ = ctx.pools_changed.send(());
-    }
-    ctx.wake_unallocated();
+    release_allocation(ctx, &name);
     ctx.last_rollup_write
         .lock()
         .unwrap_or_else(|p| p.into_inner())
