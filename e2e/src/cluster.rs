@@ -132,19 +132,7 @@ impl Cluster {
         let address = format!("192.0.2.{}", 10 + i);
         let ns = Netns::new(&format!("n{i}"))?;
         let port_name = format!("ul-{i}");
-        self.underlay.exec(&[
-            "ip",
-            "link",
-            "add",
-            &port_name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        self.underlay.veth_into(&port_name, &ns, "eth0")?;
         self.underlay
             .exec(&["ip", "link", "set", &port_name, "master", "ul0", "up"])?;
         ns.exec(&["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
@@ -428,6 +416,32 @@ pub fn http_server(ns: &Netns, port: u16, body: &str) -> Result<()> {
 /// `curl` from inside `ns` (at most 2 s); the body, or `None` if nothing answered.
 pub fn http_get(ns: &Netns, url: &str) -> Option<String> {
     ns.exec(&["curl", "-s", "--max-time", "2", url]).ok()
+}
+
+impl Cluster {
+    /// Assert that `url`, a port published on node `node` by `server`, answers `body` from
+    /// outside the node (the underlay), from the node itself, from `server` to its own
+    /// published port and from `neighbour` on the same bridge (both hairpin through the node).
+    pub async fn assert_published(
+        &self,
+        node: usize,
+        url: &str,
+        body: &str,
+        server: &Netns,
+        neighbour: &Netns,
+        within: Duration,
+    ) {
+        let from_outside = http_get_within(&self.underlay, url, within).await;
+        assert_eq!(from_outside.as_deref(), Some(body), "{url} from outside");
+        let from = [
+            ("the node", &self.nodes[node].ns),
+            ("the container itself (hairpin)", server),
+            ("a neighbour (hairpin)", neighbour),
+        ];
+        for (who, ns) in from {
+            assert_eq!(http_get(ns, url).as_deref(), Some(body), "{url} from {who}");
+        }
+    }
 }
 
 /// Like [`http_get`], retried for up to `within`.

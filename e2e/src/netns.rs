@@ -81,6 +81,15 @@ impl Netns {
         sh(&full)
     }
 
+    /// A veth pair: `name` here, `peer` (named `peer_name`) inside `peer`.
+    pub fn veth_into(&self, name: &str, peer: &Netns, peer_name: &str) -> Result<()> {
+        self.exec(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer_name, "netns",
+            &peer.name,
+        ])
+        .map(drop)
+    }
+
     /// Like `exec`, but returns whether it succeeded instead of failing.
     pub fn try_exec(&self, args: &[&str]) -> bool {
         self.exec(args).is_ok()

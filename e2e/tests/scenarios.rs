@@ -10,9 +10,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use weft_api::{ContainerNetwork, NetworkAllocation};
-use weft_e2e::cluster::{
-    Cluster, OUTSIDE, Pinger, http_get, http_get_within, http_server, kernel_has, reachable,
-};
+use weft_e2e::cluster::{Cluster, OUTSIDE, Pinger, http_get, http_server, kernel_has, reachable};
 use weft_e2e::netns::Netns;
 use weft_e2e::outage::ApiProxy;
 use weft_e2e::wait_for;
@@ -155,23 +153,9 @@ async fn s02_published_port_from_outside_node_and_hairpin() {
     cluster.endpoint_address("b").await.expect("b");
     http_server(&a, 80, "hello").expect("server");
     let url = format!("http://{}:5000/", node.address);
-    let from_outside = http_get_within(&cluster.underlay, &url, SETTLE).await;
-    assert_eq!(from_outside.as_deref(), Some("hello"), "from outside");
-    assert_eq!(
-        http_get(&node.ns, &url).as_deref(),
-        Some("hello"),
-        "from the node"
-    );
-    assert_eq!(
-        http_get(&a, &url).as_deref(),
-        Some("hello"),
-        "hairpin: the container to its own port"
-    );
-    assert_eq!(
-        http_get(&b, &url).as_deref(),
-        Some("hello"),
-        "hairpin: a neighbour"
-    );
+    cluster
+        .assert_published(0, &url, "hello", &a, &b, SETTLE)
+        .await;
     let rules = node
         .ns
         .exec(&["nft", "list", "table", "inet", "weft"])

@@ -78,19 +78,7 @@ fn reference(seconds: u32) -> anyhow::Result<(f64, f64)> {
     for i in 2..4 {
         let c = Netns::new("ref-c")?;
         let host = format!("rv{i}");
-        node.exec(&[
-            "ip",
-            "link",
-            "add",
-            &host,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            c.name(),
-        ])?;
+        node.veth_into(&host, &c, "eth0")?;
         node.exec(&["ip", "link", "set", &host, "master", "br0", "up"])?;
         c.exec(&[
             "ip",
@@ -104,19 +92,7 @@ fn reference(seconds: u32) -> anyhow::Result<(f64, f64)> {
         c.exec(&["ip", "route", "add", "default", "via", "10.9.0.1"])?;
         containers.push(c);
     }
-    node.exec(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        outside.name(),
-    ])?;
+    node.veth_into("eth0", &outside, "eth0")?;
     node.exec(&["ip", "addr", "add", "192.0.2.11/24", "dev", "eth0"])?;
     node.exec(&["ip", "link", "set", "eth0", "up"])?;
     outside.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
