@@ -35,6 +35,14 @@ impl NftFamily {
             NftFamily::Bridge => "bridge",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "inet" => Some(NftFamily::Inet),
+            "bridge" => Some(NftFamily::Bridge),
+            _ => None,
+        }
+    }
 }
 
 /// A MAC address.

@@ -629,8 +629,19 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     // Weft's own transactions did not invalidate the listing: reading back costs no `nft`
     // run, and what the cache says is what the kernel holds.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    assert_eq!(diff(&d2, &k.observe().await.unwrap()), vec![]);
+    let cached = k.observe().await.unwrap();
+    assert_eq!(diff(&d2, &cached), vec![]);
     assert_eq!(k.nft_listings(), listings, "own writes caused a listing");
+    // The new rules' handles, learnt from the transaction's notifications, are the kernel's.
+    let cached_handles: Vec<u64> = cached.nft[&NftFamily::Inet].chains["forward"]
+        .rules
+        .iter()
+        .filter_map(|r| r.handle)
+        .collect();
+    assert_eq!(
+        cached_handles,
+        nft_handles(&ns, "inet", &["h1", "n1", "h2", "n2"])
+    );
     // A change that another writer already made (a CNI ADD racing a pass) runs no nft.
     let again = Change::SetNftTable(NftFamily::Inet, d2.nft[&NftFamily::Inet].clone());
     assert_eq!(k.apply(&[again]).await.writes, 0);

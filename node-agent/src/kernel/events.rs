@@ -4,11 +4,13 @@
 //! A multicast rtnetlink socket opened inside the namespace joins the link, address,
 //! neighbour/FDB and route groups; nftables changes travel over nfnetlink instead, so a
 //! second socket joins NFNLGRP_NFTABLES and keeps only notifications about Weft's tables.
-//! Messages are not parsed (the agent re-observes anyway); Weft's own link, address and
-//! FDB writes notify too. Weft's own nftables transactions do not: each transaction's
-//! notifications end with a NEWGEN message naming the process that committed it, and the
-//! `nft` processes the agent starts are remembered ([`OwnPids`]), so only somebody else's
-//! change to Weft's tables invalidates the agent's cached listing.
+//! rtnetlink messages are not parsed (the agent re-observes anyway); Weft's own link,
+//! address and FDB writes notify too. Weft's own nftables transactions do not: each
+//! transaction's notifications end with a NEWGEN message naming the process that committed
+//! it, and the `nft` processes the agent starts are remembered ([`OwnNft`]), so only
+//! somebody else's change to Weft's tables invalidates the agent's cached listing. For the
+//! agent's own transactions the reader hands the handles of the rules added (from the
+//! NEWRULE notifications) to the run that wrote them.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -21,8 +23,8 @@ use futures::channel::mpsc::{Receiver, Sender, channel};
 use rtnetlink::sys::{Socket, SocketAddr};
 
 use super::KernelError;
-use super::nft::OwnPids;
-use crate::model::NFT_TABLE;
+use super::nft::{AddedRules, OwnNft};
+use crate::model::{NFT_TABLE, NftFamily};
 
 /// The notification stream: one `()` per burst of kernel notifications. Reader threads
 /// coalesce into a channel of capacity one, so a burst of thousands of messages (Weft's own
@@ -49,7 +51,7 @@ const ENOBUFS: i32 = 105;
 pub(crate) async fn subscribe(
     ns: Option<&Path>,
     nft_unchanged: Arc<AtomicBool>,
-    own_nft: OwnPids,
+    own_nft: OwnNft,
 ) -> Result<KernelEvents, KernelError> {
     use rtnetlink::sys::protocols::NETLINK_ROUTE;
     let (tx, rx) = channel(1);
@@ -66,8 +68,9 @@ pub(crate) async fn subscribe(
     Ok(KernelEvents { signals: rx })
 }
 
-/// Decides, datagram by datagram, whether the agent should hear about it.
-type DatagramFilter = Box<dyn FnMut(&[u8]) -> bool + Send>;
+/// Decides, datagram by datagram, whether the agent should hear about it. `None` = the
+/// socket overran and notifications were lost (the agent always hears about that).
+type DatagramFilter = Box<dyn FnMut(Option<&[u8]>) -> bool + Send>;
 
 /// Open a multicast socket inside the namespace and forward a signal for every datagram that
 /// `relevant` accepts. An overrun (ENOBUFS: the kernel dropped notifications) is a signal
@@ -112,8 +115,11 @@ async fn spawn_reader(
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 let signal = match socket.recv(&mut &mut buf[..], 0) {
-                    Ok(n) => relevant(&buf[..n]),
-                    Err(e) if e.raw_os_error() == Some(ENOBUFS) => true,
+                    Ok(n) => relevant(Some(&buf[..n])),
+                    Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
+                        relevant(None);
+                        true
+                    }
                     Err(_) => return,
                 };
                 if signal {
@@ -140,7 +146,7 @@ const NFNLGRP_NFTABLES: u32 = 7;
 async fn subscribe_nft(
     ns: Option<&Path>,
     unchanged: Arc<AtomicBool>,
-    own: OwnPids,
+    own: OwnNft,
     tx: Sender<()>,
 ) -> Result<(), KernelError> {
     use rtnetlink::sys::protocols::NETLINK_NETFILTER;
@@ -149,11 +155,13 @@ async fn subscribe_nft(
         ns,
         NETLINK_NETFILTER,
         &groups,
-        Box::new(foreign_weft_changes(own)),
+        Box::new(weft_transactions(own.clone())),
         Some(unchanged),
         tx,
     )
-    .await
+    .await?;
+    own.listen();
+    Ok(())
 }
 
 /// nlmsg_type of NFT_MSG_NEWGEN: (NFNL_SUBSYS_NFTABLES << 8) | 15. The kernel sends it after
@@ -161,23 +169,48 @@ async fn subscribe_nft(
 const NFT_NEWGEN: u16 = (10 << 8) | 15;
 /// NEWGEN's NFTA_GEN_PROC_PID: the committing process (big endian).
 const NFTA_GEN_PROC_PID: u16 = 2;
+/// nlmsg_type of NFT_MSG_NEWRULE.
+const NFT_NEWRULE: u16 = (10 << 8) | 6;
+/// NEWRULE attributes: NFTA_RULE_CHAIN, NFTA_RULE_HANDLE (u64, big endian),
+/// NFTA_RULE_USERDATA (where `nft` keeps a rule's comment).
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_USERDATA: u16 = 7;
+/// nfgen_family values (NFPROTO_*) of Weft's tables.
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
 
-/// The nfnetlink messages in one datagram: (type, attributes).
-fn messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// One nfnetlink message.
+struct Message<'a> {
+    kind: u16,
+    /// nlmsg_pid: the netlink port of the socket that made the change (a process's pid in
+    /// its own pid namespace, as `nft`'s socket is bound).
+    port: u32,
+    /// nfgenmsg.nfgen_family.
+    family: u8,
+    attrs: &'a [u8],
+}
+
+/// The nfnetlink messages in one datagram.
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
     let mut rest = buf;
     std::iter::from_fn(move || {
-        if rest.len() < 16 {
+        if rest.len() < 20 {
             return None;
         }
         let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len < 16 || len > rest.len() {
+        if len < 20 || len > rest.len() {
             return None;
         }
-        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         // nlmsghdr (16 bytes), then nfgenmsg (4 bytes), then attributes.
-        let attrs = rest.get(20..len).unwrap_or_default();
+        let message = Message {
+            kind: u16::from_ne_bytes([rest[4], rest[5]]),
+            port: u32::from_ne_bytes([rest[12], rest[13], rest[14], rest[15]]),
+            family: rest[16],
+            attrs: rest.get(20..len).unwrap_or_default(),
+        };
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind, attrs))
+        Some(message)
     })
 }
 
@@ -212,21 +245,83 @@ fn generation_pid(attrs: &[u8]) -> Option<u32> {
         .and_then(|(_, v)| Some(u32::from_be_bytes(v.try_into().ok()?)))
 }
 
-/// A datagram filter, stateful across datagrams: true when a transaction that touched
-/// Weft's tables has been committed by a process that is not one of the agent's own `nft`
-/// runs (or by an unknown one).
-fn foreign_weft_changes(own: OwnPids) -> impl FnMut(&[u8]) -> bool + Send {
+/// A netlink string attribute without its terminating NUL.
+fn attr_str(v: &[u8]) -> Option<&str> {
+    std::str::from_utf8(v.strip_suffix(&[0]).unwrap_or(v)).ok()
+}
+
+/// The rule id in a rule's userdata: `nft` stores the comment as a TLV of type 0
+/// (NFTNL_UDATA_RULE_COMMENT), and Weft's comments read `weft:<id>`.
+fn comment_id(mut udata: &[u8]) -> Option<&str> {
+    while let [kind, len, rest @ ..] = udata {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == 0 {
+            return attr_str(value)?.strip_prefix("weft:");
+        }
+        udata = &rest[usize::from(*len)..];
+    }
+    None
+}
+
+/// (family, chain, rule id) and handle of a NEWRULE message about a Weft rule.
+fn added_rule(m: &Message) -> Option<((NftFamily, String, String), u64)> {
+    let family = match m.family {
+        NFPROTO_INET => NftFamily::Inet,
+        NFPROTO_BRIDGE => NftFamily::Bridge,
+        _ => return None,
+    };
+    let (mut chain, mut handle, mut id) = (None, None, None);
+    for (t, v) in attributes(m.attrs) {
+        match t {
+            NFTA_RULE_CHAIN => chain = attr_str(v),
+            NFTA_RULE_HANDLE => handle = Some(u64::from_be_bytes(v.try_into().ok()?)),
+            NFTA_RULE_USERDATA => id = comment_id(v),
+            _ => {}
+        }
+    }
+    Some(((family, chain?.to_string(), id?.to_string()), handle?))
+}
+
+/// A datagram filter, stateful across datagrams (a transaction's notifications may span
+/// several): true when a transaction that touched Weft's tables has been committed by a
+/// process that is not one of the agent's own `nft` runs (or by an unknown one). The
+/// agent's own transactions are handed to `own` with the rules they added.
+fn weft_transactions(own: OwnNft) -> impl FnMut(Option<&[u8]>) -> bool + Send {
     let mut touched = false;
+    let mut added = AddedRules::new();
     move |buf| {
+        let Some(buf) = buf else {
+            // Lost notifications: whatever was being collected is incomplete.
+            touched = false;
+            added.clear();
+            own.overrun();
+            return true;
+        };
         let mut foreign = false;
-        for (kind, attrs) in messages(buf) {
-            if kind == NFT_NEWGEN {
-                if touched {
-                    foreign |= generation_pid(attrs).is_none_or(|pid| !own.contains(pid));
+        for m in messages(buf) {
+            if m.kind == NFT_NEWGEN {
+                // `nft`'s socket port is its pid as the agent sees it, also when the agent
+                // runs in a pid namespace of its own (where the generation's process id is
+                // the pid outside it).
+                let mine = [Some(m.port), generation_pid(m.attrs)]
+                    .into_iter()
+                    .flatten()
+                    .find(|pid| *pid != 0 && own.contains(*pid));
+                match mine {
+                    Some(pid) => own.committed(pid, std::mem::take(&mut added)),
+                    None => {
+                        foreign |= touched;
+                        added.clear();
+                    }
                 }
                 touched = false;
-            } else if mentions_weft_table(attrs) {
+            } else if mentions_weft_table(m.attrs) {
                 touched = true;
+                if m.kind == NFT_NEWRULE
+                    && let Some((key, handle)) = added_rule(&m)
+                {
+                    added.insert(key, handle);
+                }
             }
         }
         foreign
@@ -237,24 +332,52 @@ fn foreign_weft_changes(own: OwnPids) -> impl FnMut(&[u8]) -> bool + Send {
 mod tests {
     use super::*;
 
-    fn message(kind: u16, attr_type: u16, payload: &[u8]) -> Vec<u8> {
-        let alen = 4 + payload.len();
-        let total = 16 + 4 + alen.next_multiple_of(4);
+    /// An nfnetlink message from netlink port `port` with the given attributes.
+    fn message_from(kind: u16, port: u32, family: u8, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, payload) in attrs {
+            let alen = 4 + payload.len();
+            body.extend_from_slice(&(alen as u16).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let total = 16 + 4 + body.len();
         let mut m = Vec::new();
         m.extend_from_slice(&(total as u32).to_ne_bytes());
         m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&[0u8; 10]); // flags, seq, pid
-        m.extend_from_slice(&[1, 0, 0, 0]); // nfgenmsg
-        m.extend_from_slice(&(alen as u16).to_ne_bytes());
-        m.extend_from_slice(&attr_type.to_ne_bytes());
-        m.extend_from_slice(payload);
-        m.resize(total, 0);
+        m.extend_from_slice(&[0u8; 6]); // flags, seq
+        m.extend_from_slice(&port.to_ne_bytes());
+        m.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg
+        m.extend_from_slice(&body);
         m
     }
 
-    /// A NEWRULE (type 6) about `table`.
+    fn message(kind: u16, attr_type: u16, payload: &[u8]) -> Vec<u8> {
+        message_from(kind, 0, NFPROTO_INET, &[(attr_type, payload)])
+    }
+
+    /// A NEWRULE about `table`.
     fn rule(table: &str) -> Vec<u8> {
-        message((10 << 8) | 6, 1, format!("{table}\0").as_bytes())
+        message(NFT_NEWRULE, 1, format!("{table}\0").as_bytes())
+    }
+
+    /// A NEWRULE as the kernel sends it for a Weft rule.
+    fn weft_rule(family: u8, chain: &str, id: &str, handle: u64) -> Vec<u8> {
+        let comment = format!("weft:{id}\0");
+        // Userdata TLVs: something else first, then the comment (type 0).
+        let udata = [&[9u8, 1, 7, 0, comment.len() as u8][..], comment.as_bytes()].concat();
+        message_from(
+            NFT_NEWRULE,
+            0,
+            family,
+            &[
+                (1, b"weft\0"),
+                (NFTA_RULE_CHAIN, format!("{chain}\0").as_bytes()),
+                (NFTA_RULE_HANDLE, &handle.to_be_bytes()),
+                (NFTA_RULE_USERDATA, &udata),
+            ],
+        )
     }
 
     fn newgen(pid: u32) -> Vec<u8> {
@@ -263,9 +386,10 @@ mod tests {
 
     #[test]
     fn only_foreign_transactions_on_weft_tables_count() {
-        let own = OwnPids::default();
+        let own = OwnNft::default();
         own.remember(42);
-        let mut filter = foreign_weft_changes(own);
+        let mut filter = weft_transactions(own);
+        let mut filter = |b: &[u8]| filter(Some(b));
         // Somebody else's change to Weft's table, in one datagram or split over two.
         assert!(filter(&[rule("weft"), newgen(7)].concat()));
         assert!(!filter(&rule("weft")));
@@ -280,5 +404,42 @@ mod tests {
             &[rule("weft"), message(NFT_NEWGEN, 1, &[0, 0, 0, 9])].concat()
         ));
         assert!(!filter(&[1, 2, 3]));
+        // The agent in a pid namespace: the generation names the pid outside, the netlink
+        // port the pid the agent knows.
+        let outside = message_from(NFT_NEWGEN, 42, NFPROTO_INET, &[(NFTA_GEN_PROC_PID, &[0, 0, 3, 232])]);
+        assert!(!filter(&[rule("weft"), outside].concat()));
+    }
+
+    #[tokio::test]
+    async fn own_transactions_hand_over_the_handles_they_added() {
+        let own = OwnNft::default();
+        own.remember(42);
+        let mut filter = weft_transactions(own.clone());
+        let transaction = [
+            weft_rule(NFPROTO_INET, "forward", "a1", 17),
+            weft_rule(NFPROTO_BRIDGE, "forward", "b2", 4),
+            rule("filter"),
+        ]
+        .concat();
+        // Split over two datagrams, as a big transaction is.
+        assert!(!filter(Some(&transaction)));
+        assert!(!filter(Some(&newgen(42))));
+        let added = own.added_by(42, 0).await.expect("handed over");
+        assert_eq!(
+            added,
+            AddedRules::from([
+                ((NftFamily::Inet, "forward".into(), "a1".into()), 17),
+                ((NftFamily::Bridge, "forward".into(), "b2".into()), 4),
+            ])
+        );
+        // Claimed once; a lost datagram ends the wait of a run still waiting.
+        own.remember(43);
+        assert!(filter(None));
+        assert_eq!(own.added_by(43, 0).await, None);
+        // Somebody else's rules are not handed to anyone.
+        assert!(filter(Some(&[weft_rule(NFPROTO_INET, "forward", "x", 9), newgen(7)].concat())));
+        own.remember(44);
+        assert!(!filter(Some(&newgen(44))));
+        assert_eq!(own.added_by(44, 1).await, Some(AddedRules::new()));
     }
 }

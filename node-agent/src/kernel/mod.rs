@@ -316,7 +316,7 @@ pub struct Kernel {
     /// How many times `nft -j list` ran (tests show own writes do not cost a listing).
     nft_listings: std::sync::atomic::AtomicU64,
     /// The agent's `nft` runs, whose own notifications leave the cached listing valid.
-    own_nft: nft::OwnPids,
+    own_nft: nft::OwnNft,
     /// Serializes nft writers (passes and CNI ADDs): each computes its difference from the
     /// listing the previous one left.
     nft_writer: tokio::sync::Mutex<()>,
@@ -363,7 +363,7 @@ impl Kernel {
             nft_listing: Mutex::new(None),
             nft_unchanged: Arc::new(AtomicBool::new(false)),
             nft_watched: AtomicBool::new(false),
-            own_nft: nft::OwnPids::default(),
+            own_nft: nft::OwnNft::default(),
             nft_listings: std::sync::atomic::AtomicU64::new(0),
             nft_writer: tokio::sync::Mutex::new(()),
         })
