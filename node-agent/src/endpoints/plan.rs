@@ -533,6 +533,27 @@ mod tests {
         assert_ne!(n, host_interface(&id("db")));
     }
 
+    /// Publish chains mean the same in any order (the executor does not keep it): DNATs of
+    /// ports no two endpoints share, masquerades, one jump per hook chain.
+    #[test]
+    fn publish_chains_mean_the_same_in_any_order() {
+        let mut specific = tcp(7000, 80);
+        specific.host_ip = Some("192.0.2.1".parse().expect("ip"));
+        let (chains, _) = publish_rules(&[
+            publication("a", 1, "10.0.0.2", vec![tcp(5000, 80), tcp(5001, 81)]),
+            publication("b", 2, "10.0.0.3", vec![tcp(6000, 80), specific]),
+            publication("c", 3, "10.0.0.4", vec![tcp(5000, 80)]),
+        ]);
+        for (name, chain) in &chains {
+            let kinds: std::collections::BTreeSet<&str> = chain
+                .rules
+                .iter()
+                .map(|r| crate::plan::firewall::tests::verdict(&r.body))
+                .collect();
+            assert_eq!(kinds.len(), 1, "{name}: {kinds:?}");
+        }
+    }
+
     #[test]
     fn first_claim_keeps_the_port_and_the_second_gets_nothing() {
         let a = publication("a", 1, "10.0.0.2", vec![tcp(5000, 80)]);

@@ -406,7 +406,12 @@ mod tests {
         assert!(!filter(&[1, 2, 3]));
         // The agent in a pid namespace: the generation names the pid outside, the netlink
         // port the pid the agent knows.
-        let outside = message_from(NFT_NEWGEN, 42, NFPROTO_INET, &[(NFTA_GEN_PROC_PID, &[0, 0, 3, 232])]);
+        let outside = message_from(
+            NFT_NEWGEN,
+            42,
+            NFPROTO_INET,
+            &[(NFTA_GEN_PROC_PID, &[0, 0, 3, 232])],
+        );
         assert!(!filter(&[rule("weft"), outside].concat()));
     }
 
@@ -437,7 +442,9 @@ mod tests {
         assert!(filter(None));
         assert_eq!(own.added_by(43, 0).await, None);
         // Somebody else's rules are not handed to anyone.
-        assert!(filter(Some(&[weft_rule(NFPROTO_INET, "forward", "x", 9), newgen(7)].concat())));
+        assert!(filter(Some(
+            &[weft_rule(NFPROTO_INET, "forward", "x", 9), newgen(7)].concat()
+        )));
         own.remember(44);
         assert!(!filter(Some(&newgen(44))));
         assert_eq!(own.added_by(44, 1).await, Some(AddedRules::new()));

@@ -308,8 +308,9 @@ fn sorted(subnets: &[IpNet]) -> Vec<IpNet> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("test CIDR")
@@ -338,6 +339,63 @@ mod tests {
             .and_then(|t| t.chains.get(chain))
             .map(|c| c.rules.iter().map(|r| r.body.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The kind of verdict a rule body ends in (`drop`, `masquerade`, `dnat`, `jump`...).
+    pub(crate) fn verdict(body: &str) -> &str {
+        [
+            "drop",
+            "accept",
+            "masquerade",
+            "dnat",
+            "snat",
+            "jump",
+            "goto",
+            "return",
+        ]
+        .into_iter()
+        .filter_map(|v| body.rfind(&format!(" {v}")).map(|at| (at, v)))
+        .chain(body.starts_with("drop").then_some((0, "drop")))
+        .max()
+        .map(|(_, v)| v)
+        .unwrap_or("continue")
+    }
+
+    /// The executor does not keep rule order within a chain (placing a rule costs `nft` a
+    /// fetch of the chain), so every chain must mean the same in any order: one verdict kind
+    /// per chain (drops, or masquerades of distinct subnets, ...).
+    #[test]
+    fn every_chain_means_the_same_in_any_order() {
+        let mut internal = bridge_intent("c", "wfb-c", &["10.2.0.0/24"]);
+        internal.internal = true;
+        let mut quiet = bridge_intent("d", "wfb-d", &["10.3.0.0/24", "fd00:3::/64"]);
+        quiet.icc = false;
+        let mut overlay = bridge_intent("e", "wfb-e", &["10.4.0.0/24"]);
+        overlay.anycast_guard = Some(AnycastGuard {
+            port: "wfx-e".into(),
+            mac: [2, 0x57, 0, 0, 0, 1],
+        });
+        let tables = render(&[
+            bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
+            bridge_intent("b", "wfb-b", &["10.1.0.0/24", "fd00:1::/64"]),
+            internal,
+            quiet,
+            overlay,
+        ]);
+        for (family, table) in &tables {
+            for (name, chain) in &table.chains {
+                let kinds: BTreeSet<&str> = chain.rules.iter().map(|r| verdict(&r.body)).collect();
+                assert_eq!(kinds.len(), 1, "{family:?} {name}: {kinds:?}");
+            }
+        }
+        assert_eq!(
+            verdict("ip saddr 10.0.0.0/24 oifname != \"b\" masquerade"),
+            "masquerade"
+        );
+        assert_eq!(
+            verdict("iifname \"wfb-a\" oifname != \"wfb-a\" drop"),
+            "drop"
+        );
     }
 
     #[test]
