@@ -127,8 +127,14 @@ fn node_seen(node: &NetworkNode) -> NodeSeen {
     let entries = node
         .status
         .iter()
-        .flat_map(|s| s.networks.iter())
-        .map(|e| (e.name.clone(), serde_json::to_string(e).unwrap_or_default()))
+        .flat_map(|s| {
+            let programmed = s.programmed.iter().map(|n| (n.clone(), String::new()));
+            let others = s
+                .not_programmed
+                .iter()
+                .map(|e| (e.name.clone(), serde_json::to_string(e).unwrap_or_default()));
+            programmed.chain(others)
+        })
         .collect();
     NodeSeen {
         identity: h.finish(),
@@ -312,9 +318,21 @@ mod tests {
             "apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode",
             "metadata": {"name": "n1", "labels": labels.iter().cloned().collect::<HashMap<_, _>>()},
             "spec": {"underlayAddress": "192.0.2.1"},
-            "status": {"heartbeatTime": "2026-01-01T00:00:00Z",
-                "networks": entries.iter().map(|(n, s)| serde_json::json!({"name": n, "state": s})).collect::<Vec<_>>()},
         }))
+        .map(|n: NetworkNode| NetworkNode {
+            status: Some(
+                weft_api::NetworkNodeStatus::default().with_networks(
+                    entries
+                        .iter()
+                        .map(|(n, s)| {
+                            serde_json::from_value(serde_json::json!({"name": n, "state": s}))
+                                .expect("entry")
+                        })
+                        .collect(),
+                ),
+            ),
+            ..n
+        })
         .expect("node")
     }
 

@@ -346,15 +346,13 @@ async fn deletion_waits_until_no_node_reports_the_network() {
     node(&client, "node-a", json!({})).await;
     let net = network(&client, "busy", json!({"driver": "bridge"})).await;
     let nodes: Api<NetworkNode> = Api::all(client.clone());
-    let report = |networks: serde_json::Value| json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "status": {"networks": networks}});
+    let report = |status: serde_json::Value| json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "status": status});
     // The agent reports the network programmed: the rollup says 1/1 and Ready.
     nodes
         .patch_status(
             "node-a",
             &PatchParams::apply("agent").force(),
-            &Patch::Apply(&report(
-                json!([{"name": "busy", "uid": net.uid(), "state": "Programmed"}]),
-            )),
+            &Patch::Apply(&report(json!({"programmed": ["busy"]}))),
         )
         .await
         .expect("report");
@@ -381,6 +379,16 @@ async fn deletion_waits_until_no_node_reports_the_network() {
             .message
             .contains("node-a")
     );
+    // Removing: no longer programmed, but kernel objects of it are still on the node.
+    nodes
+        .patch_status(
+            "node-a",
+            &PatchParams::apply("agent").force(),
+            &Patch::Apply(&report(json!({"programmed": [], "notProgrammed": [
+                {"name": "busy", "uid": net.uid(), "state": "Pending", "reason": "Removing"}]}))),
+        )
+        .await
+        .expect("report");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         api.get_opt("busy").await.expect("get").is_some(),
@@ -392,7 +400,7 @@ async fn deletion_waits_until_no_node_reports_the_network() {
         .patch_status(
             "node-a",
             &PatchParams::apply("agent").force(),
-            &Patch::Apply(&report(json!([]))),
+            &Patch::Apply(&report(json!({"programmed": []}))),
         )
         .await
         .expect("report");

@@ -72,14 +72,70 @@ pub struct NetworkNodeStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// One entry per network that has kernel objects on this node. An entry disappears only
-    /// once every kernel object of that network is gone (the controller's finalizer waits on it).
-    // An atomic list: the node's agent is its only writer, and the API server's per-item
-    // bookkeeping of a list-map made every status write cost ~0.15 ms per network on a
-    // small machine (three times the atomic list's), paid on every network change.
+    /// Networks whose every kernel object is in place on this node, by name. A name stands
+    /// for one network: the controller's finalizer holds a deleted network's name until no
+    /// node lists it, so a re-created network cannot be taken for the old one.
+    // Names, not objects: every network change on the node rewrites this list, and the API
+    // server's cost per list entry is ~10× lower for a string (measured on a small machine:
+    // a status write with 100 entries 9 → 4 ms, with 1,000 entries 50 → 9 ms).
+    #[serde(default)]
+    #[schemars(
+        length(max = 10000),
+        inner(length(max = 253)),
+        extend("x-kubernetes-list-type" = "atomic")
+    )]
+    pub programmed: Vec<String>,
+    /// Networks with kernel objects on this node that are not programmed, with why: waiting
+    /// (say, for a parent interface), failed, or being removed. An entry disappears only once
+    /// the network is programmed or every kernel object of it is gone (the controller's
+    /// finalizer waits for that).
+    // An atomic list: the node's agent is its only writer.
     #[serde(default)]
     #[schemars(length(max = 10000), extend("x-kubernetes-list-type" = "atomic"))]
-    pub networks: Vec<NetworkRealization>,
+    pub not_programmed: Vec<NetworkRealization>,
+}
+
+impl NetworkNodeStatus {
+    /// The status that reports `entries` (one per network): programmed ones by name.
+    pub fn with_networks(mut self, entries: Vec<NetworkRealization>) -> Self {
+        let (programmed, not_programmed): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|e| e.state == RealizationState::Programmed);
+        self.programmed = programmed.into_iter().map(|e| e.name).collect();
+        self.not_programmed = not_programmed;
+        self
+    }
+
+    /// What the node reports about network `name` whose uid is `uid`: its state, and the
+    /// entry saying why when it is not programmed. An entry about another network of that
+    /// name (another uid) does not count; `uid: None` takes any.
+    pub fn network(
+        &self,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Option<(RealizationState, Option<&NetworkRealization>)> {
+        if self.programmed.iter().any(|n| n == name) {
+            return Some((RealizationState::Programmed, None));
+        }
+        self.not_programmed
+            .iter()
+            .find(|r| {
+                r.name == name && (r.uid.is_none() || uid.is_none() || r.uid.as_deref() == uid)
+            })
+            .map(|r| (r.state, Some(r)))
+    }
+
+    /// Every network the node reports, with its state.
+    pub fn networks(&self) -> impl Iterator<Item = (&str, RealizationState)> {
+        self.programmed
+            .iter()
+            .map(|n| (n.as_str(), RealizationState::Programmed))
+            .chain(
+                self.not_programmed
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.state)),
+            )
+    }
 }
 
 /// Realization of one network on one node.
@@ -111,4 +167,46 @@ pub enum RealizationState {
     Pending,
     /// Programming failed; see reason and message.
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, uid: Option<&str>, state: RealizationState) -> NetworkRealization {
+        NetworkRealization {
+            name: name.into(),
+            uid: uid.map(str::to_string),
+            observed_generation: Some(1),
+            state,
+            reason: (state != RealizationState::Programmed).then(|| "ParentMissing".into()),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn programmed_networks_go_by_name_the_others_with_their_reason() {
+        let status = NetworkNodeStatus::default().with_networks(vec![
+            entry("a", Some("u1"), RealizationState::Programmed),
+            entry("b", Some("u2"), RealizationState::Pending),
+            entry("c", None, RealizationState::Failed),
+        ]);
+        assert_eq!(status.programmed, ["a"]);
+        assert_eq!(status.not_programmed.len(), 2);
+        assert_eq!(
+            status.network("a", Some("u1")).map(|(s, _)| s),
+            Some(RealizationState::Programmed)
+        );
+        let (state, why) = status.network("b", Some("u2")).expect("b");
+        assert_eq!(state, RealizationState::Pending);
+        assert_eq!(why.and_then(|e| e.reason.as_deref()), Some("ParentMissing"));
+        // An entry about an older network of the same name does not count; one without a
+        // uid (being removed) counts for any.
+        assert_eq!(status.network("b", Some("u9")), None);
+        assert!(status.network("c", Some("u9")).is_some());
+        assert_eq!(status.network("d", None), None);
+        assert_eq!(status.networks().count(), 3);
+        let json = serde_json::to_value(&status).expect("json");
+        assert_eq!(json["programmed"], serde_json::json!(["a"]));
+    }
 }

@@ -56,14 +56,11 @@ fn watch_programmed(cluster: &Cluster, nodes: usize) -> mpsc::UnboundedReceiver<
             .boxed();
         let mut by_network: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
         while let Some(Ok(node)) = events.next().await {
-            for r in node.status.iter().flat_map(|s| s.networks.iter()) {
-                if r.state != weft_api::RealizationState::Programmed {
-                    continue;
-                }
-                let set = by_network.entry(r.name.clone()).or_default();
+            for name in node.status.iter().flat_map(|s| s.programmed.iter()) {
+                let set = by_network.entry(name.clone()).or_default();
                 if set.insert(node.name_any())
                     && set.len() == nodes
-                    && tx.send((r.name.clone(), Instant::now())).is_err()
+                    && tx.send((name.clone(), Instant::now())).is_err()
                 {
                     return;
                 }

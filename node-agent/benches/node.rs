@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use weft_api::{ContainerNetwork, NetworkNode, RealizationState};
+use weft_api::{ContainerNetwork, NetworkNode};
 use weft_e2e::daemon::Daemon;
 use weft_e2e::netns::{Netns, workspace_binary};
 use weft_e2e::{connect, reset};
@@ -67,12 +67,7 @@ async fn programmed(nodes: &Api<NetworkNode>, node: &str) -> (usize, Vec<String>
     let Ok(Some(node)) = nodes.get_opt(node).await else {
         return (0, vec![]);
     };
-    let entries = node.status.unwrap_or_default().networks;
-    let names = entries
-        .iter()
-        .filter(|e| e.state == RealizationState::Programmed)
-        .map(|e| e.name.clone())
-        .collect::<Vec<_>>();
+    let names = node.status.unwrap_or_default().programmed;
     (names.len(), names)
 }
 
@@ -88,11 +83,8 @@ fn watch_programmed(
         let mut events = watcher(nodes, config).applied_objects().boxed();
         let mut seen = std::collections::HashSet::new();
         while let Some(Ok(node)) = events.next().await {
-            for r in node.status.iter().flat_map(|s| s.networks.iter()) {
-                if r.state == RealizationState::Programmed
-                    && seen.insert(r.name.clone())
-                    && tx.send((r.name.clone(), Instant::now())).is_err()
-                {
+            for name in node.status.iter().flat_map(|s| s.programmed.iter()) {
+                if seen.insert(name.clone()) && tx.send((name.clone(), Instant::now())).is_err() {
                     return;
                 }
             }

@@ -665,8 +665,9 @@ impl Agent {
                 observed_generation: None,
                 last_transition_time: now,
             }],
-            networks: entries.clone(),
-        };
+            ..NetworkNodeStatus::default()
+        }
+        .with_networks(entries.clone());
         let api: Api<NetworkNode> = Api::all(self.client.clone());
         let patch =
             json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "status": status});

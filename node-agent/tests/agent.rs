@@ -141,13 +141,11 @@ impl Node {
                 let Some(node) = api.get_opt(NODE).await? else {
                     return Ok(None);
                 };
-                let entry = node
-                    .status
-                    .unwrap_or_default()
-                    .networks
-                    .into_iter()
-                    .find(|e| e.name == network);
-                Ok(entry.filter(|e| e.state == state).map(|e| e.reason))
+                let status = node.status.unwrap_or_default();
+                Ok(match status.network(&network, None) {
+                    Some((s, entry)) if s == state => Some(entry.and_then(|e| e.reason.clone())),
+                    _ => None,
+                })
             }
         })
         .await

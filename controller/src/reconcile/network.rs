@@ -126,15 +126,16 @@ fn selects(net: &ContainerNetwork, node: &NetworkNode) -> bool {
 /// Why the node failed to program this network, if it reports that it did.
 fn node_failure(net: &ContainerNetwork, node: &NetworkNode) -> Option<String> {
     let uid = net.uid();
-    let r = node.status.as_ref()?.networks.iter().find(|r| {
-        r.name == net.name_any()
-            && (r.uid.is_none() || r.uid == uid)
-            && r.state == RealizationState::Failed
-    })?;
+    let (state, entry) = node
+        .status
+        .as_ref()?
+        .network(&net.name_any(), uid.as_deref())?;
+    if state != RealizationState::Failed {
+        return None;
+    }
     Some(
-        r.message
-            .clone()
-            .or_else(|| r.reason.clone())
+        entry
+            .and_then(|r| r.message.clone().or_else(|| r.reason.clone()))
             .unwrap_or_else(|| "failed".into()),
     )
 }
@@ -142,9 +143,10 @@ fn node_failure(net: &ContainerNetwork, node: &NetworkNode) -> Option<String> {
 /// Does the node report (some of) this network programmed in its kernel?
 fn node_has(net: &ContainerNetwork, node: &NetworkNode) -> Option<RealizationState> {
     let uid = net.uid();
-    node.status.as_ref()?.networks.iter().find_map(|r| {
-        (r.name == net.name_any() && (r.uid.is_none() || r.uid == uid)).then_some(r.state)
-    })
+    node.status
+        .as_ref()?
+        .network(&net.name_any(), uid.as_deref())
+        .map(|(state, _)| state)
 }
 
 /// Allocate and write the status; with `add_finalizer`, also put the finalizer in place.
