@@ -18,11 +18,12 @@ local function find(conditions, kind)
   return nil
 end
 
--- "a (ParentMissing), b" for the networks in the given realization state.
+-- "a (ParentMissing), b" for the networks in the given realization state (programmed ones are
+-- listed by name in status.programmed; the others, with a reason, in status.notProgrammed).
 local function networks(state)
   local names = {}
-  if obj.status.networks ~= nil then
-    for _, n in ipairs(obj.status.networks) do
+  if obj.status.notProgrammed ~= nil then
+    for _, n in ipairs(obj.status.notProgrammed) do
       if n.state == state then
         if n.reason ~= nil and n.reason ~= "" then
           table.insert(names, n.name .. " (" .. n.reason .. ")")
