@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use weft_agent::names;
 use weft_api::{ContainerNetwork, NetworkNode, RealizationState};
@@ -720,6 +720,21 @@ async fn network_deleted_while_the_agent_was_down_is_cleaned_on_start() {
     node.programmed("web").await;
     node.kill_agent().await;
     let api: Api<ContainerNetwork> = Api::all(node.client.clone());
+    // The controller writes the allocation (which the agent acts on) and its finalizer
+    // concurrently: the node may report the network before the finalizer has landed.
+    wait_for(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let net = api.get("web").await?;
+            Ok(net
+                .finalizers()
+                .iter()
+                .any(|f| f == weft_api::NETWORK_FINALIZER)
+                .then_some(()))
+        }
+    })
+    .await
+    .expect("the controller guards the network with its finalizer");
     api.delete("web", &DeleteParams::default())
         .await
         .expect("delete");
