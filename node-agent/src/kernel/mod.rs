@@ -312,10 +312,10 @@ pub struct Kernel {
     /// clears the flag, so a pass spawns `nft -j list` only when something may have changed.
     nft_listing: Mutex<Option<BTreeMap<NftFamily, NftTable>>>,
     nft_unchanged: Arc<AtomicBool>,
-    nft_watched: AtomicBool,
     /// How many times `nft -j list` ran (tests show own writes do not cost a listing).
     nft_listings: std::sync::atomic::AtomicU64,
-    /// The agent's `nft` runs, whose own notifications leave the cached listing valid.
+    /// The agent's `nft` runs, whose own notifications leave the cached listing valid; it
+    /// also knows whether an event reader watches the tables (see [`Kernel::events`]).
     own_nft: nft::OwnNft,
     /// Serializes nft writers (passes and CNI ADDs): each computes its difference from the
     /// listing the previous one left.
@@ -362,7 +362,6 @@ impl Kernel {
             sysctl_keys: Mutex::new(BTreeSet::new()),
             nft_listing: Mutex::new(None),
             nft_unchanged: Arc::new(AtomicBool::new(false)),
-            nft_watched: AtomicBool::new(false),
             own_nft: nft::OwnNft::default(),
             nft_listings: std::sync::atomic::AtomicU64::new(0),
             nft_writer: tokio::sync::Mutex::new(()),
@@ -384,7 +383,6 @@ impl Kernel {
             self.own_nft.clone(),
         )
         .await?;
-        self.nft_watched.store(true, Ordering::SeqCst);
         Ok(events)
     }
 
@@ -399,7 +397,8 @@ impl Kernel {
 
     /// [`Kernel::observe_nft`] for a caller that holds `nft_writer`.
     async fn observe_nft_locked(&self) -> Result<BTreeMap<NftFamily, NftTable>, KernelError> {
-        if self.nft_watched.load(Ordering::SeqCst)
+        // Only while an event reader watches the tables can the cache be trusted.
+        if self.own_nft.listening()
             && self.nft_unchanged.load(Ordering::SeqCst)
             && let Some(cached) = self.nft_listing.lock().ok().and_then(|c| c.clone())
         {

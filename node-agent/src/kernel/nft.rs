@@ -102,7 +102,7 @@ impl OwnNft {
         self.lock().listening = true;
     }
 
-    fn listening(&self) -> bool {
+    pub(crate) fn listening(&self) -> bool {
         self.lock().listening
     }
 
@@ -373,6 +373,9 @@ pub(crate) fn plan_update<'a>(
     Some([removals, chain_deletes, chain_adds, additions].concat())
 }
 
+/// (removals, additions) of one chain.
+type Steps<'a> = (Vec<NftOp<'a>>, Vec<NftOp<'a>>);
+
 /// Deletions and additions that turn the rules `have` of one chain into `want`: rules
 /// that must go are deleted by handle, new ones appended, the others stay untouched. `None`
 /// when that cannot be done rule by rule (duplicate ids, a rule to delete without a
@@ -383,8 +386,6 @@ pub(crate) fn plan_update<'a>(
 /// DNATs of distinct ports; one jump) — see `plan::firewall` and the test there that holds
 /// the planners to it. Placing a rule (`position`, `insert … handle`) makes `nft` fetch the
 /// whole chain first: ~8.5 ms a run instead of ~3.5 ms with 200 rules, growing with them.
-type Steps<'a> = (Vec<NftOp<'a>>, Vec<NftOp<'a>>);
-
 fn rule_steps<'a>(chain: &'a str, want: &'a [NftRule], have: &'a [NftRule]) -> Option<Steps<'a>> {
     let want_ids: BTreeSet<&str> = want.iter().map(|r| r.id.as_str()).collect();
     let have_ids: BTreeSet<&str> = have.iter().map(|r| r.id.as_str()).collect();
