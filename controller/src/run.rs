@@ -12,6 +12,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_stream_shim::UnboundedReceiverStream;
+use weft_api::retry::WatchBackoff;
 use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
 
 use crate::allocations::Allocations;
@@ -49,7 +50,7 @@ where
     let (reader, writer) = reflector::store();
     // The controller never reads managedFields; as JSON trees they are most of a cache.
     let events = watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|o: &mut K| o.managed_fields_mut().clear());
     let stream = reflector::reflector(writer, events)
         .touched_objects()
@@ -68,7 +69,7 @@ fn touched_marking_deletes<K>(
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    marking_deletes(watcher(api, watcher::Config::default()).default_backoff())
+    marking_deletes(watcher(api, watcher::Config::default()).backoff(WatchBackoff::default()))
 }
 
 /// The objects of a stream of watch events, deletions marked (see [`touched_marking_deletes`]).
@@ -194,9 +195,9 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
 
     let (requeue_tx, requeue_rx) = tokio::sync::mpsc::unbounded_channel();
     let (pools_tx, pools_rx) = tokio::sync::mpsc::unbounded_channel();
-    let controller = Controller::new(networks, watcher::Config::default()).with_config(
-        kube::runtime::controller::Config::default().concurrency(settings.concurrency),
-    );
+    let controller = Controller::new(networks, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .trigger_backoff(WatchBackoff::default());
     let all_networks = controller.store();
     let reporter = Reporter {
         controller: MANAGER.into(),
@@ -278,7 +279,7 @@ pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::
         Api::<ContainerEndpoint>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .modify(|o: &mut ContainerEndpoint| o.managed_fields_mut().clear())
     .reflect(endpoints_writer);
     probes.ready.store(true, Ordering::Relaxed);

@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
+use weft_api::retry::WatchBackoff;
 use weft_api::{
     ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
     NetworkRealization, RealizationState,
@@ -121,7 +122,7 @@ where
     // before `trim` runs, and the agent's peak memory is set by the biggest page, not by
     // what it keeps (500 networks a page cost ~8 MiB at start).
     let events = watcher(api, watcher::Config::default().page_size(50))
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(move |o: &mut K| {
             o.managed_fields_mut().clear();
             trim(o);
