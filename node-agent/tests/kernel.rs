@@ -609,7 +609,14 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     fwd.push(new("n2", "oifname \"wfb-n\" drop"));
     inet.chains.get_mut("postrouting").unwrap().rules.clear();
     let listings = k.nft_listings();
+    let in_process = k.nft_in_process_transactions();
     converge(&k, &d2).await;
+    // A small change runs through libnftables in the agent's process (installed with nft),
+    // not a child `nft`.
+    assert!(
+        k.nft_in_process_transactions() > in_process,
+        "the update ran a child nft"
+    );
     assert_eq!(
         nft_handles(&ns, "inet", &["h1", "h2"]),
         before[..2].to_vec(),
@@ -660,6 +667,30 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
         4,
         "the foreign rule was deleted, Weft's kept"
     );
+
+    // A bad rule through the in-process path fails with nft's own message, and nothing of
+    // its transaction is applied.
+    let mut bad = d2.clone();
+    bad.nft
+        .get_mut(&NftFamily::Inet)
+        .unwrap()
+        .chains
+        .get_mut("forward")
+        .unwrap()
+        .rules
+        .push(NftRule {
+            id: "bad".into(),
+            body: "this is not nft".into(),
+            handle: None,
+        });
+    let report = k.apply(&diff(&bad, &k.observe().await.unwrap())).await;
+    assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
+    assert!(
+        report.failed[0].1.contains("syntax error"),
+        "{:?}",
+        report.failed
+    );
+    assert_eq!(diff(&d2, &k.observe().await.unwrap()), vec![]);
 }
 
 #[tokio::test]

@@ -300,9 +300,10 @@ fn weft_transactions(own: OwnNft) -> impl FnMut(Option<&[u8]>) -> bool + Send {
         let mut foreign = false;
         for m in messages(buf) {
             if m.kind == NFT_NEWGEN {
-                // `nft`'s socket port is its pid as the agent sees it, also when the agent
-                // runs in a pid namespace of its own (where the generation's process id is
-                // the pid outside it).
+                // The committing socket's port: a child `nft`'s pid as the agent sees it
+                // (also when the agent runs in a pid namespace of its own, where the
+                // generation's process id is the pid outside it), or the port of the
+                // agent's in-process libnftables session.
                 let mine = [Some(m.port), generation_pid(m.attrs)]
                     .into_iter()
                     .flatten()

@@ -17,6 +17,7 @@ mod diff;
 mod endpoint;
 mod events;
 mod fdb;
+mod libnft;
 mod link;
 mod netns;
 mod nft;
@@ -420,6 +421,11 @@ impl Kernel {
         listing
     }
 
+    /// How many nft transactions ran in the agent's process (libnftables) so far.
+    pub fn nft_in_process_transactions(&self) -> u64 {
+        self.own_nft.in_process_transactions()
+    }
+
     /// How many times Weft's nftables tables were listed from the kernel so far.
     pub fn nft_listings(&self) -> u64 {
         self.nft_listings.load(Ordering::SeqCst)
@@ -473,7 +479,9 @@ impl Kernel {
     pub async fn observe_with_foreign(
         &self,
     ) -> Result<(KernelState, BTreeSet<String>), KernelError> {
+        let started = std::time::Instant::now();
         let raws = self.dump_links().await?;
+        let links_took = started.elapsed();
         let view = link::LinkView::new(&raws);
         let mut keys: BTreeSet<String> =
             sysctl::DEFAULT_KEYS.iter().map(|k| k.to_string()).collect();
@@ -483,10 +491,16 @@ impl Kernel {
         // The kernel runs one dump at a time per netlink socket (a second one gets EBUSY), so
         // the netlink dumps go one after the other; nft and sysctl reads overlap with them.
         let netlink_dumps = async {
+            let t = std::time::Instant::now();
             let addresses = self.observe_addresses(&view).await;
+            let t1 = t.elapsed();
             let routes = self.observe_routes(&view).await;
+            let t2 = t.elapsed();
             let fdb = self.observe_fdb(&view).await;
+            let t3 = t.elapsed();
             let neighbours = self.observe_neighbours(&view).await;
+            let t4 = t.elapsed();
+            tracing::debug!(links = ?links_took, addresses = ?t1, routes = ?(t2 - t1), fdb = ?(t3 - t2), neighbours = ?(t4 - t3), "netlink dumps");
             (addresses, routes, fdb, neighbours)
         };
         let ((addresses, routes, fdb, neighbours), nft, sysctls) = futures::join!(

@@ -36,6 +36,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use super::libnft;
 use super::{ApplyReport, Change, KernelError, netns};
 use crate::model::{NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
 
@@ -54,10 +55,32 @@ pub(crate) type AddedRules = HashMap<(NftFamily, String, String), u64>;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct OwnNft(Arc<OwnNftInner>);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct OwnNftInner {
     state: Mutex<OwnNftState>,
     committed: tokio::sync::Notify,
+    /// The in-process libnftables session, opened on first use (`None`: not available).
+    session: tokio::sync::OnceCell<Option<Arc<libnft::Session>>>,
+    /// How many transactions ran in-process.
+    in_process: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for OwnNftInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnNftInner")
+            .field("state", &self.state)
+            .field("session_port", &self.session_port())
+            .finish()
+    }
+}
+
+impl OwnNftInner {
+    fn session_port(&self) -> Option<u32> {
+        self.session
+            .get()
+            .and_then(|s| s.as_ref())
+            .map(|s| s.port())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,8 +116,38 @@ impl OwnNft {
         s.commits.retain(|(p, _)| *p != pid);
     }
 
+    /// Whether `pid` (a process id or a netlink port) is one of the agent's nft writers.
     pub(crate) fn contains(&self, pid: u32) -> bool {
-        self.lock().pids.contains(&pid)
+        self.0.session_port() == Some(pid) || self.lock().pids.contains(&pid)
+    }
+
+    /// The in-process libnftables session for namespace `ns`, opened on first use.
+    async fn session(&self, ns: Option<&Path>) -> Option<Arc<libnft::Session>> {
+        self.0
+            .session
+            .get_or_init(|| async {
+                libnft::Session::open(ns)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "cannot open libnftables; running nft instead");
+                        None
+                    })
+                    .map(Arc::new)
+            })
+            .await
+            .clone()
+    }
+
+    /// How many transactions ran through libnftables rather than a child `nft`.
+    pub(crate) fn in_process_transactions(&self) -> u64 {
+        self.0.in_process.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A transaction of the session with `port` is about to run: an unclaimed commit of an
+    /// earlier one (whose notifications came after its run stopped waiting) must not be
+    /// taken for this one's.
+    fn begin(&self, port: u32) {
+        self.lock().commits.retain(|(p, _)| *p != port);
     }
 
     /// An event reader now reports transactions (see [`OwnNft::committed`]).
@@ -774,6 +827,21 @@ async fn transaction(
 ) -> Result<Option<AddedRules>, KernelError> {
     if own.listening() {
         let overruns = own.overruns();
+        if script.len() <= libnft::MAX_IN_PROCESS_SCRIPT
+            && let Some(session) = own.session(ns).await
+        {
+            let port = session.port();
+            own.begin(port);
+            let text = script.to_string();
+            tokio::task::spawn_blocking(move || session.run(&text))
+                .await
+                .map_err(|e| KernelError::Nft(format!("libnftables: {e}")))??;
+            own.0
+                .in_process
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(script = script.len(), "nft transaction in-process");
+            return Ok(own.added_by(port, overruns).await);
+        }
         let out = run(ns, &["-f", "-"], Some(script), Some(own)).await?;
         tracing::debug!(script = script.len(), "nft run");
         if !out.ok {
