@@ -27,6 +27,10 @@ use super::{KernelError, netns};
 /// Scripts up to this size run in-process; bigger ones in a child `nft`.
 pub(crate) const MAX_IN_PROCESS_SCRIPT: usize = 16 * 1024;
 
+/// One call into the library at a time, process-wide: libnftables does not document its
+/// contexts as independent of one another across threads (an agent has one, tests several).
+static LIBRARY: Mutex<()> = Mutex::new(());
+
 type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
 type CtxFree = unsafe extern "C" fn(*mut c_void);
 type CtxBuffer = unsafe extern "C" fn(*mut c_void) -> c_int;
@@ -58,6 +62,7 @@ unsafe impl Send for Context {}
 
 impl Drop for Context {
     fn drop(&mut self) {
+        let _library = LIBRARY.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: `ptr` came from `nft_ctx_new` and is freed exactly once, here.
         unsafe { (self.api.ctx_free)(self.ptr) }
     }
@@ -101,16 +106,22 @@ impl Session {
                 },
             )
         };
-        let before = netfilter_sockets();
-        // SAFETY: documented constructor; 0 = NFT_CTX_DEFAULT.
-        let ptr = unsafe { ctx_new(0) };
-        if ptr.is_null() {
-            return None;
-        }
-        let ctx = Context { ptr, api };
-        // Output and errors go to buffers read after each run, not to the agent's stdout.
-        // SAFETY: valid context.
-        if unsafe { buffer_output(ctx.ptr) != 0 || buffer_error(ctx.ptr) != 0 } {
+        let (ctx, buffered, before) = {
+            let _library = LIBRARY.lock().unwrap_or_else(|p| p.into_inner());
+            let before = netfilter_sockets();
+            // SAFETY: documented constructor; 0 = NFT_CTX_DEFAULT.
+            let ptr = unsafe { ctx_new(0) };
+            if ptr.is_null() {
+                return None;
+            }
+            // Output and errors go to buffers read after each run, not to the agent's stdout.
+            // SAFETY: valid context.
+            let buffered = unsafe { buffer_output(ptr) == 0 && buffer_error(ptr) == 0 };
+            // Built last: dropping it takes the library lock, so it must not be dropped
+            // while this block holds it.
+            (Context { ptr, api }, buffered, before)
+        };
+        if !buffered {
             return None;
         }
         let opened: Vec<RawFd> = netfilter_sockets()
@@ -151,6 +162,7 @@ impl Session {
         let text = CString::new(script)
             .map_err(|_| KernelError::Nft("an nft script contains a NUL byte".into()))?;
         let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let _library = LIBRARY.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: valid context, NUL-terminated script; the buffers returned stay valid until
         // the next call on this context, which the lock excludes, and are copied at once.
         let (rc, error) = unsafe {
