@@ -46,7 +46,7 @@ struct Api {
 
 /// One libnftables context, bound to one network namespace.
 pub(crate) struct Session {
-    ctx: Mutex<Context>,
+    ctx: Context,
     port: u32,
 }
 
@@ -55,10 +55,11 @@ struct Context {
     api: Api,
 }
 
-// SAFETY: a libnftables context is not shared between threads at the same time — every use
-// goes through the `Mutex` — and nothing in it is tied to the thread that created it (its
+// SAFETY: every call through a context holds `LIBRARY`, so no two threads use one (or any two)
+// at the same time, and nothing in a context is tied to the thread that created it (its
 // socket is a plain file descriptor).
 unsafe impl Send for Context {}
+unsafe impl Sync for Context {}
 
 impl Drop for Context {
     fn drop(&mut self) {
@@ -145,10 +146,7 @@ impl Session {
             );
             return None;
         };
-        Some(Session {
-            ctx: Mutex::new(ctx),
-            port,
-        })
+        Some(Session { ctx, port })
     }
 
     /// The netlink port the kernel's notifications of this session's transactions carry.
@@ -161,10 +159,10 @@ impl Session {
     pub(crate) fn run(&self, script: &str) -> Result<(), KernelError> {
         let text = CString::new(script)
             .map_err(|_| KernelError::Nft("an nft script contains a NUL byte".into()))?;
-        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = &self.ctx;
         let _library = LIBRARY.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: valid context, NUL-terminated script; the buffers returned stay valid until
-        // the next call on this context, which the lock excludes, and are copied at once.
+        // the next call on this context, which `LIBRARY` excludes, and are copied at once.
         let (rc, error) = unsafe {
             let rc = (ctx.api.run_cmd)(ctx.ptr, text.as_ptr());
             let _ = (ctx.api.get_output)(ctx.ptr); // drained, unused
