@@ -521,13 +521,7 @@ async fn nft_tables_apply_read_back_and_restore() {
     // A changed rule (new content hash = new id) is rewritten; dropping a family deletes it.
     let mut d2 = d.clone();
     d2.nft.remove(&NftFamily::Bridge);
-    d2.nft
-        .get_mut(&NftFamily::Inet)
-        .unwrap()
-        .chains
-        .get_mut("isolation")
-        .unwrap()
-        .rules[0] = NftRule {
+    inet_rules(&mut d2, "isolation")[0] = NftRule {
         id: "h3b".into(),
         body: "oifname != \"wfb-y\" drop".into(),
         handle: None,
@@ -540,13 +534,7 @@ async fn nft_tables_apply_read_back_and_restore() {
 
     // A bad rule fails alone and is reported; the transaction leaves the old table intact.
     let mut bad = d2.clone();
-    bad.nft
-        .get_mut(&NftFamily::Inet)
-        .unwrap()
-        .chains
-        .get_mut("isolation")
-        .unwrap()
-        .rules[0] = NftRule {
+    inet_rules(&mut bad, "isolation")[0] = NftRule {
         id: "zz".into(),
         body: "this is not nft".into(),
         handle: None,
@@ -568,6 +556,16 @@ async fn nft_tables_apply_read_back_and_restore() {
         o.nft.contains_key(&NftFamily::Bridge),
         "the good table still went in"
     );
+}
+
+/// The rules of one chain of the desired `inet weft` table.
+fn inet_rules<'a>(state: &'a mut KernelState, chain: &str) -> &'a mut Vec<NftRule> {
+    &mut state
+        .nft
+        .get_mut(&NftFamily::Inet)
+        .and_then(|t| t.chains.get_mut(chain))
+        .unwrap_or_else(|| panic!("no inet chain {chain}"))
+        .rules
 }
 
 /// `nft -a list` handles of the rules carrying these Weft ids, in the order given.
@@ -671,18 +669,11 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     // A bad rule through the in-process path fails with nft's own message, and nothing of
     // its transaction is applied.
     let mut bad = d2.clone();
-    bad.nft
-        .get_mut(&NftFamily::Inet)
-        .unwrap()
-        .chains
-        .get_mut("forward")
-        .unwrap()
-        .rules
-        .push(NftRule {
-            id: "bad".into(),
-            body: "this is not nft".into(),
-            handle: None,
-        });
+    inet_rules(&mut bad, "forward").push(NftRule {
+        id: "bad".into(),
+        body: "this is not nft".into(),
+        handle: None,
+    });
     let report = k.apply(&diff(&bad, &k.observe().await.unwrap())).await;
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(
