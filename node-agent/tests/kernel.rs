@@ -929,6 +929,56 @@ async fn events_report_out_of_band_changes() {
     );
 }
 
+/// No event within `quiet` (after the ones already queued are drained).
+async fn quiet_for(
+    events: &mut (impl futures::Stream<Item = ()> + Unpin),
+    quiet: Duration,
+) -> bool {
+    tokio::time::timeout(quiet, events.next()).await.is_err()
+}
+
+#[tokio::test]
+async fn events_stay_quiet_for_own_writes_and_what_the_kernel_learns() {
+    let ns = Ns::new();
+    let k = Kernel::open(ns.path()).await.unwrap();
+    let mut events = k.events().await.unwrap();
+    let mut d = state(vec![link("wfb-t10", "q", LinkKind::Bridge)]);
+    converge(&k, &d).await;
+    // Creating a link still notifies (the kernel stamps no writer on most link messages).
+    while !quiet_for(&mut events, Duration::from_millis(300)).await {}
+    // An address written through the agent's own socket, with the kernel's prefix and
+    // local routes that follow it: nothing.
+    d.addresses.insert(addr("wfb-t10", "10.77.0.1/24"));
+    converge(&k, &d).await;
+    assert!(
+        quiet_for(&mut events, Duration::from_millis(300)).await,
+        "the agent's own address write woke it"
+    );
+    // What the kernel learns or makes by itself: a dynamic neighbour, an IPv6 link-local
+    // address, a route of another protocol.
+    ns.sh("ip neigh add 10.77.0.5 lladdr 02:00:00:00:00:05 dev wfb-t10 nud reachable");
+    ns.sh("ip addr add fe80::77/64 dev wfb-t10 scope link");
+    ns.sh("ip route add 10.78.0.0/24 dev wfb-t10 proto static");
+    assert!(
+        quiet_for(&mut events, Duration::from_millis(300)).await,
+        "a learned neighbour, a link-local address or a foreign route woke the agent"
+    );
+    // What may be Weft's, changed by somebody else: a permanent neighbour added, then
+    // deleted (which the kernel reports as FAILED), an address flushed.
+    for change in [
+        "ip neigh add 10.77.0.6 lladdr 02:00:00:00:00:06 dev wfb-t10 nud permanent",
+        "ip neigh del 10.77.0.6 dev wfb-t10",
+        "ip addr del 10.77.0.1/24 dev wfb-t10",
+    ] {
+        ns.sh(change);
+        assert!(
+            !quiet_for(&mut events, Duration::from_secs(1)).await,
+            "no event within 1 s of `{change}`"
+        );
+        while !quiet_for(&mut events, Duration::from_millis(200)).await {}
+    }
+}
+
 #[tokio::test]
 async fn probe_reports_this_kernel() {
     let ns = Ns::new();

@@ -4,8 +4,10 @@
 //! A multicast rtnetlink socket opened inside the namespace joins the link, address,
 //! neighbour/FDB and route groups; nftables changes travel over nfnetlink instead, so a
 //! second socket joins NFNLGRP_NFTABLES and keeps only notifications about Weft's tables.
-//! rtnetlink messages are not parsed (the agent re-observes anyway); Weft's own link,
-//! address and FDB writes notify too. Weft's own nftables transactions do not: each
+//! Of the rtnetlink messages only the fixed headers are read (the agent re-observes
+//! anyway), enough to drop what cannot concern Weft's objects and what the agent's own
+//! socket wrote ([`weft_route_changes`]); a few of Weft's own writes still notify (the
+//! kernel stamps no writer on VXLAN FDB entries). Weft's own nftables transactions do not: each
 //! transaction's notifications end with a NEWGEN message naming the process that committed
 //! it, and the `nft` processes the agent starts are remembered ([`OwnNft`]), so only
 //! somebody else's change to Weft's tables invalidates the agent's cached listing. For the
@@ -50,6 +52,7 @@ const ENOBUFS: i32 = 105;
 /// changed (a notification, or an overrun), before the signal goes out.
 pub(crate) async fn subscribe(
     ns: Option<&Path>,
+    own_port: u32,
     nft_unchanged: Arc<AtomicBool>,
     own_nft: OwnNft,
 ) -> Result<KernelEvents, KernelError> {
@@ -59,7 +62,7 @@ pub(crate) async fn subscribe(
         ns,
         NETLINK_ROUTE,
         &ROUTE_GROUPS,
-        Box::new(|_| true),
+        Box::new(weft_route_changes(own_port)),
         None,
         tx.clone(),
     )
@@ -138,6 +141,66 @@ async fn spawn_reader(
     Ok(())
 }
 
+/// rtnetlink message types (RTM_*) the reader looks into.
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+/// ndmsg states: NUD_FAILED, NUD_NOARP, NUD_PERMANENT.
+const NUD_FAILED: u16 = 0x20;
+const NUD_STATIC: u16 = 0x40 | 0x80;
+/// NDA_DST: the neighbour's IP address (on a VXLAN FDB entry, the remote VTEP).
+const NDA_DST: u16 = 1;
+/// ifaddrmsg scope RT_SCOPE_LINK.
+const RT_SCOPE_LINK: u8 = 253;
+const AF_INET6: u8 = 10;
+
+/// A datagram filter for rtnetlink notifications: true when one of its messages may concern
+/// an object Weft owns and was not written through the agent's own socket (`own_port`).
+///
+/// Left out, because Weft owns none of them and they would wake a pass for nothing:
+/// neighbours and FDB entries the kernel learns (only static entries with a destination
+/// are Weft's — a static one deleted reads FAILED), IPv6 link-local addresses, and routes
+/// of any protocol but Weft's (the kernel's prefix routes follow addresses, which do
+/// notify). On an overlay those learned entries and IPv6 addresses trickle in for seconds
+/// after a network is created, on every node. Links always count, whoever changed them: a
+/// parent appearing, or a link the kernel removed with its parent.
+fn weft_route_changes(own_port: u32) -> impl FnMut(Option<&[u8]>) -> bool + Send {
+    move |buf| {
+        let Some(buf) = buf else {
+            return true; // lost notifications
+        };
+        netlink_messages(buf).any(|(kind, port, body)| {
+            if own_port != 0 && port == own_port {
+                return false;
+            }
+            match kind {
+                RTM_NEWADDR | RTM_DELADDR => {
+                    // ifaddrmsg: family, prefix length, flags, scope, index.
+                    !(body.first() == Some(&AF_INET6) && body.get(3) == Some(&RT_SCOPE_LINK))
+                }
+                // rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+                RTM_NEWROUTE | RTM_DELROUTE => body.get(5) == Some(&super::WEFT_RTPROT),
+                RTM_NEWNEIGH | RTM_DELNEIGH => {
+                    // ndmsg: family, 3 bytes padding, ifindex, state (u16), flags, type.
+                    let Some(state) = body.get(8..10) else {
+                        return true;
+                    };
+                    let state = u16::from_ne_bytes([state[0], state[1]]);
+                    let has_destination =
+                        attributes(body.get(12..).unwrap_or_default()).any(|(t, _)| t == NDA_DST);
+                    let static_entry = state & NUD_STATIC != 0
+                        || (kind == RTM_DELNEIGH && state & NUD_FAILED != 0);
+                    static_entry && has_destination
+                }
+                _ => true,
+            }
+        })
+    }
+}
+
 /// NFNLGRP_NFTABLES: table, chain, rule and set notifications.
 const NFNLGRP_NFTABLES: u32 = 7;
 
@@ -191,26 +254,35 @@ struct Message<'a> {
     attrs: &'a [u8],
 }
 
-/// The nfnetlink messages in one datagram.
-fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+/// The netlink messages in one datagram: (nlmsg_type, nlmsg_pid, body after the header).
+fn netlink_messages(buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
     let mut rest = buf;
     std::iter::from_fn(move || {
-        if rest.len() < 20 {
+        if rest.len() < 16 {
             return None;
         }
         let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if len < 20 || len > rest.len() {
+        if len < 16 || len > rest.len() {
             return None;
         }
-        // nlmsghdr (16 bytes), then nfgenmsg (4 bytes), then attributes.
-        let message = Message {
-            kind: u16::from_ne_bytes([rest[4], rest[5]]),
-            port: u32::from_ne_bytes([rest[12], rest[13], rest[14], rest[15]]),
-            family: rest[16],
-            attrs: rest.get(20..len).unwrap_or_default(),
-        };
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        let port = u32::from_ne_bytes([rest[12], rest[13], rest[14], rest[15]]);
+        let body = &rest[16..len];
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some(message)
+        Some((kind, port, body))
+    })
+}
+
+/// The nfnetlink messages in one datagram.
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    // After the header: nfgenmsg (4 bytes), then attributes.
+    netlink_messages(buf).filter_map(|(kind, port, body)| {
+        Some(Message {
+            kind,
+            port,
+            family: *body.first()?,
+            attrs: body.get(4..)?,
+        })
     })
 }
 
@@ -414,6 +486,116 @@ mod tests {
             &[(NFTA_GEN_PROC_PID, &[0, 0, 3, 232])],
         );
         assert!(!filter(&[rule("weft"), outside].concat()));
+    }
+
+    /// An rtnetlink message: header from `port`, a fixed body, then attributes.
+    fn rtnl(kind: u16, port: u32, fixed: &[u8], attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = fixed.to_vec();
+        body.resize(body.len().next_multiple_of(4), 0);
+        for (t, payload) in attrs {
+            body.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            body.extend_from_slice(&t.to_ne_bytes());
+            body.extend_from_slice(payload);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 6]); // flags, seq
+        m.extend_from_slice(&port.to_ne_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    const AF_INET: u8 = 2;
+    const AF_BRIDGE: u8 = 7;
+    const RTM_NEWLINK: u16 = 16;
+
+    fn address(kind: u16, family: u8, scope: u8) -> Vec<u8> {
+        rtnl(kind, 0, &[family, 64, 0, scope, 9, 0, 0, 0], &[])
+    }
+
+    fn route(protocol: u8) -> Vec<u8> {
+        rtnl(
+            RTM_NEWROUTE,
+            0,
+            &[AF_INET, 24, 0, 0, 254, protocol, 0, 1, 0, 0, 0, 0],
+            &[],
+        )
+    }
+
+    fn neighbour(kind: u16, family: u8, state: u16, destination: bool) -> Vec<u8> {
+        let mut fixed = vec![family, 0, 0, 0, 9, 0, 0, 0];
+        fixed.extend_from_slice(&state.to_ne_bytes());
+        fixed.extend_from_slice(&[0, 0]);
+        let dst: &[(u16, &[u8])] = if destination {
+            &[(NDA_DST, &[192, 0, 2, 7])]
+        } else {
+            &[]
+        };
+        rtnl(
+            kind,
+            0,
+            &fixed,
+            &[&[(2u16, &[2u8, 0, 0, 0, 0, 1][..])][..], dst].concat(),
+        )
+    }
+
+    #[test]
+    fn route_notifications_count_only_what_may_be_weft_s() {
+        const OWN: u32 = 4242;
+        const PERMANENT: u16 = 0x80;
+        const REACHABLE: u16 = 0x02;
+        const STALE: u16 = 0x04;
+        let mut filter = weft_route_changes(OWN);
+        let mut relevant = |b: Vec<u8>| filter(Some(&b));
+        // Links: always, unless the agent's own socket changed them.
+        assert!(relevant(rtnl(RTM_NEWLINK, 0, &[0; 16], &[])));
+        assert!(relevant(rtnl(RTM_NEWLINK, 77, &[0; 16], &[])));
+        assert!(!relevant(rtnl(RTM_NEWLINK, OWN, &[0; 16], &[])));
+        // Addresses, except IPv6 link-local ones.
+        assert!(relevant(address(RTM_DELADDR, AF_INET, 0)));
+        assert!(relevant(address(RTM_NEWADDR, AF_INET6, 0)));
+        assert!(!relevant(address(RTM_NEWADDR, AF_INET6, RT_SCOPE_LINK)));
+        // Routes: Weft's protocol only, not the kernel's prefix routes.
+        assert!(relevant(route(crate::kernel::WEFT_RTPROT)));
+        assert!(!relevant(route(2)));
+        // Neighbours and FDB entries: static ones with a destination (and such an entry's
+        // deletion, which reads FAILED); not what the kernel learns, not the bridge's local
+        // entries.
+        assert!(relevant(neighbour(
+            RTM_NEWNEIGH,
+            AF_BRIDGE,
+            PERMANENT,
+            true
+        )));
+        assert!(relevant(neighbour(
+            RTM_DELNEIGH,
+            AF_BRIDGE,
+            PERMANENT,
+            true
+        )));
+        assert!(relevant(neighbour(RTM_NEWNEIGH, AF_INET, PERMANENT, true)));
+        assert!(relevant(neighbour(RTM_DELNEIGH, AF_INET, NUD_FAILED, true)));
+        assert!(!relevant(neighbour(
+            RTM_NEWNEIGH,
+            AF_BRIDGE,
+            REACHABLE,
+            false
+        )));
+        assert!(!relevant(neighbour(
+            RTM_NEWNEIGH,
+            AF_BRIDGE,
+            PERMANENT,
+            false
+        )));
+        assert!(!relevant(neighbour(RTM_NEWNEIGH, AF_INET, STALE, true)));
+        // One relevant message in a datagram is enough; an overrun always counts.
+        assert!(relevant(
+            [route(2), address(RTM_DELADDR, AF_INET, 0)].concat()
+        ));
+        assert!(!relevant([route(2), route(3)].concat()));
+        assert!(filter(None));
     }
 
     #[tokio::test]

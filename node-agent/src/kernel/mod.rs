@@ -303,6 +303,8 @@ pub struct InterfaceInfo {
 /// A handle on one network namespace.
 pub struct Kernel {
     handle: rtnetlink::Handle,
+    /// The netlink port of `handle`'s socket (see [`connect`]).
+    netlink_port: u32,
     netns: Option<PathBuf>,
     connection: tokio::task::JoinHandle<()>,
     /// Sysctl keys written through this handle, so `observe` reads them back too and a
@@ -338,26 +340,38 @@ impl fmt::Debug for Kernel {
 }
 
 /// Open an rtnetlink connection from a thread inside `netns` and run its I/O task on the
-/// current tokio runtime.
+/// current tokio runtime. Also returns the socket's netlink port: the kernel stamps it on
+/// the notifications of the changes this connection makes, so the event reader can tell
+/// Weft's own writes from somebody else's.
 async fn connect(
     ns: Option<&Path>,
-) -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>), KernelError> {
+) -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>, u32), KernelError> {
+    use rtnetlink::sys::AsyncSocket;
     let runtime = tokio::runtime::Handle::current();
-    let (conn, handle, _) = netns::run_in(ns, move || {
+    let (conn, handle, port) = netns::run_in(ns, move || {
         // The socket registers with the runtime's reactor, which needs the runtime context.
         let _guard = runtime.enter();
-        rtnetlink::new_connection().map_err(KernelError::Socket)
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
+        // Bound now rather than on the first send, so the port is known from the start.
+        let port = conn
+            .socket_mut()
+            .socket_mut()
+            .bind_auto()
+            .map_err(KernelError::Socket)?
+            .port_number();
+        Ok::<_, KernelError>((conn, handle, port))
     })
     .await?;
-    Ok((handle, tokio::spawn(conn)))
+    Ok((handle, tokio::spawn(conn), port))
 }
 
 impl Kernel {
     /// `None` = the agent's own netns; `Some(path)` = e.g. `/var/run/netns/X`.
     pub async fn open(netns: Option<&Path>) -> Result<Self, KernelError> {
-        let (handle, connection) = connect(netns).await?;
+        let (handle, connection, netlink_port) = connect(netns).await?;
         Ok(Kernel {
             handle,
+            netlink_port,
             netns: netns.map(Path::to_path_buf),
             connection,
             sysctl_keys: Mutex::new(BTreeSet::new()),
@@ -373,13 +387,17 @@ impl Kernel {
         self.netns.as_deref()
     }
 
-    /// A stream that yields `()` whenever a link, address, neighbour/FDB entry or route
-    /// changes in the namespace. Weft's own writes trigger it too.
+    /// A stream that yields `()` whenever something that may be Weft's changes in the
+    /// namespace: a link, an address, a static neighbour/FDB entry, a route of Weft's, one of
+    /// Weft's nftables tables. What the kernel learns by itself (dynamic neighbours, IPv6
+    /// link-local addresses, its own prefix routes) and Weft's own writes through this
+    /// handle stay silent (see `events.rs`).
     pub async fn events(
         &self,
     ) -> Result<impl futures::Stream<Item = ()> + Send + Unpin + 'static, KernelError> {
         let events = events::subscribe(
             self.netns(),
+            self.netlink_port,
             self.nft_unchanged.clone(),
             self.own_nft.clone(),
         )
