@@ -28,18 +28,33 @@ use weft_e2e::{connect, reset};
 
 const NODE: &str = "bench-node";
 
-fn peak_rss_kib(pid: u32) -> u64 {
+/// A field of /proc/PID/status in KiB (`VmHWM`: peak RSS; `RssAnon`, `RssFile`: now).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?
                 .split_whitespace()
                 .nth(1)?
                 .parse()
                 .ok()
         })
         .unwrap_or(0)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+/// Where the resident memory is now: heap and stacks, and pages of the binary and libraries.
+fn rss_split(pid: u32) -> String {
+    let mib = |f| status_kib(pid, f) as f64 / 1024.0;
+    format!(
+        "now {:.1} anonymous + {:.1} file-backed",
+        mib("RssAnon"),
+        mib("RssFile")
+    )
 }
 
 async fn metric(port: u16, name: &str) -> f64 {
@@ -212,8 +227,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "agent: peak RSS {:.1} MiB",
-        peak_rss_kib(agent.pid().unwrap_or(0)) as f64 / 1024.0
+        "agent: peak RSS {:.1} MiB ({} MiB)",
+        peak_rss_kib(agent.pid().unwrap_or(0)) as f64 / 1024.0,
+        rss_split(agent.pid().unwrap_or(0))
     );
     agent.kill().await?;
     drop(ns);
@@ -263,9 +279,10 @@ async fn main() -> anyhow::Result<()> {
         .lines()
         .count();
     println!(
-        "agent: {total} bridge networks, cold start → all programmed: {:.2} s, {writes} kernel writes, {bridges} bridges in the netns, peak RSS {:.1} MiB",
+        "agent: {total} bridge networks, cold start → all programmed: {:.2} s, {writes} kernel writes, {bridges} bridges in the netns, peak RSS {:.1} MiB ({} MiB)",
         cold.as_secs_f64(),
-        peak_rss_kib(pid) as f64 / 1024.0
+        peak_rss_kib(pid) as f64 / 1024.0,
+        rss_split(pid)
     );
     agent.kill().await?;
     controller.kill().await?;

@@ -31,7 +31,7 @@ use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
 use crate::metrics::Metrics;
 use crate::model::{KernelState, network_of_alias};
-use crate::plan::{self, NetworkInput, NodeFacts, Peer};
+use crate::plan::{self, NetworkInput, Networks, NodeFacts, Peer};
 
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "weft-agent";
@@ -432,7 +432,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
 }
 
 impl Agent {
-    fn inputs(&self) -> Vec<NetworkInput> {
+    fn inputs(&self) -> Networks {
         let mut inputs = Vec::new();
         let peers_underlay: HashMap<String, IpAddr> = self
             .nodes
@@ -482,8 +482,7 @@ impl Agent {
                 peers,
             });
         }
-        inputs.sort_by(|a, b| a.name.cmp(&b.name));
-        inputs
+        Networks::new(inputs)
     }
 
     /// One pass, numbered for CNI calls that wait for their ports to be published.
@@ -527,6 +526,8 @@ impl Agent {
         desired.fdb.extend(additions.fdb);
         desired.neighbours.extend(additions.neighbours);
         let changes = kernel::diff(&desired, &observed);
+        // Not needed any more; gone before the apply, where a cold start peaks.
+        drop(observed);
         let drift = self.last_desired.as_ref() == Some(&desired);
         let t = Instant::now();
         let report = if changes.is_empty() {
@@ -542,9 +543,6 @@ impl Agent {
         }
         for (change, err) in &report.failed {
             tracing::warn!(?change, error = %err, "kernel change failed");
-        }
-        if report.failed.is_empty() {
-            self.last_desired = Some(desired.clone());
         }
         // Networks that still have kernel objects here (the finalizer waits for them to go).
         let still_present: BTreeSet<String> = if report.failed.is_empty() {
@@ -569,8 +567,14 @@ impl Agent {
         // the API writes below.
         self.endpoints.pass_applied(n);
         self.metrics.kernel_writes.inc_by(endpoint_writes as u64);
-        self.report_status(&inputs, &outcomes, &desired, &still_present, &report)
-            .await?;
+        let reported = self
+            .report_status(&inputs, &outcomes, &desired, &still_present, &report)
+            .await;
+        if report.failed.is_empty() {
+            // Moved, not copied: it is only compared with the next pass's plan.
+            self.last_desired = Some(desired);
+        }
+        reported?;
         let ceps = self.ceps.state();
         let status_writes = self.endpoints.publish_status(&self.client, &ceps).await?;
         self.metrics.status_writes.inc_by(status_writes as u64);

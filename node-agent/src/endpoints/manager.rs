@@ -31,7 +31,7 @@ use super::plan::{
 use super::{Attachment, EndpointId, EndpointRequest, PortSpec, Publication};
 use crate::kernel::{Kernel, KernelError, sandbox_missing};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
-use crate::plan::{NetworkInput, NodeFacts, Problem};
+use crate::plan::{Networks, NodeFacts, Problem};
 
 /// Annotations on ContainerEndpoints the agent creates for CNI attachments.
 pub const ANNOTATION_CONTAINER_ID: &str = "weft.dev/cni-container-id";
@@ -91,7 +91,7 @@ struct State {
     /// write cannot bring the attachment back.
     tombstones: BTreeMap<EndpointId, Tombstone>,
     /// The last pass's picture, for CNI calls between passes.
-    networks: HashMap<String, NetworkInput>,
+    networks: Networks,
     desired_node: Arc<KernelState>,
     facts: Option<NodeFacts>,
 }
@@ -174,12 +174,7 @@ impl Endpoints {
 
     /// Rebuild the allocations from the journal, then from the statuses of this node's
     /// ContainerEndpoints (for records the journal lacks). Call once, before the first pass.
-    pub fn restore(
-        &self,
-        ceps: &[Arc<ContainerEndpoint>],
-        networks: &[NetworkInput],
-        facts: &NodeFacts,
-    ) {
+    pub fn restore(&self, ceps: &[Arc<ContainerEndpoint>], networks: &Networks, facts: &NodeFacts) {
         let mut st = lock(&self.state);
         for id in self.journal.load_tombstones() {
             st.tombstones.insert(id, Tombstone::now());
@@ -192,7 +187,7 @@ impl Endpoints {
                 continue;
             }
             let Some(status) = &cep.status else { continue };
-            let Some(net) = networks.iter().find(|n| n.name == req.network) else {
+            let Some(net) = networks.get(&req.network) else {
                 continue;
             };
             let address: Option<IpNet> = status.address.as_deref().and_then(|a| a.parse().ok());
@@ -218,8 +213,8 @@ impl Endpoints {
         }
         for att in records {
             let net = networks
-                .iter()
-                .find(|n| n.name == att.network && n.uid == att.network_uid);
+                .get(&att.network)
+                .filter(|n| n.uid == att.network_uid);
             if let (Some(net), Some(addr)) = (net, att.address)
                 && let Ok(Some(space)) = plan::address_space(net, facts)
                 && let Err(e) = st
@@ -274,7 +269,7 @@ impl Endpoints {
     /// Decide, for this pass, which endpoints exist and what the node needs for them.
     pub fn plan(
         &self,
-        networks: &[NetworkInput],
+        networks: &Networks,
         facts: &NodeFacts,
         desired_node: &KernelState,
         ceps: &[Arc<ContainerEndpoint>],
@@ -283,10 +278,9 @@ impl Endpoints {
     ) -> (NodeAdditions, Work) {
         let mut st = lock(&self.state);
         let st = &mut *st;
-        st.networks = networks
-            .iter()
-            .map(|n| (n.name.clone(), n.clone()))
-            .collect();
+        st.networks = networks.clone();
+        // The old picture goes before the new copy is made (a thousand networks' worth).
+        st.desired_node = Arc::default();
         st.desired_node = Arc::new(desired_node.clone());
         st.facts = Some(facts.clone());
         let mut work = Work::default();
@@ -658,7 +652,7 @@ impl Endpoints {
             let st = lock(&self.state);
             let routed: BTreeSet<String> = st
                 .networks
-                .values()
+                .iter()
                 .filter(|n| matches!(n.spec.driver, Driver::Bridge | Driver::Overlay))
                 .map(|n| n.name.clone())
                 .collect();
@@ -806,7 +800,7 @@ impl Endpoints {
             let mut admitted = Ok(());
             if existing.is_none() {
                 // Refused before anything is taken apart.
-                if !st.networks.contains_key(&request.network) {
+                if !st.networks.contains(&request.network) {
                     return Err(failure(
                         codes::UNKNOWN_NETWORK,
                         format!(
@@ -1312,10 +1306,7 @@ fn cni_id_of(cep: &ContainerEndpoint) -> Option<AttachmentId> {
 }
 
 /// Another node's endpoint on an overlay network, from its status.
-fn remote_endpoint(
-    cep: &ContainerEndpoint,
-    networks: &HashMap<String, NetworkInput>,
-) -> Option<RemoteEndpoint> {
+fn remote_endpoint(cep: &ContainerEndpoint, networks: &Networks) -> Option<RemoteEndpoint> {
     let net = networks.get(&cep.spec.network)?;
     if net.spec.driver != Driver::Overlay {
         return None;

@@ -427,8 +427,7 @@ impl Kernel {
     /// Links, addresses and routes Weft owns on one interface of this namespace (no nft, no
     /// sysctls: a sandbox has none of Weft's).
     async fn observe_interface(&self, if_name: &str) -> Result<KernelState, KernelError> {
-        let raws = self.dump_links().await?;
-        let view = LinkView::new(&raws);
+        let view = LinkView::new(self.dump_links().await?);
         let mut state = KernelState {
             links: view.owned_links(),
             addresses: self.observe_addresses(&view).await?,

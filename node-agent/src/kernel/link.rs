@@ -68,7 +68,15 @@ impl RawLink {
                     for info in infos {
                         match info {
                             LinkInfo::Kind(k) => raw.kind = Some(k),
-                            LinkInfo::Data(d) => raw.data = Some(d),
+                            // Only the kinds whose data Weft reads: a bridge's ~40
+                            // attributes, kept for every bridge of a node with a thousand
+                            // networks, were the agent's biggest allocation at start.
+                            LinkInfo::Data(
+                                d @ (InfoData::Vxlan(_)
+                                | InfoData::MacVlan(_)
+                                | InfoData::IpVlan(_)
+                                | InfoData::Vlan(_)),
+                            ) => raw.data = Some(d),
                             LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
                                 raw.hairpin = opts.iter().find_map(|o| match o {
                                     InfoBridgePort::HairpinMode(h) => Some(*h),
@@ -108,11 +116,16 @@ pub(crate) struct LinkView {
 }
 
 impl LinkView {
-    pub fn new(raws: &[RawLink]) -> LinkView {
+    pub fn new(raws: Vec<RawLink>) -> LinkView {
         LinkView {
-            by_index: raws.iter().map(|r| (r.index, r.clone())).collect(),
             by_name: raws.iter().map(|r| (r.name.clone(), r.index)).collect(),
+            by_index: raws.into_iter().map(|r| (r.index, r)).collect(),
         }
+    }
+
+    /// The names of all links.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
     }
 
     pub fn by_name(&self, name: &str) -> Option<&RawLink> {

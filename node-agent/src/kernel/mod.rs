@@ -353,12 +353,16 @@ async fn connect(
         let _guard = runtime.enter();
         let (mut conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
         // Bound now rather than on the first send, so the port is known from the start.
-        let port = conn
-            .socket_mut()
-            .socket_mut()
+        let socket = conn.socket_mut().socket_mut();
+        let port = socket
             .bind_auto()
             .map_err(KernelError::Socket)?
             .port_number();
+        // Strict checking lets a dump request filter in the kernel (routes by table and
+        // protocol): only Weft's routes cross, not the kernel's three per bridge.
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(KernelError::Socket)?;
         Ok::<_, KernelError>((conn, handle, port))
     })
     .await?;
@@ -498,9 +502,8 @@ impl Kernel {
         &self,
     ) -> Result<(KernelState, BTreeSet<String>), KernelError> {
         let started = std::time::Instant::now();
-        let raws = self.dump_links().await?;
+        let view = link::LinkView::new(self.dump_links().await?);
         let links_took = started.elapsed();
-        let view = link::LinkView::new(&raws);
         let mut keys: BTreeSet<String> =
             sysctl::DEFAULT_KEYS.iter().map(|k| k.to_string()).collect();
         if let Ok(written) = self.sysctl_keys.lock() {
@@ -527,10 +530,10 @@ impl Kernel {
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );
         let owned = view.owned_links();
-        let foreign = raws
-            .iter()
-            .map(|r| r.name.clone())
-            .filter(|n| !owned.contains_key(n))
+        let foreign = view
+            .names()
+            .filter(|n| !owned.contains_key(*n))
+            .map(str::to_string)
             .collect();
         let state = KernelState {
             links: owned,
@@ -579,7 +582,7 @@ impl Kernel {
                     .map_or(changes.len(), |p| i + p);
                 if links.is_none() {
                     match self.dump_links().await {
-                        Ok(raws) => links = Some(link::LinkView::new(&raws)),
+                        Ok(raws) => links = Some(link::LinkView::new(raws)),
                         Err(e) => {
                             for c in &changes[i..end] {
                                 report.failed.push(((*c).clone(), e.to_string()));

@@ -113,9 +113,19 @@ fn message(r: &Route, index: u32, scope: RouteScope) -> RouteMessage {
 }
 
 impl Kernel {
-    async fn dump_routes(&self, family: AddressFamily) -> Result<Vec<RawRoute>, KernelError> {
+    /// The main table's routes of `family`; only Weft's when `weft_only` (filtered by the
+    /// kernel: the socket checks strictly, see `connect`).
+    async fn dump_routes(
+        &self,
+        family: AddressFamily,
+        weft_only: bool,
+    ) -> Result<Vec<RawRoute>, KernelError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = family;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        if weft_only {
+            msg.header.protocol = RouteProtocol::from(WEFT_RTPROT);
+        }
         self.query_map(
             RouteNetlinkMessage::GetRoute(msg),
             true,
@@ -133,8 +143,8 @@ impl Kernel {
         view: &LinkView,
     ) -> Result<BTreeSet<Route>, KernelError> {
         // One dump at a time per netlink socket (a concurrent second dump gets EBUSY).
-        let v4 = self.dump_routes(AddressFamily::Inet).await;
-        let v6 = self.dump_routes(AddressFamily::Inet6).await;
+        let v4 = self.dump_routes(AddressFamily::Inet, true).await;
+        let v6 = self.dump_routes(AddressFamily::Inet6, true).await;
         let mut out = BTreeSet::new();
         for raw in v4?.into_iter().chain(v6?) {
             if raw.table != u32::from(RouteHeader::RT_TABLE_MAIN)
@@ -159,7 +169,7 @@ impl Kernel {
 
     /// Output interface of the lowest-metric IPv4 default route in the main table.
     pub(crate) async fn default_route_oif(&self) -> Result<Option<u32>, KernelError> {
-        let routes = self.dump_routes(AddressFamily::Inet).await?;
+        let routes = self.dump_routes(AddressFamily::Inet, false).await?;
         Ok(routes
             .into_iter()
             .filter(|r| {
