@@ -935,6 +935,45 @@ pub(crate) async fn apply(
 mod tests {
     use super::*;
 
+    /// A run whose transaction's notifications never come stops waiting after
+    /// [`OwnNft::WAIT`] (and the listing then counts as unknown); a commit that does come is
+    /// handed over at once, and so is an overrun (as "unknown").
+    #[tokio::test]
+    async fn a_run_waits_for_its_notifications_at_most_the_wait() {
+        let own = OwnNft::default();
+        own.remember(7);
+        let started = std::time::Instant::now();
+        assert!(own.added_by(7, own.overruns()).await.is_none());
+        let waited = started.elapsed();
+        assert!(
+            waited >= OwnNft::WAIT && waited < OwnNft::WAIT * 3,
+            "waited {waited:?}"
+        );
+
+        let mut added = AddedRules::new();
+        added.insert((NftFamily::Inet, "forward".into(), "a1".into()), 42);
+        let waiting = {
+            let own = own.clone();
+            tokio::spawn(async move { own.added_by(7, own.overruns()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        own.committed(7, added.clone());
+        assert_eq!(waiting.await.unwrap(), Some(added));
+        assert!(started.elapsed() < OwnNft::WAIT / 2);
+
+        let waiting = {
+            let own = own.clone();
+            let before = own.overruns();
+            tokio::spawn(async move { own.added_by(8, before).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        own.overrun();
+        assert!(waiting.await.unwrap().is_none());
+        assert!(started.elapsed() < OwnNft::WAIT / 2);
+    }
+
     fn table() -> NftTable {
         let mut t = NftTable::default();
         t.chains.insert(
