@@ -359,10 +359,11 @@ async fn connect(
             .map_err(KernelError::Socket)?
             .port_number();
         // Strict checking lets a dump request filter in the kernel (routes by table and
-        // protocol): only Weft's routes cross, not the kernel's three per bridge.
-        socket
-            .set_netlink_get_strict_chk(true)
-            .map_err(KernelError::Socket)?;
+        // protocol): only Weft's routes cross, not the kernel's three per bridge. Kernels
+        // before 4.20 lack it; they send everything and the reader filters as before.
+        if let Err(e) = socket.set_netlink_get_strict_chk(true) {
+            tracing::debug!(error = %e, "no strict netlink checking; route dumps unfiltered");
+        }
         Ok::<_, KernelError>((conn, handle, port))
     })
     .await?;
