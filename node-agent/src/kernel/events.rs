@@ -6,8 +6,9 @@
 //! second socket joins NFNLGRP_NFTABLES and keeps only notifications about Weft's tables.
 //! Of the rtnetlink messages only the fixed headers are read (the agent re-observes
 //! anyway), enough to drop what cannot concern Weft's objects and what the agent's own
-//! socket wrote ([`weft_route_changes`]); a few of Weft's own writes still notify (the
-//! kernel stamps no writer on VXLAN FDB entries). Weft's own nftables transactions do not: each
+//! socket wrote ([`weft_route_changes`]); some of Weft's own writes still notify (the
+//! kernel stamps no writer on most link messages, nor on VXLAN FDB entries). Weft's own
+//! nftables transactions do not: each
 //! transaction's notifications end with a NEWGEN message naming the process that committed
 //! it, and the `nft` processes the agent starts are remembered ([`OwnNft`]), so only
 //! somebody else's change to Weft's tables invalidates the agent's cached listing. For the
