@@ -565,7 +565,28 @@ fn binaries(no_build: bool) -> Result<(PathBuf, PathBuf)> {
             "building weft-agent and weft-controller (release) in {}",
             ws.display()
         );
-        let status = Command::new(&cargo)
+        let mut build = Command::new(&cargo);
+        // What `cargo run` sets for the program it runs: build scripts that watch these
+        // (ring's does) would rebuild, and everything above them, whenever the daemons
+        // are built from here rather than from a shell — two minutes on every `up`.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_MANIFEST_LINKS",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "--release",
