@@ -147,6 +147,7 @@ impl Kernel {
         let v6 = self.dump_routes(AddressFamily::Inet6, true).await;
         let mut out = BTreeSet::new();
         for raw in v4?.into_iter().chain(v6?) {
+            // Checked again here: a kernel without strict checking sends every route.
             if raw.table != u32::from(RouteHeader::RT_TABLE_MAIN)
                 || raw.protocol != WEFT_RTPROT
                 || raw.kind != RouteType::Unicast
