@@ -93,6 +93,30 @@ async fn pods_network(cluster: &Cluster) {
     panic!("network pods never became attachable");
 }
 
+/// One ADD per sandbox, all at once (container `{prefix}{i}`); `meanwhile` runs while they
+/// are in flight.
+fn adds_at_once(
+    cluster: &Cluster,
+    sandboxes: &[Netns],
+    prefix: &str,
+    meanwhile: impl FnOnce(),
+) -> Vec<Call> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = sandboxes
+            .iter()
+            .enumerate()
+            .map(|(i, sb)| {
+                s.spawn(move || cni(cluster, "ADD", &format!("{prefix}{i}"), Some(sb), CONFIG))
+            })
+            .collect();
+        meanwhile();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    })
+}
+
 fn address_of(call: &Call) -> String {
     call.out["ips"][0]["address"]
         .as_str()
@@ -277,20 +301,7 @@ async fn fifty_concurrent_adds_get_distinct_addresses_even_across_an_agent_kill(
         .collect();
 
     // 50 at once.
-    let results: Vec<Call> = std::thread::scope(|s| {
-        let handles: Vec<_> = sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, sb)| {
-                let cluster = &cluster;
-                s.spawn(move || cni(cluster, "ADD", &format!("b{i}"), Some(sb), CONFIG))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
+    let results = adds_at_once(&cluster, &sandboxes, "b", || {});
     let ok: Vec<String> = results
         .iter()
         .filter(|c| c.code == 0)
@@ -317,24 +328,12 @@ async fn fifty_concurrent_adds_get_distinct_addresses_even_across_an_agent_kill(
         );
     }
     let agent_pid = cluster.nodes[0].agent_pid();
-    let first: Vec<Call> = std::thread::scope(|s| {
-        let handles: Vec<_> = sandboxes
-            .iter()
-            .enumerate()
-            .map(|(i, sb)| {
-                let cluster = &cluster;
-                s.spawn(move || cni(cluster, "ADD", &format!("k{i}"), Some(sb), CONFIG))
-            })
-            .collect();
+    let first = adds_at_once(&cluster, &sandboxes, "k", || {
         // SIGKILL while the ADDs are in flight.
         std::thread::sleep(Duration::from_millis(40));
         if let Some(pid) = agent_pid {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
     });
     let interrupted = first.iter().filter(|c| c.code != 0).count();
     eprintln!("ADDs cut short by the kill: {interrupted} of 50");
@@ -381,4 +380,38 @@ async fn fifty_concurrent_adds_get_distinct_addresses_even_across_an_agent_kill(
         .unwrap_or_default()
         .to_string();
     assert!(reachable(&sandboxes[0], &peer, Duration::from_secs(10)).await);
+}
+
+/// DEL and GC answer only once the interface is gone, even while the passes that the ADDs
+/// just woke re-check those very endpoints (a pass's repair must not bring one back).
+#[tokio::test]
+async fn del_and_gc_leave_nothing_behind_while_passes_race_with_them() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandboxes: Vec<Netns> = (0..4)
+        .map(|i| cluster.container(&format!("r{i}")).expect("sandbox"))
+        .collect();
+    let mut gc: Value = serde_json::from_str(CONFIG).expect("config");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let gc = gc.to_string();
+    for round in 0..30 {
+        // Several ADDs at once, so that passes plan while some are still in flight.
+        let adds = adds_at_once(&cluster, &sandboxes, &format!("r{round}-"), || {});
+        for add in &adds {
+            assert_eq!(add.code, 0, "{}", add.out);
+        }
+        // Half go by DEL, the rest by GC, right away.
+        for (i, sb) in sandboxes.iter().enumerate().take(2) {
+            let del = cni(&cluster, "DEL", &format!("r{round}-{i}"), Some(sb), CONFIG);
+            assert_eq!(del.code, 0, "{}", del.out);
+        }
+        let call = cni(&cluster, "GC", "", None, &gc);
+        assert_eq!(call.code, 0, "{}", call.out);
+        for (i, sb) in sandboxes.iter().enumerate() {
+            assert!(
+                !sb.try_exec(&["ip", "link", "show", "eth0"]),
+                "round {round}: sandbox r{i} still has eth0 after DEL/GC answered"
+            );
+        }
+    }
 }

@@ -96,6 +96,18 @@ struct State {
     facts: Option<NodeFacts>,
 }
 
+/// An endpoint held by one worker (see [`Endpoints::claim`]).
+struct Claim<'a> {
+    endpoints: &'a Endpoints,
+    id: EndpointId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.endpoints.state).in_flight.remove(&self.id);
+    }
+}
+
 pub struct Endpoints {
     node: String,
     kernel: Arc<Kernel>,
@@ -540,23 +552,34 @@ impl Endpoints {
         plan::sandbox_config(att, net, &facts, &st.desired_node)
     }
 
-    /// Make one attachment real (or repair it); records the outcome.
-    async fn ensure(&self, id: &EndpointId) -> Result<usize, Problem> {
-        // One at a time per endpoint: wait for whoever is on it (a pass or another ADD),
-        // then check again ourselves (cheap when it is all in place).
+    /// Hold one endpoint's kernel objects alone: a CNI call and a pass never work on the
+    /// same endpoint at once (a pass repairing what a DEL is removing would bring it back).
+    /// Waits for whoever holds it; released when the claim is dropped.
+    async fn claim(&self, id: &EndpointId) -> Result<Claim<'_>, String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !lock(&self.state).in_flight.insert(id.clone()) {
             if std::time::Instant::now() > deadline {
-                return Err(Problem::new(
-                    endpoint_reason::KERNEL_ERROR,
-                    format!("endpoint {id} is still being attached by another request"),
+                return Err(format!(
+                    "endpoint {id} is still being worked on by another request"
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
-        let result = self.ensure_now(id).await;
-        lock(&self.state).in_flight.remove(id);
-        result
+        Ok(Claim {
+            endpoints: self,
+            id: id.clone(),
+        })
+    }
+
+    /// Make one attachment real (or repair it); records the outcome.
+    async fn ensure(&self, id: &EndpointId) -> Result<usize, Problem> {
+        // Whoever held it before us may have changed it: check again ourselves (cheap when
+        // it is all in place; an endpoint detached meanwhile is reported gone).
+        let _claim = self
+            .claim(id)
+            .await
+            .map_err(|m| Problem::new(endpoint_reason::KERNEL_ERROR, m))?;
+        self.ensure_now(id).await
     }
 
     async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
@@ -589,7 +612,13 @@ impl Endpoints {
     }
 
     /// Remove one attachment's kernel objects and its journal record.
-    async fn detach(&self, att: &Attachment) -> Result<usize, KernelError> {
+    async fn detach(&self, att: &Attachment) -> Result<usize, String> {
+        let _claim = self.claim(&att.id).await?;
+        self.detach_now(att).await
+    }
+
+    /// [`Self::detach`] for a caller holding the endpoint's claim.
+    async fn detach_now(&self, att: &Attachment) -> Result<usize, String> {
         let writes = self
             .kernel
             .remove_endpoint(
@@ -598,7 +627,8 @@ impl Endpoints {
                 &plan::host_interface(&att.id),
                 &plan::host_alias(&att.id),
             )
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         if let Err(e) = self.journal.remove(&att.id) {
             tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
         }
@@ -917,20 +947,27 @@ impl Endpoints {
     }
 
     async fn remove_via_cni(&self, id: &EndpointId) -> Result<(), Failure> {
-        let att = {
+        {
             let mut st = lock(&self.state);
             st.tombstones.insert(id.clone(), Tombstone::now());
             if let Err(e) = self.journal.save_tombstone(id) {
                 tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
             }
-            st.attachments.get(id).cloned()
-        };
+        }
+        // Held until the attachment is forgotten: a pass repairing it in between would
+        // bring the interface back after DEL answered.
+        let claim = self
+            .claim(id)
+            .await
+            .map_err(|m| failure(codes::KERNEL, m))?;
+        let att = lock(&self.state).attachments.get(id).cloned();
         if let Some(att) = att {
-            self.detach(&att)
+            self.detach_now(&att)
                 .await
                 .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
             self.forget(id);
         }
+        drop(claim);
         self.wake.notify_one();
         Ok(())
     }
