@@ -605,7 +605,10 @@ impl Endpoints {
             }
             Err(p) => {
                 st.ensured.remove(id);
-                st.problems.insert(id.clone(), p.clone());
+                // An endpoint detached while this waited for its claim has nothing to report.
+                if st.attachments.contains_key(id) {
+                    st.problems.insert(id.clone(), p.clone());
+                }
             }
         }
         result
