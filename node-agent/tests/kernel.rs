@@ -929,7 +929,7 @@ async fn events_report_out_of_band_changes() {
     );
 }
 
-/// No event within `quiet` (after the ones already queued are drained).
+/// Whether no event arrives within `quiet`.
 async fn quiet_for(
     events: &mut (impl futures::Stream<Item = ()> + Unpin),
     quiet: Duration,
