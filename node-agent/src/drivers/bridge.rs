@@ -1,12 +1,14 @@
 //! `bridge`: Docker's default driver, local scope. One Linux bridge per network on every
 //! node, holding the gateway address of each subnet; endpoints are veths on it; traffic
-//! that leaves the subnet is routed by the node and masqueraded.
+//! that leaves the subnet is routed by the node and masqueraded. The bridge has a MAC of its
+//! own ([`gateway_mac`]): without one it takes its lowest port's MAC and changes it when that
+//! port leaves, and the remaining endpoints lose their gateway until their ARP entry ages out.
 
 use ipnet::IpNet;
 
 use crate::model::{Address, KernelState, Link, LinkKind, Mac, alias_for};
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem};
+use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, fnv1a64};
 
 use super::{allocated_subnets, gateway_addresses, link_mtu, require, status_gateway};
 
@@ -25,7 +27,7 @@ impl Driver for Bridge {
         })?;
         let options = net.spec.bridge.clone().unwrap_or_default();
         let mtu = link_mtu(net, node.underlay_mtu)?;
-        let bridge = RoutedBridge::plan(net, mtu, None)?;
+        let bridge = RoutedBridge::plan(net, mtu, Some(gateway_mac(&net.name)))?;
 
         let intent = FirewallIntent {
             network: net.name.clone(),
@@ -40,6 +42,16 @@ impl Driver for Bridge {
         bridge.add_to(out);
         Ok(intent)
     }
+}
+
+/// The gateway MAC of a bridge network: fixed for the life of the network (and across agent
+/// versions), so endpoints' ARP/ND entries for the gateway never go stale. Locally
+/// administered unicast, `02:58:` + 4 bytes of the FNV-1a-64 hash of the network name: the
+/// derivation of the overlay's anycast gateway MAC ([`super::overlay::anycast_gateway_mac`],
+/// `02:57:`) with another second byte, so the two never collide for one name.
+pub fn gateway_mac(network: &str) -> Mac {
+    let h = fnv1a64(network.as_bytes()).to_be_bytes();
+    [0x02, 0x58, h[0], h[1], h[2], h[3]]
 }
 
 /// The part bridge and overlay networks share: a bridge with the gateway address of every
@@ -112,7 +124,7 @@ mod tests {
                 mtu: Some(1500),
                 master: None,
                 up: true,
-                mac: None,
+                mac: Some(gateway_mac("web")),
             }
         );
         assert_eq!(
@@ -142,6 +154,28 @@ mod tests {
                 icc: true,
                 anycast_guard: None,
             }
+        );
+    }
+
+    #[test]
+    fn the_gateway_mac_is_fixed_per_network_and_not_the_overlays() {
+        let mut n = network("web", weft_api::Driver::Bridge);
+        allocate(&mut n, &["10.10.0.0/24"], None);
+        let (s1, _) = plan_one(&n, &node("n1", "192.0.2.1"));
+        let (s2, _) = plan_one(&n, &node("n2", "192.0.2.2"));
+        let b = names::bridge("web");
+        assert_eq!(s1.links[&b].mac, Some(gateway_mac("web")));
+        assert_eq!(s1.links[&b].mac, s2.links[&b].mac);
+        // Pinned across versions: locally administered unicast, 02:58 + the name's hash.
+        let mac = gateway_mac("web");
+        let h = fnv1a64(b"web").to_be_bytes();
+        assert_eq!(mac, [0x02, 0x58, h[0], h[1], h[2], h[3]]);
+        assert_eq!(mac[0] & 0b11, 0b10);
+        assert_ne!(gateway_mac("web"), gateway_mac("db"));
+        // Same name as an overlay: a different MAC.
+        assert_ne!(
+            gateway_mac("web"),
+            super::super::overlay::anycast_gateway_mac("web")
         );
     }
 
