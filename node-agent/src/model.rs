@@ -207,3 +207,9 @@ pub fn alias_for(network: &str) -> String {
 pub fn network_of_alias(alias: &str) -> Option<&str> {
     alias.strip_prefix(ALIAS_PREFIX)
 }
+
+/// The per-interface sysctl that lets the kernel route packets with a loopback address to and
+/// from that interface (`route_localnet`); Weft sets it on its own bridges only.
+pub fn route_localnet_key(link: &str) -> String {
+    format!("net/ipv4/conf/{link}/route_localnet")
+}

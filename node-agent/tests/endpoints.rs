@@ -467,3 +467,283 @@ async fn refused_endpoints_say_why_and_leave_nothing_behind() {
     let inside = a.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("eth0");
     assert!(inside.contains("10.7.0.2/30"), "{inside}");
 }
+
+/// The bridge's MAC in the node namespace (`aa:bb:...`), or of any link there.
+fn link_mac(ns: &weft_e2e::netns::Netns, link: &str) -> String {
+    let out = ns
+        .exec(&["cat", &format!("/sys/class/net/{link}/address")])
+        .unwrap_or_default();
+    out.trim().to_string()
+}
+
+/// The gateway keeps its MAC for the life of the network: the bridge would otherwise take
+/// its lowest port's MAC and change it when that endpoint leaves, and the others would lose
+/// their gateway until their ARP entry aged out. Also repaired when changed by hand.
+#[tokio::test]
+async fn the_gateway_mac_survives_the_lowest_port_leaving() {
+    use weft_agent::drivers::bridge::gateway_mac;
+    use weft_agent::endpoints::plan::format_mac;
+
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "gw",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.5.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    for (name, ns) in [("a", &a), ("b", &b)] {
+        cluster
+            .attach(name, "gw", 0, ns, json!({}))
+            .await
+            .expect("attach");
+        cluster.endpoint_address(name).await.expect("ready");
+    }
+    let bridge = names::bridge("gw");
+    let want = format_mac(&gateway_mac("gw"));
+    assert_eq!(link_mac(&node.ns, &bridge), want, "the bridge's own MAC");
+
+    // The endpoint whose host-side port has the lowest MAC leaves; the other one pings the
+    // gateway all along.
+    let (ha, hb) = (host_interface(&id("a")), host_interface(&id("b")));
+    let (leaver, stayer, leaver_port) = if link_mac(&node.ns, &ha) < link_mac(&node.ns, &hb) {
+        ("a", &b, ha)
+    } else {
+        ("b", &a, hb)
+    };
+    assert!(reachable(stayer, "10.5.0.1", SETTLE).await, "gateway");
+    let neigh = stayer
+        .exec(&["ip", "neigh", "show", "10.5.0.1"])
+        .expect("neigh");
+    assert!(neigh.contains(&want), "{neigh}");
+
+    let stayer_ns = stayer.name().to_string();
+    let ping = move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &stayer_ns, "ping", "-n", "-q"])
+            .args(["-i", "0.02", "-c", "250", "-W", "2", "10.5.0.1"])
+            .output()
+    };
+    let leave = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cluster.detach(leaver).await.expect("detach");
+        weft_e2e::wait_for(SETTLE, || {
+            let gone = !node.ns.try_exec(&["ip", "link", "show", &leaver_port]);
+            async move { Ok(gone.then_some(())) }
+        })
+        .await
+        .expect("the leaver's port is removed");
+    };
+    let (ping, ()) = tokio::join!(tokio::task::spawn_blocking(ping), leave);
+    let ping = ping.expect("join").expect("ping ran");
+    let summary = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        summary.contains("250 packets transmitted, 250 received"),
+        "pings to the gateway were lost while an endpoint left: {summary}"
+    );
+    assert_eq!(link_mac(&node.ns, &bridge), want, "after the port left");
+    let neigh = stayer
+        .exec(&["ip", "neigh", "show", "10.5.0.1"])
+        .expect("neigh");
+    assert!(neigh.contains(&want), "{neigh}");
+
+    // Changed by hand: put back.
+    node.ns
+        .exec(&["ip", "link", "set", &bridge, "address", "02:00:00:00:00:99"])
+        .expect("tamper");
+    let repaired = weft_e2e::wait_for(SETTLE, || {
+        let back = link_mac(&node.ns, &bridge) == want;
+        async move { Ok(back.then_some(())) }
+    })
+    .await;
+    assert!(repaired.is_ok(), "the gateway MAC was not repaired");
+}
+
+/// Route `127.0.0.1` out of `dev` via `gateway` inside `ns`, as an attacker on that link
+/// would: the local table's rule moved behind a rule of its own, and `route_localnet` on, so
+/// answers from 127.0.0.1 are accepted.
+fn route_loopback_away(ns: &weft_e2e::netns::Netns, dev: &str, gateway: &str) {
+    for cmd in [
+        vec!["ip", "rule", "add", "pref", "1000", "lookup", "local"],
+        vec!["ip", "rule", "del", "pref", "0"],
+        vec![
+            "ip",
+            "rule",
+            "add",
+            "pref",
+            "10",
+            "to",
+            "127.0.0.1/32",
+            "lookup",
+            "100",
+        ],
+        vec![
+            "ip",
+            "route",
+            "add",
+            "127.0.0.1/32",
+            "via",
+            gateway,
+            "dev",
+            dev,
+            "table",
+            "100",
+        ],
+        vec!["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
+        vec![
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{dev}.route_localnet=1"),
+        ],
+    ] {
+        ns.exec(&cmd).expect("routing 127.0.0.1 away");
+    }
+}
+
+/// A UDP listener on 127.0.0.1:`port` in `ns` that writes the first datagram it gets to
+/// the returned file, then exits.
+fn udp_listener(
+    ns: &weft_e2e::netns::Netns,
+    port: u16,
+) -> (std::path::PathBuf, std::process::Child) {
+    let dir = ns.state_dir();
+    std::fs::create_dir_all(&dir).expect("state dir");
+    let file = dir.join(format!("udp-{port}"));
+    let _ = std::fs::remove_file(&file);
+    let script = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('127.0.0.1',{port}))\nd=s.recvfrom(100)[0]\nopen('{}','wb').write(d)\n",
+        file.display()
+    );
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3", "-c", &script])
+        .spawn()
+        .expect("udp listener");
+    (file, child)
+}
+
+fn udp_send(ns: &weft_e2e::netns::Netns, port: u16) {
+    let script = format!(
+        "import socket\nsocket.socket(socket.AF_INET,socket.SOCK_DGRAM).sendto(b'x',('127.0.0.1',{port}))\n"
+    );
+    ns.exec(&["python3", "-c", &script]).expect("udp send");
+}
+
+/// A published port answers on the node's 127.0.0.1 (as with Docker and portmap), with no
+/// proxy, while neither a neighbour on the underlay nor a container on the bridge gets
+/// through 127.0.0.1 to anything — kube-proxy's route_localnet exposure (CVE-2020-8558).
+#[tokio::test]
+async fn localhost_publishing_opens_loopback_to_nobody_else() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "loc",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.6.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "loc",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 5000, "containerPort": 80},
+                               {"hostPort": 5001, "containerPort": 80, "hostIP": "127.0.0.1"}]}),
+        )
+        .await
+        .expect("attach a");
+    cluster
+        .attach("b", "loc", 0, &b, json!({}))
+        .await
+        .expect("attach b");
+    cluster.endpoint_address("a").await.expect("a");
+    cluster.endpoint_address("b").await.expect("b");
+    http_server(&a, 80, "hello from a").expect("server");
+
+    // From the node: 127.0.0.1, on the wildcard binding and on a 127.0.0.1-only one.
+    for url in ["http://127.0.0.1:5000/", "http://127.0.0.1:5001/"] {
+        assert_eq!(
+            http_get_within(&node.ns, url, SETTLE).await.as_deref(),
+            Some("hello from a"),
+            "{url} from the node"
+        );
+    }
+    // route_localnet on Weft's bridge only.
+    let bridge = names::bridge("loc");
+    let sysctl = |key: &str| {
+        node.ns
+            .exec(&["sysctl", "-n", key])
+            .expect("sysctl")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        sysctl(&format!("net.ipv4.conf.{bridge}.route_localnet")),
+        "1"
+    );
+    assert_eq!(sysctl("net.ipv4.conf.all.route_localnet"), "0");
+    assert_eq!(sysctl("net.ipv4.conf.eth0.route_localnet"), "0");
+
+    // A neighbour on the underlay that routes 127.0.0.1 to the node reaches the port through
+    // the node's address (positive control), never through 127.0.0.1.
+    let neighbour = weft_e2e::netns::Netns::new("nb").expect("neighbour");
+    cluster
+        .underlay
+        .veth_into("ul-nb", &neighbour, "eth0")
+        .expect("veth");
+    cluster
+        .underlay
+        .exec(&["ip", "link", "set", "ul-nb", "master", "ul0", "up"])
+        .expect("port");
+    neighbour
+        .exec(&["ip", "addr", "add", "192.0.2.99/24", "dev", "eth0"])
+        .expect("addr");
+    neighbour
+        .exec(&["ip", "link", "set", "eth0", "up"])
+        .expect("up");
+    let via_address = format!("http://{}:5000/", node.address);
+    assert_eq!(
+        http_get_within(&neighbour, &via_address, SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a"),
+        "positive control: the neighbour reaches the node's address"
+    );
+    route_loopback_away(&neighbour, "eth0", &node.address);
+    for port in [5000, 5001] {
+        assert_eq!(
+            http_get(&neighbour, &format!("http://127.0.0.1:{port}/")),
+            None,
+            "a neighbour reached published port {port} through 127.0.0.1"
+        );
+    }
+
+    // A container on the bridge that routes 127.0.0.1 to its gateway reaches none of the
+    // node's loopback-only services.
+    let (seen, mut listener) = udp_listener(&node.ns, 7000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    route_loopback_away(&b, "eth0", "10.6.0.1");
+    udp_send(&b, 7000);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !seen.exists(),
+        "a container reached the node's 127.0.0.1:7000"
+    );
+    // Positive control: the listener was there.
+    udp_send(&node.ns, 7000);
+    let heard = weft_e2e::wait_for(Duration::from_secs(5), || {
+        let there = seen.exists();
+        async move { Ok(there.then_some(())) }
+    })
+    .await;
+    assert!(heard.is_ok(), "the node's own datagram never arrived");
+    listener
+        .wait()
+        .expect("the listener exits after its datagram");
+}

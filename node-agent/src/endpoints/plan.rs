@@ -325,6 +325,10 @@ pub fn publish_rules(
                 }
                 // A binding of the other family never matches this endpoint.
                 Some(_) => continue,
+                // `[::1]` is not served (IPv6 has no route_localnet: a DNATed packet from
+                // ::1 would be dropped), so a local client is refused at once, not left
+                // waiting for an answer that cannot come.
+                None if p.address.is_ipv6() => "ip6 daddr != ::1 ".to_string(),
                 None => String::new(),
             };
             let span = port.host_port_end - port.host_port;
@@ -592,6 +596,17 @@ mod tests {
             publication("b", 2, "10.0.0.3", vec![r]),
         ]);
         assert!(conflicts.is_empty());
+    }
+
+    #[test]
+    fn ipv6_publications_leave_loopback_alone() {
+        let mut p = publication("a", 1, "fd00::2", vec![tcp(5000, 80)]);
+        p.subnet = "fd00::/64".parse().expect("subnet");
+        let (chains, _) = publish_rules(&[p]);
+        assert_eq!(
+            chains[CHAIN_PUBLISH].rules[0].body,
+            "ip6 daddr != ::1 tcp dport 5000 dnat ip6 to [fd00::2]:80"
+        );
     }
 
     #[test]

@@ -510,6 +510,8 @@ impl Kernel {
         if let Ok(written) = self.sysctl_keys.lock() {
             keys.extend(written.iter().cloned());
         }
+        let owned = view.owned_links();
+        keys.extend(sysctl::link_keys(&owned));
         // The kernel runs one dump at a time per netlink socket (a second one gets EBUSY), so
         // the netlink dumps go one after the other; nft and sysctl reads overlap with them.
         let netlink_dumps = async {
@@ -530,7 +532,6 @@ impl Kernel {
             self.observe_nft(),
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );
-        let owned = view.owned_links();
         let foreign = view
             .names()
             .filter(|n| !owned.contains_key(*n))

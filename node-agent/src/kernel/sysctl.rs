@@ -4,12 +4,23 @@
 //! The files are opened from a thread inside the target netns: `/proc/sys/net` resolves
 //! against the namespace of the opener.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{KernelError, netns};
+use crate::model::{Link, LinkKind, route_localnet_key};
 
 /// Keys observed on every pass (the ones every Weft node needs).
 pub const DEFAULT_KEYS: [&str; 2] = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"];
+
+/// Per-interface keys observed on every pass for the owned links that may carry them (a
+/// bridge's `route_localnet`), so an agent that restarts sees them set and writes nothing.
+pub fn link_keys(owned: &BTreeMap<String, Link>) -> impl Iterator<Item = String> + '_ {
+    owned
+        .values()
+        .filter(|l| l.kind == LinkKind::Bridge)
+        .map(|l| route_localnet_key(&l.name))
+}
 
 /// Refuse keys that could escape `/proc/sys` or are not plain sysctl paths.
 fn file_of(key: &str) -> Result<PathBuf, KernelError> {

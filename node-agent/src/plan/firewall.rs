@@ -223,6 +223,61 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
     out
 }
 
+/// Base chain spec of the guard against loopback addresses from outside: the prerouting hook
+/// at raw priority, before connection tracking and before any DNAT.
+pub const FILTER_PREROUTING_RAW: &str = "type filter hook prerouting priority -300; policy accept;";
+/// Chains of localhost publishing ([`localhost_chains`]).
+pub const CHAIN_LOCALHOST_GUARD: &str = "localhost-guard";
+pub const CHAIN_LOCALHOST_POSTROUTING: &str = "localhost-postrouting";
+
+/// Localhost publishing (`127.0.0.1:HOSTPORT` reaches a published port, as with Docker and
+/// the portmap plugin), without opening the node's loopback to anyone else. The output hook
+/// DNATs the connection to the endpoint; the kernel then routes a packet with source
+/// 127.0.0.1 out of the bridge only because `route_localnet` is on for Weft's routed
+/// bridges alone (set by the planner; never `all`, never the underlay). This adds, for the
+/// IPv4 routed networks among `intents` (empty if there are none):
+///
+/// - `localhost-postrouting`: such packets are masqueraded to the bridge's address, so the
+///   endpoint answers the node, not its own loopback;
+/// - `localhost-guard`: nothing with a loopback source or destination is accepted from any
+///   interface but `lo` — the kernel would drop it as a martian anyway, except that a DNAT
+///   in prerouting (a published port) runs before that check and would forward a
+///   neighbour's `127.0.0.1:HOSTPORT` to the endpoint, and `route_localnet` on a bridge would
+///   let its endpoints reach the node's loopback-only services (kube-proxy's CVE-2020-8558).
+///   It runs before connection tracking, so it sees the addresses as they arrive: answers to
+///   the masqueraded connections come back to the bridge's address and are de-NATed later.
+pub fn localhost_chains(intents: &[FirewallIntent]) -> BTreeMap<String, NftChain> {
+    let routed_v4 = intents.iter().any(|i| {
+        i.interface.is_some() && !i.internal && i.subnets.iter().any(|s| s.addr().is_ipv4())
+    });
+    let mut chains = BTreeMap::new();
+    if !routed_v4 {
+        return chains;
+    }
+    let lo = "iifname != \"lo\"";
+    chains.insert(
+        CHAIN_LOCALHOST_GUARD.to_string(),
+        NftChain {
+            base: Some(FILTER_PREROUTING_RAW.to_string()),
+            rules: vec![
+                rule(format!("{lo} ip daddr 127.0.0.0/8 drop")),
+                rule(format!("{lo} ip saddr 127.0.0.0/8 drop")),
+            ],
+        },
+    );
+    chains.insert(
+        CHAIN_LOCALHOST_POSTROUTING.to_string(),
+        NftChain {
+            base: Some(NAT_POSTROUTING.to_string()),
+            rules: vec![rule(format!(
+                "ip saddr 127.0.0.0/8 oifname \"{}b-*\" masquerade",
+                crate::names::LINK_PREFIX
+            ))],
+        },
+    );
+    chains
+}
+
 /// The tables as one nft script (`nft -f -` input, without any flush): the reference text
 /// form of what [`render`] produces, comments included. Tabs, one statement a line, a
 /// newline before every `}` (nft 1.0.6's parser wants one).
@@ -554,6 +609,43 @@ pub(crate) mod tests {
                 .as_deref(),
             Some("type filter hook prerouting priority 0; policy accept;")
         );
+    }
+
+    #[test]
+    fn localhost_chains_for_routed_ipv4_networks_only() {
+        let chains = localhost_chains(&[bridge_intent("a", "wfb-a", &["10.0.0.0/24"])]);
+        let bodies =
+            |c: &str| -> Vec<String> { chains[c].rules.iter().map(|r| r.body.clone()).collect() };
+        assert_eq!(
+            bodies(CHAIN_LOCALHOST_GUARD),
+            vec![
+                r#"iifname != "lo" ip daddr 127.0.0.0/8 drop"#,
+                r#"iifname != "lo" ip saddr 127.0.0.0/8 drop"#,
+            ]
+        );
+        assert_eq!(
+            chains[CHAIN_LOCALHOST_GUARD].base.as_deref(),
+            Some("type filter hook prerouting priority -300; policy accept;")
+        );
+        assert_eq!(
+            bodies(CHAIN_LOCALHOST_POSTROUTING),
+            vec![r#"ip saddr 127.0.0.0/8 oifname "wfb-*" masquerade"#]
+        );
+        assert_eq!(
+            chains[CHAIN_LOCALHOST_POSTROUTING].base.as_deref(),
+            Some(NAT_POSTROUTING)
+        );
+        for chain in chains.values() {
+            let kinds: BTreeSet<&str> = chain.rules.iter().map(|r| verdict(&r.body)).collect();
+            assert_eq!(kinds.len(), 1, "{kinds:?}");
+        }
+
+        let mut internal = bridge_intent("b", "wfb-b", &["10.0.1.0/24"]);
+        internal.internal = true;
+        assert!(localhost_chains(&[internal]).is_empty());
+        assert!(localhost_chains(&[bridge_intent("c", "wfb-c", &["fd00:1::/64"])]).is_empty());
+        assert!(localhost_chains(&[FirewallIntent::none("mv")]).is_empty());
+        assert!(localhost_chains(&[]).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use weft_api::RealizationState;
 
 use crate::drivers;
-use crate::model::{KernelState, network_of_alias};
+use crate::model::{KernelState, network_of_alias, route_localnet_key};
 
 pub mod firewall;
 
@@ -213,6 +213,7 @@ pub fn plan_node(
     }
     out.nft = firewall::render(&intents);
     out.sysctls.extend(forwarding_sysctls(&intents));
+    add_localhost_publishing(&mut out, &intents, node);
     (out, outcomes)
 }
 
@@ -334,6 +335,35 @@ fn forwarding_sysctls(intents: &[FirewallIntent]) -> BTreeMap<String, String> {
         }
     }
     sysctls
+}
+
+/// Localhost publishing (see [`firewall::localhost_chains`]): `route_localnet` on every
+/// routed, not internal bridge with an IPv4 subnet, and the chains that make that safe. Only
+/// together: without nftables (no guard possible) no bridge gets `route_localnet`. IPv6 has
+/// no `route_localnet` (the kernel never lets `::1` leave `lo`), so `[::1]` is not served;
+/// Docker serves it with a userspace proxy.
+fn add_localhost_publishing(out: &mut KernelState, intents: &[FirewallIntent], node: &NodeFacts) {
+    if !node.capabilities.nftables {
+        return;
+    }
+    let chains = firewall::localhost_chains(intents);
+    if chains.is_empty() {
+        return;
+    }
+    for intent in intents {
+        if let Some(link) = &intent.interface
+            && !intent.internal
+            && intent.subnets.iter().any(|s| s.addr().is_ipv4())
+        {
+            out.sysctls
+                .insert(route_localnet_key(link), "1".to_string());
+        }
+    }
+    out.nft
+        .entry(crate::model::NftFamily::Inet)
+        .or_default()
+        .chains
+        .extend(chains);
 }
 
 /// 64-bit FNV-1a: tiny and stable across Rust versions and platforms (std's hasher is

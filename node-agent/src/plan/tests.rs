@@ -135,13 +135,18 @@ fn every_network_of_a_mixed_node() {
             dst: ip("192.0.2.2"),
         }]
     );
-    assert_eq!(
-        state.sysctls,
-        BTreeMap::from([
-            ("net/ipv4/ip_forward".to_string(), "1".to_string()),
-            ("net/ipv6/conf/all/forwarding".to_string(), "1".to_string()),
-        ])
-    );
+    // Forwarding, and route_localnet on every routed IPv4 bridge but the internal one.
+    let mut want = BTreeMap::from([
+        ("net/ipv4/ip_forward".to_string(), "1".to_string()),
+        ("net/ipv6/conf/all/forwarding".to_string(), "1".to_string()),
+    ]);
+    for n in ["web", "quiet", "dual", "front"] {
+        want.insert(
+            format!("net/ipv4/conf/{}/route_localnet", names::bridge(n)),
+            "1".to_string(),
+        );
+    }
+    assert_eq!(state.sysctls, want);
 
     // Firewall: both families, every feature.
     let web = names::bridge("web");
@@ -344,9 +349,13 @@ fn duplicate_names_are_planned_once() {
 #[test]
 fn forwarding_sysctls_follow_routed_non_internal_networks() {
     let (state, _) = plan_node(&[bridge("v4", "10.1.1.0/24")], &me());
+    let localnet = format!("net/ipv4/conf/{}/route_localnet", names::bridge("v4"));
     assert_eq!(
         state.sysctls,
-        BTreeMap::from([("net/ipv4/ip_forward".to_string(), "1".to_string())])
+        BTreeMap::from([
+            ("net/ipv4/ip_forward".to_string(), "1".to_string()),
+            (localnet, "1".to_string())
+        ])
     );
     let (state, _) = plan_node(&[bridge("v6", "fd00:1::/64")], &me());
     assert_eq!(
@@ -360,7 +369,45 @@ fn forwarding_sysctls_follow_routed_non_internal_networks() {
     let (state, _) = plan_node(&[macvlan("lan", "eth1", Some(10))], &me());
     assert!(state.sysctls.is_empty());
     let (state, _) = plan_node(&[internal, overlay("front", "10.40.0.0/24", 7)], &me());
-    assert_eq!(state.sysctls.len(), 1);
+    assert_eq!(state.sysctls.len(), 2);
+    assert!(state.sysctls.contains_key("net/ipv4/ip_forward"));
+}
+
+/// route_localnet comes only with the guard that makes it safe, never without nftables.
+#[test]
+fn localhost_publishing_comes_with_its_guard() {
+    let (state, _) = plan_node(&[bridge("v4", "10.1.1.0/24")], &me());
+    let localnet = format!("net/ipv4/conf/{}/route_localnet", names::bridge("v4"));
+    assert_eq!(state.sysctls.get(&localnet).map(String::as_str), Some("1"));
+    assert_eq!(
+        rules(&state, NftFamily::Inet, firewall::CHAIN_LOCALHOST_GUARD),
+        vec![
+            r#"iifname != "lo" ip daddr 127.0.0.0/8 drop"#,
+            r#"iifname != "lo" ip saddr 127.0.0.0/8 drop"#,
+        ]
+    );
+    assert_eq!(
+        rules(
+            &state,
+            NftFamily::Inet,
+            firewall::CHAIN_LOCALHOST_POSTROUTING
+        ),
+        vec![r#"ip saddr 127.0.0.0/8 oifname "wfb-*" masquerade"#]
+    );
+
+    let mut bare = bridge("v4", "10.1.1.0/24");
+    bare.spec.bridge = Some(weft_api::BridgeOptions {
+        masquerade: false,
+        host_binding: None,
+        isolation: false,
+        inter_container_traffic: true,
+    });
+    let mut no_nft = me();
+    no_nft.capabilities.nftables = false;
+    let (state, outcomes) = plan_node(&[bare], &no_nft);
+    assert!(outcomes.values().all(Result::is_ok));
+    assert!(!state.sysctls.contains_key(&localnet));
+    assert!(state.nft.is_empty());
 }
 
 #[test]
