@@ -592,11 +592,13 @@ fn route_loopback_away(ns: &weft_e2e::netns::Netns, dev: &str, gateway: &str) {
             "table",
             "100",
         ],
-        vec!["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"],
+        // /proc/sys rather than sysctl(8): procps is not on every machine.
         vec![
-            "sysctl",
-            "-qw",
-            &format!("net.ipv4.conf.{dev}.route_localnet=1"),
+            "sh",
+            "-c",
+            &format!(
+                "echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet && echo 1 > /proc/sys/net/ipv4/conf/{dev}/route_localnet"
+            ),
         ],
     ] {
         ns.exec(&cmd).expect("routing 127.0.0.1 away");
@@ -678,17 +680,17 @@ async fn localhost_publishing_opens_loopback_to_nobody_else() {
     let bridge = names::bridge("loc");
     let sysctl = |key: &str| {
         node.ns
-            .exec(&["sysctl", "-n", key])
+            .exec(&["cat", &format!("/proc/sys/{key}")])
             .expect("sysctl")
             .trim()
             .to_string()
     };
     assert_eq!(
-        sysctl(&format!("net.ipv4.conf.{bridge}.route_localnet")),
+        sysctl(&format!("net/ipv4/conf/{bridge}/route_localnet")),
         "1"
     );
-    assert_eq!(sysctl("net.ipv4.conf.all.route_localnet"), "0");
-    assert_eq!(sysctl("net.ipv4.conf.eth0.route_localnet"), "0");
+    assert_eq!(sysctl("net/ipv4/conf/all/route_localnet"), "0");
+    assert_eq!(sysctl("net/ipv4/conf/eth0/route_localnet"), "0");
 
     // A neighbour on the underlay that routes 127.0.0.1 to the node reaches the port through
     // the node's address (positive control), never through 127.0.0.1.
