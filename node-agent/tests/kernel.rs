@@ -677,7 +677,7 @@ async fn nft_updates_write_only_the_difference_and_own_writes_keep_the_cache() {
     let report = k.apply(&diff(&bad, &k.observe().await.unwrap())).await;
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(
-        report.failed[0].1.contains("syntax error"),
+        report.failed[0].1.to_string().contains("syntax error"),
         "{:?}",
         report.failed
     );
@@ -840,7 +840,7 @@ async fn tampering_is_seen_and_undone() {
     assert!(
         report.failed.iter().any(
             |(c, e)| matches!(c, Change::CreateLink(l) if l.name == "wfb-t7")
-                && e.contains("not Weft's")
+                && e.to_string().contains("not Weft's")
         ),
         "{:?}",
         report.failed
@@ -1066,7 +1066,10 @@ async fn unsupported_kind_fails_readably_and_does_not_block_others() {
     }
     assert_eq!(report.failed.len(), 1, "{:?}", report.failed);
     assert!(
-        report.failed[0].1.contains("no 802.1q vlan support"),
+        report.failed[0]
+            .1
+            .to_string()
+            .contains("no 802.1q vlan support"),
         "{}",
         report.failed[0].1
     );

@@ -13,8 +13,10 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
 use rtnetlink::AddressMessageBuilder;
 
-use super::link::LinkView;
-use super::{Kernel, KernelError, WEFT_RTPROT, already_gone, owned_index};
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::handle::Kernel;
+use crate::kernel::link::LinkView;
+use crate::kernel::netlink::{WEFT_RTPROT, owned_index};
 use crate::model::Address;
 
 /// One address as the kernel reports it.

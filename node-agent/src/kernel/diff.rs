@@ -17,8 +17,8 @@
 
 use std::collections::BTreeSet;
 
-use super::Change;
-use super::nft::nft_tables_equivalent;
+use crate::kernel::changes::Change;
+use crate::kernel::nft::nft_tables_equivalent;
 use crate::model::{KernelState, Link, LinkKind, NftFamily};
 
 /// `""` (or `Some("")`) in an observed kind means the kernel only told us an index in some

@@ -24,8 +24,12 @@ use netlink_packet_route::link::{
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 
-use super::link::LinkView;
-use super::{Change, Kernel, KernelError, already_gone};
+use crate::kernel::changes::{ApplyReport, Change};
+use crate::kernel::diff::diff;
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::handle::Kernel;
+use crate::kernel::link::{self, LinkView};
+use crate::kernel::netns;
 use crate::model::{Address, IpvlanMode, KernelState, Link, Mac, MacvlanMode, Route};
 
 /// Alias prefix of host-side endpoint interfaces.
@@ -88,7 +92,7 @@ impl Kernel {
     /// Make the endpoint exist exactly as `cfg` says. Returns the number of writes (0 when
     /// everything was already in place).
     pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
-        let ns_file = super::netns::open(&cfg.sandbox)?;
+        let ns_file = netns::open(&cfg.sandbox)?;
         let sandbox = Kernel::open(Some(&cfg.sandbox)).await?;
         let mut writes = 0;
         match &cfg.link {
@@ -360,12 +364,12 @@ impl Kernel {
             EndpointLink::Macvlan { parent, mode } => (
                 parent,
                 InfoKind::MacVlan,
-                InfoData::MacVlan(vec![InfoMacVlan::Mode(super::link::macvlan_mode(*mode))]),
+                InfoData::MacVlan(vec![InfoMacVlan::Mode(link::macvlan_mode(*mode))]),
             ),
             EndpointLink::Ipvlan { parent, mode } => (
                 parent,
                 InfoKind::IpVlan,
-                InfoData::IpVlan(vec![InfoIpVlan::Mode(super::link::ipvlan_mode(*mode))]),
+                InfoData::IpVlan(vec![InfoIpVlan::Mode(link::ipvlan_mode(*mode))]),
             ),
             _ => return Ok(0),
         };
@@ -490,7 +494,7 @@ impl Kernel {
             })
             .collect();
         desired.routes = cfg.routes.iter().cloned().collect();
-        let changes: Vec<Change> = super::diff(&desired, &observed)
+        let changes: Vec<Change> = diff(&desired, &observed)
             .into_iter()
             .filter(|c| {
                 !matches!(
@@ -503,12 +507,16 @@ impl Kernel {
             return Ok(writes);
         }
         let report = self.apply(&changes).await;
-        if let Some((change, err)) = report.failed.first() {
-            return Err(KernelError::Unexpected(format!(
-                "in the sandbox: {change}: {err}"
-            )));
-        }
-        Ok(writes + report.writes)
+        Ok(writes + sandbox_outcome(report)?)
+    }
+}
+
+/// The writes of changes applied inside a sandbox, or the first failure. The kernel's error
+/// already names the operation (`add route …: File exists`); only where it happened is added.
+fn sandbox_outcome(report: ApplyReport) -> Result<usize, KernelError> {
+    match report.failed.into_iter().next() {
+        Some((_, err)) => Err(KernelError::InSandbox(Box::new(err))),
+        None => Ok(report.writes),
     }
 }
 
@@ -518,4 +526,42 @@ fn name_taken(cfg: &SandboxConfig) -> KernelError {
         cfg.if_name,
         cfg.sandbox.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::error::netlink_error;
+
+    /// A route the sandbox already has reads `in the sandbox: add route …: File exists`: the
+    /// operation once, from the layer that sent it, and the errno still there.
+    #[test]
+    fn a_failed_change_in_the_sandbox_names_its_operation_once() {
+        let route = Route {
+            destination: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            link: "eth0".into(),
+        };
+        let mut refused = netlink_packet_core::ErrorMessage::default();
+        refused.code = std::num::NonZeroI32::new(-libc::EEXIST);
+        let op = format!(
+            "add route {}",
+            crate::kernel::changes::describe_route(&route)
+        );
+        let report = ApplyReport {
+            writes: 1,
+            failed: vec![(Change::AddRoute(route), netlink_error(op, &refused))],
+        };
+        let err = sandbox_outcome(report).expect_err("a failure");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "in the sandbox: add route 0.0.0.0/0 via 10.1.0.1 dev eth0: {}",
+                std::io::Error::from_raw_os_error(libc::EEXIST)
+            )
+        );
+        assert_eq!(err.to_string().matches("add route").count(), 1);
+        assert_eq!(err.errno(), Some(libc::EEXIST));
+        assert_eq!(sandbox_outcome(ApplyReport::default()).ok(), Some(0));
+    }
 }

@@ -16,8 +16,11 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::link::LinkView;
-use super::{Kernel, KernelError, already_gone, mac_str, owned_index};
+use crate::kernel::changes::mac_str;
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::handle::Kernel;
+use crate::kernel::link::LinkView;
+use crate::kernel::netlink::owned_index;
 use crate::model::{FdbEntry, Mac, Neighbour};
 
 struct RawNeighbour {

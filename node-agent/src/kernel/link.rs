@@ -16,7 +16,9 @@ use netlink_packet_route::link::{
     MacVlanMode,
 };
 
-use super::{Kernel, KernelError, already_gone};
+use crate::kernel::error::{KernelError, already_gone, netlink_error};
+use crate::kernel::handle::Kernel;
+use crate::kernel::netns;
 use crate::model::{ALIAS_PREFIX, IpvlanMode, Link, LinkKind, Mac, MacvlanMode};
 
 /// One link as the kernel reports it, owned or not.
@@ -356,7 +358,7 @@ impl Kernel {
     /// decode the whole dump ahead of the reader, and a full `LinkMessage` is ~13 KB — with a
     /// thousand bridges that queue was most of the agent's peak memory.
     pub(crate) async fn dump_links(&self) -> Result<Vec<RawLink>, KernelError> {
-        super::netns::run_in(self.netns(), dump_links_here).await
+        netns::run_in(self.netns(), dump_links_here).await
     }
 
     /// One link by name; `None` if there is none.
@@ -678,11 +680,11 @@ fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
     use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
     use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
-    socket.bind_auto().map_err(KernelError::Socket)?;
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(KernelError::socket)?;
+    socket.bind_auto().map_err(KernelError::socket)?;
     socket
         .connect(&SocketAddr::new(0, 0))
-        .map_err(KernelError::Socket)?;
+        .map_err(KernelError::socket)?;
     // Statistics are most of each link message and Weft reads none of them (as `ip link`).
     let mut request = LinkMessage::default();
     request
@@ -694,14 +696,14 @@ fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
     msg.finalize();
     let mut out_buf = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut out_buf);
-    socket.send(&out_buf, 0).map_err(KernelError::Socket)?;
+    socket.send(&out_buf, 0).map_err(KernelError::socket)?;
 
     let mut links = Vec::new();
     let mut buf = vec![0u8; 1 << 17];
     loop {
         let n = socket
             .recv(&mut &mut buf[..], 0)
-            .map_err(KernelError::Socket)?;
+            .map_err(KernelError::socket)?;
         let mut rest = &buf[..n];
         while rest.len() >= 16 {
             let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -715,7 +717,7 @@ fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(links),
                 NetlinkPayload::Error(err) if err.code.is_some() => {
-                    return Err(super::netlink_error("list links".into(), &err));
+                    return Err(netlink_error("list links".into(), &err));
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
                     links.push(RawLink::parse(l))

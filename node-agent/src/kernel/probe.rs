@@ -7,7 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Kernel, nft};
+use crate::kernel::handle::Kernel;
+use crate::kernel::nft;
 use crate::model::{IpvlanMode, Link, LinkKind, MacvlanMode};
 
 /// Which link kinds and tools work in the namespace.
