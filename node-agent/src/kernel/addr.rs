@@ -14,9 +14,8 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressPro
 use rtnetlink::AddressMessageBuilder;
 
 use crate::kernel::error::{KernelError, already_gone};
-use crate::kernel::handle::Kernel;
-use crate::kernel::link::LinkView;
-use crate::kernel::netlink::{WEFT_RTPROT, owned_index};
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
 use crate::model::Address;
 
 /// One address as the kernel reports it.
@@ -73,7 +72,7 @@ fn message(index: u32, net: &IpNet) -> AddressMessage {
     }
 }
 
-impl Kernel {
+impl Netlink {
     async fn dump_addresses(&self) -> Result<Vec<RawAddress>, KernelError> {
         self.query_map(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
@@ -106,7 +105,7 @@ impl Kernel {
         Ok(out)
     }
 
-    /// All addresses of one interface (for [`Kernel::interface`]).
+    /// All addresses of one interface (for `Kernel::interface`).
     pub(crate) async fn addresses_of(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
         Ok(self
             .dump_addresses()

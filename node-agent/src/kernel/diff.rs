@@ -18,7 +18,7 @@
 use std::collections::BTreeSet;
 
 use crate::kernel::changes::Change;
-use crate::kernel::nft::nft_tables_equivalent;
+use crate::kernel::nft::plan::nft_tables_equivalent;
 use crate::model::{KernelState, Link, LinkKind, NftFamily};
 
 /// `""` (or `Some("")`) in an observed kind means the kernel only told us an index in some

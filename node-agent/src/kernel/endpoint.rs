@@ -102,8 +102,8 @@ impl Kernel {
                 bridge,
                 hairpin,
             } => {
-                let existing = self.get_link(host).await?;
-                let peer_there = sandbox.get_link(&cfg.if_name).await?;
+                let existing = self.netlink.get_link(host).await?;
+                let peer_there = sandbox.netlink.get_link(&cfg.if_name).await?;
                 if let Some(raw) = &existing {
                     let marked = raw.alias.as_deref() == Some(host_alias.as_str());
                     if raw.alias.is_some() && !marked {
@@ -121,21 +121,22 @@ impl Kernel {
                         writes += 1;
                     }
                 }
-                let bridge_index =
-                    self.get_link(bridge)
-                        .await?
-                        .map(|b| b.index)
-                        .ok_or_else(|| KernelError::NoSuchLink {
-                            op: format!("attach {} to its bridge", cfg.if_name),
-                            name: bridge.clone(),
-                        })?;
-                match self.get_link(host).await? {
+                let bridge_index = self
+                    .netlink
+                    .get_link(bridge)
+                    .await?
+                    .map(|b| b.index)
+                    .ok_or_else(|| KernelError::NoSuchLink {
+                        op: format!("attach {} to its bridge", cfg.if_name),
+                        name: bridge.clone(),
+                    })?;
+                match self.netlink.get_link(host).await? {
                     None => {
-                        match sandbox.get_link(&cfg.if_name).await? {
+                        match sandbox.netlink.get_link(&cfg.if_name).await? {
                             None => {}
                             // Weft's, but from an attachment of another kind: replace it.
                             Some(p) if p.owned() => {
-                                let (w, r) = sandbox.delete_link(&cfg.if_name).await;
+                                let (w, r) = sandbox.netlink.delete_link(&cfg.if_name).await;
                                 r?;
                                 writes += w;
                             }
@@ -159,10 +160,11 @@ impl Kernel {
                             if let Some(m) = master {
                                 msg.attributes.push(LinkAttribute::Controller(m));
                             }
-                            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                                format!("set {host} up on {bridge}")
-                            })
-                            .await?;
+                            self.netlink
+                                .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                                    format!("set {host} up on {bridge}")
+                                })
+                                .await?;
                             writes += 1;
                         }
                         if raw.hairpin != Some(*hairpin) {
@@ -176,7 +178,7 @@ impl Kernel {
                 }
             }
             EndpointLink::Macvlan { .. } | EndpointLink::Ipvlan { .. } => {
-                match sandbox.get_link(&cfg.if_name).await? {
+                match sandbox.netlink.get_link(&cfg.if_name).await? {
                     Some(raw) if raw.owned() => {}
                     Some(_) => return Err(name_taken(cfg)),
                     None => writes += self.create_child(cfg, &ns_file).await?,
@@ -210,7 +212,7 @@ impl Kernel {
             Err(e) if sandbox_missing(&e) => return Ok(0),
             Err(e) => return Err(e),
         };
-        let (w, r) = sandbox.delete_link(if_name).await;
+        let (w, r) = sandbox.netlink.delete_link(if_name).await;
         r.map(|()| w)
     }
 
@@ -227,7 +229,7 @@ impl Kernel {
         name: &str,
         ours: impl Fn(&str) -> bool,
     ) -> Result<usize, KernelError> {
-        match self.get_link(name).await? {
+        match self.netlink.get_link(name).await? {
             Some(raw) if raw.alias.as_deref().is_some_and(&ours) => {
                 self.delete_by_index(raw.index, name).await?;
                 Ok(1)
@@ -243,7 +245,7 @@ impl Kernel {
         if_name: &str,
     ) -> Result<Option<SandboxInterface>, KernelError> {
         let k = Kernel::open(Some(sandbox)).await?;
-        let Some(raw) = k.get_link(if_name).await? else {
+        let Some(raw) = k.netlink.get_link(if_name).await? else {
             return Ok(None);
         };
         let state = k.observe_interface(if_name).await?;
@@ -259,6 +261,7 @@ impl Kernel {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         match self
+            .netlink
             .ack(RouteNetlinkMessage::DelLink(msg), 0, || {
                 format!("delete link {name}")
             })
@@ -303,17 +306,19 @@ impl Kernel {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.ack(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("create veth {host} with {} in the sandbox", cfg.if_name),
-        )
-        .await
-        .map_err(|e| match e.errno() {
-            Some(libc::EEXIST) => name_taken(cfg),
-            _ => e,
-        })?;
+        self.netlink
+            .ack(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                || format!("create veth {host} with {} in the sandbox", cfg.if_name),
+            )
+            .await
+            .map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => name_taken(cfg),
+                _ => e,
+            })?;
         let index = self
+            .netlink
             .get_link(host)
             .await?
             .map(|r| r.index)
@@ -351,7 +356,9 @@ impl Kernel {
                 hairpin,
             )])),
         ]));
-        self.ack(RouteNetlinkMessage::NewLink(msg), 0, op).await
+        self.netlink
+            .ack(RouteNetlinkMessage::NewLink(msg), 0, op)
+            .await
     }
 
     /// A macvlan/ipvlan child of a node interface, created straight into the sandbox.
@@ -374,6 +381,7 @@ impl Kernel {
             _ => return Ok(0),
         };
         let parent_index = self
+            .netlink
             .get_link(parent)
             .await?
             .map(|p| p.index)
@@ -397,31 +405,33 @@ impl Kernel {
             LinkInfo::Kind(kind),
             LinkInfo::Data(data),
         ]));
-        self.ack(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("create {} on {parent} in the sandbox", cfg.if_name),
-        )
-        .await
-        .map_err(|e| match e.errno() {
-            Some(libc::EEXIST) => name_taken(cfg),
-            _ => e,
-        })?;
+        self.netlink
+            .ack(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                || format!("create {} on {parent} in the sandbox", cfg.if_name),
+            )
+            .await
+            .map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => name_taken(cfg),
+                _ => e,
+            })?;
         Ok(1)
     }
 
     /// Loopback up (every sandbox needs it; `none` networks get nothing else).
     async fn loopback_up(&self) -> Result<usize, KernelError> {
-        match self.get_link("lo").await? {
+        match self.netlink.get_link("lo").await? {
             Some(lo) if !lo.up => {
                 let mut msg = LinkMessage::default();
                 msg.header.index = lo.index;
                 msg.header.flags |= LinkFlags::Up;
                 msg.header.change_mask |= LinkFlags::Up;
-                self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                    "set lo up in the sandbox".into()
-                })
-                .await?;
+                self.netlink
+                    .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                        "set lo up in the sandbox".into()
+                    })
+                    .await?;
                 Ok(1)
             }
             _ => Ok(0),
@@ -431,11 +441,11 @@ impl Kernel {
     /// Links, addresses and routes Weft owns on one interface of this namespace (no nft, no
     /// sysctls: a sandbox has none of Weft's).
     async fn observe_interface(&self, if_name: &str) -> Result<KernelState, KernelError> {
-        let view = LinkView::new(self.dump_links().await?);
+        let view = LinkView::new(self.netlink.dump_links().await?);
         let mut state = KernelState {
             links: view.owned_links(),
-            addresses: self.observe_addresses(&view).await?,
-            routes: self.observe_routes(&view).await?,
+            addresses: self.netlink.observe_addresses(&view).await?,
+            routes: self.netlink.observe_routes(&view).await?,
             ..KernelState::default()
         };
         state.links.retain(|n, _| n == if_name);
@@ -447,7 +457,7 @@ impl Kernel {
     /// Inside the sandbox: the interface marked, up, with its MAC and MTU, exactly its
     /// addresses and routes. Diffed against what is there, so a repeat writes nothing.
     async fn configure_sandbox_interface(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
-        let Some(raw) = self.get_link(&cfg.if_name).await? else {
+        let Some(raw) = self.netlink.get_link(&cfg.if_name).await? else {
             return Err(KernelError::NoSuchLink {
                 op: "configure the endpoint in its sandbox".into(),
                 name: cfg.if_name.clone(),
@@ -460,10 +470,11 @@ impl Kernel {
             msg.header.index = raw.index;
             msg.attributes
                 .push(LinkAttribute::IfAlias(cfg.alias.clone()));
-            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                format!("mark {} as Weft's", cfg.if_name)
-            })
-            .await?;
+            self.netlink
+                .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                    format!("mark {} as Weft's", cfg.if_name)
+                })
+                .await?;
             writes += 1;
         }
         let observed = self.observe_interface(&cfg.if_name).await?;

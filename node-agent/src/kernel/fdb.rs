@@ -18,9 +18,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::kernel::changes::mac_str;
 use crate::kernel::error::{KernelError, already_gone};
-use crate::kernel::handle::Kernel;
-use crate::kernel::link::LinkView;
-use crate::kernel::netlink::owned_index;
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::Netlink;
 use crate::model::{FdbEntry, Mac, Neighbour};
 
 struct RawNeighbour {
@@ -97,7 +96,7 @@ fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
     msg
 }
 
-impl Kernel {
+impl Netlink {
     async fn dump_neighbours(
         &self,
         family: AddressFamily,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use futures::StreamExt;
@@ -14,9 +14,9 @@ use ipnet::IpNet;
 use crate::kernel::changes::{ApplyReport, Change};
 use crate::kernel::error::KernelError;
 use crate::kernel::link::LinkView;
+use crate::kernel::netlink::Netlink;
 use crate::kernel::nft::NftTables;
-use crate::kernel::probe::{self, Capabilities};
-use crate::kernel::{events, netns, sysctl};
+use crate::kernel::{events, sysctl};
 use crate::model::{KernelState, Mac};
 
 /// How many netlink requests are kept in flight at once when a batch of independent
@@ -40,11 +40,8 @@ pub struct InterfaceInfo {
 
 /// A handle on one network namespace.
 pub struct Kernel {
-    pub(super) handle: rtnetlink::Handle,
-    /// The netlink port of `handle`'s socket (see [`connect`]).
-    netlink_port: u32,
-    netns: Option<PathBuf>,
-    connection: tokio::task::JoinHandle<()>,
+    /// The rtnetlink connection the noun files speak through.
+    pub(crate) netlink: Netlink,
     /// Sysctl keys written through this handle, so `observe` reads them back too and a
     /// second pass sees them as already set.
     sysctl_keys: Mutex<BTreeSet<String>>,
@@ -52,67 +49,26 @@ pub struct Kernel {
     nft: NftTables,
 }
 
-impl Drop for Kernel {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
-
 impl fmt::Debug for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Kernel")
-            .field("netns", &self.netns)
+            .field("netns", &self.netns())
             .finish_non_exhaustive()
     }
-}
-
-/// Open an rtnetlink connection from a thread inside `netns` and run its I/O task on the
-/// current tokio runtime. Also returns the socket's netlink port: the kernel stamps it on
-/// the notifications of the changes this connection makes, so the event reader can tell
-/// Weft's own writes from somebody else's.
-async fn connect(
-    ns: Option<&Path>,
-) -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>, u32), KernelError> {
-    use rtnetlink::sys::AsyncSocket;
-    let runtime = tokio::runtime::Handle::current();
-    let (conn, handle, port) = netns::run_in(ns, move || {
-        // The socket registers with the runtime's reactor, which needs the runtime context.
-        let _guard = runtime.enter();
-        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::socket)?;
-        // Bound now rather than on the first send, so the port is known from the start.
-        let socket = conn.socket_mut().socket_mut();
-        let port = socket
-            .bind_auto()
-            .map_err(KernelError::socket)?
-            .port_number();
-        // Strict checking lets a dump request filter in the kernel (routes by table and
-        // protocol): only Weft's routes cross, not the kernel's three per bridge. Kernels
-        // before 4.20 lack it; they send everything and the reader filters as before.
-        if let Err(e) = socket.set_netlink_get_strict_chk(true) {
-            tracing::debug!(error = %e, "no strict netlink checking; route dumps unfiltered");
-        }
-        Ok::<_, KernelError>((conn, handle, port))
-    })
-    .await?;
-    Ok((handle, tokio::spawn(conn), port))
 }
 
 impl Kernel {
     /// `None` = the agent's own netns; `Some(path)` = e.g. `/var/run/netns/X`.
     pub async fn open(netns: Option<&Path>) -> Result<Self, KernelError> {
-        let (handle, connection, netlink_port) = connect(netns).await?;
         Ok(Kernel {
-            handle,
-            netlink_port,
-            netns: netns.map(Path::to_path_buf),
-            connection,
+            netlink: Netlink::open(netns).await?,
             sysctl_keys: Mutex::new(BTreeSet::new()),
             nft: NftTables::new(netns),
         })
     }
 
     pub fn netns(&self) -> Option<&Path> {
-        self.netns.as_deref()
+        self.netlink.netns()
     }
 
     /// A stream that yields `()` whenever something that may be Weft's changes in the
@@ -125,7 +81,7 @@ impl Kernel {
     ) -> Result<impl futures::Stream<Item = ()> + Send + Unpin + 'static, KernelError> {
         let events = events::subscribe(
             self.netns(),
-            self.netlink_port,
+            self.netlink.port(),
             self.nft.unchanged_flag(),
             self.nft.own().clone(),
         )
@@ -143,11 +99,6 @@ impl Kernel {
         self.nft.listings()
     }
 
-    /// Create and delete a throwaway link of each kind and report which worked.
-    pub async fn probe(&self) -> Capabilities {
-        probe::probe(self).await
-    }
-
     /// Everything Weft owns in the namespace.
     pub async fn observe(&self) -> Result<KernelState, KernelError> {
         Ok(self.observe_with_foreign().await?.0)
@@ -160,7 +111,7 @@ impl Kernel {
         &self,
     ) -> Result<(KernelState, BTreeSet<String>), KernelError> {
         let started = std::time::Instant::now();
-        let view = LinkView::new(self.dump_links().await?);
+        let view = LinkView::new(self.netlink.dump_links().await?);
         let links_took = started.elapsed();
         let mut keys: BTreeSet<String> =
             sysctl::DEFAULT_KEYS.iter().map(|k| k.to_string()).collect();
@@ -171,13 +122,13 @@ impl Kernel {
         // the netlink dumps go one after the other; nft and sysctl reads overlap with them.
         let netlink_dumps = async {
             let t = std::time::Instant::now();
-            let addresses = self.observe_addresses(&view).await;
+            let addresses = self.netlink.observe_addresses(&view).await;
             let t1 = t.elapsed();
-            let routes = self.observe_routes(&view).await;
+            let routes = self.netlink.observe_routes(&view).await;
             let t2 = t.elapsed();
-            let fdb = self.observe_fdb(&view).await;
+            let fdb = self.netlink.observe_fdb(&view).await;
             let t3 = t.elapsed();
-            let neighbours = self.observe_neighbours(&view).await;
+            let neighbours = self.netlink.observe_neighbours(&view).await;
             let t4 = t.elapsed();
             tracing::debug!(links = ?links_took, addresses = ?t1, routes = ?(t2 - t1), fdb = ?(t3 - t2), neighbours = ?(t4 - t3), "netlink dumps");
             (addresses, routes, fdb, neighbours)
@@ -239,7 +190,7 @@ impl Kernel {
                     .position(|c| std::mem::discriminant(*c) != same)
                     .map_or(changes.len(), |p| i + p);
                 if links.is_none() {
-                    match self.dump_links().await {
+                    match self.netlink.dump_links().await {
                         Ok(raws) => links = Some(LinkView::new(raws)),
                         Err(e) => {
                             for c in &changes[i..end] {
@@ -301,14 +252,14 @@ impl Kernel {
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
         match change {
-            Change::AddAddress(a) => self.add_address(a, view).await,
-            Change::DeleteAddress(a) => self.delete_address(a, view).await,
-            Change::AddRoute(r) => self.add_route(r, view).await,
-            Change::DeleteRoute(r) => self.delete_route(r, view).await,
-            Change::AddFdb(e) => self.add_fdb(e, view).await,
-            Change::DeleteFdb(e) => self.delete_fdb(e, view).await,
-            Change::AddNeighbour(n) => self.add_neighbour(n, view).await,
-            Change::DeleteNeighbour(n) => self.delete_neighbour(n, view).await,
+            Change::AddAddress(a) => self.netlink.add_address(a, view).await,
+            Change::DeleteAddress(a) => self.netlink.delete_address(a, view).await,
+            Change::AddRoute(r) => self.netlink.add_route(r, view).await,
+            Change::DeleteRoute(r) => self.netlink.delete_route(r, view).await,
+            Change::AddFdb(e) => self.netlink.add_fdb(e, view).await,
+            Change::DeleteFdb(e) => self.netlink.delete_fdb(e, view).await,
+            Change::AddNeighbour(n) => self.netlink.add_neighbour(n, view).await,
+            Change::DeleteNeighbour(n) => self.netlink.delete_neighbour(n, view).await,
             other => (
                 0,
                 Err(KernelError::Invalid(format!(
@@ -320,14 +271,14 @@ impl Kernel {
 
     async fn apply_link(&self, change: &Change) -> (usize, Result<(), KernelError>) {
         match change {
-            Change::CreateLink(l) => self.create_link(l).await,
-            Change::DeleteLink(name) => self.delete_link(name).await,
+            Change::CreateLink(l) => self.netlink.create_link(l).await,
+            Change::DeleteLink(name) => self.netlink.delete_link(name).await,
             Change::RecreateLink(l) => {
-                let (w1, r) = self.delete_link(&l.name).await;
+                let (w1, r) = self.netlink.delete_link(&l.name).await;
                 if let Err(e) = r {
                     return (w1, Err(e));
                 }
-                let (w2, r) = self.create_link(l).await;
+                let (w2, r) = self.netlink.create_link(l).await;
                 (w1 + w2, r)
             }
             Change::SetLink {
@@ -338,15 +289,16 @@ impl Kernel {
                 alias,
                 mac,
             } => {
-                self.set_link(
-                    name,
-                    *mtu,
-                    master.as_ref().map(Option::as_deref),
-                    *up,
-                    alias.as_deref(),
-                    *mac,
-                )
-                .await
+                self.netlink
+                    .set_link(
+                        name,
+                        *mtu,
+                        master.as_ref().map(Option::as_deref),
+                        *up,
+                        alias.as_deref(),
+                        *mac,
+                    )
+                    .await
             }
             other => (
                 0,
@@ -359,10 +311,10 @@ impl Kernel {
 
     /// Facts about any interface (owned or not). `None` if it does not exist.
     pub async fn interface(&self, name: &str) -> Result<Option<InterfaceInfo>, KernelError> {
-        let Some(raw) = self.get_link(name).await? else {
+        let Some(raw) = self.netlink.get_link(name).await? else {
             return Ok(None);
         };
-        let addresses = self.addresses_of(raw.index).await?;
+        let addresses = self.netlink.addresses_of(raw.index).await?;
         Ok(Some(InterfaceInfo {
             name: raw.name.clone(),
             index: raw.index,
@@ -377,10 +329,10 @@ impl Kernel {
 
     /// Name of the interface of the IPv4 default route (lowest metric), if any.
     pub async fn default_route_interface(&self) -> Result<Option<String>, KernelError> {
-        let Some(index) = self.default_route_oif().await? else {
+        let Some(index) = self.netlink.default_route_oif().await? else {
             return Ok(None);
         };
-        let raws = self.dump_links().await?;
+        let raws = self.netlink.dump_links().await?;
         Ok(raws.into_iter().find(|r| r.index == index).map(|r| r.name))
     }
 }

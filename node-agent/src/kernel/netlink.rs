@@ -1,20 +1,88 @@
 //! Netlink plumbing the noun files share: one request and its acknowledgement, a query or
 //! dump and its replies, and the ownership check every item write makes first.
 
+use std::path::{Path, PathBuf};
+
 use futures::StreamExt;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::kernel::error::{KernelError, netlink_error};
-use crate::kernel::handle::Kernel;
-use crate::kernel::link::LinkView;
+use crate::kernel::netns;
 
 /// Routing protocol number Weft stamps on the routes it adds (`proto 87` in `ip route`).
 /// Observing filters on it, so kernel prefix routes and other daemons' routes through the
 /// same links are never mistaken for Weft's. 87 is unassigned in `/etc/iproute2/rt_protos`.
 pub const WEFT_RTPROT: u8 = 0x57;
 
-impl Kernel {
+/// One rtnetlink connection, opened from a thread inside a namespace; what the noun files
+/// (`link`, `addr`, `route`, `fdb`) add their requests to.
+pub(crate) struct Netlink {
+    handle: rtnetlink::Handle,
+    /// The netlink port of `handle`'s socket (see [`connect`]).
+    port: u32,
+    netns: Option<PathBuf>,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// Open an rtnetlink connection from a thread inside `netns` and run its I/O task on the
+/// current tokio runtime. Also returns the socket's netlink port: the kernel stamps it on
+/// the notifications of the changes this connection makes, so the event reader can tell
+/// Weft's own writes from somebody else's.
+async fn connect(
+    ns: Option<&Path>,
+) -> Result<(rtnetlink::Handle, tokio::task::JoinHandle<()>, u32), KernelError> {
+    use rtnetlink::sys::AsyncSocket;
+    let runtime = tokio::runtime::Handle::current();
+    let (conn, handle, port) = netns::run_in(ns, move || {
+        // The socket registers with the runtime's reactor, which needs the runtime context.
+        let _guard = runtime.enter();
+        let (mut conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::socket)?;
+        // Bound now rather than on the first send, so the port is known from the start.
+        let socket = conn.socket_mut().socket_mut();
+        let port = socket
+            .bind_auto()
+            .map_err(KernelError::socket)?
+            .port_number();
+        // Strict checking lets a dump request filter in the kernel (routes by table and
+        // protocol): only Weft's routes cross, not the kernel's three per bridge. Kernels
+        // before 4.20 lack it; they send everything and the reader filters as before.
+        if let Err(e) = socket.set_netlink_get_strict_chk(true) {
+            tracing::debug!(error = %e, "no strict netlink checking; route dumps unfiltered");
+        }
+        Ok::<_, KernelError>((conn, handle, port))
+    })
+    .await?;
+    Ok((handle, tokio::spawn(conn), port))
+}
+
+impl Netlink {
+    /// `None` = the agent's own netns; `Some(path)` = e.g. `/var/run/netns/X`.
+    pub(crate) async fn open(netns: Option<&Path>) -> Result<Self, KernelError> {
+        let (handle, connection, port) = connect(netns).await?;
+        Ok(Netlink {
+            handle,
+            port,
+            netns: netns.map(Path::to_path_buf),
+            connection,
+        })
+    }
+
+    pub(crate) fn netns(&self) -> Option<&Path> {
+        self.netns.as_deref()
+    }
+
+    /// The port the kernel stamps on notifications of this connection's own writes.
+    pub(crate) fn port(&self) -> u32 {
+        self.port
+    }
+
     /// Send one request and wait for the kernel's acknowledgement.
     pub(crate) async fn ack(
         &self,
@@ -48,7 +116,7 @@ impl Kernel {
         self.query_map(msg, dump, op, Some).await
     }
 
-    /// Like [`Kernel::query`], converting each reply as it arrives: a dump of thousands of
+    /// Like [`Netlink::query`], converting each reply as it arrives: a dump of thousands of
     /// links never holds thousands of fully parsed messages at once.
     pub(crate) async fn query_map<T>(
         &self,
@@ -78,21 +146,5 @@ impl Kernel {
             }
         }
         Ok(out)
-    }
-}
-
-/// Index of an owned link, or why an item on it must not be touched.
-pub(crate) fn owned_index(
-    view: &LinkView,
-    name: &str,
-    op: impl FnOnce() -> String,
-) -> Result<u32, KernelError> {
-    match view.by_name(name) {
-        None => Err(KernelError::NoSuchLink {
-            op: op(),
-            name: name.to_string(),
-        }),
-        Some(raw) if !raw.owned() => Err(KernelError::NotOwned(name.to_string())),
-        Some(raw) => Ok(raw.index),
     }
 }

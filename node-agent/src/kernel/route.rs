@@ -15,9 +15,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::kernel::changes::describe_route;
 use crate::kernel::error::{KernelError, already_gone};
-use crate::kernel::handle::Kernel;
-use crate::kernel::link::LinkView;
-use crate::kernel::netlink::{WEFT_RTPROT, owned_index};
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
 use crate::model::Route;
 
 /// One route as the kernel reports it (only what Weft looks at).
@@ -108,7 +107,7 @@ fn message(r: &Route, index: u32, scope: RouteScope) -> RouteMessage {
     msg
 }
 
-impl Kernel {
+impl Netlink {
     /// The main table's routes of `family`; only Weft's when `weft_only` (filtered by the
     /// kernel: the socket checks strictly, see `connect`).
     async fn dump_routes(

@@ -37,7 +37,7 @@ mod exec;
 mod libnft;
 mod listing;
 mod own;
-mod plan;
+pub(crate) mod plan;
 mod program;
 mod render;
 mod tables;
