@@ -1,4 +1,4 @@
-//! The writes [`diff`](crate::kernel::diff) plans and [`Kernel::apply`] performs — one
+//! The writes [`diff`](fn@crate::kernel::diff) plans and [`Kernel::apply`] performs — one
 //! [`Change`] per kernel object — and what one apply did ([`ApplyReport`]). Pure data.
 //!
 //! [`Kernel::apply`]: crate::kernel::Kernel::apply
@@ -8,7 +8,7 @@ use std::fmt;
 use crate::kernel::error::KernelError;
 use crate::model::{Address, FdbEntry, Link, Mac, Neighbour, NftFamily, NftTable, Route};
 
-/// One write to the kernel, as produced by [`diff`] and consumed by `Kernel::apply`.
+/// One write to the kernel, as produced by `diff` and consumed by `Kernel::apply`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     CreateLink(Link),

@@ -1,6 +1,6 @@
 //! Effects: reading, diffing and applying what Weft owns in one network namespace.
 //!
-//! The agent loop is `observe` → [`diff`] (pure) → `apply`. [`Kernel`] talks rtnetlink over
+//! The agent loop is `observe` → [`diff`](fn@diff) (pure) → `apply`. [`Kernel`] talks rtnetlink over
 //! one socket bound to the target namespace, runs `nft` inside it and writes sysctls from a
 //! thread inside it, so `--netns` works while the agent process itself stays put.
 //!

@@ -1,4 +1,4 @@
-//! Links: reading them back into [`Link`]s and creating, changing and deleting them.
+//! Links: reading them back into [`Link`](crate::model::Link)s and creating, changing and deleting them.
 //!
 //! The kernel ignores `IFLA_IFALIAS` on creation, so a creation is up to three writes: the
 //! `RTM_NEWLINK` with the kind-specific attributes, an `RTM_SETLINK` with the alias alone

@@ -179,7 +179,8 @@ impl Executor {
                 }
                 Ok(Some(echoed_handles(&out.stdout)))
             }
-            _ => {
+            // (`InProcess` without a session cannot happen: `route` was told there is none.)
+            (Route::Child, _) | (Route::InProcess, None) => {
                 let args = ["-f", "-"];
                 let out = program::run(self.ns(), &args, Some(script), Some(&self.own)).await?;
                 tracing::debug!(script = script.len(), "nft run");

@@ -1,11 +1,11 @@
 //! Weft's nftables tables (`inet weft`, `bridge weft`), written as nft text through one
 //! `nft -f -` run per pass (one atomic transaction) and read back with `nft -j`.
 //!
-//! Writing the difference. [`plan_update`](plan::plan_update) turns what the kernel holds into what is desired
-//! with the fewest commands: new chains and rules are appended, rules that must go are
-//! deleted by handle (order within a chain does not matter, see `plan::rule_steps`). Only when
-//! a base chain's hook changed is the whole table replaced (`add table` + `delete table` +
-//! the full table).
+//! Writing the difference. [`plan_update`](plan::plan_update) turns what the kernel holds
+//! into what is desired with the fewest commands: new chains and rules are appended, rules
+//! that must go are deleted by handle (order within a chain does not matter, see
+//! `plan::rule_steps`). Only when a base chain's hook changed is the whole table replaced
+//! (`add table` + `delete table` + the full table).
 //! Why not always replace: a transaction that deletes anything makes the kernel flush its
 //! deferred destruction (an RCU grace period) when `nft` closes its socket — ~15 ms per run
 //! here against ~2.5 ms for a transaction that only adds. Every transaction is still
@@ -13,25 +13,27 @@
 //! ` comment "weft:<id>"` appended.
 //!
 //! The handles of the rules a run added come from the kernel's notifications of its
-//! transaction ([`OwnNft`](own::OwnNft)), or, when no event reader runs, from `nft --echo --handle`; so
-//! the kernel module keeps its cached listing exact without listing again.
+//! transaction ([`OwnNft`]), or, when no event reader runs, from
+//! `nft --echo --handle`; so the handle keeps its cached listing exact without listing again.
 //!
 //! Reading back. Rebuilding a rule's text from nft's JSON is lossy, so observed rules carry
 //! only their id (from the comment) and an empty body, and tables are compared by chain
-//! names, base specs and rule ids in order ([`nft_tables_equivalent`](plan::nft_tables_equivalent)). Consequence for the
-//! planner: a rule id must be a content hash of its body (a different body = a different
-//! id), or a changed rule would never be rewritten. A rule without a Weft comment (added
-//! by someone else) reads back with an id no planner produces, so it is deleted by handle.
+//! names, base specs and rule ids ([`nft_tables_equivalent`]).
+//! Consequence for the planner: a rule id must be a content hash of its body (a different
+//! body = a different id), or a changed rule would never be rewritten. A rule without a
+//! Weft comment (added by someone else) reads back with an id no planner produces, so it is
+//! deleted by handle.
 //!
-//! Canonical base-chain spec (what [`base_chain`](plan::base_chain) writes and what observing reconstructs):
-//! `type <type> hook <hook> priority <integer>; policy <accept|drop>;` — numeric priority
-//! (nft's JSON reports numbers, not names like `srcnat`), single spaces, trailing `;`.
+//! Canonical base-chain spec (what [`base_chain`] writes and what
+//! observing reconstructs): `type <type> hook <hook> priority <integer>; policy
+//! <accept|drop>;` — numeric priority (nft's JSON reports numbers, not names like
+//! `srcnat`), single spaces, trailing `;`.
 //!
-//! One file per part: `own` (which transactions are the agent's), `plan` (the pure update
-//! planner and table comparison), `render` (pure script text), `listing` (pure parsing of
-//! what `nft` prints), `exec` (running scripts: the one backend choice), `program` (the `nft`
-//! child), `libnft` (the in-process library) and `tables` (the handle's cached listing).
-//! Nothing pure here imports anything that runs.
+//! One file per part. Pure: `plan` (the update planner, table comparison, what a commit
+//! leaves), `render` (script text) and `listing` (parsing what `nft` prints) — they import
+//! nothing that runs. Effects: `own` (which transactions are the agent's), `exec` (the one
+//! backend choice, and a pass's transaction), `program` (the `nft` child), `libnft` (the
+//! in-process library) and `tables` (the handle's cached listing).
 
 mod exec;
 mod libnft;

@@ -34,7 +34,7 @@ pub(crate) fn normalize_base(s: &str) -> String {
 
 /// Desired and observed tables are the same as far as nft's read-back can tell: same chains,
 /// same base specs, same rule ids in any order (bodies are not compared; order within a
-/// chain does not matter, see [`rule_steps`]).
+/// chain does not matter, see `rule_steps`).
 pub fn nft_tables_equivalent(a: &NftTable, b: &NftTable) -> bool {
     fn ids(c: &NftChain) -> Vec<&str> {
         let mut ids: Vec<&str> = c.rules.iter().map(|r| r.id.as_str()).collect();
