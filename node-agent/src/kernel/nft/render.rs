@@ -265,4 +265,37 @@ mod tests {
         );
         assert!(!script.contains("delete"));
     }
+
+    /// A pass's script writes only what differs from the listing: nothing when the tables
+    /// already match, the new rule alone when one was added, a whole replacement when a base
+    /// chain's hook changed, and a table that is gone is deleted whatever it held.
+    #[test]
+    fn an_update_writes_only_the_difference_from_the_listing() {
+        let observed = BTreeMap::from([(NftFamily::Inet, one_chain(vec![r("a", Some(1))]))]);
+        let same = Change::SetNftTable(NftFamily::Inet, one_chain(vec![r("a", None)]));
+        assert_eq!(render_update(&[&same], &observed).unwrap(), "");
+
+        let more =
+            Change::SetNftTable(NftFamily::Inet, one_chain(vec![r("a", None), r("b", None)]));
+        assert_eq!(
+            render_update(&[&more], &observed).unwrap(),
+            "add rule inet weft c meta mark 1 drop comment \"weft:b\"\n"
+        );
+
+        let mut hooked = one_chain(vec![r("a", None)]);
+        hooked.chains.get_mut("c").unwrap().base = Some(crate::kernel::nft::plan::base_chain(
+            "filter", "forward", 0, "accept",
+        ));
+        let rehook = Change::SetNftTable(NftFamily::Inet, hooked);
+        assert_eq!(
+            render_update(&[&rehook], &observed).unwrap(),
+            render(&[&rehook]).unwrap()
+        );
+
+        let gone = Change::DeleteNftTable(NftFamily::Bridge);
+        assert_eq!(
+            render_update(&[&gone], &observed).unwrap(),
+            "add table bridge weft\ndelete table bridge weft\n"
+        );
+    }
 }
