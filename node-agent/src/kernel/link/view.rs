@@ -296,3 +296,47 @@ pub(crate) fn owned_index(
         Some(raw) => Ok(raw.index),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(index: u32, name: &str, alias: Option<&str>) -> RawLink {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        if let Some(a) = alias {
+            msg.attributes.push(LinkAttribute::IfAlias(a.into()));
+        }
+        RawLink::parse(msg)
+    }
+
+    /// An item is written only on a link that is there and Weft's; the error says which and
+    /// names the operation once.
+    #[test]
+    fn items_go_only_on_owned_links() {
+        let view = LinkView::new(vec![
+            raw(3, "wfb-a", Some("weft:net-a")),
+            raw(4, "eth0", None),
+            raw(5, "br-x", Some("docker")),
+        ]);
+        let op = || "add route 10.1.0.0/24 dev x".to_string();
+        assert_eq!(owned_index(&view, "wfb-a", op).ok(), Some(3));
+        for foreign in ["eth0", "br-x"] {
+            assert!(matches!(
+                owned_index(&view, foreign, op),
+                Err(KernelError::NotOwned(n)) if n == foreign
+            ));
+        }
+        let missing = owned_index(&view, "wfb-gone", op).unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "add route 10.1.0.0/24 dev x: no interface named \"wfb-gone\""
+        );
+        let names: Vec<&str> = view.names().collect();
+        assert_eq!(names.len(), 3);
+        assert_eq!(view.name_of(4), Some("eth0"));
+        assert_eq!(view.owned_name(4), None);
+        assert_eq!(view.owned_name(3), Some("wfb-a"));
+    }
+}
