@@ -1,7 +1,7 @@
 //! The [`Kernel`] handle on one network namespace: opening it, and its two doors —
-//! `observe` (everything Weft owns) and `apply` (a list of [`Change`]s). The noun files
-//! (`link`, `addr`, `route`, `fdb`, `sysctl`, `nft`, `endpoint`) add their methods to it;
-//! the request plumbing they share is in `netlink`.
+//! `observe` (everything Weft owns) and `apply` (a list of [`Change`]s), which it composes
+//! from the noun files: `link`, `addr`, `route`, `fdb` (requests on the rtnetlink connection
+//! in `netlink`), `sysctl` and `nft`. `endpoint` and `probe` build on this handle.
 
 use std::collections::BTreeSet;
 use std::fmt;
