@@ -579,3 +579,55 @@ fn unmount_under(dir: &Path) {
         let _ = Command::new("umount").args(["-l", point]).status();
     }
 }
+
+/// The host's own Podman and CNI setup, which a test must neither change nor depend on.
+const HOST_SETUP: [&str; 8] = [
+    "/etc/cni",
+    "/etc/containers",
+    "/var/lib/containers",
+    "/run/containers",
+    "/run/libpod",
+    "/dev/shm/libpod_lock",
+    "/root/.config/containers",
+    "/root/.local/share/containers",
+];
+
+/// Every path under [`HOST_SETUP`] (and the default cgroup parent `libpod_parent`) with its
+/// size and modification time: equal before and after a test that changed none of it.
+pub fn host_setup_snapshot() -> Vec<String> {
+    fn walk(path: &Path, out: &mut Vec<String>) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        out.push(format!("{} {} {modified}", path.display(), meta.len()));
+        if meta.is_dir()
+            && let Ok(entries) = std::fs::read_dir(path)
+        {
+            let mut children: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            children.sort();
+            for child in children {
+                walk(&child, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for path in HOST_SETUP {
+        walk(Path::new(path), &mut out);
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+        for entry in entries.filter_map(|e| e.ok()) {
+            let parent = entry.path().join("libpod_parent");
+            if parent.exists() {
+                out.push(parent.display().to_string());
+            }
+        }
+    }
+    out
+}

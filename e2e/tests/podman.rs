@@ -9,7 +9,7 @@ use kube::Api;
 use serde_json::json;
 use weft_api::ContainerEndpoint;
 use weft_e2e::cluster::{Cluster, http_get, http_get_within};
-use weft_e2e::podman::{PAGE, Podman};
+use weft_e2e::podman::{PAGE, Podman, host_setup_snapshot};
 use weft_e2e::wait_for;
 
 const SETTLE: Duration = Duration::from_secs(20);
@@ -69,6 +69,7 @@ fn bare(address: &str) -> &str {
 #[tokio::test]
 async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
     let started = Instant::now();
+    let host_setup = host_setup_snapshot();
     let Some((cluster, mut podman, net)) = bridge_setup().await else {
         return;
     };
@@ -214,6 +215,11 @@ async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
     // Everything goes: containers, cached results, sandboxes, cgroups, the directory.
     podman.close().expect("Podman cleaned up");
     assert_eq!(podman.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        host_setup_snapshot(),
+        host_setup,
+        "the host's Podman/CNI setup changed"
+    );
     println!(
         "podman bridge test: {:.1} s",
         started.elapsed().as_secs_f64()
