@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod lab;
 pub mod netns;
 pub mod outage;
+pub mod podman;
 pub mod stats;
 
 /// Field manager the harness applies objects with.
