@@ -37,7 +37,12 @@ MODULES=(virtio_pci virtio_net 9pnet_virtio 9p
 MODULE_DIRS=(kernel/net/netfilter kernel/net/ipv4/netfilter kernel/net/ipv6/netfilter
   kernel/net/bridge/netfilter)
 
-pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
+kernel_package() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1; }
+pkg=$(kernel_package)
+if [[ -z $pkg && $(id -u) == 0 ]]; then  # no package lists yet (a fresh container)
+  apt-get update -qq >&2 || true
+  pkg=$(kernel_package)
+fi
 [[ -n $pkg ]] || die "apt-cache knows no linux-image-amd64 (is this Debian 12 with its apt lists? run apt-get update)"
 version=$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')
 kver=${pkg#linux-image-}

@@ -5,7 +5,8 @@
 #   mounts      read-only 9p shares to mount: TAG PATH (the host's workspace and target
 #               directory, at the host's own paths, so test binaries find their siblings)
 #   env         sourced: WEFT_VM_APISERVER_PORT (the host's API server on its loopback, or
-#               0), WEFT_VM_TEST_TIMEOUT (seconds per test)
+#               0), WEFT_VM_FORWARD (the weft-vm-forward binary that carries it),
+#               WEFT_VM_TEST_TIMEOUT (seconds per test)
 #   debug.sh    optional: commands run before the plan (output in debug.log)
 #   kubeconfig  the host's, if any, used as it is: 127.0.0.1:PORT is forwarded to the host
 # and gets back results/ID.log (the test's output) and results/ID.rc (its exit code; absent
@@ -42,7 +43,7 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default
 # The kubeconfig names https://127.0.0.1:PORT with a certificate for 127.0.0.1: carry the
 # guest's loopback PORT to the host's (QEMU's user network reaches it as 10.0.2.2).
 if [ "$WEFT_VM_APISERVER_PORT" != 0 ]; then
-  nc -ll -p "$WEFT_VM_APISERVER_PORT" -e nc 10.0.2.2 "$WEFT_VM_APISERVER_PORT" &
+  "$WEFT_VM_FORWARD" "127.0.0.1:$WEFT_VM_APISERVER_PORT" "10.0.2.2:$WEFT_VM_APISERVER_PORT" &
 fi
 [ -s /vm-out/kubeconfig ] && export KUBECONFIG=/vm-out/kubeconfig
 export RUST_BACKTRACE=1

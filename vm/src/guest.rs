@@ -88,10 +88,12 @@ pub fn run(plan: &[GuestTest], dir: &Path) -> Result<(), Error> {
         }
         None => 0,
     };
+    let forward = forwarder()?;
     fs::write(
         dir.join("env"),
         format!(
-            "WEFT_VM_APISERVER_PORT={port}\nWEFT_VM_TEST_TIMEOUT={}\n",
+            "WEFT_VM_APISERVER_PORT={port}\nWEFT_VM_FORWARD={}\nWEFT_VM_TEST_TIMEOUT={}\n",
+            forward.display(),
             TEST_TIMEOUT.as_secs()
         ),
     )
@@ -199,6 +201,24 @@ fn boot(image: &Path, dir: &Path, shares: &[PathBuf]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `weft-vm-forward`, built beside this test executable (`target/debug/deps/vm-…` →
+/// `target/debug/weft-vm-forward`).
+fn forwarder() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this test executable")?;
+    let path = exe
+        .ancestors()
+        .nth(2)
+        .map(|dir| dir.join("weft-vm-forward"))
+        .context("test executable has no profile directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} is not built: run `cargo build -p weft-vm`",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// The workspace this crate belongs to.
