@@ -271,3 +271,30 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port_of(kubeconfig: &str) -> Option<u16> {
+        let path = std::env::temp_dir().join(format!("weft-vm-kubeconfig-{}", std::process::id()));
+        fs::write(&path, kubeconfig).unwrap();
+        let port = loopback_port(&path).unwrap();
+        fs::remove_file(path).unwrap();
+        port
+    }
+
+    #[test]
+    fn the_current_contexts_server_on_loopback_is_forwarded() {
+        let config = |server: &str| {
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster: {{server: 'https://127.0.0.1:1111'}}\n\
+                 - name: k8s-test\n  cluster:\n    server: {server}\ncontexts:\n\
+                 - name: k8s-test\n  context: {{cluster: k8s-test, user: admin}}\ncurrent-context: k8s-test\n"
+            )
+        };
+        assert_eq!(port_of(&config("https://127.0.0.1:30683")), Some(30683));
+        assert_eq!(port_of(&config("https://localhost:6443/")), Some(6443));
+        assert_eq!(port_of(&config("https://10.1.2.3:6443")), None);
+    }
+}

@@ -153,3 +153,72 @@ fn forget_old_runs(runs: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run directory with `status` and, per test, an exit code and a log.
+    fn run(status: &str, results: &[(&str, Option<&str>, &str)]) -> (Run, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-vm-unit-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        fs::create_dir_all(dir.join("results")).unwrap();
+        fs::write(dir.join(STATUS), status).unwrap();
+        for (id, rc, log) in results {
+            if let Some(rc) = rc {
+                fs::write(dir.join("results").join(format!("{id}.rc")), rc).unwrap();
+            }
+            fs::write(dir.join("results").join(format!("{id}.log")), log).unwrap();
+        }
+        (Run { dir: dir.clone() }, dir)
+    }
+
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    fn why(outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Failed { why, .. } => why,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_clean_exit_without_skip_passes() {
+        let (r, dir) = run(
+            "ok",
+            &[
+                ("good", Some("0\n"), "test t ... ok"),
+                (
+                    "skipped",
+                    Some("0\n"),
+                    "SKIP: t: this kernel has no ipvlan support",
+                ),
+                ("failed", Some("101\n"), "panicked"),
+                ("slow", Some("124\n"), ""),
+                ("never", None, ""),
+            ],
+        );
+        assert!(matches!(r.outcome("good"), Outcome::Passed { .. }));
+        assert!(why(r.outcome("skipped")).contains("skipped in the VM"));
+        assert!(why(r.outcome("failed")).contains("exit code 101"));
+        assert!(why(r.outcome("slow")).contains("timed out"));
+        assert!(why(r.outcome("never")).contains("never finished"));
+        assert!(why(r.outcome("not-in-the-plan")).contains("never finished"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_run_that_could_not_start_skips_or_fails_every_test() {
+        let (r, dir) = run("skip qemu-system-x86_64 not found", &[]);
+        assert!(
+            matches!(r.outcome("any"), Outcome::Skipped { why } if why == "qemu-system-x86_64 not found")
+        );
+        fs::remove_dir_all(dir).unwrap();
+        let (r, dir) = run("error image.sh failed", &[("t", Some("0"), "ok")]);
+        assert!(why(r.outcome("t")).contains("image.sh failed"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
