@@ -6,7 +6,8 @@
 #               directory, at the host's own paths, so test binaries find their siblings)
 #   env         sourced: WEFT_VM_APISERVER_PORT (the host's API server on its loopback, or
 #               0), WEFT_VM_FORWARD (the weft-vm-forward binary that carries it),
-#               WEFT_VM_TEST_TIMEOUT (seconds per test)
+#               WEFT_VM_TEST_TIMEOUT (seconds per test), and exports WEFT_TEST_PATIENCE (the
+#               factor the tests' waits are stretched by under emulation)
 #   debug.sh    optional: commands run before the plan (output in debug.log)
 #   kubeconfig  the host's, if any, used as it is: 127.0.0.1:PORT is forwarded to the host
 # and gets back results/ID.log (the test's output) and results/ID.rc (its exit code; absent

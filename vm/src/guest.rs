@@ -15,6 +15,9 @@ use crate::binaries::test_executables;
 
 /// Per guest test; the API tests there take up to a minute under TCG.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+/// How much longer the tests' waits are in the guest (`weft_e2e::patience`): TCG runs the
+/// daemons several times slower than the host, more so on a busy host.
+const PATIENCE: u32 = 3;
 /// The whole boot: QEMU is killed after this.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 const QEMU: &str = "qemu-system-x86_64";
@@ -92,7 +95,8 @@ pub fn run(plan: &[GuestTest], dir: &Path) -> Result<(), Error> {
     fs::write(
         dir.join("env"),
         format!(
-            "WEFT_VM_APISERVER_PORT={port}\nWEFT_VM_FORWARD={}\nWEFT_VM_TEST_TIMEOUT={}\n",
+            "WEFT_VM_APISERVER_PORT={port}\nWEFT_VM_FORWARD={}\nWEFT_VM_TEST_TIMEOUT={}\n\
+             export WEFT_TEST_PATIENCE={PATIENCE}\n",
             forward.display(),
             TEST_TIMEOUT.as_secs()
         ),
