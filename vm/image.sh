@@ -61,7 +61,9 @@ host_files() {  # every host file the image copies, one per line
 files=$(host_files | sort -u)
 key=$( { echo "$pkg $version"; cat "$HERE/image.sh" "$HERE/init.sh"; for f in $files; do stat -L -c '%n %s %Y' "$f"; done; } | sha256sum | cut -c1-16)
 out=$CACHE/$kver-$key
-if [[ -s $out/initrd.img && -s $out/vmlinux ]]; then echo "$out"; exit 0; fi
+# A directory's mtime records its last use: images and kernels unused for a week are removed
+# after the next build (other checkouts may use other recipes meanwhile).
+if [[ -s $out/initrd.img && -s $out/vmlinux ]]; then touch "$out"; echo "$out"; exit 0; fi
 
 exec 9>"$CACHE/.lock"
 flock 9
@@ -132,5 +134,7 @@ chmod 755 "$r/init"
 # Uncompressed: unpacking is faster than decompressing under TCG.
 (cd "$r" && find . | cpio -o -H newc --quiet) >"$work/initrd.img"
 mkdir -p "$out.tmp" && mv "$work/vmlinux" "$work/initrd.img" "$out.tmp/" && rm -rf "$out" && mv "$out.tmp" "$out"
+touch "$kdir"
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -mtime +7 -exec rm -rf {} + 2>/dev/null || true
 log "built $out in $(( $(date +%s) - started ))s ($(du -sh "$out/initrd.img" | cut -f1) initramfs)"
 echo "$out"
