@@ -383,7 +383,7 @@ impl Pinger {
 
 /// `ping -c1 -W1 target` from inside `ns`, retried for up to `within`.
 pub async fn reachable(ns: &Netns, target: &str, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
+    let deadline = std::time::Instant::now() + crate::patience(within);
     loop {
         if ns.try_exec(&["ping", "-c1", "-W1", target]) {
             return true;
@@ -446,7 +446,7 @@ impl Cluster {
 
 /// Like [`http_get`], retried for up to `within`.
 pub async fn http_get_within(ns: &Netns, url: &str, within: Duration) -> Option<String> {
-    let deadline = std::time::Instant::now() + within;
+    let deadline = std::time::Instant::now() + crate::patience(within);
     loop {
         if let Some(body) = http_get(ns, url) {
             return Some(body);

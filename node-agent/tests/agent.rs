@@ -218,6 +218,7 @@ impl Node {
 }
 
 async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let timeout = weft_e2e::patience(timeout);
     let start = Instant::now();
     loop {
         if check() {

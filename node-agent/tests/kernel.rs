@@ -1030,7 +1030,9 @@ async fn vlan_when_supported() {
         skip("vlan_when_supported", "802.1q vlan");
         return;
     }
+    // Up, as a node's uplink is: a VLAN cannot come up on a parent that is down (ENETDOWN).
     ns.sh("ip link add par12 type veth peer name par12p");
+    ns.sh("ip link set par12 up");
     let d = state(vec![link(
         "par12.10",
         "vl",
