@@ -31,6 +31,7 @@ use crate::kernel::handle::Kernel;
 use crate::kernel::link::{self, LinkView};
 use crate::kernel::netns;
 use crate::model::{Address, IpvlanMode, KernelState, Link, Mac, MacvlanMode, Route};
+use crate::names;
 
 /// Alias prefix of host-side endpoint interfaces.
 pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
@@ -181,7 +182,7 @@ impl Kernel {
                 match sandbox.netlink.get_link(&cfg.if_name).await? {
                     Some(raw) if raw.owned() => {}
                     Some(_) => return Err(name_taken(cfg)),
-                    None => writes += self.create_child(cfg, &ns_file).await?,
+                    None => writes += self.create_child(cfg, &ns_file, &sandbox).await?,
                 }
             }
             EndpointLink::LoopbackOnly => {}
@@ -362,10 +363,15 @@ impl Kernel {
     }
 
     /// A macvlan/ipvlan child of a node interface, created straight into the sandbox.
+    /// Create the macvlan/ipvlan child inside the sandbox under a temporary name, then rename
+    /// it there: kernels before 6.x (Debian 12's 6.1) check a new link's name in the
+    /// *creating* namespace, so a child created straight into the sandbox as `eth0` fails
+    /// with EEXIST whenever the node has an `eth0` of its own (found by the VM tier).
     async fn create_child(
         &self,
         cfg: &SandboxConfig,
         ns_file: &std::fs::File,
+        sandbox: &Kernel,
     ) -> Result<usize, KernelError> {
         let (parent, kind, data) = match &cfg.link {
             EndpointLink::Macvlan { parent, mode } => (
@@ -389,9 +395,17 @@ impl Kernel {
                 op: format!("create {} in the sandbox", cfg.if_name),
                 name: parent.clone(),
             })?;
+        let temporary = names::temporary_child(&cfg.sandbox.to_string_lossy(), &cfg.if_name);
+        let mut writes = 0;
+        // A child left under the temporary name by a cut-short attach: start over.
+        if sandbox.netlink.get_link(&temporary).await?.is_some() {
+            let (w, r) = sandbox.netlink.delete_link(&temporary).await;
+            r?;
+            writes += w;
+        }
         let mut msg = LinkMessage::default();
         msg.attributes
-            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+            .push(LinkAttribute::IfName(temporary.clone()));
         msg.attributes.push(LinkAttribute::Link(parent_index));
         msg.attributes
             .push(LinkAttribute::NetNsFd(ns_file.as_raw_fd()));
@@ -411,12 +425,37 @@ impl Kernel {
                 NLM_F_CREATE | NLM_F_EXCL,
                 || format!("create {} on {parent} in the sandbox", cfg.if_name),
             )
-            .await
-            .map_err(|e| match e.errno() {
+            .await?;
+        writes += 1;
+        let created =
+            sandbox
+                .netlink
+                .get_link(&temporary)
+                .await?
+                .ok_or_else(|| KernelError::NoSuchLink {
+                    op: format!("rename the new {} in the sandbox", cfg.if_name),
+                    name: temporary.clone(),
+                })?;
+        let mut rename = LinkMessage::default();
+        rename.header.index = created.index;
+        rename
+            .attributes
+            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+        let renamed = sandbox
+            .netlink
+            .ack(RouteNetlinkMessage::SetLink(rename), 0, || {
+                format!("rename {temporary} to {} in the sandbox", cfg.if_name)
+            })
+            .await;
+        if let Err(e) = renamed {
+            // Nothing half-made stays behind: the temporary child goes again.
+            let _ = sandbox.netlink.delete_link(&temporary).await;
+            return Err(match e.errno() {
                 Some(libc::EEXIST) => name_taken(cfg),
                 _ => e,
-            })?;
-        Ok(1)
+            });
+        }
+        Ok(writes + 1)
     }
 
     /// Loopback up (every sandbox needs it; `none` networks get nothing else).
