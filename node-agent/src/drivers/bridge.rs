@@ -4,11 +4,15 @@
 
 use ipnet::IpNet;
 
+use crate::kernel::EndpointLink;
 use crate::model::{Address, KernelState, Link, LinkKind, Mac, alias_for};
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem};
 
-use super::{allocated_subnets, gateway_addresses, link_mtu, require, status_gateway};
+use super::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink, Scope, address_space, allocated_subnets, gateway_addresses, link_mtu,
+    not_ready, require, status_gateway,
+};
 
 /// The bridge driver.
 pub struct Bridge;
@@ -40,6 +44,51 @@ impl Driver for Bridge {
         bridge.add_to(out);
         Ok(intent)
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Routed
+    }
+
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::Subnet, true).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        routed_link(net, node, desired_node, host)
+    }
+}
+
+/// A routed endpoint (bridge, overlay): a veth on the network's bridge, with the bridge's
+/// MTU. The bridge must be in the node's desired state.
+pub(crate) fn routed_link(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+    host: &HostSide,
+) -> Result<SandboxLink, Problem> {
+    let bridge = names::bridge(&net.name);
+    let Some(planned) = desired_node.links.get(&bridge) else {
+        return Err(not_ready(net, node));
+    };
+    Ok(SandboxLink {
+        mtu: planned.mtu,
+        link: EndpointLink::Veth {
+            host: host.interface.clone(),
+            host_alias: host.alias.clone(),
+            bridge,
+            hairpin: host.publishes,
+        },
+    })
 }
 
 /// The part bridge and overlay networks share: a bridge with the gateway address of every
@@ -87,8 +136,8 @@ impl RoutedBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::reason;
-    use crate::plan::testutil::*;
+    use crate::drivers::reason;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn one_bridge_with_the_gateway_of_every_subnet() {

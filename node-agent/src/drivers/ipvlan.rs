@@ -4,10 +4,14 @@
 //! host shim: in L2 mode the parent cannot reach its children either, but the usual
 //! ipvlan answer (an ipvlan of the host in L3 mode) is left for later.
 
-use crate::model::KernelState;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
+use crate::kernel::EndpointLink;
+use crate::model::{IpvlanMode, KernelState};
 
-use super::{optional_mtu, parent, require};
+use super::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink, Scope, address_space, endpoint_mtu, optional_mtu, parent, reason,
+    require,
+};
 
 /// The ipvlan driver.
 pub struct Ipvlan;
@@ -35,13 +39,52 @@ impl Driver for Ipvlan {
         }
         Ok(FirewallIntent::none(&net.name))
     }
+
+    /// Children share the parent's MAC.
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Child { own_mac: false }
+    }
+
+    /// This node's block, without a default gateway (the LAN has its own router).
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::NodeBlock, false).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        _host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        let options = net.spec.ipvlan.as_ref();
+        let parent = parent::for_endpoint(
+            net,
+            node,
+            desired_node,
+            options.map(|o| (o.parent.as_str(), o.vlan)),
+        )?;
+        let mode = match options.map(|m| m.mode) {
+            Some(weft_api::IpvlanMode::L3) => IpvlanMode::L3,
+            Some(weft_api::IpvlanMode::L3s) => IpvlanMode::L3s,
+            _ => IpvlanMode::L2,
+        };
+        Ok(SandboxLink {
+            link: EndpointLink::Ipvlan { parent, mode },
+            mtu: endpoint_mtu(net),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::testutil::*;
     use crate::model::{Link, LinkKind};
-    use crate::plan::testutil::*;
 
     fn l2(vlan: Option<i32>) -> NetworkInput {
         let mut n = network("l2", weft_api::Driver::Ipvlan);

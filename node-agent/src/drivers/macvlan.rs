@@ -18,15 +18,16 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::kernel::EndpointLink;
 use crate::model::{
     Address, KernelState, Link, LinkKind, MacvlanMode as KernelMacvlanMode, Route, alias_for,
 };
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
 
 use super::{
-    allocated_subnets, excluded_ranges, node_block, offset_addr, optional_mtu, parent, require,
-    status_gateway,
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink, Scope, address_space, allocated_subnets, endpoint_mtu, excluded_ranges,
+    node_block, offset_addr, optional_mtu, parent, reason, require, status_gateway,
 };
 
 /// The macvlan driver.
@@ -76,6 +77,57 @@ impl Driver for Macvlan {
             shim.add_to(out);
         }
         Ok(FirewallIntent::none(&net.name))
+    }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Child { own_mac: true }
+    }
+
+    /// This node's block, without a default gateway (the LAN has its own router), with the
+    /// host shim's address reserved.
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        let mut space = address_space(net, node, Scope::NodeBlock, false)?;
+        if net.spec.macvlan.as_ref().is_some_and(|m| m.host_shim)
+            && let Some(a) = shim_address(
+                space.range,
+                &allocated_subnets(net)?,
+                status_gateway(net)?,
+                &excluded_ranges(net)?,
+            )
+        {
+            space.reserved.push(IpNet::from(a));
+        }
+        Ok(Some(space))
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        _host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        let options = net.spec.macvlan.as_ref();
+        let parent = parent::for_endpoint(
+            net,
+            node,
+            desired_node,
+            options.map(|o| (o.parent.as_str(), o.vlan)),
+        )?;
+        let mode = match options.map(|m| m.mode) {
+            Some(weft_api::MacvlanMode::Private) => KernelMacvlanMode::Private,
+            Some(weft_api::MacvlanMode::Vepa) => KernelMacvlanMode::Vepa,
+            Some(weft_api::MacvlanMode::Passthru) => KernelMacvlanMode::Passthru,
+            _ => KernelMacvlanMode::Bridge,
+        };
+        Ok(SandboxLink {
+            link: EndpointLink::Macvlan { parent, mode },
+            mtu: endpoint_mtu(net),
+        })
     }
 }
 
@@ -181,7 +233,7 @@ pub fn shim_address(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testutil::*;
+    use crate::drivers::testutil::*;
 
     fn lan(shim: bool, vlan: Option<i32>) -> NetworkInput {
         let mut n = network("lan", weft_api::Driver::Macvlan);

@@ -1,23 +1,46 @@
-//! One module per network driver, behind [`crate::plan::Driver`]. Adding a driver means
-//! adding a file here and a line in [`crate::plan::driver_for`].
+//! One file per network driver, behind one trait ([`Driver`]) that covers the driver's
+//! whole life on a node: the network's own kernel objects and what each endpoint gets (its
+//! address space, its link in the sandbox, whether the node routes it). Adding a driver is
+//! a file here and a line in [`driver_for`].
 //!
-//! This module holds what several drivers read the same way: the controller's allocation
-//! (subnets, gateway, this node's block), the MTU and the node's capabilities. Every reader
-//! turns malformed data into a [`Problem`]; nothing here panics.
+//! [`contract`] holds what drivers are given and answer; this module holds the registry and
+//! what several drivers read the same way: the controller's allocation (subnets, gateway,
+//! this node's block), the MTU and the node's capabilities. Every reader turns malformed
+//! data into a [`Problem`]; nothing here panics.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
-use crate::plan::{NetworkInput, NodeFacts, Problem, reason};
-
 pub mod bridge;
+pub mod contract;
 pub mod host;
 pub mod ipvlan;
 pub mod macvlan;
 pub mod none;
 pub mod overlay;
 mod parent;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use contract::*;
+
+/// The driver of a network: the one place that names every driver.
+pub fn driver_for(driver: weft_api::Driver) -> &'static dyn Driver {
+    match driver {
+        weft_api::Driver::Bridge => &bridge::Bridge,
+        weft_api::Driver::Overlay => &overlay::Overlay,
+        weft_api::Driver::Macvlan => &macvlan::Macvlan,
+        weft_api::Driver::Ipvlan => &ipvlan::Ipvlan,
+        weft_api::Driver::Host => &host::Host,
+        weft_api::Driver::None => &none::NoneDriver,
+    }
+}
+
+/// The driver of `net`.
+pub fn of(net: &NetworkInput) -> &'static dyn Driver {
+    driver_for(net.spec.driver)
+}
 
 /// Smallest MTU Weft sets (IPv4's minimum reassembly size, the schema's lower bound).
 pub const MIN_MTU: u32 = 576;
@@ -120,6 +143,12 @@ pub(crate) fn link_mtu(net: &NetworkInput, default: u32) -> Result<u32, Problem>
     }
 }
 
+/// The MTU an unrouted endpoint's interface gets: `spec.mtu` as it is (the node side checks
+/// it), else the kernel's choice.
+pub(crate) fn endpoint_mtu(net: &NetworkInput) -> Option<u32> {
+    net.spec.mtu.and_then(|m| u32::try_from(m).ok())
+}
+
 /// `spec.mtu` if set (checked), else `None` (the kernel's choice).
 pub(crate) fn optional_mtu(net: &NetworkInput) -> Result<Option<u32>, Problem> {
     net.spec.mtu.map(|mtu| explicit_mtu(net, mtu)).transpose()
@@ -180,6 +209,60 @@ pub(crate) fn excluded_ranges(net: &NetworkInput) -> Result<Vec<IpNet>, Problem>
             })
         })
         .collect()
+}
+
+/// Which part of the network a node hands out to its endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// The whole (first) subnet, on every node (bridge: node-local, like Docker's).
+    Subnet,
+    /// This node's block of the network (cluster-scope drivers).
+    NodeBlock,
+}
+
+/// The address space most drivers share: the subnet or this node's block, narrowed by
+/// `ipam.ipRange`, with the gateway (the controller's, else — if `default_gateway` — the
+/// subnet's first host) and the excluded ranges reserved.
+pub(crate) fn address_space(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    scope: Scope,
+    default_gateway: bool,
+) -> Result<AddressSpace, Problem> {
+    let subnets = allocated_subnets(net)?;
+    let status_gateway = status_gateway(net)?;
+    let excluded = excluded_ranges(net)?;
+    let (subnet, mut range) = match scope {
+        Scope::NodeBlock => {
+            let block = node_block(net, node)?;
+            let subnet = subnets
+                .iter()
+                .copied()
+                .find(|s| s.contains(&block))
+                .unwrap_or(block);
+            (subnet, block)
+        }
+        Scope::Subnet => (subnets[0], subnets[0]),
+    };
+    if let Some(r) = net.spec.ipam.as_ref().and_then(|i| i.ip_range.as_deref())
+        && let Ok(r) = r.trim().parse::<IpNet>()
+        && range.contains(&r.trunc())
+    {
+        range = r.trunc();
+    }
+    let gateway = status_gateway
+        .filter(|g| subnet.contains(g))
+        .or_else(|| default_gateway.then(|| first_host(&subnet)).flatten());
+    let mut reserved: Vec<IpNet> = excluded;
+    if let Some(g) = gateway {
+        reserved.push(IpNet::from(g));
+    }
+    Ok(AddressSpace {
+        subnet,
+        range,
+        gateway,
+        reserved,
+    })
 }
 
 /// `Ok` if the node's kernel has the feature.

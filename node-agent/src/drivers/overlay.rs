@@ -18,15 +18,18 @@
 //! - **MTU**: the underlay's minus the VXLAN overhead (50 bytes over an IPv4 underlay, 70
 //!   over IPv6), unless `spec.mtu` is set; the bridge and the VXLAN device get the same MTU.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, alias_for};
-use crate::names;
-use crate::plan::firewall::AnycastGuard;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, fnv1a64, reason};
+use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, Neighbour, alias_for};
+use crate::names::{self, fnv1a64};
 
-use super::bridge::RoutedBridge;
-use super::{link_mtu, node_block, require};
+use super::bridge::{RoutedBridge, routed_link};
+use super::{
+    AddressSpace, AnycastGuard, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput,
+    NodeFacts, Problem, RemoteEndpoint, SandboxLink, Scope, address_space, link_mtu, node_block,
+    reason, require,
+};
 
 /// Default UDP port of VXLAN (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -118,6 +121,61 @@ impl Driver for Overlay {
         out.fdb.extend(fdb);
         Ok(intent)
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Routed
+    }
+
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::NodeBlock, true).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        routed_link(net, node, desired_node, host)
+    }
+
+    /// Static FDB (MAC → peer VTEP) and neighbour (IP → MAC, answered by the VXLAN device's
+    /// ARP proxy) entries for other nodes' endpoints.
+    fn remote_entries(
+        &self,
+        net: &NetworkInput,
+        remote: &[RemoteEndpoint],
+        peers: &BTreeMap<String, IpAddr>,
+        desired_node: &KernelState,
+    ) -> (Vec<FdbEntry>, Vec<Neighbour>) {
+        let mut fdb = Vec::new();
+        let mut neighbours = Vec::new();
+        let vxlan = names::vxlan(&net.name);
+        if !desired_node.links.contains_key(&vxlan) {
+            return (fdb, neighbours);
+        }
+        for r in remote.iter().filter(|r| r.network == net.name) {
+            let Some(dst) = peers.get(&r.node) else {
+                continue;
+            };
+            fdb.push(FdbEntry {
+                link: vxlan.clone(),
+                mac: r.mac,
+                dst: *dst,
+            });
+            neighbours.push(Neighbour {
+                link: vxlan.clone(),
+                ip: r.address,
+                mac: r.mac,
+            });
+        }
+        (fdb, neighbours)
+    }
 }
 
 /// The all-zero MAC of a flood (head-end replication) FDB entry.
@@ -175,8 +233,8 @@ fn vni(net: &NetworkInput) -> Result<u32, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::testutil::*;
     use crate::model::Address;
-    use crate::plan::testutil::*;
 
     fn overlay(name: &str) -> NetworkInput {
         let mut n = network(name, weft_api::Driver::Overlay);
@@ -317,15 +375,15 @@ mod tests {
     #[test]
     fn own_and_foreign_family_peers_are_skipped() {
         let mut n = overlay("front");
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "n1-again".into(),
             underlay_address: ip("192.0.2.1"),
         });
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "v6".into(),
             underlay_address: ip("2001:db8::9"),
         });
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "n2".into(),
             underlay_address: ip("192.0.2.2"),
         });

@@ -1,11 +1,10 @@
 //! The parent interface of a macvlan or ipvlan network, and the 802.1Q sub-interface Weft
 //! creates on it when the network names a VLAN.
 
-use crate::model::{Link, LinkKind, alias_for};
+use crate::model::{KernelState, Link, LinkKind, alias_for};
 use crate::names;
-use crate::plan::{NetworkInput, NodeFacts, Problem, reason};
 
-use super::require;
+use super::{NetworkInput, NodeFacts, Problem, not_ready, reason, require};
 
 /// Linux's interface name limit (IFNAMSIZ − 1).
 const IFNAME_MAX: usize = 15;
@@ -96,6 +95,25 @@ pub(crate) fn resolve(
     })
 }
 
+/// The interface an endpoint's child link goes on: `parent`, or `parent.VID` with a VLAN.
+/// It must exist on the node or be planned, else the network is not ready for endpoints.
+pub(crate) fn for_endpoint(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+    parent: Option<(&str, Option<i32>)>,
+) -> Result<String, Problem> {
+    let (parent, vlan) = parent.unwrap_or_default();
+    let parent = match vlan.and_then(|v| u16::try_from(v).ok()) {
+        Some(v) => names::vlan(parent, v),
+        None => parent.to_string(),
+    };
+    if !node.interfaces.contains(&parent) && !desired_node.links.contains_key(&parent) {
+        return Err(not_ready(net, node));
+    }
+    Ok(parent)
+}
+
 fn require_present(node: &NodeFacts, parent: &str) -> Result<(), Problem> {
     if node.interfaces.contains(parent) {
         Ok(())
@@ -124,7 +142,7 @@ fn valid_ifname(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testutil::*;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn plain_parent_must_exist() {

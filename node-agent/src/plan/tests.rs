@@ -6,8 +6,9 @@ use std::process::{Command, Stdio};
 
 use weft_api::{Driver as ApiDriver, RealizationState};
 
-use super::testutil::*;
 use super::*;
+use crate::drivers::testutil::*;
+use crate::drivers::{NetworkInput, NodeFacts, Peer, Problem};
 use crate::model::{FdbEntry, NftFamily};
 use crate::names;
 use crate::plan::firewall::{CHAIN_FORWARD, CHAIN_POSTROUTING, CHAIN_PREROUTING, to_nft_script};
