@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use weft_api::{AddressPool, ContainerNetwork, Driver, NetworkAllocation};
 use weft_ipam::{
     AllocError, BlockAllocator, BlockError, Claimant, Pool, Request, SubnetAllocator, VniAllocator,
-    VniError,
+    VniError, first_host,
 };
 
 /// Why a network cannot be allocated: becomes a `Stalled` condition.
@@ -174,18 +174,6 @@ pub fn default_block_prefix_len(subnet: &IpNet) -> u8 {
     match subnet {
         IpNet::V4(n) => (n.prefix_len() + 6).min(28).max(n.prefix_len()),
         IpNet::V6(n) => (n.prefix_len() + 6).min(120).max(n.prefix_len()),
-    }
-}
-
-/// First host address: the default gateway. For IPv6 that is network + 1: the network
-/// address itself is the subnet-router anycast address (ipnet's `hosts()` includes it).
-fn first_host(net: &IpNet) -> Option<IpAddr> {
-    match net {
-        IpNet::V4(n) => n.hosts().next().map(IpAddr::V4),
-        IpNet::V6(n) if n.prefix_len() < 128 => Some(IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(n.network()) + 1,
-        ))),
-        IpNet::V6(_) => None,
     }
 }
 

@@ -11,6 +11,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
+use weft_ipam::first_host;
 
 pub mod bridge;
 pub mod contract;
@@ -104,15 +105,6 @@ pub fn gateway_addresses(subnets: &[IpNet], gateway: Option<IpAddr>) -> Vec<IpNe
             IpNet::new(addr, subnet.prefix_len()).ok()
         })
         .collect()
-}
-
-/// The first host address of a net: network + 1, except on /31, /32, /127 and /128 where
-/// every address is a host.
-pub fn first_host(net: &IpNet) -> Option<IpAddr> {
-    let net = net.trunc();
-    let point_to_point = net.max_prefix_len() - net.prefix_len() <= 1;
-    let offset = if point_to_point { 0 } else { 1 };
-    offset_addr(net.network(), offset)
 }
 
 /// `addr + n`, if it does not overflow the family.
@@ -284,16 +276,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test IP")
-    }
-
-    #[test]
-    fn first_hosts() {
-        assert_eq!(first_host(&net("10.0.0.0/24")), Some(ip("10.0.0.1")));
-        assert_eq!(first_host(&net("10.0.0.7/24")), Some(ip("10.0.0.1")));
-        assert_eq!(first_host(&net("10.0.0.4/31")), Some(ip("10.0.0.4")));
-        assert_eq!(first_host(&net("10.0.0.4/32")), Some(ip("10.0.0.4")));
-        assert_eq!(first_host(&net("fd00:1::/64")), Some(ip("fd00:1::1")));
-        assert_eq!(first_host(&net("fd00::/127")), Some(ip("fd00::")));
     }
 
     #[test]

@@ -123,6 +123,47 @@ mod tests {
         assert!(!claims.is_claimed(&id("a")), "the slot is forgotten");
     }
 
+    /// What the manager does: attach holds the claim across its kernel work; a detach that
+    /// arrives meanwhile starts only after the attach has finished.
+    #[tokio::test]
+    async fn a_detach_waits_for_an_attach_in_flight() {
+        let claims = Arc::new(Claims::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+        let attach = {
+            let (claims, log) = (claims.clone(), log.clone());
+            tokio::spawn(async move {
+                let _c = claims.claim(&id("a"), CLAIM_TIMEOUT).await.expect("free");
+                lock(&log).push("attach started");
+                let _ = started_tx.send(());
+                // The kernel work, still in flight when the detach arrives.
+                let _ = finish_rx.await;
+                lock(&log).push("attach done");
+            })
+        };
+        started_rx.await.expect("attach started");
+        let detach = {
+            let (claims, log) = (claims.clone(), log.clone());
+            tokio::spawn(async move {
+                let _c = claims
+                    .claim(&id("a"), CLAIM_TIMEOUT)
+                    .await
+                    .expect("released");
+                lock(&log).push("detach");
+            })
+        };
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*lock(&log), vec!["attach started"]);
+        let _ = finish_tx.send(());
+        attach.await.expect("attach");
+        detach.await.expect("detach");
+        assert_eq!(*lock(&log), vec!["attach started", "attach done", "detach"]);
+        assert!(!claims.is_claimed(&id("a")));
+    }
+
     #[tokio::test]
     async fn different_endpoints_do_not_wait_for_each_other() {
         let claims = Claims::default();

@@ -330,3 +330,292 @@ pub(super) fn status_of(
         host_interface: attached.and(host_interface),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::NetworkInput;
+    use serde_json::json;
+
+    fn id(name: &str) -> EndpointId {
+        EndpointId {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    fn cni_add(extra: serde_json::Value) -> proto::Request {
+        let mut req = json!({
+            "protocol": proto::PROTOCOL,
+            "command": "ADD",
+            "configName": "lan",
+            "containerId": "0123456789abcdef0123",
+            "netns": "/var/run/netns/pod",
+            "ifName": "eth0",
+        });
+        if let (Some(r), Some(e)) = (req.as_object_mut(), extra.as_object()) {
+            r.extend(e.clone());
+        }
+        serde_json::from_value(req).expect("test request")
+    }
+
+    fn cep(spec: serde_json::Value) -> ContainerEndpoint {
+        serde_json::from_value(json!({
+            "apiVersion": "weft.dev/v1alpha1",
+            "kind": "ContainerEndpoint",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": spec,
+        }))
+        .expect("test object")
+    }
+
+    fn attachment(address: Option<&str>, gateway: Option<&str>) -> Attachment {
+        Attachment {
+            id: id("web"),
+            network: "lan".into(),
+            network_uid: "uid".into(),
+            sandbox: "/var/run/netns/pod".into(),
+            if_name: "eth0".into(),
+            address: address.map(|a| a.parse().expect("test address")),
+            gateway: gateway.map(|g| g.parse().expect("test gateway")),
+            mac: address.map(|_| [0x02, 0x42, 10, 0, 0, 2]),
+            publish: Vec::new(),
+            cni: None,
+            since: 0,
+            requested_address: None,
+            requested_mac: None,
+            in_api: true,
+        }
+    }
+
+    #[test]
+    fn a_cni_add_names_its_endpoint_after_the_pod_and_the_interface() {
+        let r = cni_request(&cni_add(json!({
+            "podNamespace": "Shop", "podName": "web_1", "network": "blue",
+        })))
+        .expect("valid");
+        assert_eq!(r.id.namespace, "shop");
+        assert_eq!(r.id.name, "web-1");
+        assert_eq!(r.network, "blue", "network wins over the config name");
+        assert_eq!(r.sandbox, "/var/run/netns/pod");
+        assert_eq!(
+            r.cni,
+            Some(AttachmentId {
+                container_id: "0123456789abcdef0123".into(),
+                if_name: "eth0".into()
+            })
+        );
+        let second = cni_request(&cni_add(json!({
+            "podNamespace": "shop", "podName": "web", "ifName": "net1",
+        })))
+        .expect("valid");
+        assert_eq!(second.id.name, "web-net1");
+        assert_eq!(second.network, "lan");
+        let bare = cni_request(&cni_add(json!({}))).expect("valid");
+        assert_eq!(bare.id, id("cni-0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_cni_add_carries_its_address_mac_and_ports() {
+        let r = cni_request(&cni_add(json!({
+            "address": "10.0.0.9/24",
+            "mac": "02:42:0a:00:00:09",
+            "portMappings": [
+                {"hostPort": 8080, "containerPort": 80, "protocol": "UDP", "hostIP": "0.0.0.0"},
+                {"hostPort": 8443, "containerPort": 443, "hostIP": "192.0.2.1"},
+            ],
+        })))
+        .expect("valid");
+        assert_eq!(r.address, Some("10.0.0.9".parse().expect("ip")));
+        assert_eq!(r.mac, Some([0x02, 0x42, 0x0a, 0, 0, 9]));
+        assert_eq!(r.publish.len(), 2);
+        assert_eq!(r.publish[0].protocol, weft_api::Protocol::Udp);
+        assert_eq!(r.publish[0].host_ip, None, "0.0.0.0 binds every address");
+        assert_eq!(r.publish[1].protocol, weft_api::Protocol::Tcp);
+        assert_eq!(r.publish[1].host_ip, Some("192.0.2.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn a_bad_cni_add_is_refused_with_the_matching_code() {
+        let code = |extra| cni_request(&cni_add(extra)).map(|_| ()).map_err(|f| f.code);
+        assert_eq!(code(json!({"netns": ""})), Err(codes::INVALID_ENVIRONMENT));
+        assert_eq!(
+            code(json!({"configName": "", "network": ""})),
+            Err(codes::INVALID_CONFIG)
+        );
+        assert_eq!(code(json!({"address": "ten"})), Err(codes::INVALID_CONFIG));
+        assert_eq!(code(json!({"mac": "02:42"})), Err(codes::INVALID_CONFIG));
+        assert_eq!(
+            code(
+                json!({"portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "icmp"}]})
+            ),
+            Err(codes::INVALID_CONFIG)
+        );
+        assert_eq!(
+            code(json!({"portMappings": [{"hostPort": 0, "containerPort": 1}]})),
+            Err(codes::INVALID_CONFIG)
+        );
+        assert_eq!(
+            code(json!({"portMappings": [{"hostPort": 1, "containerPort": 1, "hostIP": "x"}]})),
+            Err(codes::INVALID_CONFIG)
+        );
+    }
+
+    #[test]
+    fn a_container_endpoint_becomes_a_request_or_an_invalid_spec() {
+        let r = request_of(&cep(json!({
+            "network": "lan", "node": "n1", "sandbox": "/run/netns/a", "interfaceName": "eth0",
+            "address": " 10.0.0.5 ", "mac": "02:42:0a:00:00:05",
+            "publish": [{"hostPort": 8080, "containerPort": 80}],
+        })))
+        .expect("valid");
+        assert_eq!(
+            r.id,
+            EndpointId {
+                namespace: "shop".into(),
+                name: "web".into()
+            }
+        );
+        assert_eq!(r.address, Some("10.0.0.5".parse().expect("ip")));
+        assert_eq!(r.mac, Some([0x02, 0x42, 0x0a, 0, 0, 5]));
+        assert_eq!(r.publish[0].host_port, 8080);
+        assert_eq!(r.cni, None);
+        let bad = request_of(&cep(json!({
+            "network": "lan", "node": "n1", "sandbox": "/run/netns/a", "interfaceName": "eth0",
+            "mac": "not-a-mac",
+        })));
+        let p = bad.expect_err("invalid");
+        assert_eq!(p.reason, reason::INVALID_SPEC);
+        assert!(p.message.contains("spec.mac"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_cni_result_lists_interface_address_and_default_route() {
+        let r = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")));
+        assert_eq!(r.interfaces.len(), 1);
+        assert_eq!(r.interfaces[0].mac.as_deref(), Some("02:42:0a:00:00:02"));
+        assert_eq!(r.ips[0].address, "10.0.0.2/24");
+        assert_eq!(r.ips[0].gateway.as_deref(), Some("10.0.0.1"));
+        assert_eq!(r.ips[0].interface, Some(0));
+        assert_eq!(r.routes[0].dst, "0.0.0.0/0");
+        assert_eq!(r.routes[0].gw.as_deref(), Some("10.0.0.1"));
+        let v6 = cni_result(&attachment(Some("fd00::2/64"), Some("fd00::1")));
+        assert_eq!(v6.routes[0].dst, "::/0");
+        let no_gateway = cni_result(&attachment(Some("10.0.0.2/24"), None));
+        assert!(no_gateway.routes.is_empty());
+        // host and none: nothing to report.
+        assert_eq!(
+            cni_result(&attachment(None, None)),
+            proto::Attachment::default()
+        );
+    }
+
+    #[test]
+    fn every_endpoint_reason_has_its_cni_code() {
+        let code = |r: &'static str| problem_failure(&Problem::new(r, "m")).code;
+        assert_eq!(code(reason::NO_FREE_ADDRESS), codes::NO_FREE_ADDRESS);
+        assert_eq!(code(reason::ADDRESS_IN_USE), codes::ADDRESS_REFUSED);
+        assert_eq!(code(reason::OUTSIDE_SUBNET), codes::ADDRESS_REFUSED);
+        assert_eq!(code(reason::PORT_CONFLICT), codes::PORT_CONFLICT);
+        assert_eq!(code(reason::NETWORK_NOT_READY), codes::TRY_AGAIN_LATER);
+        assert_eq!(code(reason::INVALID_SPEC), codes::INVALID_CONFIG);
+        assert_eq!(code(reason::SANDBOX_MISSING), codes::INVALID_ENVIRONMENT);
+        assert_eq!(code(reason::KERNEL_ERROR), codes::KERNEL);
+        let f = problem_failure(&Problem::new(reason::PORT_CONFLICT, "taken"));
+        assert_eq!(
+            (f.msg.as_str(), f.details.as_str()),
+            ("taken", "PortConflict")
+        );
+    }
+
+    #[test]
+    fn status_says_attached_with_the_address_or_why_not() {
+        let att = attachment(Some("10.0.0.2/24"), Some("10.0.0.1"));
+        let s = status_of(Some("wfe0123".into()), Some(&att), None, Some(3), None);
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str()
+            ),
+            ("Ready", "True", "Attached")
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.address.as_deref(), Some("10.0.0.2/24"));
+        assert_eq!(s.mac.as_deref(), Some("02:42:0a:00:00:02"));
+        assert_eq!(s.gateway.as_deref(), Some("10.0.0.1"));
+        assert_eq!(s.host_interface.as_deref(), Some("wfe0123"));
+
+        // The same status again keeps its transition time: nothing to write.
+        assert_eq!(
+            status_of(Some("wfe0123".into()), Some(&att), None, Some(3), Some(&s)),
+            s
+        );
+
+        // A port conflict keeps the address (the endpoint is attached, its ports are not).
+        let conflict = Problem::new(reason::PORT_CONFLICT, "taken");
+        let c = status_of(None, Some(&att), Some(&conflict), Some(3), Some(&s));
+        assert_eq!(c.conditions[0].status, "False");
+        assert_eq!(c.conditions[0].reason, "PortConflict");
+        assert_eq!(c.address.as_deref(), Some("10.0.0.2/24"));
+
+        // Any other problem: no address.
+        let kernel = Problem::new(reason::KERNEL_ERROR, "refused");
+        let k = status_of(None, Some(&att), Some(&kernel), Some(3), None);
+        assert_eq!(k.conditions[0].reason, "KernelError");
+        assert_eq!(k.address, None);
+
+        let pending = status_of(None, None, None, None, None);
+        assert_eq!(pending.conditions[0].reason, "Pending");
+    }
+
+    #[test]
+    fn remote_endpoints_come_from_statuses_of_known_networks() {
+        let mut other = cep(json!({
+            "network": "lan", "node": "n2", "sandbox": "/run/netns/b", "interfaceName": "eth0",
+        }));
+        other.status = Some(ContainerEndpointStatus {
+            address: Some("10.0.0.7/24".into()),
+            mac: Some("02:42:0a:00:00:07".into()),
+            ..ContainerEndpointStatus::default()
+        });
+        let lan: NetworkInput = crate::drivers::testutil::network("lan", weft_api::Driver::Overlay);
+        let networks = Networks::new(vec![lan]);
+        assert_eq!(
+            remote_endpoint(&other, &networks),
+            Some(RemoteEndpoint {
+                network: "lan".into(),
+                node: "n2".into(),
+                address: "10.0.0.7".parse().expect("ip"),
+                mac: [0x02, 0x42, 0x0a, 0, 0, 7],
+            })
+        );
+        assert_eq!(remote_endpoint(&other, &Networks::default()), None);
+        other.status = None;
+        assert_eq!(remote_endpoint(&other, &networks), None);
+    }
+
+    #[test]
+    fn cni_attachments_are_known_by_their_annotations() {
+        let mut c = cep(json!({
+            "network": "lan", "node": "n1", "sandbox": "/run/netns/a", "interfaceName": "eth0",
+        }));
+        assert_eq!(cni_id_of(&c), None);
+        c.metadata.annotations = Some(
+            [
+                (ANNOTATION_CONTAINER_ID.to_string(), "abc".to_string()),
+                (ANNOTATION_IFNAME.to_string(), "eth0".to_string()),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            cni_id_of(&c),
+            Some(AttachmentId {
+                container_id: "abc".into(),
+                if_name: "eth0".into()
+            })
+        );
+    }
+}
