@@ -27,7 +27,7 @@ use weft_api::{
     NetworkRealization, RealizationState,
 };
 
-use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, reason};
+use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
 use crate::metrics::Metrics;
@@ -613,13 +613,13 @@ impl Agent {
             let (state, reason, message) = match outcomes.get(&input.name) {
                 Some(Ok(())) if failed_networks.contains(input.name.as_str()) => (
                     RealizationState::Failed,
-                    Some("KernelError".to_string()),
+                    Some(Reason::KernelError.to_string()),
                     Some("a kernel change failed; see the agent's log".to_string()),
                 ),
                 Some(Ok(())) => (RealizationState::Programmed, None, None),
                 // Nothing of it can be on the node yet, and the controller knows it is not
                 // allocated: no entry (and no status write on every new network's path).
-                Some(Err(p)) if p.reason == reason::NOT_ALLOCATED => continue,
+                Some(Err(p)) if p.reason == Reason::NotAllocated => continue,
                 Some(Err(p)) => (
                     p.state(),
                     Some(p.reason.to_string()),

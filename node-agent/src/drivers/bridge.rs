@@ -136,7 +136,7 @@ impl RoutedBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::reason;
+    use crate::drivers::Reason;
     use crate::drivers::testutil::*;
 
     #[test]
@@ -247,7 +247,7 @@ mod tests {
     fn no_subnet_yet_is_not_allocated_and_adds_nothing() {
         let n = network("web", weft_api::Driver::Bridge);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::NOT_ALLOCATED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::NotAllocated));
         assert_eq!(state, KernelState::default());
     }
 
@@ -256,7 +256,7 @@ mod tests {
         let mut n = network("web", weft_api::Driver::Bridge);
         allocate(&mut n, &["10.10.0.0/240"], None);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::INVALID_STATUS));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidStatus));
         assert_eq!(state, KernelState::default());
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -265,7 +265,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_STATUS)
+            Err(Reason::InvalidStatus)
         );
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -275,7 +275,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
     }
 
@@ -301,7 +301,7 @@ mod tests {
         let mut facts = node("n1", "192.0.2.1");
         facts.capabilities.bridge = false;
         let (state, intent) = plan_one(&n, &facts);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::UNSUPPORTED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::Unsupported));
         assert_eq!(state, KernelState::default());
     }
 }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use weft_api::RealizationState;
+pub use weft_api::Reason;
 
 use crate::kernel::EndpointLink;
 use crate::model::{FdbEntry, KernelState, Mac, Neighbour};
@@ -87,52 +88,14 @@ impl std::ops::Deref for Networks {
 /// NetworkNode status (see [`Problem::state`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// Machine-readable, one of [`reason`].
-    pub reason: &'static str,
+    /// Machine-readable: the API's reason.
+    pub reason: Reason,
     /// What a person should know, naming the object and what will happen next.
     pub message: String,
 }
 
-/// The reasons a [`Problem`] can carry.
-pub mod reason {
-    /// The controller has not allocated the network's subnets (or VNI) yet. Pending.
-    pub const NOT_ALLOCATED: &str = "NotAllocated";
-    /// The controller has not given this node an address block of the network yet. Pending.
-    pub const NO_BLOCK: &str = "NoBlock";
-    /// The macvlan/ipvlan parent interface does not exist on the node (yet). Pending.
-    pub const PARENT_MISSING: &str = "ParentMissing";
-    /// The node's kernel lacks a feature the network needs. Failed.
-    pub const UNSUPPORTED: &str = "Unsupported";
-    /// The spec holds something the schema should have refused. Failed.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// The controller's status or allocation holds something unusable. Failed.
-    pub const INVALID_STATUS: &str = "InvalidStatus";
-    /// Another network on this node already uses the same kernel object. Failed.
-    pub const CONFLICT: &str = "Conflict";
-    /// A foreign (non-Weft) interface already has the name Weft needs. Failed.
-    pub const NAME_IN_USE: &str = "NameInUse";
-    /// The node's block has no address left for the host shim. Failed.
-    pub const NO_ADDRESS: &str = "NoAddress";
-
-    // Endpoints (the `Ready` condition's reason of a ContainerEndpoint).
-    /// The endpoint's network is not programmed on this node (yet).
-    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
-    /// The requested address is taken or reserved.
-    pub const ADDRESS_IN_USE: &str = "AddressInUse";
-    /// The requested address is outside what the node hands out.
-    pub const OUTSIDE_SUBNET: &str = "OutsideSubnet";
-    /// The node's range of the network is full.
-    pub const NO_FREE_ADDRESS: &str = "NoFreeAddress";
-    /// An earlier endpoint publishes the same host port.
-    pub const PORT_CONFLICT: &str = "PortConflict";
-    /// The sandbox (network namespace) does not exist.
-    pub const SANDBOX_MISSING: &str = "SandboxMissing";
-    /// The kernel refused a change.
-    pub const KERNEL_ERROR: &str = "KernelError";
-}
-
 impl Problem {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
         Problem {
             reason,
             message: message.into(),
@@ -143,12 +106,7 @@ impl Problem {
     /// (an allocation by the controller, an interface to appear); `Failed` when a person has
     /// to act.
     pub fn state(&self) -> RealizationState {
-        match self.reason {
-            reason::NOT_ALLOCATED | reason::NO_BLOCK | reason::PARENT_MISSING => {
-                RealizationState::Pending
-            }
-            _ => RealizationState::Failed,
-        }
+        self.reason.state()
     }
 }
 
@@ -285,7 +243,7 @@ pub struct RemoteEndpoint {
 /// Why endpoints of `net` cannot be attached on this node yet.
 pub fn not_ready(net: &NetworkInput, node: &NodeFacts) -> Problem {
     Problem::new(
-        reason::NETWORK_NOT_READY,
+        Reason::NetworkNotReady,
         format!(
             "network {} is not programmed on node {} yet",
             net.name, node.node_name

@@ -9,7 +9,7 @@ use crate::model::{IpvlanMode, KernelState};
 
 use super::{
     AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
-    Problem, SandboxLink, Scope, address_space, endpoint_mtu, optional_mtu, parent, reason,
+    Problem, Reason, SandboxLink, Scope, address_space, endpoint_mtu, optional_mtu, parent,
     require,
 };
 
@@ -28,7 +28,7 @@ impl Driver for Ipvlan {
         })?;
         let options = net.spec.ipvlan.as_ref().ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!("network {} has driver ipvlan but no spec.ipvlan", net.name),
             )
         })?;
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::UNSUPPORTED,
+                Reason::Unsupported,
                 "this kernel has no ipvlan support"
             ))
         );
@@ -144,13 +144,13 @@ mod tests {
         let mut missing = l2(Some(20));
         missing.spec.ipvlan.as_mut().expect("ipvlan").parent = "bond0".into();
         let (state, intent) = plan_one(&missing, &me);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::PARENT_MISSING));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::ParentMissing));
         assert_eq!(state, KernelState::default());
 
         let mut no_vlan = me.clone();
         no_vlan.capabilities.vlan = false;
         let (state, intent) = plan_one(&l2(Some(20)), &no_vlan);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::UNSUPPORTED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::Unsupported));
         assert_eq!(state, KernelState::default());
     }
 }

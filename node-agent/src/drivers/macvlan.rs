@@ -26,8 +26,8 @@ use crate::names;
 
 use super::{
     AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
-    Problem, SandboxLink, Scope, address_space, allocated_subnets, endpoint_mtu, excluded_ranges,
-    node_block, offset_addr, optional_mtu, parent, reason, require, status_gateway,
+    Problem, Reason, SandboxLink, Scope, address_space, allocated_subnets, endpoint_mtu,
+    excluded_ranges, node_block, offset_addr, optional_mtu, parent, require, status_gateway,
 };
 
 /// The macvlan driver.
@@ -45,7 +45,7 @@ impl Driver for Macvlan {
         })?;
         let options = net.spec.macvlan.as_ref().ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "network {} has driver macvlan but no spec.macvlan",
                     net.name
@@ -54,7 +54,7 @@ impl Driver for Macvlan {
         })?;
         if options.host_shim && options.mode == weft_api::MacvlanMode::Passthru {
             return Err(Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "network {} asks for hostShim in passthru mode, which allows a single macvlan on the parent",
                     net.name
@@ -151,7 +151,7 @@ impl HostShim {
         let excluded = excluded_ranges(net)?;
         let addr = shim_address(block, &subnets, gateway, &excluded).ok_or_else(|| {
             Problem::new(
-                reason::NO_ADDRESS,
+                Reason::NoAddress,
                 format!(
                     "block {block} of network {} on node {} has no address left for the host shim",
                     net.name, node.node_name
@@ -402,7 +402,7 @@ mod tests {
     #[test]
     fn problems_add_nothing() {
         let me = node("n1", "192.0.2.1");
-        let check = |n: &NetworkInput, me: &NodeFacts, want: &str| {
+        let check = |n: &NetworkInput, me: &NodeFacts, want: Reason| {
             let (state, intent) = plan_one(n, me);
             assert_eq!(intent.map_err(|p| p.reason), Err(want), "{n:?}");
             assert_eq!(state, KernelState::default());
@@ -414,51 +414,51 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::PARENT_MISSING,
+                Reason::ParentMissing,
                 "parent interface eth7 does not exist on node n1; the network is programmed as soon as it appears"
             ))
         );
-        check(&missing, &me, reason::PARENT_MISSING);
+        check(&missing, &me, Reason::ParentMissing);
 
         let mut no_block = lan(true, Some(10));
         no_block.blocks.remove("n1");
-        check(&no_block, &me, reason::NO_BLOCK);
+        check(&no_block, &me, Reason::NoBlock);
         // Without a shim, no block is needed.
         no_block.spec.macvlan.as_mut().expect("macvlan").host_shim = false;
         assert!(plan_one(&no_block, &me).1.is_ok());
 
         let mut unallocated = lan(true, None);
         unallocated.status.subnets.clear();
-        check(&unallocated, &me, reason::NOT_ALLOCATED);
+        check(&unallocated, &me, Reason::NotAllocated);
 
         let mut no_vlan = me.clone();
         no_vlan.capabilities.vlan = false;
-        check(&lan(true, Some(10)), &no_vlan, reason::UNSUPPORTED);
+        check(&lan(true, Some(10)), &no_vlan, Reason::Unsupported);
 
         let mut no_macvlan = me.clone();
         no_macvlan.capabilities.macvlan = false;
-        check(&lan(false, None), &no_macvlan, reason::UNSUPPORTED);
+        check(&lan(false, None), &no_macvlan, Reason::Unsupported);
 
         let mut passthru = lan(true, None);
         passthru.spec.macvlan.as_mut().expect("macvlan").mode = weft_api::MacvlanMode::Passthru;
-        check(&passthru, &me, reason::INVALID_SPEC);
+        check(&passthru, &me, Reason::InvalidSpec);
 
         let mut no_options = lan(false, None);
         no_options.spec.macvlan = None;
-        check(&no_options, &me, reason::INVALID_SPEC);
+        check(&no_options, &me, Reason::InvalidSpec);
 
         let mut full = lan(true, None);
         full.spec.ipam = Some(weft_api::IpamSpec {
             excluded_ranges: Some(vec!["192.168.50.0/28".into()]),
             ..Default::default()
         });
-        check(&full, &me, reason::NO_ADDRESS);
+        check(&full, &me, Reason::NoAddress);
 
         let mut bad_excluded = lan(true, None);
         bad_excluded.spec.ipam = Some(weft_api::IpamSpec {
             excluded_ranges: Some(vec!["nope".into()]),
             ..Default::default()
         });
-        check(&bad_excluded, &me, reason::INVALID_SPEC);
+        check(&bad_excluded, &me, Reason::InvalidSpec);
     }
 }

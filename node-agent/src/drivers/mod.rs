@@ -50,7 +50,7 @@ pub const MIN_MTU: u32 = 576;
 pub(crate) fn allocated_subnets(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
     if net.status.subnets.is_empty() {
         return Err(Problem::new(
-            reason::NOT_ALLOCATED,
+            Reason::NotAllocated,
             format!(
                 "the controller has not allocated a subnet to network {} yet",
                 net.name
@@ -61,7 +61,7 @@ pub(crate) fn allocated_subnets(net: &NetworkInput) -> Result<Vec<IpNet>, Proble
     for s in &net.status.subnets {
         let parsed: IpNet = s.trim().parse().map_err(|_| {
             Problem::new(
-                reason::INVALID_STATUS,
+                Reason::InvalidStatus,
                 format!(
                     "status.subnets of network {} holds {s:?}, which is not a CIDR",
                     net.name
@@ -82,7 +82,7 @@ pub(crate) fn status_gateway(net: &NetworkInput) -> Result<Option<IpAddr>, Probl
         None => Ok(None),
         Some(g) => g.trim().parse().map(Some).map_err(|_| {
             Problem::new(
-                reason::INVALID_STATUS,
+                Reason::InvalidStatus,
                 format!(
                     "status.gateway of network {} is {g:?}, not an IP address",
                     net.name
@@ -126,7 +126,7 @@ pub(crate) fn link_mtu(net: &NetworkInput, default: u32) -> Result<u32, Problem>
         Some(mtu) => explicit_mtu(net, mtu),
         None if default >= MIN_MTU => Ok(default),
         None => Err(Problem::new(
-            reason::UNSUPPORTED,
+            Reason::Unsupported,
             format!(
                 "network {} would get MTU {default} from the underlay, less than {MIN_MTU}; set spec.mtu or fix the node's underlay MTU",
                 net.name
@@ -152,7 +152,7 @@ fn explicit_mtu(net: &NetworkInput, mtu: i32) -> Result<u32, Problem> {
         .filter(|m| (MIN_MTU..=65535).contains(m))
         .ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "spec.mtu of network {} is {mtu}; it must be between {MIN_MTU} and 65535",
                     net.name
@@ -168,7 +168,7 @@ pub(crate) fn node_block(net: &NetworkInput, node: &NodeFacts) -> Result<IpNet, 
         .map(IpNet::trunc)
         .ok_or_else(|| {
             Problem::new(
-                reason::NO_BLOCK,
+                Reason::NoBlock,
                 format!(
                     "the controller has not given node {} an address block of network {} yet",
                     node.node_name, net.name
@@ -192,7 +192,7 @@ pub(crate) fn excluded_ranges(net: &NetworkInput) -> Result<Vec<IpNet>, Problem>
         .map(|r| {
             r.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
                 Problem::new(
-                    reason::INVALID_SPEC,
+                    Reason::InvalidSpec,
                     format!(
                         "spec.ipam.excludedRanges of network {} holds {r:?}, which is not a CIDR",
                         net.name
@@ -262,7 +262,7 @@ pub(crate) fn require(present: bool, message: impl FnOnce() -> String) -> Result
     if present {
         Ok(())
     } else {
-        Err(Problem::new(reason::UNSUPPORTED, message()))
+        Err(Problem::new(Reason::Unsupported, message()))
     }
 }
 

@@ -27,8 +27,8 @@ use crate::names::{self, fnv1a64};
 use super::bridge::{RoutedBridge, routed_link};
 use super::{
     AddressSpace, AnycastGuard, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput,
-    NodeFacts, Problem, RemoteEndpoint, SandboxLink, Scope, address_space, link_mtu, node_block,
-    reason, require,
+    NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink, Scope, address_space, link_mtu,
+    node_block, require,
 };
 
 /// Default UDP port of VXLAN (IANA).
@@ -62,7 +62,7 @@ impl Driver for Overlay {
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 Problem::new(
-                    reason::INVALID_SPEC,
+                    Reason::InvalidSpec,
                     format!(
                         "spec.overlay.udpPort of network {} is {}; it must be between 1 and 65535",
                         net.name, options.udp_port
@@ -209,7 +209,7 @@ fn is_reachable(peer: IpAddr, node: &NodeFacts) -> bool {
 fn vni(net: &NetworkInput) -> Result<u32, Problem> {
     let vni = net.status.vni.ok_or_else(|| {
         Problem::new(
-            reason::NOT_ALLOCATED,
+            Reason::NotAllocated,
             format!(
                 "the controller has not allocated a VNI to network {} yet",
                 net.name
@@ -221,7 +221,7 @@ fn vni(net: &NetworkInput) -> Result<u32, Problem> {
         .filter(|v| (1..=VNI_MAX).contains(v))
         .ok_or_else(|| {
             Problem::new(
-                reason::INVALID_STATUS,
+                Reason::InvalidStatus,
                 format!(
                     "status.vni of network {} is {vni}; a VNI is between 1 and {VNI_MAX}",
                     net.name
@@ -430,7 +430,7 @@ mod tests {
             udp_port: 70000,
         });
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::INVALID_SPEC));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidSpec));
         assert_eq!(state, KernelState::default());
     }
 
@@ -446,7 +446,7 @@ mod tests {
     #[test]
     fn problems_add_nothing() {
         let me = node("n1", "192.0.2.1");
-        let check = |n: &NetworkInput, me: &NodeFacts, want: &str| {
+        let check = |n: &NetworkInput, me: &NodeFacts, want: Reason| {
             let (state, intent) = plan_one(n, me);
             assert_eq!(intent.map_err(|p| p.reason), Err(want));
             assert_eq!(state, KernelState::default());
@@ -454,19 +454,19 @@ mod tests {
 
         let mut no_block = overlay("front");
         no_block.blocks.remove("n1");
-        check(&no_block, &me, reason::NO_BLOCK);
+        check(&no_block, &me, Reason::NoBlock);
 
         let mut no_vni = overlay("front");
         no_vni.status.vni = None;
-        check(&no_vni, &me, reason::NOT_ALLOCATED);
+        check(&no_vni, &me, Reason::NotAllocated);
 
         let mut bad_vni = overlay("front");
         bad_vni.status.vni = Some(1 << 24);
-        check(&bad_vni, &me, reason::INVALID_STATUS);
+        check(&bad_vni, &me, Reason::InvalidStatus);
 
         let mut no_subnet = overlay("front");
         no_subnet.status.subnets.clear();
-        check(&no_subnet, &me, reason::NOT_ALLOCATED);
+        check(&no_subnet, &me, Reason::NotAllocated);
 
         let mut no_vxlan = me.clone();
         no_vxlan.capabilities.vxlan = false;
@@ -474,14 +474,14 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::UNSUPPORTED,
+                Reason::Unsupported,
                 "this kernel has no VXLAN support"
             ))
         );
-        check(&overlay("front"), &no_vxlan, reason::UNSUPPORTED);
+        check(&overlay("front"), &no_vxlan, Reason::Unsupported);
 
         let mut tiny = me.clone();
         tiny.underlay_mtu = 600;
-        check(&overlay("front"), &tiny, reason::UNSUPPORTED);
+        check(&overlay("front"), &tiny, Reason::Unsupported);
     }
 }

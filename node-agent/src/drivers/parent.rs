@@ -4,7 +4,7 @@
 use crate::model::{KernelState, Link, LinkKind, alias_for};
 use crate::names;
 
-use super::{NetworkInput, NodeFacts, Problem, not_ready, reason, require};
+use super::{NetworkInput, NodeFacts, Problem, Reason, not_ready, require};
 
 /// Linux's interface name limit (IFNAMSIZ − 1).
 const IFNAME_MAX: usize = 15;
@@ -32,7 +32,7 @@ pub(crate) fn resolve(
 ) -> Result<Parent, Problem> {
     if !valid_ifname(parent) {
         return Err(Problem::new(
-            reason::INVALID_SPEC,
+            Reason::InvalidSpec,
             format!(
                 "parent {parent:?} of network {} is not a valid interface name",
                 net.name
@@ -51,7 +51,7 @@ pub(crate) fn resolve(
         .filter(|v| (1..=4094).contains(v))
         .ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "vlan of network {} is {vid}; an 802.1Q VLAN ID is between 1 and 4094",
                     net.name
@@ -61,7 +61,7 @@ pub(crate) fn resolve(
     let sub = names::vlan(parent, id);
     if sub.len() > IFNAME_MAX {
         return Err(Problem::new(
-            reason::INVALID_SPEC,
+            Reason::InvalidSpec,
             format!(
                 "the VLAN sub-interface {sub} of network {} is longer than Linux's {IFNAME_MAX}-character limit",
                 net.name
@@ -119,7 +119,7 @@ fn require_present(node: &NodeFacts, parent: &str) -> Result<(), Problem> {
         Ok(())
     } else {
         Err(Problem::new(
-            reason::PARENT_MISSING,
+            Reason::ParentMissing,
             format!(
                 "parent interface {parent} does not exist on node {}; the network is programmed as soon as it appears",
                 node.node_name
@@ -158,7 +158,7 @@ mod tests {
         assert_eq!(
             resolve(&n, &me, "eth9", None, None),
             Err(Problem::new(
-                reason::PARENT_MISSING,
+                Reason::ParentMissing,
                 "parent interface eth9 does not exist on node n1; the network is programmed as soon as it appears"
             ))
         );
@@ -210,31 +210,31 @@ mod tests {
         let reason_of = |r: Result<Parent, Problem>| r.map_err(|p| p.reason);
         assert_eq!(
             reason_of(resolve(&n, &me, "eth1", Some(0), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth1", Some(4095), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "enp0s31f6abcde", Some(100), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth 1", None, None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "", None, None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth9", Some(10), None)),
-            Err(reason::PARENT_MISSING)
+            Err(Reason::ParentMissing)
         );
         me.capabilities.vlan = false;
         let err = resolve(&n, &me, "eth1", Some(10), None).expect_err("no 802.1Q");
-        assert_eq!(err.reason, reason::UNSUPPORTED);
+        assert_eq!(err.reason, Reason::Unsupported);
         assert!(err.message.contains("802.1Q"), "{}", err.message);
     }
 }

@@ -22,7 +22,7 @@ use super::plan;
 use super::state::{State, Work, lock};
 use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
-use crate::drivers::{Problem, reason};
+use crate::drivers::{Problem, Reason};
 use crate::kernel::{Kernel, KernelError};
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
@@ -104,16 +104,16 @@ impl Endpoints {
     fn config_of(&self, id: &EndpointId) -> Result<crate::kernel::SandboxConfig, Problem> {
         let st = lock(&self.state);
         let att = st.attachments.get(id).ok_or_else(|| {
-            Problem::new(reason::NETWORK_NOT_READY, format!("endpoint {id} is gone"))
+            Problem::new(Reason::NetworkNotReady, format!("endpoint {id} is gone"))
         })?;
         let net = st.networks.get(&att.network).ok_or_else(|| {
             Problem::new(
-                reason::NETWORK_NOT_READY,
+                Reason::NetworkNotReady,
                 format!("network {} does not exist", att.network),
             )
         })?;
         let facts = st.facts.clone().ok_or_else(|| {
-            Problem::new(reason::NETWORK_NOT_READY, "the agent has not planned yet")
+            Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
         })?;
         plan::sandbox_config(att, net, &facts, &st.desired_node)
     }
@@ -130,7 +130,7 @@ impl Endpoints {
         let _claim = self
             .claim(id)
             .await
-            .map_err(|m| Problem::new(reason::KERNEL_ERROR, m))?;
+            .map_err(|m| Problem::new(Reason::KernelError, m))?;
         self.ensure_now(id).await
     }
 
@@ -150,7 +150,7 @@ impl Endpoints {
                 if st
                     .problems
                     .get(id)
-                    .is_some_and(|p| p.reason != reason::PORT_CONFLICT)
+                    .is_some_and(|p| p.reason != Reason::PortConflict)
                 {
                     st.problems.remove(id);
                 }

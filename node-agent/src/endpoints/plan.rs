@@ -11,7 +11,7 @@ use weft_api::Protocol;
 
 use super::{Attachment, EndpointId, Publication};
 use crate::drivers::{
-    self, HostSide, NetworkInput, Networks, NodeFacts, Problem, RemoteEndpoint, SandboxLink, reason,
+    self, HostSide, NetworkInput, Networks, NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
 use crate::kernel::SandboxConfig;
 use crate::model::{FdbEntry, KernelState, Mac, Neighbour, NftFamily, NftTable, Route, alias_for};
@@ -141,7 +141,7 @@ pub fn publish_rules(
                 conflicts.insert(
                     p.id.clone(),
                     Problem::new(
-                        reason::PORT_CONFLICT,
+                        Reason::PortConflict,
                         format!(
                             "host port {hp}/{} is already published by endpoint {owner}; none of this endpoint's ports is published",
                             proto_word(proto)
@@ -306,9 +306,9 @@ pub fn remote_entries(
 pub fn address_problem(err: &weft_ipam::AddressError, network: &str) -> Problem {
     use weft_ipam::AddressError::*;
     let reason = match err {
-        Exhausted { .. } => reason::NO_FREE_ADDRESS,
-        InUse { .. } | Reserved { .. } => reason::ADDRESS_IN_USE,
-        OutsideRange { .. } => reason::OUTSIDE_SUBNET,
+        Exhausted { .. } => Reason::NoFreeAddress,
+        InUse { .. } | Reserved { .. } => Reason::AddressInUse,
+        OutsideRange { .. } => Reason::OutsideSubnet,
     };
     Problem::new(reason, format!("network {network}: {err}"))
 }
@@ -395,7 +395,7 @@ mod tests {
         let (chains, conflicts) = publish_rules(&[b.clone(), a.clone()]);
         assert_eq!(conflicts.len(), 1);
         let p = &conflicts[&id("b")];
-        assert_eq!(p.reason, reason::PORT_CONFLICT);
+        assert_eq!(p.reason, Reason::PortConflict);
         assert!(p.message.contains("default/a"), "{}", p.message);
         let rules: Vec<&str> = chains[CHAIN_PUBLISH]
             .rules

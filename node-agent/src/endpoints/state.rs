@@ -15,7 +15,7 @@ use super::manager::Endpoints;
 use super::plan::{self, address_problem, derive_mac, parse_mac};
 use super::translate::{cni_id_of, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
-use crate::drivers::{self, Networks, NodeFacts, Problem, reason};
+use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
 /// What the pass gets back from [`Endpoints::plan`] for the node's desired state.
@@ -263,7 +263,7 @@ impl Endpoints {
         // lifted.
         let (publish_chains, conflicts) = plan::publish_rules(&publications(st));
         st.problems
-            .retain(|id, p| p.reason != reason::PORT_CONFLICT || conflicts.contains_key(id));
+            .retain(|id, p| p.reason != Reason::PortConflict || conflicts.contains_key(id));
         st.problems.extend(conflicts);
 
         let (fdb, neighbours) = plan::remote_entries(&remote, &st.networks, peers, desired_node);
@@ -306,11 +306,11 @@ impl Endpoints {
     /// Give a request an address and record it (journal first). Caller holds the lock.
     pub(super) fn admit(&self, st: &mut State, req: &EndpointRequest) -> Result<(), Problem> {
         let facts = st.facts.clone().ok_or_else(|| {
-            Problem::new(reason::NETWORK_NOT_READY, "the agent has not planned yet")
+            Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
         })?;
         let net = st.networks.get(&req.network).ok_or_else(|| {
             Problem::new(
-                reason::NETWORK_NOT_READY,
+                Reason::NetworkNotReady,
                 format!(
                     "network {} does not exist or does not select node {}",
                     req.network, self.node
@@ -319,7 +319,7 @@ impl Endpoints {
         })?;
         let space = drivers::of(net)
             .address_space(net, &facts)
-            .map_err(|p| Problem::new(reason::NETWORK_NOT_READY, p.message))?;
+            .map_err(|p| Problem::new(Reason::NetworkNotReady, p.message))?;
         let owner = req.id.to_string();
         let (address, gateway) = match &space {
             Some(space) => {
@@ -328,13 +328,13 @@ impl Endpoints {
                     .allocate(&net.uid, space, &owner, req.address)
                     .map_err(|e| address_problem(&e, &net.name))?;
                 let with_prefix = IpNet::new(addr, space.subnet.prefix_len())
-                    .map_err(|e| Problem::new(reason::INVALID_SPEC, e.to_string()))?;
+                    .map_err(|e| Problem::new(Reason::InvalidSpec, e.to_string()))?;
                 (Some(with_prefix), space.gateway)
             }
             None => {
                 if req.address.is_some() {
                     return Err(Problem::new(
-                        reason::OUTSIDE_SUBNET,
+                        Reason::OutsideSubnet,
                         format!(
                             "network {} ({:?}) has no addresses to give",
                             net.name, net.spec.driver
@@ -370,7 +370,7 @@ impl Endpoints {
         if let Err(e) = self.journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
             return Err(Problem::new(
-                reason::KERNEL_ERROR,
+                Reason::KernelError,
                 format!("cannot record the endpoint in the node's journal: {e}"),
             ));
         }

@@ -15,12 +15,12 @@ use super::plan::{format_mac, parse_mac};
 use super::{
     ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest, PortSpec,
 };
-use crate::drivers::{Networks, Problem, RemoteEndpoint, reason};
+use crate::drivers::{Networks, Problem, Reason, RemoteEndpoint};
 use crate::kernel::{KernelError, sandbox_missing};
 
 /// Turn a ContainerEndpoint's spec into a request; a malformed one becomes a problem.
 pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Problem> {
-    let invalid = |m: String| Problem::new(reason::INVALID_SPEC, m);
+    let invalid = |m: String| Problem::new(Reason::InvalidSpec, m);
     let address = match cep.spec.address.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(a) => Some(
@@ -61,11 +61,11 @@ pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Pro
 pub(super) fn kernel_problem(e: &KernelError, sandbox: &Path) -> Problem {
     if sandbox_missing(e) {
         Problem::new(
-            reason::SANDBOX_MISSING,
+            Reason::SandboxMissing,
             format!("sandbox {} does not exist on this node", sandbox.display()),
         )
     } else {
-        Problem::new(reason::KERNEL_ERROR, e.to_string())
+        Problem::new(Reason::KernelError, e.to_string())
     }
 }
 
@@ -77,16 +77,42 @@ pub(super) fn failure(code: u32, msg: impl Into<String>) -> Failure {
     }
 }
 
+/// The CNI error code of a reason an endpoint can be refused with. Exhaustive: a new
+/// reason is given its code here or the build fails.
+pub(super) fn cni_code(reason: Reason) -> u32 {
+    match reason {
+        Reason::NoFreeAddress => codes::NO_FREE_ADDRESS,
+        Reason::AddressInUse | Reason::OutsideSubnet => codes::ADDRESS_REFUSED,
+        Reason::PortConflict => codes::PORT_CONFLICT,
+        Reason::NetworkNotReady => codes::TRY_AGAIN_LATER,
+        Reason::InvalidSpec => codes::INVALID_CONFIG,
+        Reason::SandboxMissing => codes::INVALID_ENVIRONMENT,
+        Reason::KernelError => codes::KERNEL,
+        // Not endpoint reasons: should one reach a CNI answer, it is the agent's fault.
+        Reason::NotAllocated
+        | Reason::NoBlock
+        | Reason::ParentMissing
+        | Reason::Unsupported
+        | Reason::InvalidStatus
+        | Reason::Conflict
+        | Reason::NameInUse
+        | Reason::NoAddress
+        | Reason::SubnetOverlap
+        | Reason::PoolExhausted
+        | Reason::PoolNotFound
+        | Reason::NoDefaultPool
+        | Reason::BadPrefixLength
+        | Reason::VniInUse
+        | Reason::VniExhausted
+        | Reason::BlocksExhausted
+        | Reason::BlockError
+        | Reason::Internal => codes::KERNEL,
+    }
+}
+
+/// A refusal as the CNI plugin reports it: the reason's code, the message, the reason.
 pub(super) fn problem_failure(p: &Problem) -> Failure {
-    let code = match p.reason {
-        reason::NO_FREE_ADDRESS => codes::NO_FREE_ADDRESS,
-        reason::ADDRESS_IN_USE | reason::OUTSIDE_SUBNET => codes::ADDRESS_REFUSED,
-        reason::PORT_CONFLICT => codes::PORT_CONFLICT,
-        reason::NETWORK_NOT_READY => codes::TRY_AGAIN_LATER,
-        reason::INVALID_SPEC => codes::INVALID_CONFIG,
-        reason::SANDBOX_MISSING => codes::INVALID_ENVIRONMENT,
-        _ => codes::KERNEL,
-    };
+    let code = cni_code(p.reason);
     Failure {
         code,
         msg: p.message.clone(),
@@ -313,7 +339,7 @@ pub(super) fn status_of(
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
     let attached = att
-        .filter(|_| ready == "True" || problem.is_some_and(|p| p.reason == reason::PORT_CONFLICT));
+        .filter(|_| ready == "True" || problem.is_some_and(|p| p.reason == Reason::PortConflict));
     ContainerEndpointStatus {
         observed_generation: generation.or(current.and_then(|s| s.observed_generation)),
         conditions: vec![Condition {
@@ -485,7 +511,7 @@ mod tests {
             "mac": "not-a-mac",
         })));
         let p = bad.expect_err("invalid");
-        assert_eq!(p.reason, reason::INVALID_SPEC);
+        assert_eq!(p.reason, Reason::InvalidSpec);
         assert!(p.message.contains("spec.mac"), "{}", p.message);
     }
 
@@ -512,16 +538,16 @@ mod tests {
 
     #[test]
     fn every_endpoint_reason_has_its_cni_code() {
-        let code = |r: &'static str| problem_failure(&Problem::new(r, "m")).code;
-        assert_eq!(code(reason::NO_FREE_ADDRESS), codes::NO_FREE_ADDRESS);
-        assert_eq!(code(reason::ADDRESS_IN_USE), codes::ADDRESS_REFUSED);
-        assert_eq!(code(reason::OUTSIDE_SUBNET), codes::ADDRESS_REFUSED);
-        assert_eq!(code(reason::PORT_CONFLICT), codes::PORT_CONFLICT);
-        assert_eq!(code(reason::NETWORK_NOT_READY), codes::TRY_AGAIN_LATER);
-        assert_eq!(code(reason::INVALID_SPEC), codes::INVALID_CONFIG);
-        assert_eq!(code(reason::SANDBOX_MISSING), codes::INVALID_ENVIRONMENT);
-        assert_eq!(code(reason::KERNEL_ERROR), codes::KERNEL);
-        let f = problem_failure(&Problem::new(reason::PORT_CONFLICT, "taken"));
+        let code = |r: Reason| problem_failure(&Problem::new(r, "m")).code;
+        assert_eq!(code(Reason::NoFreeAddress), codes::NO_FREE_ADDRESS);
+        assert_eq!(code(Reason::AddressInUse), codes::ADDRESS_REFUSED);
+        assert_eq!(code(Reason::OutsideSubnet), codes::ADDRESS_REFUSED);
+        assert_eq!(code(Reason::PortConflict), codes::PORT_CONFLICT);
+        assert_eq!(code(Reason::NetworkNotReady), codes::TRY_AGAIN_LATER);
+        assert_eq!(code(Reason::InvalidSpec), codes::INVALID_CONFIG);
+        assert_eq!(code(Reason::SandboxMissing), codes::INVALID_ENVIRONMENT);
+        assert_eq!(code(Reason::KernelError), codes::KERNEL);
+        let f = problem_failure(&Problem::new(Reason::PortConflict, "taken"));
         assert_eq!(
             (f.msg.as_str(), f.details.as_str()),
             ("taken", "PortConflict")
@@ -555,14 +581,14 @@ mod tests {
         );
 
         // A port conflict keeps the address (the endpoint is attached, its ports are not).
-        let conflict = Problem::new(reason::PORT_CONFLICT, "taken");
+        let conflict = Problem::new(Reason::PortConflict, "taken");
         let c = status_of(None, Some(&att), Some(&conflict), Some(3), Some(&s));
         assert_eq!(c.conditions[0].status, "False");
         assert_eq!(c.conditions[0].reason, "PortConflict");
         assert_eq!(c.address.as_deref(), Some("10.0.0.2/24"));
 
         // Any other problem: no address.
-        let kernel = Problem::new(reason::KERNEL_ERROR, "refused");
+        let kernel = Problem::new(Reason::KernelError, "refused");
         let k = status_of(None, Some(&att), Some(&kernel), Some(3), None);
         assert_eq!(k.conditions[0].reason, "KernelError");
         assert_eq!(k.address, None);

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use crate::drivers::{self, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
+use crate::drivers::{self, FirewallIntent, NetworkInput, NodeFacts, Problem, Reason};
 use crate::model::{KernelState, network_of_alias};
 
 pub mod firewall;
@@ -64,7 +64,7 @@ fn plan_network(
     check_claims(&planned, node, claimed)?;
     if intent.needs_nftables() && !node.capabilities.nftables {
         return Err(Problem::new(
-            reason::UNSUPPORTED,
+            Reason::Unsupported,
             format!(
                 "network {} needs nftables (masquerade, isolation or internal rules), which node {} does not support",
                 net.name, node.node_name
@@ -86,7 +86,7 @@ fn check_claims(
         if let Some(other) = claimed.links.get(name) {
             let owner = network_of_alias(&other.alias).unwrap_or("another network");
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "interface {name} is already used by network {owner} on node {}",
                     node.node_name
@@ -95,7 +95,7 @@ fn check_claims(
         }
         if node.interfaces.contains(name) {
             return Err(Problem::new(
-                reason::NAME_IN_USE,
+                Reason::NameInUse,
                 format!(
                     "interface {name} already exists on node {} and is not Weft's; Weft never changes foreign interfaces: rename or remove it",
                     node.node_name
@@ -110,7 +110,7 @@ fn check_claims(
             .find(|a| a.address.addr() == address.address.addr())
         {
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "address {} is already on interface {} on node {}",
                     address.address.addr(),
@@ -127,7 +127,7 @@ fn check_claims(
             .find(|r| r.destination == route.destination)
         {
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "route to {} already goes through {} on node {}",
                     route.destination, other.link, node.node_name
