@@ -8,10 +8,12 @@ use crate::kernel::EndpointLink;
 use crate::model::{Address, KernelState, Link, LinkKind, Mac, alias_for};
 use crate::names;
 
-use super::{
+use super::common::{
+    Scope, address_space, allocated_subnets, gateway_addresses, link_mtu, require, status_gateway,
+};
+use super::contract::{
     AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
-    Problem, SandboxLink, Scope, address_space, allocated_subnets, gateway_addresses, link_mtu,
-    not_ready, require, status_gateway,
+    Problem, SandboxLink, not_ready,
 };
 
 /// The bridge driver.

@@ -7,11 +7,12 @@
 use crate::kernel::EndpointLink;
 use crate::model::{IpvlanMode, KernelState};
 
-use super::{
+use super::common::{Scope, address_space, endpoint_mtu, optional_mtu, require};
+use super::contract::{
     AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
-    Problem, Reason, SandboxLink, Scope, address_space, endpoint_mtu, optional_mtu, parent,
-    require,
+    Problem, Reason, SandboxLink,
 };
+use super::parent;
 
 /// The ipvlan driver.
 pub struct Ipvlan;

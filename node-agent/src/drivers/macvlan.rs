@@ -24,11 +24,15 @@ use crate::model::{
 };
 use crate::names;
 
-use super::{
-    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
-    Problem, Reason, SandboxLink, Scope, address_space, allocated_subnets, endpoint_mtu,
-    excluded_ranges, node_block, offset_addr, optional_mtu, parent, require, status_gateway,
+use super::common::{
+    Scope, address_space, allocated_subnets, endpoint_mtu, excluded_ranges, node_block,
+    offset_addr, optional_mtu, require, status_gateway,
 };
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, Reason, SandboxLink,
+};
+use super::parent;
 
 /// The macvlan driver.
 pub struct Macvlan;

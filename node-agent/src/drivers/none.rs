@@ -3,7 +3,7 @@
 use crate::kernel::EndpointLink;
 use crate::model::KernelState;
 
-use super::{
+use super::contract::{
     AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
     Problem, SandboxLink,
 };
@@ -42,7 +42,7 @@ impl Driver for NoneDriver {
     ) -> Result<SandboxLink, Problem> {
         Ok(SandboxLink {
             link: EndpointLink::LoopbackOnly,
-            mtu: super::endpoint_mtu(net),
+            mtu: super::common::endpoint_mtu(net),
         })
     }
 }

@@ -25,10 +25,10 @@ use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, Neighbour, alias_
 use crate::names::{self, fnv1a64};
 
 use super::bridge::{RoutedBridge, routed_link};
-use super::{
+use super::common::{Scope, address_space, link_mtu, node_block, require};
+use super::contract::{
     AddressSpace, AnycastGuard, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput,
-    NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink, Scope, address_space, link_mtu,
-    node_block, require,
+    NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
 
 /// Default UDP port of VXLAN (IANA).

@@ -4,7 +4,8 @@
 use crate::model::{KernelState, Link, LinkKind, alias_for};
 use crate::names;
 
-use super::{NetworkInput, NodeFacts, Problem, Reason, not_ready, require};
+use super::common::require;
+use super::contract::{NetworkInput, NodeFacts, Problem, Reason, not_ready};
 
 /// Linux's interface name limit (IFNAMSIZ − 1).
 const IFNAME_MAX: usize = 15;

@@ -62,7 +62,7 @@ impl Endpoints {
                 if st.tombstones.remove(&request.id).is_some() {
                     let _ = self.journal.remove_tombstone(&request.id);
                 }
-                admitted = self.admit(st, &request);
+                admitted = st.admit(&self.node, &self.journal, &request);
             }
             (stale, existing.unwrap_or(request.id.clone()), admitted)
         };

@@ -9,21 +9,26 @@
 //! state under the same lock and ask for a pass to mirror the result into the API. One
 //! endpoint's kernel objects are worked on by one task at a time ([`super::claims`]).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use tokio::sync::{Notify, Semaphore};
+use weft_api::ContainerEndpoint;
 
 use super::claims::{CLAIM_TIMEOUT, Claim, Claims};
 use super::journal::Journal;
 use super::plan;
-use super::state::{State, Work, lock};
+use super::state::{NodeAdditions, State, Work, lock};
 use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
-use crate::drivers::{Problem, Reason};
+
+use crate::drivers::{Networks, NodeFacts, Problem, Reason};
 use crate::kernel::{Kernel, KernelError};
+use crate::model::KernelState;
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
 pub const MAX_CONCURRENT_ADDS: usize = 16;
@@ -65,6 +70,34 @@ impl Endpoints {
             passes_applied: tokio::sync::watch::channel(0).0,
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
         })
+    }
+
+    /// Rebuild the allocations from the journal, then from the statuses of this node's
+    /// ContainerEndpoints (for records the journal lacks). Call once, before the first pass.
+    pub fn restore(&self, ceps: &[Arc<ContainerEndpoint>], networks: &Networks, facts: &NodeFacts) {
+        lock(&self.state).restore(&self.node, &self.journal, ceps, networks, facts);
+    }
+
+    /// Decide, for this pass, which endpoints exist and what the node needs for them.
+    pub fn plan(
+        &self,
+        networks: &Networks,
+        facts: &NodeFacts,
+        desired_node: &KernelState,
+        ceps: &[Arc<ContainerEndpoint>],
+        peers: &BTreeMap<String, IpAddr>,
+        full_check: bool,
+    ) -> (NodeAdditions, Work) {
+        lock(&self.state).plan(
+            &self.node,
+            &self.journal,
+            networks,
+            facts,
+            desired_node,
+            ceps,
+            peers,
+            full_check,
+        )
     }
 
     /// CNI calls are served from now on.

@@ -11,14 +11,14 @@ use kube::ResourceExt;
 use weft_api::ContainerEndpoint;
 
 use super::ipam::NodeIpam;
-use super::manager::Endpoints;
+use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac, parse_mac};
 use super::translate::{cni_id_of, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
-/// What the pass gets back from [`Endpoints::plan`] for the node's desired state.
+/// What the pass gets back from [`State::plan`] for the node's desired state.
 #[derive(Default)]
 pub struct NodeAdditions {
     pub publish_chains: BTreeMap<String, NftChain>,
@@ -26,7 +26,7 @@ pub struct NodeAdditions {
     pub neighbours: Vec<Neighbour>,
 }
 
-/// Work for [`Endpoints::converge`] after the node is applied.
+/// Work for [`super::manager::Endpoints::converge`] after the node is applied.
 #[derive(Default)]
 pub struct Work {
     pub(super) detach: Vec<Attachment>,
@@ -73,17 +73,24 @@ pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Endpoints {
+impl State {
     /// Rebuild the allocations from the journal, then from the statuses of this node's
     /// ContainerEndpoints (for records the journal lacks). Call once, before the first pass.
-    pub fn restore(&self, ceps: &[Arc<ContainerEndpoint>], networks: &Networks, facts: &NodeFacts) {
-        let mut st = lock(&self.state);
-        for id in self.journal.load_tombstones() {
+    pub(super) fn restore(
+        &mut self,
+        node: &str,
+        journal: &Journal,
+        ceps: &[Arc<ContainerEndpoint>],
+        networks: &Networks,
+        facts: &NodeFacts,
+    ) {
+        let st = self;
+        for id in journal.load_tombstones() {
             st.tombstones.insert(id, Tombstone::now());
         }
-        let mut records = self.journal.load();
+        let mut records = journal.load();
         let journaled: BTreeSet<EndpointId> = records.iter().map(|a| a.id.clone()).collect();
-        for cep in ceps.iter().filter(|c| c.spec.node == self.node) {
+        for cep in ceps.iter().filter(|c| c.spec.node == node) {
             let Ok(req) = request_of(cep) else { continue };
             if journaled.contains(&req.id) || st.tombstones.contains_key(&req.id) {
                 continue;
@@ -136,8 +143,11 @@ impl Endpoints {
     }
 
     /// Decide, for this pass, which endpoints exist and what the node needs for them.
-    pub fn plan(
-        &self,
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan(
+        &mut self,
+        node: &str,
+        journal: &Journal,
         networks: &Networks,
         facts: &NodeFacts,
         desired_node: &KernelState,
@@ -145,8 +155,7 @@ impl Endpoints {
         peers: &BTreeMap<String, IpAddr>,
         full_check: bool,
     ) -> (NodeAdditions, Work) {
-        let mut st = lock(&self.state);
-        let st = &mut *st;
+        let st = self;
         st.networks = networks.clone();
         // The old picture goes before the new copy is made (a thousand networks' worth).
         st.desired_node = Arc::default();
@@ -164,7 +173,7 @@ impl Endpoints {
                 name: cep.name_any(),
             };
             in_store.insert(id.clone());
-            if cep.spec.node != self.node {
+            if cep.spec.node != node {
                 if let Some(r) = remote_endpoint(cep, &st.networks) {
                     remote.push(r);
                 }
@@ -187,7 +196,6 @@ impl Endpoints {
             }
             wanted.insert(id, request_of(cep));
         }
-        let journal = &self.journal;
         st.tombstones.retain(|id, t| {
             let keep = if t.seen {
                 in_store.contains(id)
@@ -223,7 +231,7 @@ impl Endpoints {
                     && let Some(a) = st.attachments.get_mut(&id)
                 {
                     a.in_api = true;
-                    let _ = self.journal.save(a);
+                    let _ = journal.save(a);
                 }
                 continue;
             }
@@ -246,7 +254,7 @@ impl Endpoints {
             if st.attachments.contains_key(id) {
                 continue;
             }
-            match self.admit(st, req) {
+            match st.admit(node, journal, req) {
                 Ok(()) => {
                     st.problems.remove(id);
                 }
@@ -304,7 +312,13 @@ impl Endpoints {
     }
 
     /// Give a request an address and record it (journal first). Caller holds the lock.
-    pub(super) fn admit(&self, st: &mut State, req: &EndpointRequest) -> Result<(), Problem> {
+    pub(super) fn admit(
+        &mut self,
+        node: &str,
+        journal: &Journal,
+        req: &EndpointRequest,
+    ) -> Result<(), Problem> {
+        let st = self;
         let facts = st.facts.clone().ok_or_else(|| {
             Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
         })?;
@@ -313,7 +327,7 @@ impl Endpoints {
                 Reason::NetworkNotReady,
                 format!(
                     "network {} does not exist or does not select node {}",
-                    req.network, self.node
+                    req.network, node
                 ),
             )
         })?;
@@ -367,7 +381,7 @@ impl Endpoints {
             requested_mac: req.mac,
             in_api: req.cni.is_none(),
         };
-        if let Err(e) = self.journal.save(&att) {
+        if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
             return Err(Problem::new(
                 Reason::KernelError,
