@@ -179,14 +179,14 @@ impl Driver for Overlay {
 }
 
 /// The all-zero MAC of a flood (head-end replication) FDB entry.
-pub const FLOOD_MAC: Mac = [0; 6];
+pub const FLOOD_MAC: Mac = Mac([0; 6]);
 
 /// The gateway MAC of an overlay network: the same on every node (and across agent
 /// versions), locally administered unicast: `02:57:` + 4 bytes of the FNV-1a-64 hash of
 /// the network name.
 pub fn anycast_gateway_mac(network: &str) -> Mac {
     let h = fnv1a64(network.as_bytes()).to_be_bytes();
-    [0x02, 0x57, h[0], h[1], h[2], h[3]]
+    Mac([0x02, 0x57, h[0], h[1], h[2], h[3]])
 }
 
 /// The overlay's default MTU on this node.
@@ -297,12 +297,12 @@ mod tests {
             vec![
                 FdbEntry {
                     link: x.clone(),
-                    mac: [0; 6],
+                    mac: Mac([0; 6]),
                     dst: ip("192.0.2.2"),
                 },
                 FdbEntry {
                     link: x.clone(),
-                    mac: [0; 6],
+                    mac: Mac([0; 6]),
                     dst: ip("192.0.2.3"),
                 },
             ]

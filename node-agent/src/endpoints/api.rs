@@ -12,7 +12,7 @@ use weft_api::{ContainerEndpoint, ContainerEndpointStatus};
 use weft_cni::proto::AttachmentId;
 
 use super::manager::Endpoints;
-use super::plan::{self, format_mac};
+use super::plan;
 use super::state::lock;
 use super::translate::{cni_id_of, status_of};
 use super::{
@@ -95,7 +95,7 @@ impl Endpoints {
                 spec["address"] = json!(a.to_string());
             }
             if let Some(m) = att.requested_mac {
-                spec["mac"] = json!(format_mac(&m));
+                spec["mac"] = json!(m.to_string());
             }
             if !att.publish.is_empty() {
                 spec["publish"] =

@@ -9,7 +9,7 @@ use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
 use super::EndpointId;
 use super::manager::Endpoints;
-use super::plan::{self, format_mac};
+use super::plan;
 use super::state::{Tombstone, lock, publications};
 use super::translate::{cni_request, cni_result, failure, problem_failure};
 use crate::drivers;
@@ -228,8 +228,8 @@ impl Endpoints {
                 "interface {} in sandbox {} has MAC {}, not {}",
                 att.if_name,
                 att.sandbox,
-                found.mac.map(|m| format_mac(&m)).unwrap_or_default(),
-                att.mac.map(|m| format_mac(&m)).unwrap_or_default()
+                found.mac.map(|m| m.to_string()).unwrap_or_default(),
+                att.mac.map(|m| m.to_string()).unwrap_or_default()
             )));
         }
         if !found.up {

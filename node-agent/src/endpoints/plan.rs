@@ -38,20 +38,7 @@ pub fn derive_mac(addr: IpAddr) -> Mac {
             [o[12], o[13], o[14], o[15]]
         }
     };
-    [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
-}
-
-/// `aa:bb:cc:dd:ee:ff` → bytes.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
-        .collect::<Option<_>>()?;
-    <Mac>::try_from(parts.as_slice()).ok()
-}
-
-pub fn format_mac(mac: &Mac) -> String {
-    crate::plan::firewall::format_mac(mac)
+    Mac([0x02, 0x42, tail[0], tail[1], tail[2], tail[3]])
 }
 
 /// The kernel shape of an attachment whose address is decided: the driver's link, plus
@@ -349,14 +336,14 @@ mod tests {
     fn docker_macs_from_addresses() {
         assert_eq!(
             derive_mac("172.17.0.2".parse().expect("ip")),
-            [0x02, 0x42, 172, 17, 0, 2]
+            Mac([0x02, 0x42, 172, 17, 0, 2])
         );
         assert_eq!(
-            parse_mac("02:42:ac:11:00:02"),
-            Some([2, 0x42, 0xac, 0x11, 0, 2])
+            "02:42:ac:11:00:02".parse::<Mac>().ok(),
+            Some(Mac([2, 0x42, 0xac, 0x11, 0, 2]))
         );
-        assert_eq!(parse_mac("02:42:ac:11:00"), None);
-        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+        assert_eq!("02:42:ac:11:00".parse::<Mac>().ok(), None);
+        assert_eq!("zz:42:ac:11:00:02".parse::<Mac>().ok(), None);
     }
 
     #[test]

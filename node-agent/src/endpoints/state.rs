@@ -12,7 +12,7 @@ use weft_api::ContainerEndpoint;
 
 use super::ipam::NodeIpam;
 use super::journal::Journal;
-use super::plan::{self, address_problem, derive_mac, parse_mac};
+use super::plan::{self, address_problem, derive_mac};
 use super::translate::{cni_id_of, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
@@ -111,7 +111,7 @@ impl State {
                 if_name: req.if_name.clone(),
                 address,
                 gateway: status.gateway.as_deref().and_then(|g| g.parse().ok()),
-                mac: status.mac.as_deref().and_then(parse_mac),
+                mac: status.mac.as_deref().and_then(|m| m.parse().ok()),
                 publish: req.publish.clone(),
                 cni: cni_id_of(cep),
                 since: 0,

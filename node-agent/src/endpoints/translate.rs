@@ -11,12 +11,12 @@ use kube::ResourceExt;
 use weft_api::{ContainerEndpoint, ContainerEndpointStatus};
 use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
-use super::plan::{format_mac, parse_mac};
 use super::{
     ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest, PortSpec,
 };
 use crate::drivers::{Networks, Problem, Reason, RemoteEndpoint};
 use crate::kernel::{KernelError, sandbox_missing};
+use crate::model::Mac;
 
 /// Turn a ContainerEndpoint's spec into a request; a malformed one becomes a problem.
 pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Problem> {
@@ -30,9 +30,10 @@ pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Pro
     };
     let mac = match cep.spec.mac.as_deref() {
         None => None,
-        Some(m) => {
-            Some(parse_mac(m).ok_or_else(|| invalid(format!("spec.mac {m:?} is not a MAC")))?)
-        }
+        Some(m) => Some(
+            m.parse::<Mac>()
+                .map_err(|_| invalid(format!("spec.mac {m:?} is not a MAC")))?,
+        ),
     };
     let publish = cep
         .spec
@@ -187,7 +188,7 @@ pub(super) fn cni_request(req: &proto::Request) -> Result<EndpointRequest, Failu
     };
     let mac = match req.mac.as_deref() {
         None | Some("") => None,
-        Some(m) => Some(parse_mac(m).ok_or_else(|| {
+        Some(m) => Some(m.parse::<Mac>().map_err(|_| {
             failure(
                 codes::INVALID_CONFIG,
                 format!("requested MAC {m:?} is not a MAC address"),
@@ -258,7 +259,7 @@ pub(super) fn cni_result(att: &Attachment) -> proto::Attachment {
     }
     out.interfaces.push(proto::Interface {
         name: att.if_name.clone(),
-        mac: att.mac.map(|m| format_mac(&m)),
+        mac: att.mac.map(|m| m.to_string()),
         sandbox: Some(att.sandbox.clone()),
     });
     if let Some(addr) = att.address {
@@ -299,7 +300,7 @@ pub(super) fn remote_endpoint(
     let net = networks.get(&cep.spec.network)?;
     let status = cep.status.as_ref()?;
     let address: IpNet = status.address.as_deref()?.parse().ok()?;
-    let mac = parse_mac(status.mac.as_deref()?)?;
+    let mac: Mac = status.mac.as_deref()?.parse().ok()?;
     Some(RemoteEndpoint {
         network: net.name.clone(),
         node: cep.spec.node.clone(),
@@ -351,7 +352,7 @@ pub(super) fn status_of(
             last_transition_time: transition,
         }],
         address: attached.and_then(|a| a.address).map(|a| a.to_string()),
-        mac: attached.and_then(|a| a.mac).map(|m| format_mac(&m)),
+        mac: attached.and_then(|a| a.mac).map(|m| m.to_string()),
         gateway: attached.and_then(|a| a.gateway).map(|g| g.to_string()),
         host_interface: attached.and(host_interface),
     }
@@ -404,7 +405,7 @@ mod tests {
             if_name: "eth0".into(),
             address: address.map(|a| a.parse().expect("test address")),
             gateway: gateway.map(|g| g.parse().expect("test gateway")),
-            mac: address.map(|_| [0x02, 0x42, 10, 0, 0, 2]),
+            mac: address.map(|_| Mac([0x02, 0x42, 10, 0, 0, 2])),
             publish: Vec::new(),
             cni: None,
             since: 0,
@@ -453,7 +454,7 @@ mod tests {
         })))
         .expect("valid");
         assert_eq!(r.address, Some("10.0.0.9".parse().expect("ip")));
-        assert_eq!(r.mac, Some([0x02, 0x42, 0x0a, 0, 0, 9]));
+        assert_eq!(r.mac, Some(Mac([0x02, 0x42, 0x0a, 0, 0, 9])));
         assert_eq!(r.publish.len(), 2);
         assert_eq!(r.publish[0].protocol, weft_api::Protocol::Udp);
         assert_eq!(r.publish[0].host_ip, None, "0.0.0.0 binds every address");
@@ -503,7 +504,7 @@ mod tests {
             }
         );
         assert_eq!(r.address, Some("10.0.0.5".parse().expect("ip")));
-        assert_eq!(r.mac, Some([0x02, 0x42, 0x0a, 0, 0, 5]));
+        assert_eq!(r.mac, Some(Mac([0x02, 0x42, 0x0a, 0, 0, 5])));
         assert_eq!(r.publish[0].host_port, 8080);
         assert_eq!(r.cni, None);
         let bad = request_of(&cep(json!({
@@ -615,7 +616,7 @@ mod tests {
                 network: "lan".into(),
                 node: "n2".into(),
                 address: "10.0.0.7".parse().expect("ip"),
-                mac: [0x02, 0x42, 0x0a, 0, 0, 7],
+                mac: Mac([0x02, 0x42, 0x0a, 0, 0, 7]),
             })
         );
         assert_eq!(remote_endpoint(&other, &Networks::default()), None);

@@ -183,10 +183,7 @@ impl Change {
 }
 
 fn mac_str(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.to_string()
 }
 
 impl fmt::Display for Change {

@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use ipnet::IpNet;
 
 pub use crate::drivers::{AnycastGuard, FirewallIntent};
-use crate::model::{Mac, NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
+use crate::model::{NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
 use crate::names::fnv1a64;
 
 /// Base chain spec of the filter chains on the forward hook.
@@ -153,7 +153,7 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
                 format!(
                     "iifname {} ether saddr {} drop",
                     quote(&guard.port),
-                    format_mac(&guard.mac)
+                    guard.mac
                 ),
             );
         }
@@ -188,14 +188,6 @@ pub fn to_nft_script(tables: &BTreeMap<NftFamily, NftTable>) -> String {
         let _ = writeln!(s, "}}");
     }
     s
-}
-
-/// `02:57:0a:1b:2c:3d`.
-pub fn format_mac(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Builds one table; a rule whose id is already in the table is not added twice.
@@ -255,6 +247,7 @@ fn sorted(subnets: &[IpNet]) -> Vec<IpNet> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::Mac;
     use std::collections::BTreeSet;
 
     fn net(s: &str) -> IpNet {
@@ -318,7 +311,7 @@ pub(crate) mod tests {
         let mut overlay = bridge_intent("e", "wfb-e", &["10.4.0.0/24"]);
         overlay.anycast_guard = Some(AnycastGuard {
             port: "wfx-e".into(),
-            mac: [2, 0x57, 0, 0, 0, 1],
+            mac: Mac([2, 0x57, 0, 0, 0, 1]),
         });
         let tables = render(&[
             bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
@@ -486,7 +479,7 @@ pub(crate) mod tests {
         let mut a = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
         a.anycast_guard = Some(AnycastGuard {
             port: "wfx-a".into(),
-            mac: [0x02, 0x57, 0xde, 0xad, 0xbe, 0xef],
+            mac: Mac([0x02, 0x57, 0xde, 0xad, 0xbe, 0xef]),
         });
         let t = render(&[a]);
         assert_eq!(

@@ -9,7 +9,7 @@ use weft_api::{Driver as ApiDriver, RealizationState};
 use super::*;
 use crate::drivers::testutil::*;
 use crate::drivers::{NetworkInput, NodeFacts, Peer, Problem};
-use crate::model::{FdbEntry, NftFamily};
+use crate::model::{FdbEntry, Mac, NftFamily};
 use crate::names;
 use crate::plan::firewall::{CHAIN_FORWARD, CHAIN_POSTROUTING, CHAIN_PREROUTING, to_nft_script};
 
@@ -130,7 +130,7 @@ fn every_network_of_a_mixed_node() {
         state.fdb.iter().cloned().collect::<Vec<_>>(),
         vec![FdbEntry {
             link: names::vxlan("front"),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.2"),
         }]
     );
@@ -182,7 +182,7 @@ fn every_network_of_a_mixed_node() {
         vec![format!(
             "iifname \"{}\" ether saddr {} drop",
             names::vxlan("front"),
-            firewall::format_mac(&drivers::overlay::anycast_gateway_mac("front"))
+            drivers::overlay::anycast_gateway_mac("front")
         )]
     );
 }
