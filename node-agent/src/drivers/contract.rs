@@ -153,8 +153,8 @@ pub trait Driver: Sync {
         host: &HostSide,
     ) -> Result<SandboxLink, Problem>;
 
-    /// Static FDB and neighbour entries for endpoints of this network on other nodes (only
-    /// the overlay needs any).
+    /// Static FDB and neighbour entries for endpoints of this network on other nodes
+    /// (`remote` holds only this network's; only the overlay needs any).
     fn remote_entries(
         &self,
         _net: &NetworkInput,

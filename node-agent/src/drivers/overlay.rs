@@ -159,7 +159,7 @@ impl Driver for Overlay {
         if !desired_node.links.contains_key(&vxlan) {
             return (fdb, neighbours);
         }
-        for r in remote.iter().filter(|r| r.network == net.name) {
+        for r in remote {
             let Some(dst) = peers.get(&r.node) else {
                 continue;
             };

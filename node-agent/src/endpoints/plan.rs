@@ -2,7 +2,7 @@
 //! plus addresses and routes), the publish (DNAT) rules of the node's endpoints and the
 //! entries other nodes' endpoints need. No I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -270,8 +270,8 @@ pub fn add_publish_chains(
         .extend(chains);
 }
 
-/// Static FDB and neighbour entries for other nodes' endpoints, from the drivers of the
-/// networks this node programs.
+/// Static FDB and neighbour entries for other nodes' endpoints (`remote` sorted, so each
+/// network's endpoints are together), from the drivers of the networks this node programs.
 pub fn remote_entries(
     remote: &[RemoteEndpoint],
     networks: &Networks,
@@ -280,9 +280,11 @@ pub fn remote_entries(
 ) -> (Vec<FdbEntry>, Vec<Neighbour>) {
     let mut fdb = Vec::new();
     let mut neighbours = Vec::new();
-    let names: BTreeSet<&str> = remote.iter().map(|r| r.network.as_str()).collect();
-    for net in names.into_iter().filter_map(|n| networks.get(n)) {
-        let (f, n) = drivers::of(net).remote_entries(net, remote, peers, desired_node);
+    for endpoints in remote.chunk_by(|a, b| a.network == b.network) {
+        let Some(net) = endpoints.first().and_then(|r| networks.get(&r.network)) else {
+            continue;
+        };
+        let (f, n) = drivers::of(net).remote_entries(net, endpoints, peers, desired_node);
         fdb.extend(f);
         neighbours.extend(n);
     }

@@ -274,6 +274,7 @@ impl State {
             .retain(|id, p| p.reason != Reason::PortConflict || conflicts.contains_key(id));
         st.problems.extend(conflicts);
 
+        remote.sort();
         let (fdb, neighbours) = plan::remote_entries(&remote, &st.networks, peers, desired_node);
 
         // Kernel work: new/changed attachments, all of them on a full check, and any whose
