@@ -47,6 +47,14 @@ pub fn vlan(parent: &str, id: u16) -> String {
     format!("{parent}.{id}")
 }
 
+/// 64-bit FNV-1a: tiny and stable across Rust versions and platforms (std's hasher is
+/// neither). Used for nft rule ids and the overlay's anycast gateway MAC.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

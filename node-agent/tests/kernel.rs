@@ -106,11 +106,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn mac(s: &str) -> Mac {
-    let mut m = [0u8; 6];
-    for (i, part) in s.split(':').enumerate() {
-        m[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    m
+    s.parse().unwrap()
 }
 
 fn state(links: Vec<Link>) -> KernelState {
@@ -301,7 +297,7 @@ async fn vxlan_fdb_and_neighbours() {
         },
     );
     let mut d = state(vec![vx, vx2]);
-    let zero = [0u8; 6];
+    let zero = Mac([0; 6]);
     d.fdb.insert(FdbEntry {
         link: "wfx-t2".into(),
         mac: zero,
@@ -759,7 +755,7 @@ async fn garbage_collection_spares_foreign_objects() {
     });
     d.fdb.insert(FdbEntry {
         link: "wfx-t6".into(),
-        mac: [0; 6],
+        mac: Mac([0; 6]),
         dst: ip("10.0.0.9"),
     });
     converge(&k, &d).await;
@@ -807,13 +803,13 @@ async fn tampering_is_seen_and_undone() {
     d.addresses.insert(addr("wfb-t7", "10.7.0.1/24"));
     let flood = FdbEntry {
         link: "wfx-t7".into(),
-        mac: [0; 6],
+        mac: Mac([0; 6]),
         dst: ip("192.168.70.2"),
     };
     d.fdb.insert(flood.clone());
     d.fdb.insert(FdbEntry {
         link: "wfx-t7".into(),
-        mac: [0; 6],
+        mac: Mac([0; 6]),
         dst: ip("192.168.70.3"),
     });
     converge(&k, &d).await;
@@ -866,7 +862,7 @@ async fn vni_change_recreates_mtu_change_sets_in_place() {
     let mut d = state(vec![link("wfx-t8", "v", kind(100))]);
     d.fdb.insert(FdbEntry {
         link: "wfx-t8".into(),
-        mac: [0; 6],
+        mac: Mac([0; 6]),
         dst: ip("10.0.0.2"),
     });
     converge(&k, &d).await;

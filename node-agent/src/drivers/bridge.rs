@@ -4,11 +4,17 @@
 
 use ipnet::IpNet;
 
+use crate::kernel::EndpointLink;
 use crate::model::{Address, KernelState, Link, LinkKind, Mac, alias_for};
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem};
 
-use super::{allocated_subnets, gateway_addresses, link_mtu, require, status_gateway};
+use super::common::{
+    Scope, address_space, allocated_subnets, gateway_addresses, link_mtu, require, status_gateway,
+};
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink, not_ready,
+};
 
 /// The bridge driver.
 pub struct Bridge;
@@ -40,6 +46,51 @@ impl Driver for Bridge {
         bridge.add_to(out);
         Ok(intent)
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Routed
+    }
+
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::Subnet, true).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        routed_link(net, node, desired_node, host)
+    }
+}
+
+/// A routed endpoint (bridge, overlay): a veth on the network's bridge, with the bridge's
+/// MTU. The bridge must be in the node's desired state.
+pub(crate) fn routed_link(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+    host: &HostSide,
+) -> Result<SandboxLink, Problem> {
+    let bridge = names::bridge(&net.name);
+    let Some(planned) = desired_node.links.get(&bridge) else {
+        return Err(not_ready(net, node));
+    };
+    Ok(SandboxLink {
+        mtu: planned.mtu,
+        link: EndpointLink::Veth {
+            host: host.interface.clone(),
+            host_alias: host.alias.clone(),
+            bridge,
+            hairpin: host.publishes,
+        },
+    })
 }
 
 /// The part bridge and overlay networks share: a bridge with the gateway address of every
@@ -87,8 +138,8 @@ impl RoutedBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::reason;
-    use crate::plan::testutil::*;
+    use crate::drivers::Reason;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn one_bridge_with_the_gateway_of_every_subnet() {
@@ -198,7 +249,7 @@ mod tests {
     fn no_subnet_yet_is_not_allocated_and_adds_nothing() {
         let n = network("web", weft_api::Driver::Bridge);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::NOT_ALLOCATED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::NotAllocated));
         assert_eq!(state, KernelState::default());
     }
 
@@ -207,7 +258,7 @@ mod tests {
         let mut n = network("web", weft_api::Driver::Bridge);
         allocate(&mut n, &["10.10.0.0/240"], None);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::INVALID_STATUS));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidStatus));
         assert_eq!(state, KernelState::default());
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -216,7 +267,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_STATUS)
+            Err(Reason::InvalidStatus)
         );
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -226,7 +277,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
     }
 
@@ -252,7 +303,7 @@ mod tests {
         let mut facts = node("n1", "192.0.2.1");
         facts.capabilities.bridge = false;
         let (state, intent) = plan_one(&n, &facts);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::UNSUPPORTED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::Unsupported));
         assert_eq!(state, KernelState::default());
     }
 }

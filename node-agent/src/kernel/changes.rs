@@ -86,14 +86,6 @@ impl Change {
     }
 }
 
-/// A MAC as `ip` prints it (`02:00:0a:00:00:01`).
-pub(crate) fn mac_str(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// A route as `ip route` would name it (`10.1.0.0/24 via 10.0.0.2 dev wfb-x`).
 pub(crate) fn describe_route(r: &Route) -> String {
     match r.gateway {
@@ -132,7 +124,7 @@ impl fmt::Display for Change {
                     write!(f, " alias {a}")?;
                 }
                 if let Some(m) = mac {
-                    write!(f, " address {}", mac_str(m))?;
+                    write!(f, " address {}", m)?;
                 }
                 Ok(())
             }
@@ -141,39 +133,19 @@ impl fmt::Display for Change {
             Change::AddRoute(r) => write!(f, "add route {}", describe_route(r)),
             Change::DeleteRoute(r) => write!(f, "delete route {}", describe_route(r)),
             Change::AddFdb(e) => {
-                write!(
-                    f,
-                    "add fdb {} dst {} dev {}",
-                    mac_str(&e.mac),
-                    e.dst,
-                    e.link
-                )
+                write!(f, "add fdb {} dst {} dev {}", e.mac, e.dst, e.link)
             }
             Change::DeleteFdb(e) => {
-                write!(
-                    f,
-                    "delete fdb {} dst {} dev {}",
-                    mac_str(&e.mac),
-                    e.dst,
-                    e.link
-                )
+                write!(f, "delete fdb {} dst {} dev {}", e.mac, e.dst, e.link)
             }
             Change::AddNeighbour(n) => {
-                write!(
-                    f,
-                    "add neighbour {} lladdr {} dev {}",
-                    n.ip,
-                    mac_str(&n.mac),
-                    n.link
-                )
+                write!(f, "add neighbour {} lladdr {} dev {}", n.ip, n.mac, n.link)
             }
             Change::DeleteNeighbour(n) => {
                 write!(
                     f,
                     "delete neighbour {} lladdr {} dev {}",
-                    n.ip,
-                    mac_str(&n.mac),
-                    n.link
+                    n.ip, n.mac, n.link
                 )
             }
             Change::SetNftTable(fam, _) => write!(f, "set nft table {} weft", fam.as_str()),

@@ -16,7 +16,6 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::kernel::changes::mac_str;
 use crate::kernel::error::{KernelError, already_gone};
 use crate::kernel::link::{LinkView, owned_index};
 use crate::kernel::netlink::Netlink;
@@ -175,14 +174,7 @@ impl Netlink {
         e: &FdbEntry,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "append fdb {} dst {} dev {}",
-                mac_str(&e.mac),
-                e.dst,
-                e.link
-            )
-        };
+        let op = || format!("append fdb {} dst {} dev {}", e.mac, e.dst, e.link);
         let index = match owned_index(view, &e.link, op) {
             Ok(i) => i,
             Err(err) => return (0, Err(err)),
@@ -202,14 +194,7 @@ impl Netlink {
         e: &FdbEntry,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "delete fdb {} dst {} dev {}",
-                mac_str(&e.mac),
-                e.dst,
-                e.link
-            )
-        };
+        let op = || format!("delete fdb {} dst {} dev {}", e.mac, e.dst, e.link);
         let index = match owned_index(view, &e.link, op) {
             Ok(i) => i,
             Err(KernelError::NoSuchLink { .. }) => return (0, Ok(())),
@@ -234,14 +219,7 @@ impl Netlink {
         n: &Neighbour,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "add neighbour {} lladdr {} dev {}",
-                n.ip,
-                mac_str(&n.mac),
-                n.link
-            )
-        };
+        let op = || format!("add neighbour {} lladdr {} dev {}", n.ip, n.mac, n.link);
         let index = match owned_index(view, &n.link, op) {
             Ok(i) => i,
             Err(err) => return (0, Err(err)),

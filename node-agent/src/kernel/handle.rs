@@ -13,10 +13,11 @@ use ipnet::IpNet;
 
 use crate::kernel::changes::{ApplyReport, Change};
 use crate::kernel::error::KernelError;
+use crate::kernel::events;
 use crate::kernel::link::LinkView;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::nft::NftTables;
-use crate::kernel::{events, sysctl};
+use crate::kernel::sysctl;
 use crate::model::{KernelState, Mac};
 
 /// How many netlink requests are kept in flight at once when a batch of independent
