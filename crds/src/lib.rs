@@ -11,7 +11,6 @@ pub mod endpoint;
 pub mod network;
 pub mod node;
 pub mod pool;
-pub mod retry;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
 pub use endpoint::{

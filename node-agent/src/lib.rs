@@ -7,7 +7,6 @@
 pub mod agent;
 pub mod drivers;
 pub mod endpoints;
-pub mod http;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
