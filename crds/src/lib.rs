@@ -12,7 +12,6 @@ pub mod network;
 pub mod node;
 pub mod pool;
 pub mod reason;
-pub mod retry;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
 pub use endpoint::{

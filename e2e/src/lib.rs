@@ -15,11 +15,12 @@ use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocati
 
 pub mod cluster;
 pub mod daemon;
-pub mod lab;
 pub mod netns;
+pub mod objects;
 pub mod outage;
 pub mod podman;
 pub mod stats;
+pub mod topology;
 
 /// Field manager the harness applies objects with.
 pub const TEST_MANAGER: &str = "weft-e2e";

@@ -21,11 +21,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
-use weft_api::retry::WatchBackoff;
 use weft_api::{
     ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
     NetworkRealization, RealizationState,
 };
+use weft_daemon::watch::WatchBackoff;
 
 use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;

@@ -8,7 +8,6 @@
 pub mod agent;
 pub mod drivers;
 pub mod endpoints;
-pub mod http;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
