@@ -12,21 +12,21 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kube::ResourceExt;
-use weft_api::{AddressPool, ContainerNetwork, Driver, NetworkAllocation};
+use weft_api::{AddressPool, ContainerNetwork, Driver, NetworkAllocation, Reason};
 use weft_ipam::{
     AllocError, BlockAllocator, BlockError, Claimant, Pool, Request, SubnetAllocator, VniAllocator,
-    VniError,
+    VniError, first_host,
 };
 
 /// Why a network cannot be allocated: becomes a `Stalled` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Problem {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    fn new(reason: Reason, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
@@ -92,7 +92,7 @@ fn parse_nets(list: &[String], field: &str) -> Result<Vec<IpNet>, Problem> {
         .map(|s| {
             s.parse::<IpNet>().map_err(|_| {
                 Problem::new(
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     format!("{field}: {s:?} is not a CIDR such as 10.0.0.0/24"),
                 )
             })
@@ -142,17 +142,16 @@ fn request(net: &ContainerNetwork, default_pool: Option<&str>) -> Result<Request
         (None, Some(d)) => d.to_string(),
         (None, None) => {
             return Err(Problem::new(
-                "NoDefaultPool",
+                Reason::NoDefaultPool,
                 "the network names no subnet and no pool, and no AddressPool has default: true; \
                  create one (see examples/default-address-pools.yaml) or set spec.ipam.subnets",
             ));
         }
     };
     let prefix_len = match ipam.prefix_length {
-        Some(p) => Some(
-            u8::try_from(p)
-                .map_err(|_| Problem::new("InvalidSpec", "spec.ipam.prefixLength out of range"))?,
-        ),
+        Some(p) => Some(u8::try_from(p).map_err(|_| {
+            Problem::new(Reason::InvalidSpec, "spec.ipam.prefixLength out of range")
+        })?),
         None => None,
     };
     Ok(Request::FromPool { pool, prefix_len })
@@ -160,11 +159,11 @@ fn request(net: &ContainerNetwork, default_pool: Option<&str>) -> Result<Request
 
 fn problem_from_alloc(e: AllocError) -> Problem {
     let reason = match &e {
-        AllocError::SubnetOverlap { .. } => "SubnetOverlap",
-        AllocError::PoolExhausted { .. } => "PoolExhausted",
-        AllocError::PoolNotFound { .. } => "PoolNotFound",
-        AllocError::BadPrefixLength { .. } => "BadPrefixLength",
-        AllocError::UnknownNetwork { .. } => "Internal",
+        AllocError::SubnetOverlap { .. } => Reason::SubnetOverlap,
+        AllocError::PoolExhausted { .. } => Reason::PoolExhausted,
+        AllocError::PoolNotFound { .. } => Reason::PoolNotFound,
+        AllocError::BadPrefixLength { .. } => Reason::BadPrefixLength,
+        AllocError::UnknownNetwork { .. } => Reason::Internal,
     };
     Problem::new(reason, e.to_string())
 }
@@ -174,18 +173,6 @@ pub fn default_block_prefix_len(subnet: &IpNet) -> u8 {
     match subnet {
         IpNet::V4(n) => (n.prefix_len() + 6).min(28).max(n.prefix_len()),
         IpNet::V6(n) => (n.prefix_len() + 6).min(120).max(n.prefix_len()),
-    }
-}
-
-/// First host address: the default gateway. For IPv6 that is network + 1: the network
-/// address itself is the subnet-router anycast address (ipnet's `hosts()` includes it).
-fn first_host(net: &IpNet) -> Option<IpAddr> {
-    match net {
-        IpNet::V4(n) => n.hosts().next().map(IpAddr::V4),
-        IpNet::V6(n) if n.prefix_len() < 128 => Some(IpAddr::V6(std::net::Ipv6Addr::from(
-            u128::from(n.network()) + 1,
-        ))),
-        IpNet::V6(_) => None,
     }
 }
 
@@ -424,9 +411,9 @@ impl Allocations {
                 Ok(v) => out.view.vni = Some(v),
                 Err(e) => {
                     let reason = match e {
-                        VniError::InUse { .. } => "VniInUse",
-                        VniError::Exhausted => "VniExhausted",
-                        VniError::OutOfRange { .. } => "InvalidSpec",
+                        VniError::InUse { .. } => Reason::VniInUse,
+                        VniError::Exhausted => Reason::VniExhausted,
+                        VniError::OutOfRange { .. } => Reason::InvalidSpec,
                     };
                     out.problem
                         .get_or_insert(Problem::new(reason, e.to_string()));
@@ -455,7 +442,7 @@ impl Allocations {
             Some(a) => a.blocks().map(|(n, _)| n.to_string()).collect(),
             None => {
                 out.problem.get_or_insert(Problem::new(
-                    "BadPrefixLength",
+                    Reason::BadPrefixLength,
                     "spec.ipam.blockPrefixLength is larger than the network's subnets (or ipRange)",
                 ));
                 return;
@@ -488,7 +475,7 @@ impl Allocations {
                     BlockError::Exhausted { .. } => without.push(node.clone()),
                     other => {
                         out.problem
-                            .get_or_insert(Problem::new("BlockError", other.to_string()));
+                            .get_or_insert(Problem::new(Reason::BlockError, other.to_string()));
                     }
                 }
             }
@@ -498,7 +485,7 @@ impl Allocations {
         out.view.blocks = alloc.blocks().map(|(n, b)| (n.to_string(), b)).collect();
         if !without.is_empty() {
             out.problem.get_or_insert(Problem::new(
-                "BlocksExhausted",
+                Reason::BlocksExhausted,
                 format!(
                     "the network has room for {} node blocks and all are taken; nodes without a block: {}. \
                      Set a longer spec.ipam.blockPrefixLength or append a subnet",
@@ -625,7 +612,7 @@ mod tests {
             Duration::ZERO,
             now,
         );
-        assert_eq!(out.problem.map(|p| p.reason), Some("NoDefaultPool"));
+        assert_eq!(out.problem.map(|p| p.reason), Some(Reason::NoDefaultPool));
         a.sync_pools(&[pool("default", "10.200.0.0/16", 24, true)]);
         let out = a.plan(
             &net("x", serde_json::json!({"driver": "bridge"})),

@@ -5,7 +5,6 @@
 //! objects written by server-side apply. The spec is never written.
 
 pub mod allocations;
-pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

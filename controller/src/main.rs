@@ -6,14 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use weft_controller::{Settings, http, leader, metrics::Metrics, run};
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
+use clap::Parser;
+use weft_controller::{Settings, leader, metrics::Metrics, run};
+use weft_daemon::http::{self, Probes};
+use weft_daemon::log::{self, LogFormat};
 
 /// Weft's cluster controller.
 #[derive(Parser, Debug)]
@@ -45,26 +41,17 @@ struct Args {
     concurrency: u16,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
+    log::init(args.log_format);
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: set KUBECONFIG or run inside a cluster")?;
-    let probes = http::Probes {
+    let probes = Probes {
         metrics: Arc::new(Metrics::default()),
         ready: Arc::new(AtomicBool::new(false)),
+        not_ready: "allocations not rebuilt yet",
     };
     let bound = http::serve(args.metrics_addr, probes.clone())
         .await

@@ -83,12 +83,10 @@ impl Metrics {
             kind: kind.to_string(),
         }
     }
+}
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+impl weft_daemon::http::Exposed for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

@@ -12,11 +12,12 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_stream_shim::UnboundedReceiverStream;
-use weft_api::retry::WatchBackoff;
 use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_daemon::http::Probes;
+use weft_daemon::watch::WatchBackoff;
 
 use crate::allocations::Allocations;
-use crate::http::Probes;
+use crate::metrics::Metrics;
 use crate::reconcile::fresh::FreshStore;
 use crate::reconcile::{Context, network, pool};
 use crate::{MANAGER, Settings};
@@ -168,7 +169,11 @@ fn networks_concerned(before: Option<&NodeSeen>, now: &NodeSeen) -> Option<Vec<S
 }
 
 /// Run until the process is told to stop.
-pub async fn run(client: Client, settings: Settings, probes: Probes) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    probes: Probes<Metrics>,
+) -> anyhow::Result<()> {
     let pools = store::<AddressPool>(&client).await?;
     let nodes = store::<NetworkNode>(&client).await?;
     let node_blocks = store::<NetworkAllocation>(&client).await?;

@@ -11,7 +11,7 @@ pub mod endpoint;
 pub mod network;
 pub mod node;
 pub mod pool;
-pub mod retry;
+pub mod reason;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
 pub use endpoint::{
@@ -26,6 +26,7 @@ pub use node::{
     RealizationState,
 };
 pub use pool::{AddressPool, AddressPoolSpec, AddressPoolStatus};
+pub use reason::Reason;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

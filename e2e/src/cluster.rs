@@ -3,8 +3,8 @@
 //! "containers" as further namespaces. Everything is removed on drop (namespaces with the
 //! processes inside them, agent state directories), also when a test fails.
 //!
-//! Underlay: namespace `ul` holds bridge `ul0` with 192.0.2.1/24 — the nodes' default
-//! gateway and, for tests, the "outside" host. Node i (1-based) has `eth0` 192.0.2.(10+i)/24.
+//! Underlay: see [`crate::topology`] — namespace `ul` with bridge `ul0` 192.0.2.1/24 (the
+//! "outside" host); node i (1-based) has `eth0` 192.0.2.(10+i)/24.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,12 +15,12 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use weft_api::ContainerEndpoint;
 
-use crate::daemon::Daemon;
-use crate::netns::{Netns, workspace_binary};
-use crate::{TEST_MANAGER, wait_for};
+use crate::daemon::{Daemon, free_port};
+use crate::netns::{Netns, sh, workspace_binary};
+use crate::{TEST_MANAGER, topology, wait_for};
 
 /// The outside host's address on the underlay.
-pub const OUTSIDE: &str = "192.0.2.1";
+pub const OUTSIDE: &str = topology::GATEWAY;
 
 pub struct Node {
     pub name: String,
@@ -53,12 +53,6 @@ pub struct Cluster {
     pub kubeconfig_override: Option<PathBuf>,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Cluster {
     /// Reset the API server's Weft objects and start the underlay, `n` nodes with agents,
     /// and the controller.
@@ -66,9 +60,7 @@ impl Cluster {
         let client = crate::connect().await?;
         crate::reset(&client).await?;
         let underlay = Netns::new("ul")?;
-        underlay.exec(&["ip", "link", "add", "ul0", "type", "bridge"])?;
-        underlay.exec(&["ip", "addr", "add", "192.0.2.1/24", "dev", "ul0"])?;
-        underlay.exec(&["ip", "link", "set", "ul0", "up"])?;
+        topology::build_underlay(underlay.name())?;
         let mut cluster = Cluster {
             client,
             underlay,
@@ -129,15 +121,8 @@ impl Cluster {
     pub fn add_node(&mut self) -> Result<usize> {
         let i = self.nodes.len() + 1;
         let name = format!("node-{i}");
-        let address = format!("192.0.2.{}", 10 + i);
         let ns = Netns::new(&format!("n{i}"))?;
-        let port_name = format!("ul-{i}");
-        self.underlay.veth_into(&port_name, &ns, "eth0")?;
-        self.underlay
-            .exec(&["ip", "link", "set", &port_name, "master", "ul0", "up"])?;
-        ns.exec(&["ip", "addr", "add", &format!("{address}/24"), "dev", "eth0"])?;
-        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-        ns.exec(&["ip", "route", "add", "default", "via", OUTSIDE])?;
+        let address = topology::join_underlay(self.underlay.name(), i, ns.name())?;
         self.nodes.push(Node {
             name,
             ns,
@@ -239,7 +224,7 @@ impl Cluster {
         kind: &str,
         namespace: Option<&str>,
     ) -> Result<Api<kube::api::DynamicObject>> {
-        crate::lab::dynamic_api(&self.client, kind, namespace)
+        crate::objects::dynamic_api(&self.client, kind, namespace)
     }
 
     /// A ContainerNetwork.
@@ -383,9 +368,15 @@ impl Pinger {
 
 /// `ping -c1 -W1 target` from inside `ns`, retried for up to `within`.
 pub async fn reachable(ns: &Netns, target: &str, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + within;
+    reachable_from(ns.name(), target, within).await
+}
+
+/// [`reachable`] from a namespace known by its name only.
+pub async fn reachable_from(ns: &str, target: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + crate::patience(within);
+    let ping = ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", target];
     loop {
-        if ns.try_exec(&["ping", "-c1", "-W1", target]) {
+        if sh(&ping).is_ok() {
             return true;
         }
         if std::time::Instant::now() >= deadline {
@@ -446,7 +437,7 @@ impl Cluster {
 
 /// Like [`http_get`], retried for up to `within`.
 pub async fn http_get_within(ns: &Netns, url: &str, within: Duration) -> Option<String> {
-    let deadline = std::time::Instant::now() + within;
+    let deadline = std::time::Instant::now() + crate::patience(within);
     loop {
         if let Some(body) = http_get(ns, url) {
             return Some(body);

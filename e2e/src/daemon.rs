@@ -51,3 +51,9 @@ impl Daemon {
         self.child.id()
     }
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now (for a daemon's `--metrics-addr`).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -15,10 +15,12 @@ use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocati
 
 pub mod cluster;
 pub mod daemon;
-pub mod lab;
 pub mod netns;
+pub mod objects;
 pub mod outage;
+pub mod podman;
 pub mod stats;
+pub mod topology;
 
 /// Field manager the harness applies objects with.
 pub const TEST_MANAGER: &str = "weft-e2e";
@@ -133,12 +135,26 @@ where
     .context("waiting for Weft objects to disappear")
 }
 
-/// Poll `check` every 20 ms until it returns `Some`, or fail after `timeout`.
+/// `timeout` times `WEFT_TEST_PATIENCE` (a whole factor, default 1). The VM tier sets it: under
+/// software emulation daemons start and react several times slower, and waiting for them is
+/// not what the tests run there assert. Every wait of the harness goes through here.
+pub fn patience(timeout: Duration) -> Duration {
+    let factor = std::env::var("WEFT_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(1);
+    timeout * factor
+}
+
+/// Poll `check` every 20 ms until it returns `Some`, or fail after `timeout` (times
+/// [`patience`]).
 pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
+    let timeout = patience(timeout);
     let start = Instant::now();
     let mut last_err = None;
     loop {

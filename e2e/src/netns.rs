@@ -1,7 +1,7 @@
 //! Throwaway network namespaces for tests: created with `ip netns add`, removed (with every
 //! process still inside) when the guard drops — also when the test panics.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -118,17 +118,34 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Kill anything still running inside (servers, pings), then remove the namespace.
-        if let Ok(pids) = sh(&["ip", "netns", "pids", &self.name]) {
-            for pid in pids.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = delete(&self.name);
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(&self.name));
     }
+}
+
+/// Names of all network namespaces (`ip netns list`).
+pub fn list() -> Result<Vec<String>> {
+    Ok(sh(&["ip", "netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Whether the network namespace `name` exists.
+pub fn exists(name: &str) -> bool {
+    Path::new("/var/run/netns").join(name).exists()
+}
+
+/// Kill everything still running inside namespace `name` (servers, pings, daemons), then
+/// delete it.
+pub fn delete(name: &str) -> Result<()> {
+    if let Ok(pids) = sh(&["ip", "netns", "pids", name]) {
+        for pid in pids.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    sh(&["ip", "netns", "del", name]).map(drop)
 }
 
 /// A binary of this workspace, next to the test executable's `deps/` directory

@@ -55,7 +55,7 @@ fn link_indices(ns: &Netns) -> BTreeMap<String, String> {
 /// Every example in `examples/`, as JSON objects (pools first).
 fn examples() -> Vec<Value> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    weft_e2e::lab::read_examples(&dir).expect("examples/")
+    weft_e2e::objects::read_examples(&dir).expect("examples/")
 }
 
 // 1. docker network create --subnet 10.0.0.0/24 mynet; --ip 10.0.0.254; default pools.

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use weft_api::{ContainerNetwork, NetworkNode};
-use weft_e2e::daemon::Daemon;
+use weft_e2e::daemon::{Daemon, free_port};
 use weft_e2e::netns::{Netns, workspace_binary};
 use weft_e2e::{connect, reset};
 
@@ -151,12 +151,6 @@ fn start_agent(node: &str, ns: &Netns, port: u16) -> anyhow::Result<Daemon> {
     args.extend(ns.agent_state_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Daemon::start(Path::new(env!("CARGO_BIN_EXE_weft-agent")), &args)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 #[tokio::main]

@@ -21,17 +21,18 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
-use weft_api::retry::WatchBackoff;
 use weft_api::{
     ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
     NetworkRealization, RealizationState,
 };
+use weft_daemon::watch::WatchBackoff;
 
+use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
 use crate::metrics::Metrics;
 use crate::model::{KernelState, network_of_alias};
-use crate::plan::{self, NetworkInput, Networks, NodeFacts, Peer};
+use crate::plan;
 
 /// Field manager of everything the agent writes.
 pub const MANAGER: &str = "weft-agent";
@@ -337,6 +338,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     let endpoints = Arc::new(
         Endpoints::new(
             cfg.node_name.clone(),
+            MANAGER,
             kernel.clone(),
             &cfg.state_dir,
             notify.clone(),
@@ -401,7 +403,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
     if let Some(path) = agent.cfg.cni_socket.clone() {
-        crate::endpoints::cni::serve(&path, endpoints.clone())
+        crate::endpoints::socket::serve(&path, endpoints.clone())
             .await
             .with_context(|| format!("listening on the CNI socket {}", path.display()))?;
     }
@@ -593,7 +595,7 @@ impl Agent {
     async fn report_status(
         &mut self,
         inputs: &[NetworkInput],
-        outcomes: &BTreeMap<String, Result<(), plan::Problem>>,
+        outcomes: &BTreeMap<String, Result<(), Problem>>,
         desired: &KernelState,
         still_present: &BTreeSet<String>,
         report: &kernel::ApplyReport,
@@ -611,13 +613,13 @@ impl Agent {
             let (state, reason, message) = match outcomes.get(&input.name) {
                 Some(Ok(())) if failed_networks.contains(input.name.as_str()) => (
                     RealizationState::Failed,
-                    Some("KernelError".to_string()),
+                    Some(Reason::KernelError.to_string()),
                     Some("a kernel change failed; see the agent's log".to_string()),
                 ),
                 Some(Ok(())) => (RealizationState::Programmed, None, None),
                 // Nothing of it can be on the node yet, and the controller knows it is not
                 // allocated: no entry (and no status write on every new network's path).
-                Some(Err(p)) if p.reason == plan::reason::NOT_ALLOCATED => continue,
+                Some(Err(p)) if p.reason == Reason::NotAllocated => continue,
                 Some(Err(p)) => (
                     p.state(),
                     Some(p.reason.to_string()),

@@ -7,14 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, ValueEnum};
-use weft_agent::{agent, http, metrics::Metrics};
-
-#[derive(Copy, Clone, Debug, ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
+use clap::Parser;
+use weft_agent::{agent, metrics::Metrics};
+use weft_daemon::http::{self, Probes};
+use weft_daemon::log::{self, LogFormat};
 
 /// Weft's node agent.
 #[derive(Parser, Debug)]
@@ -87,18 +83,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    log::init(args.log_format);
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: set KUBECONFIG or run inside a cluster")?;
     let metrics = Arc::new(Metrics::default());
-    let bound = http::serve(args.metrics_addr, metrics.clone())
+    let probes = Probes {
+        metrics: metrics.clone(),
+        ready: metrics.ready.clone(),
+        not_ready: "starting",
+    };
+    let bound = http::serve(args.metrics_addr, probes)
         .await
         .context("binding --metrics-addr")?;
     tracing::info!(addr = %bound, "serving /metrics and /healthz");

@@ -20,7 +20,7 @@ pub struct Metrics {
     pub pass_seconds: Histogram,
     pub status_writes: Counter,
     /// Set after the first full pass: `/readyz` answers 200 from then on.
-    pub ready: std::sync::atomic::AtomicBool,
+    pub ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -70,10 +70,10 @@ impl Metrics {
             })
             .inc();
     }
+}
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+impl weft_daemon::http::Exposed for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }

@@ -7,9 +7,12 @@
 //! an owned link; nftables rules are owned because they live in Weft's own table.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// Every owned link carries an alias `weft:<network>` (or `weft:node` for node-wide objects).
 pub const ALIAS_PREFIX: &str = "weft:";
@@ -45,8 +48,63 @@ impl NftFamily {
     }
 }
 
-/// A MAC address.
-pub type Mac = [u8; 6];
+/// An Ethernet MAC address, written `02:42:0a:00:00:02` everywhere Weft shows or reads one
+/// (API fields, CNI results, nft rules, logs). Stored (journal) as its six bytes.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` (either case); anything else is refused.
+impl FromStr for Mac {
+    type Err = InvalidMac;
+
+    fn from_str(s: &str) -> Result<Mac, InvalidMac> {
+        let bytes: Vec<u8> = s
+            .split(':')
+            .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+            .collect::<Option<_>>()
+            .ok_or(InvalidMac)?;
+        Mac::try_from(bytes.as_slice())
+    }
+}
+
+/// From the kernel's link-layer address attribute: exactly six bytes.
+impl TryFrom<&[u8]> for Mac {
+    type Error = InvalidMac;
+
+    fn try_from(bytes: &[u8]) -> Result<Mac, InvalidMac> {
+        <[u8; 6]>::try_from(bytes).map(Mac).map_err(|_| InvalidMac)
+    }
+}
+
+impl std::ops::Deref for Mac {
+    type Target = [u8; 6];
+
+    fn deref(&self) -> &[u8; 6] {
+        &self.0
+    }
+}
+
+/// Not a MAC address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidMac;
+
+impl fmt::Display for InvalidMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a MAC address (aa:bb:cc:dd:ee:ff)")
+    }
+}
+
+impl std::error::Error for InvalidMac {}
 
 /// Everything Weft owns in one network namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -212,4 +270,39 @@ pub fn network_of_alias(alias: &str) -> Option<&str> {
 /// from that interface (`route_localnet`); Weft sets it on its own bridges only.
 pub fn route_localnet_key(link: &str) -> String {
     format!("net/ipv4/conf/{link}/route_localnet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_written_and_read_one_way_and_journaled_as_bytes() {
+        let mac = Mac([0x02, 0x42, 0x0a, 0x00, 0xff, 0x2b]);
+        assert_eq!(mac.to_string(), "02:42:0a:00:ff:2b");
+        assert_eq!("02:42:0A:00:FF:2B".parse::<Mac>(), Ok(mac));
+        for bad in [
+            "",
+            "02:42:0a:00:ff",
+            "02:42:0a:00:ff:2b:00",
+            "2:42:0a:00:ff:2b",
+            "0x:42:0a:00:ff:2b",
+        ] {
+            assert_eq!(bad.parse::<Mac>(), Err(InvalidMac), "{bad:?}");
+        }
+        assert_eq!(
+            Mac::try_from(&[1u8, 2, 3, 4, 5, 6][..]),
+            Ok(Mac([1, 2, 3, 4, 5, 6]))
+        );
+        assert_eq!(Mac::try_from(&[1u8, 2, 3][..]), Err(InvalidMac));
+        // The journal's format from before Mac was a type: six numbers.
+        assert_eq!(
+            serde_json::to_string(&mac).expect("json"),
+            "[2,66,10,0,255,43]"
+        );
+        assert_eq!(
+            serde_json::from_str::<Mac>("[2,66,10,0,255,43]").expect("json"),
+            mac
+        );
+    }
 }

@@ -32,9 +32,27 @@ pub fn shim(network: &str) -> String {
     format!("{LINK_PREFIX}s-{}", network_tag(network))
 }
 
+/// The name a sandbox's macvlan/ipvlan child is created under before it is renamed to its
+/// interface name there: `wft` + a hash of the sandbox and the name (11 bytes), which no node
+/// interface carries (see `kernel/endpoint.rs` for why the detour).
+pub fn temporary_child(sandbox: &str, if_name: &str) -> String {
+    format!(
+        "{LINK_PREFIX}t{:08x}",
+        fnv1a(&format!("{sandbox}\0{if_name}"))
+    )
+}
+
 /// An 802.1Q sub-interface, named the way Linux users expect: `eth0.10`.
 pub fn vlan(parent: &str, id: u16) -> String {
     format!("{parent}.{id}")
+}
+
+/// 64-bit FNV-1a: tiny and stable across Rust versions and platforms (std's hasher is
+/// neither). Used for nft rule ids and the overlay's anycast gateway MAC.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use weft_agent::names;
 use weft_api::{ContainerNetwork, NetworkNode, RealizationState};
-use weft_e2e::daemon::Daemon;
+use weft_e2e::daemon::{Daemon, free_port};
 use weft_e2e::netns::{Netns, workspace_binary};
 use weft_e2e::{connect, reset, wait_for};
 
@@ -27,13 +27,6 @@ struct Node {
     _controller: Daemon,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Node {
     async fn start() -> Self {
         let client = connect().await.expect("API server");
@@ -48,7 +41,7 @@ impl Node {
         let mut node = Node {
             ns,
             client,
-            port: free_port(),
+            port: free_port().expect("free port"),
             agent: None,
             _controller: ctl,
         };
@@ -218,6 +211,7 @@ impl Node {
 }
 
 async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let timeout = weft_e2e::patience(timeout);
     let start = Instant::now();
     loop {
         if check() {

@@ -84,8 +84,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-The CNI network configuration (one line of JSON). The plugin's binary is <binDir>/weft, so its
-type is "weft". "socket" is written only when the agent listens somewhere else than the
+The CNI network configuration (one line of JSON), in cni.cniVersion. The plugin's binary is
+<binDir>/weft, so its type is "weft". "socket" is written only when the agent listens somewhere else than the
 plugin's default (/run/weft/cni.sock).
 */}}
 {{- define "weft.cniConfig" -}}
@@ -93,5 +93,5 @@ plugin's default (/run/weft/cni.sock).
 {{- if ne .Values.agent.cniSocket "/run/weft/cni.sock" -}}
 {{- $socket = printf ",\"socket\":%s" (toJson .Values.agent.cniSocket) -}}
 {{- end -}}
-{{- printf "{\"cniVersion\":\"1.1.0\",\"name\":\"weft\",\"plugins\":[{\"type\":\"weft\",\"network\":%s%s,\"capabilities\":{\"portMappings\":true,\"ips\":true,\"mac\":true}}]}" (toJson .Values.cni.network) $socket -}}
+{{- printf "{\"cniVersion\":%s,\"name\":\"weft\",\"plugins\":[{\"type\":\"weft\",\"network\":%s%s,\"capabilities\":{\"portMappings\":true,\"ips\":true,\"mac\":true}}]}" (toJson .Values.cni.cniVersion) (toJson .Values.cni.network) $socket -}}
 {{- end -}}

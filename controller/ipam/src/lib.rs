@@ -28,5 +28,6 @@ mod vni;
 pub use addresses::{AddressAllocator, AddressError};
 pub use blocks::{BlockAllocator, BlockError};
 pub use ipnet::IpNet;
+pub use range::first_host;
 pub use subnets::{AllocError, Allocation, Claimant, Pool, PoolUsage, Request, SubnetAllocator};
 pub use vni::{VNI_AUTO_MIN, VNI_MAX, VniAllocator, VniError};

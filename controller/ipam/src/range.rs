@@ -194,6 +194,19 @@ pub fn block_count(outer: u8, inner: u8) -> usize {
     }
 }
 
+/// The first host address of a net — the default gateway, for the controller and the
+/// agents alike: network + 1 (for IPv6 the network address itself is the subnet-router
+/// anycast address), except on point-to-point nets, where every address is a host: /31
+/// (RFC 3021) and /127 (RFC 6164) start at the network address, /32 and /128 are the
+/// address. `None` only if network + 1 would overflow the family (it cannot).
+pub fn first_host(net: &IpNet) -> Option<IpAddr> {
+    let net = net.trunc();
+    let family = Family::of(&net);
+    let point_to_point = net.max_prefix_len() - net.prefix_len() <= 1;
+    let offset = u128::from(!point_to_point);
+    u128_to_addr(family, addr_to_u128(net.network()).checked_add(offset)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +289,20 @@ mod tests {
             net("10.0.0.0/24"),
         ]);
         assert_eq!(list, vec![net("10.0.0.0/24"), net("10.0.1.0/24")]);
+    }
+
+    #[test]
+    fn first_hosts_of_every_size() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("test IP");
+        assert_eq!(first_host(&net("10.0.0.0/24")), Some(ip("10.0.0.1")));
+        assert_eq!(first_host(&net("10.0.0.7/24")), Some(ip("10.0.0.1")));
+        assert_eq!(first_host(&net("10.0.0.4/30")), Some(ip("10.0.0.5")));
+        assert_eq!(first_host(&net("10.0.0.4/31")), Some(ip("10.0.0.4")));
+        assert_eq!(first_host(&net("10.0.0.4/32")), Some(ip("10.0.0.4")));
+        assert_eq!(first_host(&net("fd00:1::/64")), Some(ip("fd00:1::1")));
+        assert_eq!(first_host(&net("fd00::/126")), Some(ip("fd00::1")));
+        assert_eq!(first_host(&net("fd00::/127")), Some(ip("fd00::")));
+        assert_eq!(first_host(&net("fd00::5/128")), Some(ip("fd00::5")));
     }
 
     #[test]

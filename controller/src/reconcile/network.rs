@@ -232,11 +232,16 @@ async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Re
     if let Some(p) = &outcome.problem {
         let was =
             weft_api::condition::find(&previous.conditions, "Stalled").map(|c| c.reason.as_str());
-        if was != Some(p.reason) {
-            ctx.event(net, EventType::Warning, p.reason, p.message.clone())
-                .await;
+        if was != Some(p.reason.as_str()) {
+            ctx.event(
+                net,
+                EventType::Warning,
+                p.reason.as_str(),
+                p.message.clone(),
+            )
+            .await;
         }
-        tracing::info!(network = %name, reason = p.reason, message = %p.message, "network stalled");
+        tracing::info!(network = %name, reason = p.reason.as_str(), message = %p.message, "network stalled");
     } else if previous.subnets.is_empty() && !outcome.view.subnets.is_empty() {
         let subnets: Vec<String> = outcome.view.subnets.iter().map(|s| s.to_string()).collect();
         ctx.event(
@@ -275,7 +280,7 @@ fn network_status(
         node_failures.join("; ")
     );
     let problem = match &outcome.problem {
-        Some(p) => Some((p.reason, p.message.as_str())),
+        Some(p) => Some((p.reason.as_str(), p.message.as_str())),
         None if !node_failures.is_empty() => Some(("NodesFailed", failed.as_str())),
         None => None,
     };

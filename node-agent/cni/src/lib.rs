@@ -40,8 +40,8 @@ pub struct Outcome {
     pub exit_code: u8,
 }
 
-/// Runs one CNI invocation. `stdin` is read only for commands that need the configuration,
-/// so VERSION never blocks on a terminal.
+/// Runs one CNI invocation. VERSION reads `stdin` too (its answer carries the `cniVersion`
+/// given there); `main` hands it an empty reader when stdin is a terminal.
 pub fn run(env: &HashMap<String, String>, stdin: impl Read) -> Outcome {
     match invoke(env, stdin) {
         Ok(stdout) => Outcome {
@@ -62,10 +62,6 @@ type Failed = (String, Failure);
 fn invoke(env: &HashMap<String, String>, stdin: impl Read) -> Result<String, Failed> {
     let newest = |f: Failure| (CURRENT_VERSION.to_owned(), f);
     let command = env::command(env).map_err(newest)?;
-    let Some(agent_command) = command.to_proto() else {
-        return Ok(result::version_json());
-    };
-
     let mut bytes = Vec::new();
     stdin
         .take(MAX_STDIN_BYTES)
@@ -77,6 +73,14 @@ fn invoke(env: &HashMap<String, String>, stdin: impl Read) -> Result<String, Fai
                 details: e.to_string(),
             })
         })?;
+    let Some(agent_command) = command.to_proto() else {
+        // The spec: VERSION answers in the `cniVersion` given on input. A runtime probing
+        // with no or a foreign version still learns what is supported, in the newest version.
+        let version = config::parse_json(&bytes)
+            .map(|json| config::reply_version(&json))
+            .unwrap_or_else(|_| CURRENT_VERSION.to_owned());
+        return Ok(result::version_json(&version));
+    };
     let json = config::parse_json(&bytes).map_err(newest)?;
     let version = config::reply_version(&json);
     let with_version = |f: Failure| (version.clone(), f);
@@ -238,6 +242,20 @@ mod tests {
         assert_eq!(outcome.exit_code, 0);
         let reply: Value = serde_json::from_str(&outcome.stdout).expect("json");
         assert_eq!(reply["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn version_answers_in_the_version_asked() {
+        let ask = |stdin: &str| {
+            let outcome = run(&env(&[("CNI_COMMAND", "VERSION")]), stdin.as_bytes());
+            assert_eq!(outcome.exit_code, 0, "{}", outcome.stdout);
+            let reply: Value = serde_json::from_str(&outcome.stdout).expect("json");
+            reply["cniVersion"].as_str().unwrap_or_default().to_owned()
+        };
+        assert_eq!(ask(r#"{"cniVersion":"1.0.0"}"#), "1.0.0");
+        assert_eq!(ask(r#"{"cniVersion":"0.3.1"}"#), "0.3.1");
+        assert_eq!(ask(r#"{"cniVersion":"0.2.0"}"#), "1.1.0");
+        assert_eq!(ask("not json"), "1.1.0");
     }
 
     #[test]

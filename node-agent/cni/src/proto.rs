@@ -135,37 +135,133 @@ pub struct Attachment {
 /// A failure, worded for a person, with the CNI error code the plugin reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// CNI error code: 3 unknown container, 4 invalid env, 7 invalid network config, 11 try
-    /// again later, 50 plugin not available, 100+ Weft's own (see [`codes`]).
+    /// One of [`ErrorCode`] (the [`codes`] constants).
     pub code: u32,
     pub msg: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub details: String,
 }
 
-/// Weft's CNI error codes (the spec reserves 0–99 for itself).
+/// Every CNI error code `weft-cni` or the agent reports, with what it means for the person
+/// reading it. The one table: [`codes`] derives from it, and the README's "CNI error codes"
+/// table must say the same (a test compares them). 1–99 are the spec's, 100+ Weft's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    IncompatibleVersion = 1,
+    UnknownContainer = 3,
+    InvalidEnvironment = 4,
+    IoFailure = 5,
+    DecodeFailure = 6,
+    InvalidConfig = 7,
+    TryAgainLater = 11,
+    NotAvailable = 50,
+    UnknownNetwork = 100,
+    NoFreeAddress = 101,
+    AddressRefused = 102,
+    PortConflict = 103,
+    Kernel = 104,
+    CheckFailed = 105,
+}
+
+impl ErrorCode {
+    /// Every code, in numeric order.
+    pub const ALL: [ErrorCode; 14] = [
+        Self::IncompatibleVersion,
+        Self::UnknownContainer,
+        Self::InvalidEnvironment,
+        Self::IoFailure,
+        Self::DecodeFailure,
+        Self::InvalidConfig,
+        Self::TryAgainLater,
+        Self::NotAvailable,
+        Self::UnknownNetwork,
+        Self::NoFreeAddress,
+        Self::AddressRefused,
+        Self::PortConflict,
+        Self::Kernel,
+        Self::CheckFailed,
+    ];
+
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The code for a number, if it is one of Weft's.
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// What the code means and what to do about it (one line, as in the README).
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Self::IncompatibleVersion => {
+                "The configuration's `cniVersion` is one weft-cni does not speak (or the command \
+                 needs a newer one: CHECK 0.4.0, STATUS and GC 1.1.0), or weft-cni and weft-agent \
+                 are from releases that cannot talk to each other."
+            }
+            Self::UnknownContainer => {
+                "CHECK for a container and interface the agent never attached."
+            }
+            Self::InvalidEnvironment => {
+                "A `CNI_*` variable is missing or malformed, or the sandbox (`CNI_NETNS`) is gone."
+            }
+            Self::IoFailure => {
+                "weft-cni could not read its input or lost the connection to the agent; see the \
+                 agent's log on the node."
+            }
+            Self::DecodeFailure => {
+                "The configuration on stdin, or the agent's answer, is not the JSON expected."
+            }
+            Self::InvalidConfig => {
+                "The network configuration or the endpoint it asks for is invalid; the message \
+                 names the key."
+            }
+            Self::TryAgainLater => {
+                "The network is not programmed on this node yet, or the agent is busy: retry."
+            }
+            Self::NotAvailable => {
+                "weft-agent is not running on this node, not ready yet, or shutting down."
+            }
+            Self::UnknownNetwork => {
+                "The ContainerNetwork does not exist or does not select this node."
+            }
+            Self::NoFreeAddress => "The network has no free address left on this node.",
+            Self::AddressRefused => {
+                "The requested address (`--ip`, `IP=`, `ips`) is in use or outside the network."
+            }
+            Self::PortConflict => {
+                "A published host port is held by another endpoint; the message names it."
+            }
+            Self::Kernel => {
+                "The node could not make the attachment (the kernel refused a change, or the \
+                 endpoint belongs to another node); the message says which."
+            }
+            Self::CheckFailed => {
+                "CHECK found the interface missing, down, or without its address or MAC."
+            }
+        }
+    }
+}
+
+/// The codes as the numbers [`Failure::code`] carries.
 pub mod codes {
-    /// The configuration's `cniVersion` is one the plugin does not speak.
-    pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNKNOWN_CONTAINER: u32 = 3;
-    pub const INVALID_ENVIRONMENT: u32 = 4;
-    pub const IO_FAILURE: u32 = 5;
-    pub const DECODE_FAILURE: u32 = 6;
-    pub const INVALID_CONFIG: u32 = 7;
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    pub const NOT_AVAILABLE: u32 = 50;
-    /// The ContainerNetwork does not exist, or does not select this node.
-    pub const UNKNOWN_NETWORK: u32 = 100;
-    /// The network has no free address left on this node.
-    pub const NO_FREE_ADDRESS: u32 = 101;
-    /// The requested address is taken or outside the network.
-    pub const ADDRESS_REFUSED: u32 = 102;
-    /// A published host port is taken by another endpoint.
-    pub const PORT_CONFLICT: u32 = 103;
-    /// The kernel refused a change.
-    pub const KERNEL: u32 = 104;
-    /// The interface CHECK looked for is missing or not as ADD left it.
-    pub const CHECK_FAILED: u32 = 105;
+    use super::ErrorCode;
+
+    pub const INCOMPATIBLE_VERSION: u32 = ErrorCode::IncompatibleVersion.code();
+    pub const UNKNOWN_CONTAINER: u32 = ErrorCode::UnknownContainer.code();
+    pub const INVALID_ENVIRONMENT: u32 = ErrorCode::InvalidEnvironment.code();
+    pub const IO_FAILURE: u32 = ErrorCode::IoFailure.code();
+    pub const DECODE_FAILURE: u32 = ErrorCode::DecodeFailure.code();
+    pub const INVALID_CONFIG: u32 = ErrorCode::InvalidConfig.code();
+    pub const TRY_AGAIN_LATER: u32 = ErrorCode::TryAgainLater.code();
+    pub const NOT_AVAILABLE: u32 = ErrorCode::NotAvailable.code();
+    pub const UNKNOWN_NETWORK: u32 = ErrorCode::UnknownNetwork.code();
+    pub const NO_FREE_ADDRESS: u32 = ErrorCode::NoFreeAddress.code();
+    pub const ADDRESS_REFUSED: u32 = ErrorCode::AddressRefused.code();
+    pub const PORT_CONFLICT: u32 = ErrorCode::PortConflict.code();
+    pub const KERNEL: u32 = ErrorCode::Kernel.code();
+    pub const CHECK_FAILED: u32 = ErrorCode::CheckFailed.code();
 }
 
 /// What the agent sends back.

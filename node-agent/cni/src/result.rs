@@ -26,9 +26,9 @@ pub fn failure(code: u32, msg: impl Into<String>) -> Failure {
     }
 }
 
-/// VERSION's answer.
-pub fn version_json() -> String {
-    json!({ "cniVersion": CURRENT_VERSION, "supportedVersions": SUPPORTED_VERSIONS }).to_string()
+/// VERSION's answer, in `version` (the one the runtime gave on input, if supported).
+pub fn version_json(version: &str) -> String {
+    json!({ "cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS }).to_string()
 }
 
 /// The CNI error object (the runtime shows `msg`, so it is written for a person).
@@ -214,7 +214,7 @@ mod tests {
     #[test]
     fn version_lists_every_supported_version() {
         assert_eq!(
-            parse(&version_json()),
+            parse(&version_json("1.1.0")),
             json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
         );
     }

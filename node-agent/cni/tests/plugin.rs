@@ -612,3 +612,134 @@ fn the_schemas_reject_misspelled_and_missing_fields() {
     assert!(!error.is_valid(&json!({"cniVersion": "1.1.0", "code": 7, "message": "x"})));
     assert!(error.is_valid(&json!({"cniVersion": "1.1.0", "code": 7, "msg": "x", "details": "y"})));
 }
+
+/// The ADD result schema of `version`, derived from the 1.1 one: results before 1.1.0 have
+/// no interface `mtu`/`socketPath`/`pciID` and no route `mtu`/`advmss`/`priority`/`table`/
+/// `scope`; results before 1.0.0 tag each `ips[]` entry with a required `"version"`.
+fn result_schema_for(version: &str) -> Value {
+    let mut schema: Value = serde_json::from_str(RESULT_SCHEMA).expect("the schema is JSON");
+    schema["properties"]["cniVersion"] = json!({"const": version});
+    if version != "1.1.0" {
+        let defs = &mut schema["$defs"];
+        for (def, keys) in [
+            ("interface", &["mtu", "socketPath", "pciID"][..]),
+            (
+                "route",
+                &["mtu", "advmss", "priority", "table", "scope"][..],
+            ),
+        ] {
+            let properties = defs[def]["properties"]
+                .as_object_mut()
+                .expect("properties object");
+            for key in keys {
+                assert!(properties.remove(*key).is_some(), "{def}.{key}");
+            }
+        }
+    }
+    if matches!(version, "0.3.0" | "0.3.1" | "0.4.0") {
+        let ip = &mut schema["$defs"]["ipConfig"];
+        ip["properties"]["version"] = json!({"enum": ["4", "6"]});
+        ip["required"] = json!(["version", "address"]);
+    }
+    schema
+}
+
+/// Spec order: CHECK came with 0.4.0, STATUS and GC with 1.1.0.
+fn at_least(version: &str, since: &str) -> bool {
+    let order = |v: &str| -> Vec<u32> { v.split('.').filter_map(|p| p.parse().ok()).collect() };
+    order(version) >= order(since)
+}
+
+#[test]
+fn every_advertised_version_gets_answers_in_its_own_shape() {
+    let advertised = plugin(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.1.0"}"#).json()
+        ["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions")
+        .iter()
+        .map(|v| v.as_str().expect("a version string").to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(advertised, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+
+    for version in &advertised {
+        let version = version.as_str();
+        let ok = || Response::Ok(Attachment::default());
+        let mut responses = vec![Response::Ok(dual_stack_attachment())];
+        let mut expected = vec![Command::Add];
+        if at_least(version, "0.4.0") {
+            responses.push(ok());
+            expected.push(Command::Check);
+        }
+        responses.push(ok());
+        expected.push(Command::Del);
+        if at_least(version, "1.1.0") {
+            responses.extend([ok(), ok()]);
+            expected.extend([Command::Status, Command::Gc]);
+        }
+        let agent = FakeAgent::start(responses);
+
+        // VERSION answers in the version asked, listing the same versions.
+        let probe = plugin(
+            &[("CNI_COMMAND", "VERSION")],
+            &json!({"cniVersion": version}).to_string(),
+        );
+        assert_eq!(probe.code, 0, "{version}: {}", probe.stdout);
+        assert_eq!(
+            probe.json(),
+            json!({"cniVersion": version, "supportedVersions": advertised}),
+            "{version}"
+        );
+
+        // ADD: the result is in the config's version, with that version's shape.
+        let add = plugin(&add_vars(&agent.socket, "ADD"), &config(version, json!({})));
+        assert_eq!(add.code, 0, "{version}: {}", add.stdout);
+        let result = add.json();
+        assert_valid(&result_schema_for(version).to_string(), &result);
+        let tagged = !at_least(version, "1.0.0");
+        for (ip, family) in result["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .zip(["4", "6"])
+        {
+            if tagged {
+                assert_eq!(ip["version"], family, "{version}: {ip}");
+            } else {
+                assert!(ip.get("version").is_none(), "{version}: {ip}");
+            }
+        }
+
+        // CHECK from 0.4.0 on; before, refused in the config's version without asking.
+        let check_config = config(version, json!({"prevResult": result}));
+        let check = plugin(&add_vars(&agent.socket, "CHECK"), &check_config);
+        if at_least(version, "0.4.0") {
+            assert_eq!((check.code, check.stdout.as_str()), (0, ""), "{version}");
+        } else {
+            assert_cni_error(&check, version, codes::INCOMPATIBLE_VERSION);
+        }
+
+        let del = plugin(&add_vars(&agent.socket, "DEL"), &config(version, json!({})));
+        assert_eq!((del.code, del.stdout.as_str()), (0, ""), "{version}");
+
+        // STATUS and GC only at 1.1.0.
+        let socket = [socket_var(&agent.socket)];
+        let status = plugin(
+            &[[("CNI_COMMAND", "STATUS")], socket].concat(),
+            &config(version, json!({})),
+        );
+        let gc = plugin(
+            &[[("CNI_COMMAND", "GC")], socket].concat(),
+            &config(version, json!({"cni.dev/valid-attachments": []})),
+        );
+        for run in [&status, &gc] {
+            if at_least(version, "1.1.0") {
+                assert_eq!((run.code, run.stdout.as_str()), (0, ""), "{version}");
+            } else {
+                assert_cni_error(run, version, codes::INCOMPATIBLE_VERSION);
+            }
+        }
+
+        let commands: Vec<Command> = agent.requests().iter().map(|r| r.command).collect();
+        assert_eq!(commands, expected, "{version}: what reached the agent");
+    }
+}

@@ -6,11 +6,18 @@
 
 use ipnet::IpNet;
 
+use crate::kernel::EndpointLink;
 use crate::model::{Address, KernelState, Link, LinkKind, Mac, alias_for};
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, fnv1a64};
+use crate::names::fnv1a64;
 
-use super::{allocated_subnets, gateway_addresses, link_mtu, require, status_gateway};
+use super::common::{
+    Scope, address_space, allocated_subnets, gateway_addresses, link_mtu, require, status_gateway,
+};
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink, not_ready,
+};
 
 /// The bridge driver.
 pub struct Bridge;
@@ -42,6 +49,51 @@ impl Driver for Bridge {
         bridge.add_to(out);
         Ok(intent)
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Routed
+    }
+
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::Subnet, true).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        routed_link(net, node, desired_node, host)
+    }
+}
+
+/// A routed endpoint (bridge, overlay): a veth on the network's bridge, with the bridge's
+/// MTU. The bridge must be in the node's desired state.
+pub(crate) fn routed_link(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+    host: &HostSide,
+) -> Result<SandboxLink, Problem> {
+    let bridge = names::bridge(&net.name);
+    let Some(planned) = desired_node.links.get(&bridge) else {
+        return Err(not_ready(net, node));
+    };
+    Ok(SandboxLink {
+        mtu: planned.mtu,
+        link: EndpointLink::Veth {
+            host: host.interface.clone(),
+            host_alias: host.alias.clone(),
+            bridge,
+            hairpin: host.publishes,
+        },
+    })
 }
 
 /// The gateway MAC of a bridge network: fixed for the life of the network (and across agent
@@ -51,7 +103,7 @@ impl Driver for Bridge {
 /// `02:57:`) with another second byte, so the two never collide for one name.
 pub fn gateway_mac(network: &str) -> Mac {
     let h = fnv1a64(network.as_bytes()).to_be_bytes();
-    [0x02, 0x58, h[0], h[1], h[2], h[3]]
+    Mac([0x02, 0x58, h[0], h[1], h[2], h[3]])
 }
 
 /// The part bridge and overlay networks share: a bridge with the gateway address of every
@@ -99,8 +151,8 @@ impl RoutedBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::reason;
-    use crate::plan::testutil::*;
+    use crate::drivers::Reason;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn one_bridge_with_the_gateway_of_every_subnet() {
@@ -169,7 +221,7 @@ mod tests {
         // Pinned across versions: locally administered unicast, 02:58 + the name's hash.
         let mac = gateway_mac("web");
         let h = fnv1a64(b"web").to_be_bytes();
-        assert_eq!(mac, [0x02, 0x58, h[0], h[1], h[2], h[3]]);
+        assert_eq!(mac, Mac([0x02, 0x58, h[0], h[1], h[2], h[3]]));
         assert_eq!(mac[0] & 0b11, 0b10);
         assert_ne!(gateway_mac("web"), gateway_mac("db"));
         // Same name as an overlay: a different MAC.
@@ -232,7 +284,7 @@ mod tests {
     fn no_subnet_yet_is_not_allocated_and_adds_nothing() {
         let n = network("web", weft_api::Driver::Bridge);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::NOT_ALLOCATED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::NotAllocated));
         assert_eq!(state, KernelState::default());
     }
 
@@ -241,7 +293,7 @@ mod tests {
         let mut n = network("web", weft_api::Driver::Bridge);
         allocate(&mut n, &["10.10.0.0/240"], None);
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::INVALID_STATUS));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidStatus));
         assert_eq!(state, KernelState::default());
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -250,7 +302,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_STATUS)
+            Err(Reason::InvalidStatus)
         );
 
         let mut n = network("web", weft_api::Driver::Bridge);
@@ -260,7 +312,7 @@ mod tests {
             plan_one(&n, &node("n1", "192.0.2.1"))
                 .1
                 .map_err(|p| p.reason),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
     }
 
@@ -286,7 +338,7 @@ mod tests {
         let mut facts = node("n1", "192.0.2.1");
         facts.capabilities.bridge = false;
         let (state, intent) = plan_one(&n, &facts);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::UNSUPPORTED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::Unsupported));
         assert_eq!(state, KernelState::default());
     }
 }

@@ -1,7 +1,12 @@
 //! `host`: endpoints share the node's own network namespace. Nothing to create.
 
+use crate::kernel::EndpointLink;
 use crate::model::KernelState;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem};
+
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, SandboxLink,
+};
 
 /// The host driver.
 pub struct Host;
@@ -15,12 +20,37 @@ impl Driver for Host {
     ) -> Result<FirewallIntent, Problem> {
         Ok(FirewallIntent::none(&net.name))
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::LoopbackOnly
+    }
+
+    fn address_space(
+        &self,
+        _net: &NetworkInput,
+        _node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        Ok(None)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        _node: &NodeFacts,
+        _desired_node: &KernelState,
+        _host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        Ok(SandboxLink {
+            link: EndpointLink::LoopbackOnly,
+            mtu: super::common::endpoint_mtu(net),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testutil::*;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn creates_nothing() {

@@ -4,10 +4,15 @@
 //! host shim: in L2 mode the parent cannot reach its children either, but the usual
 //! ipvlan answer (an ipvlan of the host in L3 mode) is left for later.
 
-use crate::model::KernelState;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
+use crate::kernel::EndpointLink;
+use crate::model::{IpvlanMode, KernelState};
 
-use super::{optional_mtu, parent, require};
+use super::common::{Scope, address_space, endpoint_mtu, optional_mtu, require};
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, Reason, SandboxLink,
+};
+use super::parent;
 
 /// The ipvlan driver.
 pub struct Ipvlan;
@@ -24,7 +29,7 @@ impl Driver for Ipvlan {
         })?;
         let options = net.spec.ipvlan.as_ref().ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!("network {} has driver ipvlan but no spec.ipvlan", net.name),
             )
         })?;
@@ -35,13 +40,52 @@ impl Driver for Ipvlan {
         }
         Ok(FirewallIntent::none(&net.name))
     }
+
+    /// Children share the parent's MAC.
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Child { own_mac: false }
+    }
+
+    /// This node's block, without a default gateway (the LAN has its own router).
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::NodeBlock, false).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        _host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        let options = net.spec.ipvlan.as_ref();
+        let parent = parent::for_endpoint(
+            net,
+            node,
+            desired_node,
+            options.map(|o| (o.parent.as_str(), o.vlan)),
+        )?;
+        let mode = match options.map(|m| m.mode) {
+            Some(weft_api::IpvlanMode::L3) => IpvlanMode::L3,
+            Some(weft_api::IpvlanMode::L3s) => IpvlanMode::L3s,
+            _ => IpvlanMode::L2,
+        };
+        Ok(SandboxLink {
+            link: EndpointLink::Ipvlan { parent, mode },
+            mtu: endpoint_mtu(net),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::testutil::*;
     use crate::model::{Link, LinkKind};
-    use crate::plan::testutil::*;
 
     fn l2(vlan: Option<i32>) -> NetworkInput {
         let mut n = network("l2", weft_api::Driver::Ipvlan);
@@ -92,7 +136,7 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::UNSUPPORTED,
+                Reason::Unsupported,
                 "this kernel has no ipvlan support"
             ))
         );
@@ -101,13 +145,13 @@ mod tests {
         let mut missing = l2(Some(20));
         missing.spec.ipvlan.as_mut().expect("ipvlan").parent = "bond0".into();
         let (state, intent) = plan_one(&missing, &me);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::PARENT_MISSING));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::ParentMissing));
         assert_eq!(state, KernelState::default());
 
         let mut no_vlan = me.clone();
         no_vlan.capabilities.vlan = false;
         let (state, intent) = plan_one(&l2(Some(20)), &no_vlan);
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::UNSUPPORTED));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::Unsupported));
         assert_eq!(state, KernelState::default());
     }
 }

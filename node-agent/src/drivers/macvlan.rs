@@ -18,16 +18,21 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::kernel::EndpointLink;
 use crate::model::{
     Address, KernelState, Link, LinkKind, MacvlanMode as KernelMacvlanMode, Route, alias_for,
 };
 use crate::names;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, reason};
 
-use super::{
-    allocated_subnets, excluded_ranges, node_block, offset_addr, optional_mtu, parent, require,
-    status_gateway,
+use super::common::{
+    Scope, address_space, allocated_subnets, endpoint_mtu, excluded_ranges, node_block,
+    offset_addr, optional_mtu, require, status_gateway,
 };
+use super::contract::{
+    AddressSpace, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput, NodeFacts,
+    Problem, Reason, SandboxLink,
+};
+use super::parent;
 
 /// The macvlan driver.
 pub struct Macvlan;
@@ -44,7 +49,7 @@ impl Driver for Macvlan {
         })?;
         let options = net.spec.macvlan.as_ref().ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "network {} has driver macvlan but no spec.macvlan",
                     net.name
@@ -53,7 +58,7 @@ impl Driver for Macvlan {
         })?;
         if options.host_shim && options.mode == weft_api::MacvlanMode::Passthru {
             return Err(Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "network {} asks for hostShim in passthru mode, which allows a single macvlan on the parent",
                     net.name
@@ -77,6 +82,57 @@ impl Driver for Macvlan {
         }
         Ok(FirewallIntent::none(&net.name))
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Child { own_mac: true }
+    }
+
+    /// This node's block, without a default gateway (the LAN has its own router), with the
+    /// host shim's address reserved.
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        let mut space = address_space(net, node, Scope::NodeBlock, false)?;
+        if net.spec.macvlan.as_ref().is_some_and(|m| m.host_shim)
+            && let Some(a) = shim_address(
+                space.range,
+                &allocated_subnets(net)?,
+                status_gateway(net)?,
+                &excluded_ranges(net)?,
+            )
+        {
+            space.reserved.push(IpNet::from(a));
+        }
+        Ok(Some(space))
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        _host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        let options = net.spec.macvlan.as_ref();
+        let parent = parent::for_endpoint(
+            net,
+            node,
+            desired_node,
+            options.map(|o| (o.parent.as_str(), o.vlan)),
+        )?;
+        let mode = match options.map(|m| m.mode) {
+            Some(weft_api::MacvlanMode::Private) => KernelMacvlanMode::Private,
+            Some(weft_api::MacvlanMode::Vepa) => KernelMacvlanMode::Vepa,
+            Some(weft_api::MacvlanMode::Passthru) => KernelMacvlanMode::Passthru,
+            _ => KernelMacvlanMode::Bridge,
+        };
+        Ok(SandboxLink {
+            link: EndpointLink::Macvlan { parent, mode },
+            mtu: endpoint_mtu(net),
+        })
+    }
 }
 
 /// The host's own interface on a macvlan network.
@@ -99,7 +155,7 @@ impl HostShim {
         let excluded = excluded_ranges(net)?;
         let addr = shim_address(block, &subnets, gateway, &excluded).ok_or_else(|| {
             Problem::new(
-                reason::NO_ADDRESS,
+                Reason::NoAddress,
                 format!(
                     "block {block} of network {} on node {} has no address left for the host shim",
                     net.name, node.node_name
@@ -181,7 +237,7 @@ pub fn shim_address(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testutil::*;
+    use crate::drivers::testutil::*;
 
     fn lan(shim: bool, vlan: Option<i32>) -> NetworkInput {
         let mut n = network("lan", weft_api::Driver::Macvlan);
@@ -350,7 +406,7 @@ mod tests {
     #[test]
     fn problems_add_nothing() {
         let me = node("n1", "192.0.2.1");
-        let check = |n: &NetworkInput, me: &NodeFacts, want: &str| {
+        let check = |n: &NetworkInput, me: &NodeFacts, want: Reason| {
             let (state, intent) = plan_one(n, me);
             assert_eq!(intent.map_err(|p| p.reason), Err(want), "{n:?}");
             assert_eq!(state, KernelState::default());
@@ -362,51 +418,51 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::PARENT_MISSING,
+                Reason::ParentMissing,
                 "parent interface eth7 does not exist on node n1; the network is programmed as soon as it appears"
             ))
         );
-        check(&missing, &me, reason::PARENT_MISSING);
+        check(&missing, &me, Reason::ParentMissing);
 
         let mut no_block = lan(true, Some(10));
         no_block.blocks.remove("n1");
-        check(&no_block, &me, reason::NO_BLOCK);
+        check(&no_block, &me, Reason::NoBlock);
         // Without a shim, no block is needed.
         no_block.spec.macvlan.as_mut().expect("macvlan").host_shim = false;
         assert!(plan_one(&no_block, &me).1.is_ok());
 
         let mut unallocated = lan(true, None);
         unallocated.status.subnets.clear();
-        check(&unallocated, &me, reason::NOT_ALLOCATED);
+        check(&unallocated, &me, Reason::NotAllocated);
 
         let mut no_vlan = me.clone();
         no_vlan.capabilities.vlan = false;
-        check(&lan(true, Some(10)), &no_vlan, reason::UNSUPPORTED);
+        check(&lan(true, Some(10)), &no_vlan, Reason::Unsupported);
 
         let mut no_macvlan = me.clone();
         no_macvlan.capabilities.macvlan = false;
-        check(&lan(false, None), &no_macvlan, reason::UNSUPPORTED);
+        check(&lan(false, None), &no_macvlan, Reason::Unsupported);
 
         let mut passthru = lan(true, None);
         passthru.spec.macvlan.as_mut().expect("macvlan").mode = weft_api::MacvlanMode::Passthru;
-        check(&passthru, &me, reason::INVALID_SPEC);
+        check(&passthru, &me, Reason::InvalidSpec);
 
         let mut no_options = lan(false, None);
         no_options.spec.macvlan = None;
-        check(&no_options, &me, reason::INVALID_SPEC);
+        check(&no_options, &me, Reason::InvalidSpec);
 
         let mut full = lan(true, None);
         full.spec.ipam = Some(weft_api::IpamSpec {
             excluded_ranges: Some(vec!["192.168.50.0/28".into()]),
             ..Default::default()
         });
-        check(&full, &me, reason::NO_ADDRESS);
+        check(&full, &me, Reason::NoAddress);
 
         let mut bad_excluded = lan(true, None);
         bad_excluded.spec.ipam = Some(weft_api::IpamSpec {
             excluded_ranges: Some(vec!["nope".into()]),
             ..Default::default()
         });
-        check(&bad_excluded, &me, reason::INVALID_SPEC);
+        check(&bad_excluded, &me, Reason::InvalidSpec);
     }
 }

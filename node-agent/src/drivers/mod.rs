@@ -1,242 +1,266 @@
-//! One module per network driver, behind [`crate::plan::Driver`]. Adding a driver means
-//! adding a file here and a line in [`crate::plan::driver_for`].
+//! One file per network driver, behind one trait ([`Driver`]) that covers the driver's
+//! whole life on a node: the network's own kernel objects and what each endpoint gets (its
+//! address space, its link in the sandbox, whether the node routes it). Adding a driver is
+//! a file here and a line in [`driver_for`].
 //!
-//! This module holds what several drivers read the same way: the controller's allocation
-//! (subnets, gateway, this node's block), the MTU and the node's capabilities. Every reader
-//! turns malformed data into a [`Problem`]; nothing here panics.
-
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use ipnet::IpNet;
-
-use crate::plan::{NetworkInput, NodeFacts, Problem, reason};
+//! [`contract`] holds what drivers are given and answer, [`common`] what several drivers
+//! read the same way; this module is the registry. Driver files import from those two (and
+//! from each other), never from here, so nothing points back up.
 
 pub mod bridge;
+pub mod common;
+pub mod contract;
 pub mod host;
 pub mod ipvlan;
 pub mod macvlan;
 pub mod none;
 pub mod overlay;
 mod parent;
+#[cfg(test)]
+pub(crate) mod testutil;
 
-/// Smallest MTU Weft sets (IPv4's minimum reassembly size, the schema's lower bound).
-pub const MIN_MTU: u32 = 576;
+pub use common::{MIN_MTU, gateway_addresses};
+pub use contract::*;
 
-/// The network's allocated subnets, canonical, in allocation order. None yet → NotAllocated.
-pub(crate) fn allocated_subnets(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
-    if net.status.subnets.is_empty() {
-        return Err(Problem::new(
-            reason::NOT_ALLOCATED,
-            format!(
-                "the controller has not allocated a subnet to network {} yet",
-                net.name
-            ),
-        ));
-    }
-    let mut subnets: Vec<IpNet> = Vec::with_capacity(net.status.subnets.len());
-    for s in &net.status.subnets {
-        let parsed: IpNet = s.trim().parse().map_err(|_| {
-            Problem::new(
-                reason::INVALID_STATUS,
-                format!(
-                    "status.subnets of network {} holds {s:?}, which is not a CIDR",
-                    net.name
-                ),
-            )
-        })?;
-        let canonical = parsed.trunc();
-        if !subnets.contains(&canonical) {
-            subnets.push(canonical);
-        }
-    }
-    Ok(subnets)
-}
-
-/// The controller's gateway (of the first subnet), if any.
-pub(crate) fn status_gateway(net: &NetworkInput) -> Result<Option<IpAddr>, Problem> {
-    match net.status.gateway.as_deref() {
-        None => Ok(None),
-        Some(g) => g.trim().parse().map(Some).map_err(|_| {
-            Problem::new(
-                reason::INVALID_STATUS,
-                format!(
-                    "status.gateway of network {} is {g:?}, not an IP address",
-                    net.name
-                ),
-            )
-        }),
+/// The driver of a network: the one place that names every driver.
+pub fn driver_for(driver: weft_api::Driver) -> &'static dyn Driver {
+    match driver {
+        weft_api::Driver::Bridge => &bridge::Bridge,
+        weft_api::Driver::Overlay => &overlay::Overlay,
+        weft_api::Driver::Macvlan => &macvlan::Macvlan,
+        weft_api::Driver::Ipvlan => &ipvlan::Ipvlan,
+        weft_api::Driver::Host => &host::Host,
+        weft_api::Driver::None => &none::NoneDriver,
     }
 }
 
-/// The gateway address of every subnet, with the subnet's prefix: `gateway` for the subnet
-/// that contains it, the first host address for the others (and for all, without a
-/// gateway).
-pub fn gateway_addresses(subnets: &[IpNet], gateway: Option<IpAddr>) -> Vec<IpNet> {
-    subnets
-        .iter()
-        .filter_map(|subnet| {
-            let addr = gateway
-                .filter(|g| subnet.contains(g))
-                .or_else(|| first_host(subnet))?;
-            IpNet::new(addr, subnet.prefix_len()).ok()
-        })
-        .collect()
+/// The driver of `net`.
+pub fn of(net: &NetworkInput) -> &'static dyn Driver {
+    driver_for(net.spec.driver)
 }
 
-/// The first host address of a net: network + 1, except on /31, /32, /127 and /128 where
-/// every address is a host.
-pub fn first_host(net: &IpNet) -> Option<IpAddr> {
-    let net = net.trunc();
-    let point_to_point = net.max_prefix_len() - net.prefix_len() <= 1;
-    let offset = if point_to_point { 0 } else { 1 };
-    offset_addr(net.network(), offset)
-}
-
-/// `addr + n`, if it does not overflow the family.
-pub(crate) fn offset_addr(addr: IpAddr, n: u128) -> Option<IpAddr> {
-    match addr {
-        IpAddr::V4(a) => {
-            let v = u128::from(u32::from(a)).checked_add(n)?;
-            u32::try_from(v).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v)))
-        }
-        IpAddr::V6(a) => u128::from(a)
-            .checked_add(n)
-            .map(|v| IpAddr::V6(Ipv6Addr::from(v))),
-    }
-}
-
-/// MTU of the network's links: `spec.mtu` if set, else `default`.
-pub(crate) fn link_mtu(net: &NetworkInput, default: u32) -> Result<u32, Problem> {
-    match net.spec.mtu {
-        Some(mtu) => explicit_mtu(net, mtu),
-        None if default >= MIN_MTU => Ok(default),
-        None => Err(Problem::new(
-            reason::UNSUPPORTED,
-            format!(
-                "network {} would get MTU {default} from the underlay, less than {MIN_MTU}; set spec.mtu or fix the node's underlay MTU",
-                net.name
-            ),
-        )),
-    }
-}
-
-/// `spec.mtu` if set (checked), else `None` (the kernel's choice).
-pub(crate) fn optional_mtu(net: &NetworkInput) -> Result<Option<u32>, Problem> {
-    net.spec.mtu.map(|mtu| explicit_mtu(net, mtu)).transpose()
-}
-
-fn explicit_mtu(net: &NetworkInput, mtu: i32) -> Result<u32, Problem> {
-    u32::try_from(mtu)
-        .ok()
-        .filter(|m| (MIN_MTU..=65535).contains(m))
-        .ok_or_else(|| {
-            Problem::new(
-                reason::INVALID_SPEC,
-                format!(
-                    "spec.mtu of network {} is {mtu}; it must be between {MIN_MTU} and 65535",
-                    net.name
-                ),
-            )
-        })
-}
-
-/// This node's block of a cluster-scope network. None yet → NoBlock.
-pub(crate) fn node_block(net: &NetworkInput, node: &NodeFacts) -> Result<IpNet, Problem> {
-    net.blocks
-        .get(&node.node_name)
-        .map(IpNet::trunc)
-        .ok_or_else(|| {
-            Problem::new(
-                reason::NO_BLOCK,
-                format!(
-                    "the controller has not given node {} an address block of network {} yet",
-                    node.node_name, net.name
-                ),
-            )
-        })
-}
-
-/// The network's `ipam.excludedRanges` (addresses already used on the LAN).
-pub(crate) fn excluded_ranges(net: &NetworkInput) -> Result<Vec<IpNet>, Problem> {
-    let Some(ranges) = net
-        .spec
-        .ipam
-        .as_ref()
-        .and_then(|i| i.excluded_ranges.as_ref())
-    else {
-        return Ok(Vec::new());
-    };
-    ranges
-        .iter()
-        .map(|r| {
-            r.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| {
-                Problem::new(
-                    reason::INVALID_SPEC,
-                    format!(
-                        "spec.ipam.excludedRanges of network {} holds {r:?}, which is not a CIDR",
-                        net.name
-                    ),
-                )
-            })
-        })
-        .collect()
-}
-
-/// `Ok` if the node's kernel has the feature.
-pub(crate) fn require(present: bool, message: impl FnOnce() -> String) -> Result<(), Problem> {
-    if present {
-        Ok(())
-    } else {
-        Err(Problem::new(reason::UNSUPPORTED, message()))
-    }
-}
-
+/// The endpoint side of every driver, from the same inputs the node side gets.
 #[cfg(test)]
 mod tests {
+    use weft_api::Driver as ApiDriver;
+
+    use super::testutil::*;
     use super::*;
+    use crate::kernel::EndpointLink;
+    use crate::model::{IpvlanMode, KernelState, MacvlanMode};
 
-    fn net(s: &str) -> IpNet {
-        s.parse().expect("test CIDR")
+    fn host() -> HostSide {
+        HostSide {
+            interface: "wfe000000000001".into(),
+            alias: "weft-ep:default/a".into(),
+            publishes: true,
+        }
     }
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("test IP")
+    /// The network allocated, with node n1's block for cluster-scope drivers.
+    fn allocated(driver: ApiDriver) -> NetworkInput {
+        let mut n = network("net", driver);
+        if driver.has_addresses() {
+            allocate(&mut n, &["10.1.0.0/24"], None);
+        }
+        if driver.is_cluster_scope() {
+            give_blocks(&mut n, &[("n1", "192.0.2.1", "10.1.0.16/28")]);
+        }
+        n.status.vni = Some(42);
+        n
     }
 
-    #[test]
-    fn first_hosts() {
-        assert_eq!(first_host(&net("10.0.0.0/24")), Some(ip("10.0.0.1")));
-        assert_eq!(first_host(&net("10.0.0.7/24")), Some(ip("10.0.0.1")));
-        assert_eq!(first_host(&net("10.0.0.4/31")), Some(ip("10.0.0.4")));
-        assert_eq!(first_host(&net("10.0.0.4/32")), Some(ip("10.0.0.4")));
-        assert_eq!(first_host(&net("fd00:1::/64")), Some(ip("fd00:1::1")));
-        assert_eq!(first_host(&net("fd00::/127")), Some(ip("fd00::")));
-    }
-
-    #[test]
-    fn gateways_per_subnet() {
-        let subnets = [net("10.0.0.0/24"), net("10.0.1.0/24"), net("fd00::/64")];
-        assert_eq!(
-            gateway_addresses(&subnets, Some(ip("10.0.0.254"))),
-            vec![net("10.0.0.254/24"), net("10.0.1.1/24"), net("fd00::1/64")]
-        );
-        assert_eq!(
-            gateway_addresses(&subnets, Some(ip("10.0.1.9"))),
-            vec![net("10.0.0.1/24"), net("10.0.1.9/24"), net("fd00::1/64")]
-        );
-        assert_eq!(
-            gateway_addresses(&subnets[..1], None),
-            vec![net("10.0.0.1/24")]
-        );
+    fn planned(net: &NetworkInput) -> KernelState {
+        let (state, intent) = plan_one(net, &node("n1", "192.0.2.1"));
+        assert!(intent.is_ok(), "{intent:?}");
+        state
     }
 
     #[test]
-    fn offsets_do_not_overflow() {
-        assert_eq!(offset_addr(ip("255.255.255.255"), 1), None);
+    fn shapes_say_who_is_routed_who_has_a_mac_and_who_has_nothing() {
+        let shape = |d| driver_for(d).endpoint_shape();
+        assert_eq!(shape(ApiDriver::Bridge), EndpointShape::Routed);
+        assert_eq!(shape(ApiDriver::Overlay), EndpointShape::Routed);
         assert_eq!(
-            offset_addr(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), 1),
-            None
+            shape(ApiDriver::Macvlan),
+            EndpointShape::Child { own_mac: true }
         );
-        assert_eq!(offset_addr(ip("10.0.0.1"), 2), Some(ip("10.0.0.3")));
+        assert_eq!(
+            shape(ApiDriver::Ipvlan),
+            EndpointShape::Child { own_mac: false }
+        );
+        assert_eq!(shape(ApiDriver::Host), EndpointShape::LoopbackOnly);
+        assert_eq!(shape(ApiDriver::None), EndpointShape::LoopbackOnly);
+        for d in [
+            ApiDriver::Bridge,
+            ApiDriver::Overlay,
+            ApiDriver::Macvlan,
+            ApiDriver::Ipvlan,
+            ApiDriver::Host,
+            ApiDriver::None,
+        ] {
+            // The API's own notion of "has addresses" and the driver's shape agree.
+            assert_eq!(shape(d).has_interface(), d.has_addresses(), "{d:?}");
+            assert_eq!(
+                shape(d).routed(),
+                matches!(d, ApiDriver::Bridge | ApiDriver::Overlay)
+            );
+        }
+    }
+
+    #[test]
+    fn address_spaces_per_driver() {
+        let me = node("n1", "192.0.2.1");
+        let space = |d| {
+            let n = allocated(d);
+            driver_for(d).address_space(&n, &me)
+        };
+        // bridge: the whole subnet, gateway = first host.
+        let bridge = space(ApiDriver::Bridge).expect("ok").expect("some");
+        assert_eq!(bridge.range, cidr("10.1.0.0/24"));
+        assert_eq!(bridge.gateway, Some(ip("10.1.0.1")));
+        assert_eq!(bridge.reserved, vec![cidr("10.1.0.1/32")]);
+        // overlay: the node's block of the subnet, same gateway on every node.
+        let overlay = space(ApiDriver::Overlay).expect("ok").expect("some");
+        assert_eq!(
+            (overlay.subnet, overlay.range, overlay.gateway),
+            (
+                cidr("10.1.0.0/24"),
+                cidr("10.1.0.16/28"),
+                Some(ip("10.1.0.1"))
+            )
+        );
+        // macvlan/ipvlan: the node's block, no gateway unless the controller set one.
+        for d in [ApiDriver::Macvlan, ApiDriver::Ipvlan] {
+            let s = space(d).expect("ok").expect("some");
+            assert_eq!((s.range, s.gateway), (cidr("10.1.0.16/28"), None), "{d:?}");
+            assert!(s.reserved.is_empty());
+        }
+        // host/none: no addresses at all.
+        assert_eq!(space(ApiDriver::Host), Ok(None));
+        assert_eq!(space(ApiDriver::None), Ok(None));
+        // Not allocated yet: the driver says so.
+        let bare = network("net", ApiDriver::Bridge);
+        let p = driver_for(ApiDriver::Bridge)
+            .address_space(&bare, &me)
+            .expect_err("not allocated");
+        assert_eq!(p.reason, Reason::NotAllocated);
+    }
+
+    #[test]
+    fn a_macvlan_host_shim_address_is_never_handed_out() {
+        let mut n = allocated(ApiDriver::Macvlan);
+        if let Some(m) = n.spec.macvlan.as_mut() {
+            m.host_shim = true;
+        }
+        let s = driver_for(ApiDriver::Macvlan)
+            .address_space(&n, &node("n1", "192.0.2.1"))
+            .expect("ok")
+            .expect("some");
+        assert_eq!(s.reserved, vec![cidr("10.1.0.16/32")]);
+    }
+
+    #[test]
+    fn sandbox_links_per_driver_once_the_node_side_is_planned() {
+        let me = node("n1", "192.0.2.1");
+        let link = |net: &NetworkInput, desired: &KernelState| {
+            of(net).sandbox_link(net, &me, desired, &host())
+        };
+        for d in [ApiDriver::Bridge, ApiDriver::Overlay] {
+            let n = allocated(d);
+            let desired = planned(&n);
+            let got = link(&n, &desired).expect("bridge planned");
+            assert_eq!(
+                got.link,
+                EndpointLink::Veth {
+                    host: host().interface,
+                    host_alias: host().alias,
+                    bridge: crate::names::bridge("net"),
+                    hairpin: true,
+                },
+                "{d:?}"
+            );
+            assert_eq!(
+                got.mtu,
+                desired.links[&crate::names::bridge("net")].mtu,
+                "the bridge's MTU"
+            );
+            // Before the node's bridge is planned: not ready.
+            let p = link(&n, &KernelState::default()).expect_err("no bridge");
+            assert_eq!(p.reason, Reason::NetworkNotReady);
+        }
+        let mut mac = allocated(ApiDriver::Macvlan);
+        mac.spec.mtu = Some(1400);
+        let got = link(&mac, &KernelState::default()).expect("eth1 exists");
+        assert_eq!(
+            got.link,
+            EndpointLink::Macvlan {
+                parent: "eth1".into(),
+                mode: MacvlanMode::Bridge
+            }
+        );
+        assert_eq!(got.mtu, Some(1400));
+        let ipv = allocated(ApiDriver::Ipvlan);
+        assert_eq!(
+            link(&ipv, &KernelState::default()).expect("eth1").link,
+            EndpointLink::Ipvlan {
+                parent: "eth1".into(),
+                mode: IpvlanMode::L2
+            }
+        );
+        // A parent that is neither on the node nor planned: not ready.
+        let mut gone = allocated(ApiDriver::Ipvlan);
+        if let Some(o) = gone.spec.ipvlan.as_mut() {
+            o.parent = "eth9".into();
+        }
+        assert_eq!(
+            link(&gone, &KernelState::default()).map_err(|p| p.reason),
+            Err(Reason::NetworkNotReady)
+        );
+        // A VLAN parent is the planned sub-interface.
+        let mut tagged = allocated(ApiDriver::Macvlan);
+        if let Some(o) = tagged.spec.macvlan.as_mut() {
+            o.vlan = Some(10);
+        }
+        let desired = planned(&tagged);
+        assert!(matches!(
+            link(&tagged, &desired).expect("eth1.10 planned").link,
+            EndpointLink::Macvlan { parent, .. } if parent == "eth1.10"
+        ));
+        for d in [ApiDriver::Host, ApiDriver::None] {
+            let n = allocated(d);
+            assert_eq!(
+                link(&n, &KernelState::default())
+                    .expect("nothing needed")
+                    .link,
+                EndpointLink::LoopbackOnly
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_overlay_needs_entries_for_other_nodes_endpoints() {
+        let remote = [RemoteEndpoint {
+            network: "net".into(),
+            node: "n2".into(),
+            address: ip("10.1.0.33"),
+            mac: crate::model::Mac([2, 0x42, 10, 1, 0, 33]),
+        }];
+        let peers = [("n2".to_string(), ip("192.0.2.2"))].into();
+        let overlay = allocated(ApiDriver::Overlay);
+        let desired = planned(&overlay);
+        let (fdb, neighbours) = of(&overlay).remote_entries(&overlay, &remote, &peers, &desired);
+        assert_eq!(fdb.len(), 1);
+        assert_eq!(fdb[0].dst, ip("192.0.2.2"));
+        assert_eq!(neighbours[0].ip, ip("10.1.0.33"));
+        // Without the VXLAN device planned, or for any other driver: nothing.
+        let none = of(&overlay).remote_entries(&overlay, &remote, &peers, &KernelState::default());
+        assert_eq!(none, (vec![], vec![]));
+        let bridge = allocated(ApiDriver::Bridge);
+        let desired = planned(&bridge);
+        assert_eq!(
+            of(&bridge).remote_entries(&bridge, &remote, &peers, &desired),
+            (vec![], vec![])
+        );
     }
 }

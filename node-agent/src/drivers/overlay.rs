@@ -18,15 +18,18 @@
 //! - **MTU**: the underlay's minus the VXLAN overhead (50 bytes over an IPv4 underlay, 70
 //!   over IPv6), unless `spec.mtu` is set; the bridge and the VXLAN device get the same MTU.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, alias_for};
-use crate::names;
-use crate::plan::firewall::AnycastGuard;
-use crate::plan::{Driver, FirewallIntent, NetworkInput, NodeFacts, Problem, fnv1a64, reason};
+use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, Neighbour, alias_for};
+use crate::names::{self, fnv1a64};
 
-use super::bridge::RoutedBridge;
-use super::{link_mtu, node_block, require};
+use super::bridge::{RoutedBridge, routed_link};
+use super::common::{Scope, address_space, link_mtu, node_block, require};
+use super::contract::{
+    AddressSpace, AnycastGuard, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput,
+    NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
+};
 
 /// Default UDP port of VXLAN (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -59,7 +62,7 @@ impl Driver for Overlay {
             .filter(|p| *p != 0)
             .ok_or_else(|| {
                 Problem::new(
-                    reason::INVALID_SPEC,
+                    Reason::InvalidSpec,
                     format!(
                         "spec.overlay.udpPort of network {} is {}; it must be between 1 and 65535",
                         net.name, options.udp_port
@@ -118,17 +121,72 @@ impl Driver for Overlay {
         out.fdb.extend(fdb);
         Ok(intent)
     }
+
+    fn endpoint_shape(&self) -> EndpointShape {
+        EndpointShape::Routed
+    }
+
+    fn address_space(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+    ) -> Result<Option<AddressSpace>, Problem> {
+        address_space(net, node, Scope::NodeBlock, true).map(Some)
+    }
+
+    fn sandbox_link(
+        &self,
+        net: &NetworkInput,
+        node: &NodeFacts,
+        desired_node: &KernelState,
+        host: &HostSide,
+    ) -> Result<SandboxLink, Problem> {
+        routed_link(net, node, desired_node, host)
+    }
+
+    /// Static FDB (MAC → peer VTEP) and neighbour (IP → MAC, answered by the VXLAN device's
+    /// ARP proxy) entries for other nodes' endpoints.
+    fn remote_entries(
+        &self,
+        net: &NetworkInput,
+        remote: &[RemoteEndpoint],
+        peers: &BTreeMap<String, IpAddr>,
+        desired_node: &KernelState,
+    ) -> (Vec<FdbEntry>, Vec<Neighbour>) {
+        let mut fdb = Vec::new();
+        let mut neighbours = Vec::new();
+        let vxlan = names::vxlan(&net.name);
+        if !desired_node.links.contains_key(&vxlan) {
+            return (fdb, neighbours);
+        }
+        for r in remote {
+            let Some(dst) = peers.get(&r.node) else {
+                continue;
+            };
+            fdb.push(FdbEntry {
+                link: vxlan.clone(),
+                mac: r.mac,
+                dst: *dst,
+            });
+            neighbours.push(Neighbour {
+                link: vxlan.clone(),
+                ip: r.address,
+                mac: r.mac,
+            });
+        }
+        (fdb, neighbours)
+    }
 }
 
 /// The all-zero MAC of a flood (head-end replication) FDB entry.
-pub const FLOOD_MAC: Mac = [0; 6];
+pub const FLOOD_MAC: Mac = Mac([0; 6]);
 
 /// The gateway MAC of an overlay network: the same on every node (and across agent
 /// versions), locally administered unicast: `02:57:` + 4 bytes of the FNV-1a-64 hash of
 /// the network name.
 pub fn anycast_gateway_mac(network: &str) -> Mac {
     let h = fnv1a64(network.as_bytes()).to_be_bytes();
-    [0x02, 0x57, h[0], h[1], h[2], h[3]]
+    Mac([0x02, 0x57, h[0], h[1], h[2], h[3]])
 }
 
 /// The overlay's default MTU on this node.
@@ -151,7 +209,7 @@ fn is_reachable(peer: IpAddr, node: &NodeFacts) -> bool {
 fn vni(net: &NetworkInput) -> Result<u32, Problem> {
     let vni = net.status.vni.ok_or_else(|| {
         Problem::new(
-            reason::NOT_ALLOCATED,
+            Reason::NotAllocated,
             format!(
                 "the controller has not allocated a VNI to network {} yet",
                 net.name
@@ -163,7 +221,7 @@ fn vni(net: &NetworkInput) -> Result<u32, Problem> {
         .filter(|v| (1..=VNI_MAX).contains(v))
         .ok_or_else(|| {
             Problem::new(
-                reason::INVALID_STATUS,
+                Reason::InvalidStatus,
                 format!(
                     "status.vni of network {} is {vni}; a VNI is between 1 and {VNI_MAX}",
                     net.name
@@ -175,8 +233,8 @@ fn vni(net: &NetworkInput) -> Result<u32, Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::testutil::*;
     use crate::model::Address;
-    use crate::plan::testutil::*;
 
     fn overlay(name: &str) -> NetworkInput {
         let mut n = network(name, weft_api::Driver::Overlay);
@@ -239,12 +297,12 @@ mod tests {
             vec![
                 FdbEntry {
                     link: x.clone(),
-                    mac: [0; 6],
+                    mac: Mac([0; 6]),
                     dst: ip("192.0.2.2"),
                 },
                 FdbEntry {
                     link: x.clone(),
-                    mac: [0; 6],
+                    mac: Mac([0; 6]),
                     dst: ip("192.0.2.3"),
                 },
             ]
@@ -317,15 +375,15 @@ mod tests {
     #[test]
     fn own_and_foreign_family_peers_are_skipped() {
         let mut n = overlay("front");
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "n1-again".into(),
             underlay_address: ip("192.0.2.1"),
         });
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "v6".into(),
             underlay_address: ip("2001:db8::9"),
         });
-        n.peers.push(crate::plan::Peer {
+        n.peers.push(crate::drivers::Peer {
             node: "n2".into(),
             underlay_address: ip("192.0.2.2"),
         });
@@ -372,7 +430,7 @@ mod tests {
             udp_port: 70000,
         });
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
-        assert_eq!(intent.map_err(|p| p.reason), Err(reason::INVALID_SPEC));
+        assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidSpec));
         assert_eq!(state, KernelState::default());
     }
 
@@ -388,7 +446,7 @@ mod tests {
     #[test]
     fn problems_add_nothing() {
         let me = node("n1", "192.0.2.1");
-        let check = |n: &NetworkInput, me: &NodeFacts, want: &str| {
+        let check = |n: &NetworkInput, me: &NodeFacts, want: Reason| {
             let (state, intent) = plan_one(n, me);
             assert_eq!(intent.map_err(|p| p.reason), Err(want));
             assert_eq!(state, KernelState::default());
@@ -396,19 +454,19 @@ mod tests {
 
         let mut no_block = overlay("front");
         no_block.blocks.remove("n1");
-        check(&no_block, &me, reason::NO_BLOCK);
+        check(&no_block, &me, Reason::NoBlock);
 
         let mut no_vni = overlay("front");
         no_vni.status.vni = None;
-        check(&no_vni, &me, reason::NOT_ALLOCATED);
+        check(&no_vni, &me, Reason::NotAllocated);
 
         let mut bad_vni = overlay("front");
         bad_vni.status.vni = Some(1 << 24);
-        check(&bad_vni, &me, reason::INVALID_STATUS);
+        check(&bad_vni, &me, Reason::InvalidStatus);
 
         let mut no_subnet = overlay("front");
         no_subnet.status.subnets.clear();
-        check(&no_subnet, &me, reason::NOT_ALLOCATED);
+        check(&no_subnet, &me, Reason::NotAllocated);
 
         let mut no_vxlan = me.clone();
         no_vxlan.capabilities.vxlan = false;
@@ -416,14 +474,14 @@ mod tests {
         assert_eq!(
             intent,
             Err(Problem::new(
-                reason::UNSUPPORTED,
+                Reason::Unsupported,
                 "this kernel has no VXLAN support"
             ))
         );
-        check(&overlay("front"), &no_vxlan, reason::UNSUPPORTED);
+        check(&overlay("front"), &no_vxlan, Reason::Unsupported);
 
         let mut tiny = me.clone();
         tiny.underlay_mtu = 600;
-        check(&overlay("front"), &tiny, reason::UNSUPPORTED);
+        check(&overlay("front"), &tiny, Reason::Unsupported);
     }
 }

@@ -1,11 +1,11 @@
 //! The parent interface of a macvlan or ipvlan network, and the 802.1Q sub-interface Weft
 //! creates on it when the network names a VLAN.
 
-use crate::model::{Link, LinkKind, alias_for};
+use crate::model::{KernelState, Link, LinkKind, alias_for};
 use crate::names;
-use crate::plan::{NetworkInput, NodeFacts, Problem, reason};
 
-use super::require;
+use super::common::require;
+use super::contract::{NetworkInput, NodeFacts, Problem, Reason, not_ready};
 
 /// Linux's interface name limit (IFNAMSIZ − 1).
 const IFNAME_MAX: usize = 15;
@@ -33,7 +33,7 @@ pub(crate) fn resolve(
 ) -> Result<Parent, Problem> {
     if !valid_ifname(parent) {
         return Err(Problem::new(
-            reason::INVALID_SPEC,
+            Reason::InvalidSpec,
             format!(
                 "parent {parent:?} of network {} is not a valid interface name",
                 net.name
@@ -52,7 +52,7 @@ pub(crate) fn resolve(
         .filter(|v| (1..=4094).contains(v))
         .ok_or_else(|| {
             Problem::new(
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!(
                     "vlan of network {} is {vid}; an 802.1Q VLAN ID is between 1 and 4094",
                     net.name
@@ -62,7 +62,7 @@ pub(crate) fn resolve(
     let sub = names::vlan(parent, id);
     if sub.len() > IFNAME_MAX {
         return Err(Problem::new(
-            reason::INVALID_SPEC,
+            Reason::InvalidSpec,
             format!(
                 "the VLAN sub-interface {sub} of network {} is longer than Linux's {IFNAME_MAX}-character limit",
                 net.name
@@ -96,12 +96,31 @@ pub(crate) fn resolve(
     })
 }
 
+/// The interface an endpoint's child link goes on: `parent`, or `parent.VID` with a VLAN.
+/// It must exist on the node or be planned, else the network is not ready for endpoints.
+pub(crate) fn for_endpoint(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    desired_node: &KernelState,
+    parent: Option<(&str, Option<i32>)>,
+) -> Result<String, Problem> {
+    let (parent, vlan) = parent.unwrap_or_default();
+    let parent = match vlan.and_then(|v| u16::try_from(v).ok()) {
+        Some(v) => names::vlan(parent, v),
+        None => parent.to_string(),
+    };
+    if !node.interfaces.contains(&parent) && !desired_node.links.contains_key(&parent) {
+        return Err(not_ready(net, node));
+    }
+    Ok(parent)
+}
+
 fn require_present(node: &NodeFacts, parent: &str) -> Result<(), Problem> {
     if node.interfaces.contains(parent) {
         Ok(())
     } else {
         Err(Problem::new(
-            reason::PARENT_MISSING,
+            Reason::ParentMissing,
             format!(
                 "parent interface {parent} does not exist on node {}; the network is programmed as soon as it appears",
                 node.node_name
@@ -124,7 +143,7 @@ fn valid_ifname(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::testutil::*;
+    use crate::drivers::testutil::*;
 
     #[test]
     fn plain_parent_must_exist() {
@@ -140,7 +159,7 @@ mod tests {
         assert_eq!(
             resolve(&n, &me, "eth9", None, None),
             Err(Problem::new(
-                reason::PARENT_MISSING,
+                Reason::ParentMissing,
                 "parent interface eth9 does not exist on node n1; the network is programmed as soon as it appears"
             ))
         );
@@ -192,31 +211,31 @@ mod tests {
         let reason_of = |r: Result<Parent, Problem>| r.map_err(|p| p.reason);
         assert_eq!(
             reason_of(resolve(&n, &me, "eth1", Some(0), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth1", Some(4095), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "enp0s31f6abcde", Some(100), None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth 1", None, None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "", None, None)),
-            Err(reason::INVALID_SPEC)
+            Err(Reason::InvalidSpec)
         );
         assert_eq!(
             reason_of(resolve(&n, &me, "eth9", Some(10), None)),
-            Err(reason::PARENT_MISSING)
+            Err(Reason::ParentMissing)
         );
         me.capabilities.vlan = false;
         let err = resolve(&n, &me, "eth1", Some(10), None).expect_err("no 802.1Q");
-        assert_eq!(err.reason, reason::UNSUPPORTED);
+        assert_eq!(err.reason, Reason::Unsupported);
         assert!(err.message.contains("802.1Q"), "{}", err.message);
     }
 }

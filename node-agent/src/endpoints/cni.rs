@@ -1,110 +1,272 @@
-//! The agent's end of the CNI socket: one JSON request line in, one JSON response line out
-//! (see [`weft_cni::proto`]). The socket is only reachable by root on the node (mode 0600).
+//! The CNI door: ADD, DEL, CHECK, GC and STATUS from the runtime (through
+//! [`super::socket`]), served on the spot against the same state as the API door.
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
-use weft_cni::proto::{self, Command, Failure, Response, codes};
+use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
+use super::EndpointId;
 use super::manager::Endpoints;
+use super::plan;
+use super::state::{Tombstone, lock, publications};
+use super::translate::{cni_request, cni_result, failure, problem_failure};
+use crate::drivers;
+use crate::kernel::Kernel;
 
-/// Largest request accepted (a GC with thousands of valid attachments fits easily).
-const MAX_REQUEST: u64 = 4 << 20;
-
-/// Bind the socket (replacing a stale one from an earlier run) and serve until the process
-/// ends.
-pub async fn serve(path: &Path, endpoints: Arc<Endpoints>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    tracing::info!(socket = %path.display(), "serving CNI requests");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let endpoints = endpoints.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(stream, endpoints).await {
-                            tracing::debug!(error = %e, "CNI connection ended early");
-                        }
-                    });
+impl Endpoints {
+    /// CNI ADD: attach on the spot and answer; the API learns about it on the next pass.
+    pub async fn cni_add(&self, req: &proto::Request) -> Result<proto::Attachment, Failure> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err(failure(
+                codes::TRY_AGAIN_LATER,
+                "the Weft agent is starting; try again shortly",
+            ));
+        }
+        let _permit = self
+            .adds
+            .acquire()
+            .await
+            .map_err(|_| failure(codes::NOT_AVAILABLE, "the Weft agent is shutting down"))?;
+        let request = cni_request(req)?;
+        let cni_id = request.cni.clone();
+        let (stale, id, admitted) = {
+            let mut st = lock(&self.state);
+            let st = &mut *st;
+            // The same ADD again: same answer.
+            let existing = st
+                .attachments
+                .values()
+                .find(|a| a.cni == cni_id)
+                .map(|a| a.id.clone());
+            let mut stale = None;
+            let mut admitted = Ok(());
+            if existing.is_none() {
+                // Refused before anything is taken apart.
+                if !st.networks.contains(&request.network) {
+                    return Err(failure(
+                        codes::UNKNOWN_NETWORK,
+                        format!(
+                            "network {:?} does not exist or does not select node {} (kubectl get cnet {})",
+                            request.network, self.node, request.network
+                        ),
+                    ));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a CNI connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                // Another sandbox under the same name (a pod re-created without DEL).
+                if let Some(old) = st.attachments.remove(&request.id) {
+                    st.ipam.release(&old.network_uid, &old.id.to_string());
+                    st.ensured.remove(&old.id);
+                    stale = Some(old);
+                }
+                if st.tombstones.remove(&request.id).is_some() {
+                    let _ = self.journal.remove_tombstone(&request.id);
+                }
+                admitted = st.admit(&self.node, &self.journal, &request);
+            }
+            (stale, existing.unwrap_or(request.id.clone()), admitted)
+        };
+        // The replaced sandbox is detached even when this ADD is refused.
+        if let Some(old) = stale
+            && let Err(e) = self.detach(&old).await
+        {
+            tracing::warn!(endpoint = %old.id, error = %e, "detaching the previous sandbox failed");
+        }
+        admitted.map_err(|p| problem_failure(&p))?;
+        // A network not programmed here yet comes back as NetworkNotReady: try again later.
+        if let Err(p) = self.ensure(&id).await {
+            // Nothing half-applied: whatever the failed attempt created goes too.
+            if let Some(att) = self.forget(&id) {
+                let _ = self.detach(&att).await;
+            }
+            return Err(problem_failure(&p));
+        }
+        if !request.publish.is_empty() {
+            // Publish now rather than after the next pass: the node's inet table as the last
+            // pass planned it, with the publish chains of every endpoint including this one,
+            // in one atomic nft transaction. The next pass plans the very same table (zero
+            // writes); a pass racing with this one re-plans it right after.
+            let (table, conflict) = {
+                let st = lock(&self.state);
+                let (chains, conflicts) = plan::publish_rules(&publications(&st));
+                let mut nft = st.desired_node.nft.clone();
+                plan::add_publish_chains(&mut nft, chains);
+                (
+                    nft.get(&crate::model::NftFamily::Inet).cloned(),
+                    conflicts.get(&id).cloned(),
+                )
+            };
+            if conflict.is_none()
+                && let Some(table) = table
+            {
+                let report = self
+                    .kernel
+                    .apply(&[crate::kernel::Change::SetNftTable(
+                        crate::model::NftFamily::Inet,
+                        table,
+                    )])
+                    .await;
+                if let Some((_, err)) = report.failed.first() {
+                    tracing::warn!(endpoint = %id, error = %err, "publishing in the ADD path failed; the pass will retry");
+                    self.next_pass().await;
                 }
             }
+            self.wake.notify_one();
+            if let Some(p) = conflict {
+                if let Some(att) = self.forget(&id) {
+                    let _ = self.detach(&att).await;
+                }
+                self.wake.notify_one();
+                return Err(problem_failure(&p));
+            }
+        } else {
+            self.wake.notify_one();
         }
-    });
-    Ok(())
-}
+        let st = lock(&self.state);
+        let att = st.attachments.get(&id).ok_or_else(|| {
+            failure(
+                codes::TRY_AGAIN_LATER,
+                "the endpoint was removed while being added",
+            )
+        })?;
+        Ok(cni_result(att))
+    }
 
-async fn handle(stream: tokio::net::UnixStream, endpoints: Arc<Endpoints>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
-    let response = match serde_json::from_str::<proto::Request>(&line) {
-        Err(e) => Response::Error(Failure {
-            code: codes::DECODE_FAILURE,
-            msg: format!("the agent could not read the plugin's request: {e}"),
-            details: String::new(),
-        }),
-        Ok(req) if req.protocol != proto::PROTOCOL => Response::Error(Failure {
-            code: codes::INCOMPATIBLE_VERSION,
-            msg: format!(
-                "weft-cni speaks protocol {} but this agent speaks {}: install the weft-cni binary of the agent's release",
-                req.protocol,
-                proto::PROTOCOL
-            ),
-            details: String::new(),
-        }),
-        Ok(req) => {
-            let started = std::time::Instant::now();
-            let r = dispatch(&req, &endpoints).await;
-            tracing::debug!(command = ?req.command, container = %req.container_id, took = ?started.elapsed(), ok = r.is_ok(), "CNI request");
-            match r {
-                Ok(a) => Response::Ok(a),
-                Err(f) => Response::Error(f),
+    /// CNI DEL: detach if known; an unknown container is fine (DEL must be idempotent).
+    pub async fn cni_del(&self, req: &proto::Request) -> Result<(), Failure> {
+        let target = AttachmentId {
+            container_id: req.container_id.clone(),
+            if_name: req.if_name.clone(),
+        };
+        let found = {
+            let st = lock(&self.state);
+            st.attachments
+                .values()
+                .find(|a| a.cni.as_ref() == Some(&target))
+                .map(|a| a.id.clone())
+        };
+        let Some(id) = found else { return Ok(()) };
+        self.remove_via_cni(&id).await
+    }
+
+    async fn remove_via_cni(&self, id: &EndpointId) -> Result<(), Failure> {
+        {
+            let mut st = lock(&self.state);
+            st.tombstones.insert(id.clone(), Tombstone::now());
+            if let Err(e) = self.journal.save_tombstone(id) {
+                tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
             }
         }
-    };
-    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
-}
+        // Held until the attachment is forgotten: a pass repairing it in between would
+        // bring the interface back after DEL answered.
+        let claim = self
+            .claim(id)
+            .await
+            .map_err(|m| failure(codes::KERNEL, m))?;
+        let att = lock(&self.state).attachments.get(id).cloned();
+        if let Some(att) = att {
+            self.detach_now(&att)
+                .await
+                .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
+            self.forget(id);
+        }
+        drop(claim);
+        self.wake.notify_one();
+        Ok(())
+    }
 
-async fn dispatch(
-    req: &proto::Request,
-    endpoints: &Endpoints,
-) -> Result<proto::Attachment, Failure> {
-    match req.command {
-        Command::Add => endpoints.cni_add(req).await,
-        Command::Del => endpoints
-            .cni_del(req)
+    /// CNI CHECK: the interface must be in the sandbox as ADD left it.
+    pub async fn cni_check(&self, req: &proto::Request) -> Result<(), Failure> {
+        let target = AttachmentId {
+            container_id: req.container_id.clone(),
+            if_name: req.if_name.clone(),
+        };
+        let att = {
+            let st = lock(&self.state);
+            st.attachments
+                .values()
+                .find(|a| a.cni.as_ref() == Some(&target))
+                .cloned()
+        }
+        .ok_or_else(|| {
+            failure(
+                codes::UNKNOWN_CONTAINER,
+                format!(
+                    "container {} has no Weft attachment {}",
+                    req.container_id, req.if_name
+                ),
+            )
+        })?;
+        // Nothing to look at in a sandbox that only has its loopback.
+        let has_interface = lock(&self.state)
+            .networks
+            .get(&att.network)
+            .is_none_or(|n| drivers::of(n).endpoint_shape().has_interface());
+        if !has_interface {
+            return Ok(());
+        }
+        let check_failed = |m: String| failure(codes::CHECK_FAILED, m);
+        let found = Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
             .await
-            .map(|()| proto::Attachment::default()),
-        Command::Check => endpoints
-            .cni_check(req)
-            .await
-            .map(|()| proto::Attachment::default()),
-        Command::Gc => endpoints
-            .cni_gc(req)
-            .await
-            .map(|()| proto::Attachment::default()),
-        Command::Status => endpoints
-            .cni_status()
-            .map(|()| proto::Attachment::default()),
+            .map_err(|e| check_failed(format!("cannot look into sandbox {}: {e}", att.sandbox)))?
+            .ok_or_else(|| {
+                check_failed(format!(
+                    "interface {} is missing from sandbox {} (endpoint {})",
+                    att.if_name, att.sandbox, att.id
+                ))
+            })?;
+        if let Some(addr) = att.address
+            && !found.addresses.contains(&addr)
+        {
+            return Err(check_failed(format!(
+                "interface {} in sandbox {} lacks its address {addr}",
+                att.if_name, att.sandbox
+            )));
+        }
+        if att.mac.is_some() && found.mac != att.mac {
+            return Err(check_failed(format!(
+                "interface {} in sandbox {} has MAC {}, not {}",
+                att.if_name,
+                att.sandbox,
+                found.mac.map(|m| m.to_string()).unwrap_or_default(),
+                att.mac.map(|m| m.to_string()).unwrap_or_default()
+            )));
+        }
+        if !found.up {
+            return Err(check_failed(format!(
+                "interface {} in sandbox {} is down",
+                att.if_name, att.sandbox
+            )));
+        }
+        Ok(())
+    }
+
+    /// CNI GC: every CNI attachment the runtime no longer lists goes.
+    pub async fn cni_gc(&self, req: &proto::Request) -> Result<(), Failure> {
+        let valid: BTreeSet<AttachmentId> = req.valid_attachments.iter().cloned().collect();
+        let stale: Vec<EndpointId> = {
+            let st = lock(&self.state);
+            st.attachments
+                .values()
+                .filter(|a| a.cni.as_ref().is_some_and(|c| !valid.contains(c)))
+                .map(|a| a.id.clone())
+                .collect()
+        };
+        for id in stale {
+            self.remove_via_cni(&id).await?;
+        }
+        Ok(())
+    }
+
+    /// CNI STATUS: ready once the agent has its picture and has run a pass.
+    pub fn cni_status(&self) -> Result<(), Failure> {
+        if self.ready.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(failure(
+                codes::NOT_AVAILABLE,
+                "the Weft agent is starting and cannot attach pods yet",
+            ))
+        }
     }
 }

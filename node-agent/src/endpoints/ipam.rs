@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use weft_ipam::{AddressAllocator, AddressError};
 
-use super::plan::AddressSpace;
+use crate::drivers::AddressSpace;
 
 /// One allocator per network (by uid), rebuilt when the network's space on this node
 /// changes (a new block, an edited range).

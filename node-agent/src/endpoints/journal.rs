@@ -113,6 +113,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Mac;
 
     fn attachment(name: &str, since: u64) -> Attachment {
         Attachment {
@@ -126,7 +127,7 @@ mod tests {
             if_name: "eth0".into(),
             address: Some("10.0.0.2/24".parse().expect("net")),
             gateway: None,
-            mac: Some([2, 0x42, 10, 0, 0, 2]),
+            mac: Some(Mac([2, 0x42, 10, 0, 0, 2])),
             publish: Vec::new(),
             cni: None,
             since,

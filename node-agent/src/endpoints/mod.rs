@@ -1,12 +1,17 @@
 //! Endpoints: sandboxes (pods, containers, any network namespace) attached to networks on
 //! this node, their addresses, and the ports they publish.
 //!
-//! Two doors lead in, one state behind them ([`manager::Endpoints`]):
+//! Two doors lead in, one state behind them ([`manager::Endpoints`], [`state`]):
 //! - a `ContainerEndpoint` written by a person or a GitOps tool, picked up by the agent's
-//!   pass like any other object;
-//! - a CNI ADD from the runtime ([`cni`]), served on the spot — address from the node's own
-//!   allocator, interface created in the sandbox, answer given — and mirrored into a
-//!   `ContainerEndpoint` right after, so every attachment is visible in the API.
+//!   pass like any other object ([`state`] plans it, [`api`] writes its status);
+//! - a CNI ADD from the runtime ([`socket`] → [`cni`]), served on the spot — address from the
+//!   node's own allocator, interface created in the sandbox, answer given — and mirrored
+//!   into a `ContainerEndpoint` right after, so every attachment is visible in the API.
+//!
+//! What an endpoint gets in the kernel comes from its network's driver
+//! ([`crate::drivers::Driver`]); [`plan`] adds what every endpoint gets alike. One endpoint
+//! is worked on by one task at a time ([`claims`]). [`translate`] holds the pure mappings
+//! between the state and the API and CNI shapes.
 //!
 //! Addresses are allocated here, on the node, with no API round trip: bridge networks are
 //! node-local (the whole subnet, like Docker's), cluster-scope networks hand out the node's
@@ -14,11 +19,16 @@
 //! ([`journal`]) before the kernel is touched and to the endpoint's status after, and both
 //! are read back on start, so a restart rebuilds exactly the same allocations.
 
+pub mod api;
+pub mod claims;
 pub mod cni;
 pub mod ipam;
 pub mod journal;
 pub mod manager;
 pub mod plan;
+pub mod socket;
+pub mod state;
+mod translate;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -29,6 +39,12 @@ use weft_api::Protocol;
 use weft_cni::proto::AttachmentId;
 
 use crate::model::Mac;
+
+/// Annotations on ContainerEndpoints the agent creates for CNI attachments.
+pub const ANNOTATION_CONTAINER_ID: &str = "weft.dev/cni-container-id";
+pub const ANNOTATION_IFNAME: &str = "weft.dev/cni-ifname";
+pub const LABEL_NODE: &str = "weft.dev/node";
+pub const LABEL_NETWORK: &str = "weft.dev/network";
 
 /// A ContainerEndpoint's identity: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -1,102 +1,21 @@
-//! Pure endpoint planning: which addresses a network hands out on this node, what an
-//! attachment looks like in the kernel, the publish (DNAT) rules of the node's endpoints and
-//! the overlay entries other nodes' endpoints need. No I/O.
+//! Pure endpoint planning: what an attachment looks like in the kernel (its driver's link
+//! plus addresses and routes), the publish (DNAT) rules of the node's endpoints and the
+//! entries other nodes' endpoints need. No I/O.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use weft_api::{Driver, Protocol};
+use weft_api::Protocol;
 
 use super::{Attachment, EndpointId, Publication};
-use crate::drivers::{self, first_host, macvlan::shim_address};
-use crate::kernel::{EndpointLink, SandboxConfig};
-use crate::model::{
-    FdbEntry, IpvlanMode, KernelState, Mac, MacvlanMode, Neighbour, NftFamily, NftTable, Route,
-    alias_for,
+use crate::drivers::{
+    self, HostSide, NetworkInput, Networks, NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
-use crate::names;
-use crate::plan::{NetworkInput, NodeFacts, Problem, fnv1a64};
-
-/// Reasons an endpoint can be refused or held back (the `Ready` condition's reason).
-pub mod endpoint_reason {
-    pub const NETWORK_NOT_READY: &str = "NetworkNotReady";
-    pub const ADDRESS_IN_USE: &str = "AddressInUse";
-    pub const OUTSIDE_SUBNET: &str = "OutsideSubnet";
-    pub const NO_FREE_ADDRESS: &str = "NoFreeAddress";
-    pub const PORT_CONFLICT: &str = "PortConflict";
-    pub const SANDBOX_MISSING: &str = "SandboxMissing";
-    pub const KERNEL_ERROR: &str = "KernelError";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const WRONG_NODE: &str = "WrongNode";
-}
-
-/// Where a network's endpoints get their addresses on this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AddressSpace {
-    /// The subnet (addresses carry its prefix, so the whole subnet is on-link).
-    pub subnet: IpNet,
-    /// What this node hands out: the subnet (bridge, node-local like Docker's) or the
-    /// node's block (cluster-scope drivers), narrowed by `ipam.ipRange`.
-    pub range: IpNet,
-    pub gateway: Option<IpAddr>,
-    /// Never handed out: the gateway, excluded ranges, the macvlan host shim.
-    pub reserved: Vec<IpNet>,
-}
-
-/// The address space of a network on this node; `None` for drivers without addresses.
-pub fn address_space(
-    net: &NetworkInput,
-    node: &NodeFacts,
-) -> Result<Option<AddressSpace>, Problem> {
-    if !net.spec.driver.has_addresses() {
-        return Ok(None);
-    }
-    let subnets = drivers::allocated_subnets(net)?;
-    let status_gateway = drivers::status_gateway(net)?;
-    let excluded = drivers::excluded_ranges(net)?;
-    let (subnet, mut range) = if net.spec.driver.is_cluster_scope() {
-        let block = drivers::node_block(net, node)?;
-        let subnet = subnets
-            .iter()
-            .copied()
-            .find(|s| s.contains(&block))
-            .unwrap_or(block);
-        (subnet, block)
-    } else {
-        (subnets[0], subnets[0])
-    };
-    if let Some(r) = net.spec.ipam.as_ref().and_then(|i| i.ip_range.as_deref())
-        && let Ok(r) = r.trim().parse::<IpNet>()
-        && range.contains(&r.trunc())
-    {
-        range = r.trunc();
-    }
-    let gateway = status_gateway.filter(|g| subnet.contains(g)).or_else(|| {
-        (net.spec.driver != Driver::Macvlan && net.spec.driver != Driver::Ipvlan)
-            .then(|| first_host(&subnet))
-            .flatten()
-    });
-    let mut reserved: Vec<IpNet> = excluded.clone();
-    if let Some(g) = gateway {
-        reserved.push(IpNet::from(g));
-    }
-    let shim = net
-        .spec
-        .macvlan
-        .as_ref()
-        .is_some_and(|m| m.host_shim && net.spec.driver == Driver::Macvlan);
-    if shim && let Some(a) = shim_address(range, &subnets, status_gateway, &excluded) {
-        reserved.push(IpNet::from(a));
-    }
-    Ok(Some(AddressSpace {
-        subnet,
-        range,
-        gateway,
-        reserved,
-    }))
-}
+use crate::kernel::SandboxConfig;
+use crate::model::{FdbEntry, KernelState, Mac, Neighbour, NftFamily, NftTable, Route, alias_for};
+use crate::names::{self, fnv1a64};
 
 /// The host-side interface of an endpoint: `wfe` + 12 hex digits of its identity (15 bytes).
 pub fn host_interface(id: &EndpointId) -> String {
@@ -119,93 +38,24 @@ pub fn derive_mac(addr: IpAddr) -> Mac {
             [o[12], o[13], o[14], o[15]]
         }
     };
-    [0x02, 0x42, tail[0], tail[1], tail[2], tail[3]]
+    Mac([0x02, 0x42, tail[0], tail[1], tail[2], tail[3]])
 }
 
-/// `aa:bb:cc:dd:ee:ff` → bytes.
-pub fn parse_mac(s: &str) -> Option<Mac> {
-    let parts: Vec<u8> = s
-        .split(':')
-        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
-        .collect::<Option<_>>()?;
-    <Mac>::try_from(parts.as_slice()).ok()
-}
-
-pub fn format_mac(mac: &Mac) -> String {
-    crate::plan::firewall::format_mac(mac)
-}
-
-/// The kernel shape of an attachment whose address is decided.
+/// The kernel shape of an attachment whose address is decided: the driver's link, plus
+/// what every driver's endpoint gets alike (addresses, a default route via the gateway).
 pub fn sandbox_config(
     att: &Attachment,
     net: &NetworkInput,
     node: &NodeFacts,
     desired_node: &KernelState,
 ) -> Result<SandboxConfig, Problem> {
-    let link = match net.spec.driver {
-        Driver::Bridge | Driver::Overlay => {
-            let bridge = names::bridge(&net.name);
-            if !desired_node.links.contains_key(&bridge) {
-                return Err(not_ready(net, node));
-            }
-            EndpointLink::Veth {
-                host: host_interface(&att.id),
-                host_alias: host_alias(&att.id),
-                bridge,
-                hairpin: !att.publish.is_empty(),
-            }
-        }
-        Driver::Macvlan | Driver::Ipvlan => {
-            let (parent, vlan) = match net.spec.driver {
-                Driver::Macvlan => {
-                    let o = net.spec.macvlan.as_ref();
-                    (
-                        o.map(|o| o.parent.clone()).unwrap_or_default(),
-                        o.and_then(|o| o.vlan),
-                    )
-                }
-                _ => {
-                    let o = net.spec.ipvlan.as_ref();
-                    (
-                        o.map(|o| o.parent.clone()).unwrap_or_default(),
-                        o.and_then(|o| o.vlan),
-                    )
-                }
-            };
-            let parent = match vlan.and_then(|v| u16::try_from(v).ok()) {
-                Some(v) => names::vlan(&parent, v),
-                None => parent,
-            };
-            if !node.interfaces.contains(&parent) && !desired_node.links.contains_key(&parent) {
-                return Err(not_ready(net, node));
-            }
-            if net.spec.driver == Driver::Macvlan {
-                let mode = match net.spec.macvlan.as_ref().map(|m| m.mode) {
-                    Some(weft_api::MacvlanMode::Private) => MacvlanMode::Private,
-                    Some(weft_api::MacvlanMode::Vepa) => MacvlanMode::Vepa,
-                    Some(weft_api::MacvlanMode::Passthru) => MacvlanMode::Passthru,
-                    _ => MacvlanMode::Bridge,
-                };
-                EndpointLink::Macvlan { parent, mode }
-            } else {
-                let mode = match net.spec.ipvlan.as_ref().map(|m| m.mode) {
-                    Some(weft_api::IpvlanMode::L3) => IpvlanMode::L3,
-                    Some(weft_api::IpvlanMode::L3s) => IpvlanMode::L3s,
-                    _ => IpvlanMode::L2,
-                };
-                EndpointLink::Ipvlan { parent, mode }
-            }
-        }
-        Driver::None => EndpointLink::LoopbackOnly,
-        Driver::Host => EndpointLink::LoopbackOnly,
+    let host = HostSide {
+        interface: host_interface(&att.id),
+        alias: host_alias(&att.id),
+        publishes: !att.publish.is_empty(),
     };
-    let mtu = match net.spec.driver {
-        Driver::Bridge | Driver::Overlay => desired_node
-            .links
-            .get(&names::bridge(&net.name))
-            .and_then(|b| b.mtu),
-        _ => net.spec.mtu.and_then(|m| u32::try_from(m).ok()),
-    };
+    let SandboxLink { link, mtu } =
+        drivers::of(net).sandbox_link(net, node, desired_node, &host)?;
     let mut routes = Vec::new();
     if let (Some(addr), Some(gw)) = (att.address, att.gateway)
         && !net.spec.internal
@@ -230,16 +80,6 @@ pub fn sandbox_config(
         addresses: att.address.into_iter().collect(),
         routes,
     })
-}
-
-fn not_ready(net: &NetworkInput, node: &NodeFacts) -> Problem {
-    Problem::new(
-        endpoint_reason::NETWORK_NOT_READY,
-        format!(
-            "network {} is not programmed on node {} yet",
-            net.name, node.node_name
-        ),
-    )
 }
 
 /// Publish rules for every endpoint of the node, in the order the endpoints came (the
@@ -288,7 +128,7 @@ pub fn publish_rules(
                 conflicts.insert(
                     p.id.clone(),
                     Problem::new(
-                        endpoint_reason::PORT_CONFLICT,
+                        Reason::PortConflict,
                         format!(
                             "host port {hp}/{} is already published by endpoint {owner}; none of this endpoint's ports is published",
                             proto_word(proto)
@@ -434,40 +274,23 @@ pub fn add_publish_chains(
         .extend(chains);
 }
 
-/// An endpoint on another node, for overlay networks: its MAC lives behind that node's VTEP.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RemoteEndpoint {
-    pub network: String,
-    pub node: String,
-    pub address: IpAddr,
-    pub mac: Mac,
-}
-
-/// Static FDB (MAC → peer VTEP) and neighbour (IP → MAC, answered by the VXLAN device's ARP
-/// proxy) entries for other nodes' endpoints on the overlay networks this node programs.
+/// Static FDB and neighbour entries for other nodes' endpoints (`remote` sorted, so each
+/// network's endpoints are together), from the drivers of the networks this node programs.
 pub fn remote_entries(
     remote: &[RemoteEndpoint],
+    networks: &Networks,
     peers: &BTreeMap<String, IpAddr>,
     desired_node: &KernelState,
 ) -> (Vec<FdbEntry>, Vec<Neighbour>) {
     let mut fdb = Vec::new();
     let mut neighbours = Vec::new();
-    for r in remote {
-        let vxlan = names::vxlan(&r.network);
-        let (Some(dst), true) = (peers.get(&r.node), desired_node.links.contains_key(&vxlan))
-        else {
+    for endpoints in remote.chunk_by(|a, b| a.network == b.network) {
+        let Some(net) = endpoints.first().and_then(|r| networks.get(&r.network)) else {
             continue;
         };
-        fdb.push(FdbEntry {
-            link: vxlan.clone(),
-            mac: r.mac,
-            dst: *dst,
-        });
-        neighbours.push(Neighbour {
-            link: vxlan,
-            ip: r.address,
-            mac: r.mac,
-        });
+        let (f, n) = drivers::of(net).remote_entries(net, endpoints, peers, desired_node);
+        fdb.extend(f);
+        neighbours.extend(n);
     }
     (fdb, neighbours)
 }
@@ -476,9 +299,9 @@ pub fn remote_entries(
 pub fn address_problem(err: &weft_ipam::AddressError, network: &str) -> Problem {
     use weft_ipam::AddressError::*;
     let reason = match err {
-        Exhausted { .. } => endpoint_reason::NO_FREE_ADDRESS,
-        InUse { .. } | Reserved { .. } => endpoint_reason::ADDRESS_IN_USE,
-        OutsideRange { .. } => endpoint_reason::OUTSIDE_SUBNET,
+        Exhausted { .. } => Reason::NoFreeAddress,
+        InUse { .. } | Reserved { .. } => Reason::AddressInUse,
+        OutsideRange { .. } => Reason::OutsideSubnet,
     };
     Problem::new(reason, format!("network {network}: {err}"))
 }
@@ -519,14 +342,14 @@ mod tests {
     fn docker_macs_from_addresses() {
         assert_eq!(
             derive_mac("172.17.0.2".parse().expect("ip")),
-            [0x02, 0x42, 172, 17, 0, 2]
+            Mac([0x02, 0x42, 172, 17, 0, 2])
         );
         assert_eq!(
-            parse_mac("02:42:ac:11:00:02"),
-            Some([2, 0x42, 0xac, 0x11, 0, 2])
+            "02:42:ac:11:00:02".parse::<Mac>().ok(),
+            Some(Mac([2, 0x42, 0xac, 0x11, 0, 2]))
         );
-        assert_eq!(parse_mac("02:42:ac:11:00"), None);
-        assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+        assert_eq!("02:42:ac:11:00".parse::<Mac>().ok(), None);
+        assert_eq!("zz:42:ac:11:00:02".parse::<Mac>().ok(), None);
     }
 
     #[test]
@@ -565,7 +388,7 @@ mod tests {
         let (chains, conflicts) = publish_rules(&[b.clone(), a.clone()]);
         assert_eq!(conflicts.len(), 1);
         let p = &conflicts[&id("b")];
-        assert_eq!(p.reason, endpoint_reason::PORT_CONFLICT);
+        assert_eq!(p.reason, Reason::PortConflict);
         assert!(p.message.contains("default/a"), "{}", p.message);
         let rules: Vec<&str> = chains[CHAIN_PUBLISH]
             .rules

@@ -13,8 +13,9 @@ use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
 use rtnetlink::AddressMessageBuilder;
 
-use super::link::LinkView;
-use super::{Kernel, KernelError, WEFT_RTPROT, already_gone, owned_index};
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
 use crate::model::Address;
 
 /// One address as the kernel reports it.
@@ -71,7 +72,7 @@ fn message(index: u32, net: &IpNet) -> AddressMessage {
     }
 }
 
-impl Kernel {
+impl Netlink {
     async fn dump_addresses(&self) -> Result<Vec<RawAddress>, KernelError> {
         self.query_map(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
@@ -104,7 +105,7 @@ impl Kernel {
         Ok(out)
     }
 
-    /// All addresses of one interface (for [`Kernel::interface`]).
+    /// All addresses of one interface (for `Kernel::interface`).
     pub(crate) async fn addresses_of(&self, index: u32) -> Result<Vec<IpNet>, KernelError> {
         Ok(self
             .dump_addresses()

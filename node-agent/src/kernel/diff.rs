@@ -17,8 +17,8 @@
 
 use std::collections::BTreeSet;
 
-use super::Change;
-use super::nft::nft_tables_equivalent;
+use crate::kernel::changes::Change;
+use crate::kernel::nft::plan::nft_tables_equivalent;
 use crate::model::{KernelState, Link, LinkKind, NftFamily};
 
 /// `""` (or `Some("")`) in an observed kind means the kernel only told us an index in some
@@ -357,7 +357,7 @@ mod tests {
     use super::*;
     use crate::kernel::base_chain;
     use crate::model::{
-        Address, FdbEntry, MacvlanMode, Neighbour, NftChain, NftRule, NftTable, Route,
+        Address, FdbEntry, Mac, MacvlanMode, Neighbour, NftChain, NftRule, NftTable, Route,
     };
 
     fn link(name: &str, kind: LinkKind) -> Link {
@@ -422,18 +422,18 @@ mod tests {
         });
         s.fdb.insert(FdbEntry {
             link: "vx".into(),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.1"),
         });
         s.fdb.insert(FdbEntry {
             link: "vx".into(),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.2"),
         });
         s.neighbours.insert(Neighbour {
             link: "vx".into(),
             ip: ip("10.1.0.9"),
-            mac: [2, 0, 0, 0, 0, 9],
+            mac: Mac([2, 0, 0, 0, 0, 9]),
         });
         let mut t = NftTable::default();
         t.chains.insert(
@@ -463,7 +463,7 @@ mod tests {
         }
         let mut o = s.clone();
         for l in o.links.values_mut() {
-            l.mac = Some([2, 1, 2, 3, 4, 5]);
+            l.mac = Some(Mac([2, 1, 2, 3, 4, 5]));
         }
         o.sysctls
             .insert("net/ipv6/conf/all/forwarding".into(), "0".into());
@@ -573,13 +573,13 @@ mod tests {
         o.addresses.insert(addr("br", "10.1.0.2/24"));
         let stale = FdbEntry {
             link: "vx".into(),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.3"),
         };
         o.fdb.insert(stale.clone());
         o.fdb.remove(&FdbEntry {
             link: "vx".into(),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.1"),
         });
         let c = diff(&d, &o);
@@ -591,7 +591,7 @@ mod tests {
                 Change::AddAddress(addr("br", "10.1.0.1/24")),
                 Change::AddFdb(FdbEntry {
                     link: "vx".into(),
-                    mac: [0; 6],
+                    mac: Mac([0; 6]),
                     dst: ip("192.0.2.1")
                 }),
             ]
@@ -684,7 +684,7 @@ mod tests {
             p1.master = None;
             p1.up = false;
             p1.alias = "weft:other".into();
-            p1.mac = Some([2, 0, 0, 0, 0, 1]);
+            p1.mac = Some(Mac([2, 0, 0, 0, 0, 1]));
         }
         let c = diff(&d, &o);
         assert_eq!(
@@ -704,7 +704,7 @@ mod tests {
                     master: Some(None),
                     up: Some(false),
                     alias: Some("weft:other".into()),
-                    mac: Some([2, 0, 0, 0, 0, 1])
+                    mac: Some(Mac([2, 0, 0, 0, 0, 1]))
                 },
             ]
         );

@@ -24,9 +24,14 @@ use netlink_packet_route::link::{
     InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 
-use super::link::LinkView;
-use super::{Change, Kernel, KernelError, already_gone};
+use crate::kernel::changes::{ApplyReport, Change};
+use crate::kernel::diff::diff;
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::handle::Kernel;
+use crate::kernel::link::{self, LinkView};
+use crate::kernel::netns;
 use crate::model::{Address, IpvlanMode, KernelState, Link, Mac, MacvlanMode, Route};
+use crate::names;
 
 /// Alias prefix of host-side endpoint interfaces.
 pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
@@ -88,7 +93,7 @@ impl Kernel {
     /// Make the endpoint exist exactly as `cfg` says. Returns the number of writes (0 when
     /// everything was already in place).
     pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
-        let ns_file = super::netns::open(&cfg.sandbox)?;
+        let ns_file = netns::open(&cfg.sandbox)?;
         let sandbox = Kernel::open(Some(&cfg.sandbox)).await?;
         let mut writes = 0;
         match &cfg.link {
@@ -98,8 +103,8 @@ impl Kernel {
                 bridge,
                 hairpin,
             } => {
-                let existing = self.get_link(host).await?;
-                let peer_there = sandbox.get_link(&cfg.if_name).await?;
+                let existing = self.netlink.get_link(host).await?;
+                let peer_there = sandbox.netlink.get_link(&cfg.if_name).await?;
                 if let Some(raw) = &existing {
                     let marked = raw.alias.as_deref() == Some(host_alias.as_str());
                     if raw.alias.is_some() && !marked {
@@ -117,21 +122,22 @@ impl Kernel {
                         writes += 1;
                     }
                 }
-                let bridge_index =
-                    self.get_link(bridge)
-                        .await?
-                        .map(|b| b.index)
-                        .ok_or_else(|| KernelError::NoSuchLink {
-                            op: format!("attach {} to its bridge", cfg.if_name),
-                            name: bridge.clone(),
-                        })?;
-                match self.get_link(host).await? {
+                let bridge_index = self
+                    .netlink
+                    .get_link(bridge)
+                    .await?
+                    .map(|b| b.index)
+                    .ok_or_else(|| KernelError::NoSuchLink {
+                        op: format!("attach {} to its bridge", cfg.if_name),
+                        name: bridge.clone(),
+                    })?;
+                match self.netlink.get_link(host).await? {
                     None => {
-                        match sandbox.get_link(&cfg.if_name).await? {
+                        match sandbox.netlink.get_link(&cfg.if_name).await? {
                             None => {}
                             // Weft's, but from an attachment of another kind: replace it.
                             Some(p) if p.owned() => {
-                                let (w, r) = sandbox.delete_link(&cfg.if_name).await;
+                                let (w, r) = sandbox.netlink.delete_link(&cfg.if_name).await;
                                 r?;
                                 writes += w;
                             }
@@ -155,10 +161,11 @@ impl Kernel {
                             if let Some(m) = master {
                                 msg.attributes.push(LinkAttribute::Controller(m));
                             }
-                            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                                format!("set {host} up on {bridge}")
-                            })
-                            .await?;
+                            self.netlink
+                                .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                                    format!("set {host} up on {bridge}")
+                                })
+                                .await?;
                             writes += 1;
                         }
                         if raw.hairpin != Some(*hairpin) {
@@ -172,10 +179,10 @@ impl Kernel {
                 }
             }
             EndpointLink::Macvlan { .. } | EndpointLink::Ipvlan { .. } => {
-                match sandbox.get_link(&cfg.if_name).await? {
+                match sandbox.netlink.get_link(&cfg.if_name).await? {
                     Some(raw) if raw.owned() => {}
                     Some(_) => return Err(name_taken(cfg)),
-                    None => writes += self.create_child(cfg, &ns_file).await?,
+                    None => writes += self.create_child(cfg, &ns_file, &sandbox).await?,
                 }
             }
             EndpointLink::LoopbackOnly => {}
@@ -206,7 +213,7 @@ impl Kernel {
             Err(e) if sandbox_missing(&e) => return Ok(0),
             Err(e) => return Err(e),
         };
-        let (w, r) = sandbox.delete_link(if_name).await;
+        let (w, r) = sandbox.netlink.delete_link(if_name).await;
         r.map(|()| w)
     }
 
@@ -223,7 +230,7 @@ impl Kernel {
         name: &str,
         ours: impl Fn(&str) -> bool,
     ) -> Result<usize, KernelError> {
-        match self.get_link(name).await? {
+        match self.netlink.get_link(name).await? {
             Some(raw) if raw.alias.as_deref().is_some_and(&ours) => {
                 self.delete_by_index(raw.index, name).await?;
                 Ok(1)
@@ -239,7 +246,7 @@ impl Kernel {
         if_name: &str,
     ) -> Result<Option<SandboxInterface>, KernelError> {
         let k = Kernel::open(Some(sandbox)).await?;
-        let Some(raw) = k.get_link(if_name).await? else {
+        let Some(raw) = k.netlink.get_link(if_name).await? else {
             return Ok(None);
         };
         let state = k.observe_interface(if_name).await?;
@@ -255,6 +262,7 @@ impl Kernel {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         match self
+            .netlink
             .ack(RouteNetlinkMessage::DelLink(msg), 0, || {
                 format!("delete link {name}")
             })
@@ -299,17 +307,19 @@ impl Kernel {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.ack(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("create veth {host} with {} in the sandbox", cfg.if_name),
-        )
-        .await
-        .map_err(|e| match e.errno() {
-            Some(libc::EEXIST) => name_taken(cfg),
-            _ => e,
-        })?;
+        self.netlink
+            .ack(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                || format!("create veth {host} with {} in the sandbox", cfg.if_name),
+            )
+            .await
+            .map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => name_taken(cfg),
+                _ => e,
+            })?;
         let index = self
+            .netlink
             .get_link(host)
             .await?
             .map(|r| r.index)
@@ -347,29 +357,37 @@ impl Kernel {
                 hairpin,
             )])),
         ]));
-        self.ack(RouteNetlinkMessage::NewLink(msg), 0, op).await
+        self.netlink
+            .ack(RouteNetlinkMessage::NewLink(msg), 0, op)
+            .await
     }
 
     /// A macvlan/ipvlan child of a node interface, created straight into the sandbox.
+    /// Create the macvlan/ipvlan child inside the sandbox under a temporary name, then rename
+    /// it there: kernels before 6.x (Debian 12's 6.1) check a new link's name in the
+    /// *creating* namespace, so a child created straight into the sandbox as `eth0` fails
+    /// with EEXIST whenever the node has an `eth0` of its own (found by the VM tier).
     async fn create_child(
         &self,
         cfg: &SandboxConfig,
         ns_file: &std::fs::File,
+        sandbox: &Kernel,
     ) -> Result<usize, KernelError> {
         let (parent, kind, data) = match &cfg.link {
             EndpointLink::Macvlan { parent, mode } => (
                 parent,
                 InfoKind::MacVlan,
-                InfoData::MacVlan(vec![InfoMacVlan::Mode(super::link::macvlan_mode(*mode))]),
+                InfoData::MacVlan(vec![InfoMacVlan::Mode(link::macvlan_mode(*mode))]),
             ),
             EndpointLink::Ipvlan { parent, mode } => (
                 parent,
                 InfoKind::IpVlan,
-                InfoData::IpVlan(vec![InfoIpVlan::Mode(super::link::ipvlan_mode(*mode))]),
+                InfoData::IpVlan(vec![InfoIpVlan::Mode(link::ipvlan_mode(*mode))]),
             ),
             _ => return Ok(0),
         };
         let parent_index = self
+            .netlink
             .get_link(parent)
             .await?
             .map(|p| p.index)
@@ -377,9 +395,17 @@ impl Kernel {
                 op: format!("create {} in the sandbox", cfg.if_name),
                 name: parent.clone(),
             })?;
+        let temporary = names::temporary_child(&cfg.sandbox.to_string_lossy(), &cfg.if_name);
+        let mut writes = 0;
+        // A child left under the temporary name by a cut-short attach: start over.
+        if sandbox.netlink.get_link(&temporary).await?.is_some() {
+            let (w, r) = sandbox.netlink.delete_link(&temporary).await;
+            r?;
+            writes += w;
+        }
         let mut msg = LinkMessage::default();
         msg.attributes
-            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+            .push(LinkAttribute::IfName(temporary.clone()));
         msg.attributes.push(LinkAttribute::Link(parent_index));
         msg.attributes
             .push(LinkAttribute::NetNsFd(ns_file.as_raw_fd()));
@@ -393,31 +419,58 @@ impl Kernel {
             LinkInfo::Kind(kind),
             LinkInfo::Data(data),
         ]));
-        self.ack(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-            || format!("create {} on {parent} in the sandbox", cfg.if_name),
-        )
-        .await
-        .map_err(|e| match e.errno() {
-            Some(libc::EEXIST) => name_taken(cfg),
-            _ => e,
-        })?;
-        Ok(1)
+        self.netlink
+            .ack(
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL,
+                || format!("create {} on {parent} in the sandbox", cfg.if_name),
+            )
+            .await?;
+        writes += 1;
+        let created =
+            sandbox
+                .netlink
+                .get_link(&temporary)
+                .await?
+                .ok_or_else(|| KernelError::NoSuchLink {
+                    op: format!("rename the new {} in the sandbox", cfg.if_name),
+                    name: temporary.clone(),
+                })?;
+        let mut rename = LinkMessage::default();
+        rename.header.index = created.index;
+        rename
+            .attributes
+            .push(LinkAttribute::IfName(cfg.if_name.clone()));
+        let renamed = sandbox
+            .netlink
+            .ack(RouteNetlinkMessage::SetLink(rename), 0, || {
+                format!("rename {temporary} to {} in the sandbox", cfg.if_name)
+            })
+            .await;
+        if let Err(e) = renamed {
+            // Nothing half-made stays behind: the temporary child goes again.
+            let _ = sandbox.netlink.delete_link(&temporary).await;
+            return Err(match e.errno() {
+                Some(libc::EEXIST) => name_taken(cfg),
+                _ => e,
+            });
+        }
+        Ok(writes + 1)
     }
 
     /// Loopback up (every sandbox needs it; `none` networks get nothing else).
     async fn loopback_up(&self) -> Result<usize, KernelError> {
-        match self.get_link("lo").await? {
+        match self.netlink.get_link("lo").await? {
             Some(lo) if !lo.up => {
                 let mut msg = LinkMessage::default();
                 msg.header.index = lo.index;
                 msg.header.flags |= LinkFlags::Up;
                 msg.header.change_mask |= LinkFlags::Up;
-                self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                    "set lo up in the sandbox".into()
-                })
-                .await?;
+                self.netlink
+                    .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                        "set lo up in the sandbox".into()
+                    })
+                    .await?;
                 Ok(1)
             }
             _ => Ok(0),
@@ -427,11 +480,11 @@ impl Kernel {
     /// Links, addresses and routes Weft owns on one interface of this namespace (no nft, no
     /// sysctls: a sandbox has none of Weft's).
     async fn observe_interface(&self, if_name: &str) -> Result<KernelState, KernelError> {
-        let view = LinkView::new(self.dump_links().await?);
+        let view = LinkView::new(self.netlink.dump_links().await?);
         let mut state = KernelState {
             links: view.owned_links(),
-            addresses: self.observe_addresses(&view).await?,
-            routes: self.observe_routes(&view).await?,
+            addresses: self.netlink.observe_addresses(&view).await?,
+            routes: self.netlink.observe_routes(&view).await?,
             ..KernelState::default()
         };
         state.links.retain(|n, _| n == if_name);
@@ -443,7 +496,7 @@ impl Kernel {
     /// Inside the sandbox: the interface marked, up, with its MAC and MTU, exactly its
     /// addresses and routes. Diffed against what is there, so a repeat writes nothing.
     async fn configure_sandbox_interface(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
-        let Some(raw) = self.get_link(&cfg.if_name).await? else {
+        let Some(raw) = self.netlink.get_link(&cfg.if_name).await? else {
             return Err(KernelError::NoSuchLink {
                 op: "configure the endpoint in its sandbox".into(),
                 name: cfg.if_name.clone(),
@@ -456,10 +509,11 @@ impl Kernel {
             msg.header.index = raw.index;
             msg.attributes
                 .push(LinkAttribute::IfAlias(cfg.alias.clone()));
-            self.ack(RouteNetlinkMessage::SetLink(msg), 0, || {
-                format!("mark {} as Weft's", cfg.if_name)
-            })
-            .await?;
+            self.netlink
+                .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                    format!("mark {} as Weft's", cfg.if_name)
+                })
+                .await?;
             writes += 1;
         }
         let observed = self.observe_interface(&cfg.if_name).await?;
@@ -490,7 +544,7 @@ impl Kernel {
             })
             .collect();
         desired.routes = cfg.routes.iter().cloned().collect();
-        let changes: Vec<Change> = super::diff(&desired, &observed)
+        let changes: Vec<Change> = diff(&desired, &observed)
             .into_iter()
             .filter(|c| {
                 !matches!(
@@ -503,12 +557,16 @@ impl Kernel {
             return Ok(writes);
         }
         let report = self.apply(&changes).await;
-        if let Some((change, err)) = report.failed.first() {
-            return Err(KernelError::Unexpected(format!(
-                "in the sandbox: {change}: {err}"
-            )));
-        }
-        Ok(writes + report.writes)
+        Ok(writes + sandbox_outcome(report)?)
+    }
+}
+
+/// The writes of changes applied inside a sandbox, or the first failure. The kernel's error
+/// already names the operation (`add route …: File exists`); only where it happened is added.
+fn sandbox_outcome(report: ApplyReport) -> Result<usize, KernelError> {
+    match report.failed.into_iter().next() {
+        Some((_, err)) => Err(KernelError::InSandbox(Box::new(err))),
+        None => Ok(report.writes),
     }
 }
 
@@ -518,4 +576,42 @@ fn name_taken(cfg: &SandboxConfig) -> KernelError {
         cfg.if_name,
         cfg.sandbox.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::error::netlink_error;
+
+    /// A route the sandbox already has reads `in the sandbox: add route …: File exists`: the
+    /// operation once, from the layer that sent it, and the errno still there.
+    #[test]
+    fn a_failed_change_in_the_sandbox_names_its_operation_once() {
+        let route = Route {
+            destination: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            link: "eth0".into(),
+        };
+        let mut refused = netlink_packet_core::ErrorMessage::default();
+        refused.code = std::num::NonZeroI32::new(-libc::EEXIST);
+        let op = format!(
+            "add route {}",
+            crate::kernel::changes::describe_route(&route)
+        );
+        let report = ApplyReport {
+            writes: 1,
+            failed: vec![(Change::AddRoute(route), netlink_error(op, &refused))],
+        };
+        let err = sandbox_outcome(report).expect_err("a failure");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "in the sandbox: add route 0.0.0.0/0 via 10.1.0.1 dev eth0: {}",
+                std::io::Error::from_raw_os_error(libc::EEXIST)
+            )
+        );
+        assert_eq!(err.to_string().matches("add route").count(), 1);
+        assert_eq!(err.errno(), Some(libc::EEXIST));
+        assert_eq!(sandbox_outcome(ApplyReport::default()).ok(), Some(0));
+    }
 }

@@ -25,8 +25,10 @@ use futures::Stream;
 use futures::channel::mpsc::{Receiver, Sender, channel};
 use rtnetlink::sys::{Socket, SocketAddr};
 
-use super::KernelError;
-use super::nft::{AddedRules, OwnNft};
+use crate::kernel::error::KernelError;
+use crate::kernel::netlink::WEFT_RTPROT;
+use crate::kernel::netns;
+use crate::kernel::nft::{AddedRules, OwnNft};
 use crate::model::{NFT_TABLE, NftFamily};
 
 /// The notification stream: one `()` per burst of kernel notifications. Reader threads
@@ -88,11 +90,11 @@ async fn spawn_reader(
     mut tx: Sender<()>,
 ) -> Result<(), KernelError> {
     let groups = groups.to_vec();
-    let socket = super::netns::run_in(ns, move || {
-        let mut socket = Socket::new(protocol).map_err(KernelError::Socket)?;
+    let socket = netns::run_in(ns, move || {
+        let mut socket = Socket::new(protocol).map_err(KernelError::socket)?;
         socket
             .bind(&SocketAddr::new(0, 0))
-            .map_err(KernelError::Socket)?;
+            .map_err(KernelError::socket)?;
         // Room for the notifications of a big transaction (a cold start writes thousands
         // of rules at once): an overrun would cost a needless re-listing. Best effort: the
         // FORCE variant needs CAP_NET_ADMIN, which the agent has.
@@ -108,7 +110,7 @@ async fn spawn_reader(
             );
         }
         for g in groups {
-            socket.add_membership(g).map_err(KernelError::Socket)?;
+            socket.add_membership(g).map_err(KernelError::socket)?;
         }
         Ok(socket)
     })
@@ -183,7 +185,7 @@ fn weft_route_changes(own_port: u32) -> impl FnMut(Option<&[u8]>) -> bool + Send
                     !(body.first() == Some(&AF_INET6) && body.get(3) == Some(&RT_SCOPE_LINK))
                 }
                 // rtmsg: family, dst_len, src_len, tos, table, protocol, ...
-                RTM_NEWROUTE | RTM_DELROUTE => body.get(5) == Some(&super::WEFT_RTPROT),
+                RTM_NEWROUTE | RTM_DELROUTE => body.get(5) == Some(&WEFT_RTPROT),
                 RTM_NEWNEIGH | RTM_DELNEIGH => {
                     // ndmsg: family, 3 bytes padding, ifindex, state (u16), flags, type.
                     let Some(state) = body.get(8..10) else {

@@ -16,8 +16,9 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::RouteType;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::link::LinkView;
-use super::{Kernel, KernelError, already_gone, mac_str, owned_index};
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::Netlink;
 use crate::model::{FdbEntry, Mac, Neighbour};
 
 struct RawNeighbour {
@@ -94,7 +95,7 @@ fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
     msg
 }
 
-impl Kernel {
+impl Netlink {
     async fn dump_neighbours(
         &self,
         family: AddressFamily,
@@ -173,14 +174,7 @@ impl Kernel {
         e: &FdbEntry,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "append fdb {} dst {} dev {}",
-                mac_str(&e.mac),
-                e.dst,
-                e.link
-            )
-        };
+        let op = || format!("append fdb {} dst {} dev {}", e.mac, e.dst, e.link);
         let index = match owned_index(view, &e.link, op) {
             Ok(i) => i,
             Err(err) => return (0, Err(err)),
@@ -200,14 +194,7 @@ impl Kernel {
         e: &FdbEntry,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "delete fdb {} dst {} dev {}",
-                mac_str(&e.mac),
-                e.dst,
-                e.link
-            )
-        };
+        let op = || format!("delete fdb {} dst {} dev {}", e.mac, e.dst, e.link);
         let index = match owned_index(view, &e.link, op) {
             Ok(i) => i,
             Err(KernelError::NoSuchLink { .. }) => return (0, Ok(())),
@@ -232,14 +219,7 @@ impl Kernel {
         n: &Neighbour,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || {
-            format!(
-                "add neighbour {} lladdr {} dev {}",
-                n.ip,
-                mac_str(&n.mac),
-                n.link
-            )
-        };
+        let op = || format!("add neighbour {} lladdr {} dev {}", n.ip, n.mac, n.link);
         let index = match owned_index(view, &n.link, op) {
             Ok(i) => i,
             Err(err) => return (0, Err(err)),

@@ -11,13 +11,13 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use super::KernelError;
+use crate::kernel::error::KernelError;
 
 /// Open a namespace file such as `/var/run/netns/X`.
 pub(crate) fn open(path: &Path) -> Result<File, KernelError> {
     File::open(path).map_err(|source| KernelError::Netns {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
     })
 }
 
@@ -30,7 +30,7 @@ pub(crate) fn enter(file: &File, path: &Path) -> Result<(), KernelError> {
     } else {
         Err(KernelError::Netns {
             path: path.to_path_buf(),
-            source: std::io::Error::last_os_error(),
+            source: std::io::Error::last_os_error().into(),
         })
     }
 }

@@ -7,7 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Kernel, nft};
+use crate::kernel::handle::Kernel;
+use crate::kernel::nft;
 use crate::model::{IpvlanMode, Link, LinkKind, MacvlanMode};
 
 /// Which link kinds and tools work in the namespace.
@@ -39,11 +40,11 @@ impl Kernel {
     /// Create `link`; report whether that worked. With `keep`, leave it for the caller to
     /// delete (a parent for the other probes).
     async fn try_create(&self, link: &Link, keep: bool) -> bool {
-        let (writes, result) = self.create_link(link).await;
+        let (writes, result) = self.netlink.create_link(link).await;
         match result {
             Ok(()) => {
                 if !keep {
-                    let _ = self.delete_link(&link.name).await;
+                    let _ = self.netlink.delete_link(&link.name).await;
                 }
                 true
             }
@@ -61,10 +62,11 @@ impl Kernel {
     }
 
     async fn force_delete(&self, name: &str) {
-        if let Ok(Some(raw)) = self.get_link(name).await {
+        if let Ok(Some(raw)) = self.netlink.get_link(name).await {
             let mut msg = netlink_packet_route::link::LinkMessage::default();
             msg.header.index = raw.index;
             let _ = self
+                .netlink
                 .ack(
                     netlink_packet_route::RouteNetlinkMessage::DelLink(msg),
                     0,
@@ -75,84 +77,88 @@ impl Kernel {
     }
 }
 
-pub(crate) async fn probe(k: &Kernel) -> Capabilities {
-    let n = PROBES.fetch_add(1, Ordering::Relaxed);
-    let tag = format!("{:x}", ((std::process::id() << 8) | (n & 0xff)) & 0xff_ffff);
-    let name = |p: &str| format!("wp{p}{tag}");
+impl Kernel {
+    /// Create and delete a throwaway link of each kind and report which worked.
+    pub async fn probe(&self) -> Capabilities {
+        let k = self;
+        let n = PROBES.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{:x}", ((std::process::id() << 8) | (n & 0xff)) & 0xff_ffff);
+        let name = |p: &str| format!("wp{p}{tag}");
 
-    let bridge = k
-        .try_create(&throwaway(name("b"), LinkKind::Bridge), false)
-        .await;
-    let vxlan = k
-        .try_create(
-            &throwaway(
-                name("x"),
-                LinkKind::Vxlan {
-                    vni: 16_000_000 + (n % 700_000),
-                    port: 4789,
-                    local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    underlay: None,
-                    learning: false,
-                    proxy: false,
-                },
-            ),
-            false,
-        )
-        .await;
+        let bridge = k
+            .try_create(&throwaway(name("b"), LinkKind::Bridge), false)
+            .await;
+        let vxlan = k
+            .try_create(
+                &throwaway(
+                    name("x"),
+                    LinkKind::Vxlan {
+                        vni: 16_000_000 + (n % 700_000),
+                        port: 4789,
+                        local: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        underlay: None,
+                        learning: false,
+                        proxy: false,
+                    },
+                ),
+                false,
+            )
+            .await;
 
-    // macvlan, ipvlan and vlan need a parent: a throwaway veth pair.
-    let parent = name("v");
-    let peer = name("w");
-    let have_parent = k
-        .try_create(&throwaway(parent.clone(), LinkKind::Veth { peer }), true)
-        .await;
-    let (mut macvlan, mut ipvlan, mut vlan) = (false, false, false);
-    if have_parent {
-        macvlan = k
-            .try_create(
-                &throwaway(
-                    name("m"),
-                    LinkKind::Macvlan {
-                        parent: parent.clone(),
-                        mode: MacvlanMode::Bridge,
-                    },
-                ),
-                false,
-            )
+        // macvlan, ipvlan and vlan need a parent: a throwaway veth pair.
+        let parent = name("v");
+        let peer = name("w");
+        let have_parent = k
+            .try_create(&throwaway(parent.clone(), LinkKind::Veth { peer }), true)
             .await;
-        ipvlan = k
-            .try_create(
-                &throwaway(
-                    name("i"),
-                    LinkKind::Ipvlan {
-                        parent: parent.clone(),
-                        mode: IpvlanMode::L2,
-                    },
-                ),
-                false,
-            )
-            .await;
-        vlan = k
-            .try_create(
-                &throwaway(
-                    name("l"),
-                    LinkKind::Vlan {
-                        parent: parent.clone(),
-                        id: 42,
-                    },
-                ),
-                false,
-            )
-            .await;
-        let _ = k.delete_link(&parent).await;
-    }
-    let nftables = nft::available(k.netns()).await;
-    Capabilities {
-        bridge,
-        vxlan,
-        macvlan,
-        ipvlan,
-        vlan,
-        nftables,
+        let (mut macvlan, mut ipvlan, mut vlan) = (false, false, false);
+        if have_parent {
+            macvlan = k
+                .try_create(
+                    &throwaway(
+                        name("m"),
+                        LinkKind::Macvlan {
+                            parent: parent.clone(),
+                            mode: MacvlanMode::Bridge,
+                        },
+                    ),
+                    false,
+                )
+                .await;
+            ipvlan = k
+                .try_create(
+                    &throwaway(
+                        name("i"),
+                        LinkKind::Ipvlan {
+                            parent: parent.clone(),
+                            mode: IpvlanMode::L2,
+                        },
+                    ),
+                    false,
+                )
+                .await;
+            vlan = k
+                .try_create(
+                    &throwaway(
+                        name("l"),
+                        LinkKind::Vlan {
+                            parent: parent.clone(),
+                            id: 42,
+                        },
+                    ),
+                    false,
+                )
+                .await;
+            let _ = k.netlink.delete_link(&parent).await;
+        }
+        let nftables = nft::available(k.netns()).await;
+        Capabilities {
+            bridge,
+            vxlan,
+            macvlan,
+            ipvlan,
+            vlan,
+            nftables,
+        }
     }
 }

@@ -13,16 +13,11 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use super::link::LinkView;
-use super::{Kernel, KernelError, WEFT_RTPROT, already_gone, owned_index};
+use crate::kernel::changes::describe_route;
+use crate::kernel::error::{KernelError, already_gone};
+use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
 use crate::model::Route;
-
-pub(crate) fn describe(r: &Route) -> String {
-    match r.gateway {
-        Some(g) => format!("{} via {g} dev {}", r.destination, r.link),
-        None => format!("{} dev {}", r.destination, r.link),
-    }
-}
 
 /// One route as the kernel reports it (only what Weft looks at).
 struct RawRoute {
@@ -112,7 +107,7 @@ fn message(r: &Route, index: u32, scope: RouteScope) -> RouteMessage {
     msg
 }
 
-impl Kernel {
+impl Netlink {
     /// The main table's routes of `family`; only Weft's when `weft_only` (filtered by the
     /// kernel: the socket checks strictly, see `connect`).
     async fn dump_routes(
@@ -188,7 +183,7 @@ impl Kernel {
         r: &Route,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || format!("add route {}", describe(r));
+        let op = || format!("add route {}", describe_route(r));
         let index = match owned_index(view, &r.link, op) {
             Ok(i) => i,
             Err(e) => return (0, Err(e)),
@@ -214,7 +209,7 @@ impl Kernel {
         r: &Route,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || format!("delete route {}", describe(r));
+        let op = || format!("delete route {}", describe_route(r));
         let index = match owned_index(view, &r.link, op) {
             Ok(i) => i,
             Err(KernelError::NoSuchLink { .. }) => return (0, Ok(())),

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{KernelError, netns};
+use crate::kernel::error::KernelError;
+use crate::kernel::netns;
 use crate::model::{Link, LinkKind, route_localnet_key};
 
 /// Keys observed on every pass (the ones every Weft node needs).
@@ -54,7 +55,12 @@ pub(crate) async fn read(
             match std::fs::read_to_string(&path) {
                 Ok(v) => out.push((key, v.trim().to_string())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(KernelError::Sysctl { key, source }),
+                Err(source) => {
+                    return Err(KernelError::Sysctl {
+                        key,
+                        source: source.into(),
+                    });
+                }
             }
         }
         Ok(out)
@@ -70,8 +76,10 @@ pub(crate) async fn write(
 ) -> Result<(), KernelError> {
     netns::run_in(ns, move || {
         let path = file_of(&key)?;
-        std::fs::write(&path, value.as_bytes())
-            .map_err(|source| KernelError::Sysctl { key, source })
+        std::fs::write(&path, value.as_bytes()).map_err(|source| KernelError::Sysctl {
+            key,
+            source: source.into(),
+        })
     })
     .await
 }

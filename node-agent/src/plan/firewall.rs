@@ -32,9 +32,9 @@ use std::fmt::Write as _;
 
 use ipnet::IpNet;
 
-use crate::model::{Mac, NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
-
-use super::fnv1a64;
+pub use crate::drivers::{AnycastGuard, FirewallIntent};
+use crate::model::{NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
+use crate::names::fnv1a64;
 
 /// Base chain spec of the filter chains on the forward hook.
 pub const FILTER_FORWARD: &str = "type filter hook forward priority 0; policy accept;";
@@ -47,61 +47,6 @@ pub const NAT_POSTROUTING: &str = "type nat hook postrouting priority 100; polic
 pub const CHAIN_FORWARD: &str = "forward";
 pub const CHAIN_PREROUTING: &str = "prerouting";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
-
-/// What one network needs from nftables on this node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FirewallIntent {
-    /// The network's name.
-    pub network: String,
-    /// The interface the network's endpoints are routed through on this node (its bridge).
-    /// `None` = the network is not routed by this node (macvlan, ipvlan, host, none) and
-    /// nothing is rendered for it.
-    pub interface: Option<String>,
-    /// The network's subnets (for masquerade and inter-container rules).
-    pub subnets: Vec<IpNet>,
-    /// Masquerade traffic from the subnets that leaves through another interface.
-    pub masquerade: bool,
-    /// Nothing is forwarded into or out of the network (Docker's `--internal`).
-    pub internal: bool,
-    /// Drop forwarding between this network and every other Weft network on the node.
-    pub isolation: bool,
-    /// Endpoints on the bridge may talk to each other (Docker's `enable_icc`).
-    pub icc: bool,
-    /// Overlay: drop frames that enter the bridge from the VXLAN port with the anycast
-    /// gateway's MAC as source — another node's gateway, which must stay on its own node.
-    pub anycast_guard: Option<AnycastGuard>,
-}
-
-/// A bridge port on which frames from the (shared) gateway MAC are dropped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnycastGuard {
-    /// The VXLAN port of the overlay's bridge.
-    pub port: String,
-    /// The anycast gateway MAC.
-    pub mac: Mac,
-}
-
-impl FirewallIntent {
-    /// A network that needs nothing from the firewall.
-    pub fn none(network: &str) -> Self {
-        FirewallIntent {
-            network: network.to_string(),
-            icc: true,
-            ..FirewallIntent::default()
-        }
-    }
-
-    /// Whether anything would be rendered for this network (isolation counts, though it
-    /// only renders once a second network is on the node).
-    pub fn needs_nftables(&self) -> bool {
-        self.interface.is_some()
-            && (self.internal
-                || self.isolation
-                || !self.icc
-                || self.anycast_guard.is_some()
-                || (self.masquerade && !self.subnets.is_empty()))
-    }
-}
 
 /// A rule whose id is the content hash of its body.
 pub fn rule(body: impl Into<String>) -> NftRule {
@@ -208,7 +153,7 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
                 format!(
                     "iifname {} ether saddr {} drop",
                     quote(&guard.port),
-                    format_mac(&guard.mac)
+                    guard.mac
                 ),
             );
         }
@@ -300,14 +245,6 @@ pub fn to_nft_script(tables: &BTreeMap<NftFamily, NftTable>) -> String {
     s
 }
 
-/// `02:57:0a:1b:2c:3d`.
-pub fn format_mac(mac: &Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Builds one table; a rule whose id is already in the table is not added twice.
 #[derive(Default)]
 struct Tables {
@@ -365,6 +302,7 @@ fn sorted(subnets: &[IpNet]) -> Vec<IpNet> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::Mac;
     use std::collections::BTreeSet;
 
     fn net(s: &str) -> IpNet {
@@ -428,7 +366,7 @@ pub(crate) mod tests {
         let mut overlay = bridge_intent("e", "wfb-e", &["10.4.0.0/24"]);
         overlay.anycast_guard = Some(AnycastGuard {
             port: "wfx-e".into(),
-            mac: [2, 0x57, 0, 0, 0, 1],
+            mac: Mac([2, 0x57, 0, 0, 0, 1]),
         });
         let tables = render(&[
             bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
@@ -596,7 +534,7 @@ pub(crate) mod tests {
         let mut a = bridge_intent("a", "wfb-a", &["10.0.0.0/24"]);
         a.anycast_guard = Some(AnycastGuard {
             port: "wfx-a".into(),
-            mac: [0x02, 0x57, 0xde, 0xad, 0xbe, 0xef],
+            mac: Mac([0x02, 0x57, 0xde, 0xad, 0xbe, 0xef]),
         });
         let t = render(&[a]);
         assert_eq!(

@@ -1,189 +1,26 @@
-//! Pure planning: API objects + facts about the node → the desired kernel state.
-//!
-//! One module per network driver ([`crate::drivers`]) behind one small trait ([`Driver`]);
-//! firewalling is kept apart from the drivers ([`firewall`]), as flannel keeps its
-//! `trafficmngr` apart from its backends: a driver only says what a network needs
-//! ([`FirewallIntent`]), and [`firewall::render`] turns the intents of every network on the
-//! node into Weft's nftables tables at once (isolation is a relation *between* networks).
+//! Pure planning of the whole node: API objects + facts about the node → the desired kernel
+//! state. This module only composes: each network's driver ([`crate::drivers`], behind
+//! [`Driver`]) plans its own objects; firewalling is kept apart from the drivers
+//! ([`firewall`]), as flannel keeps its `trafficmngr` apart from its backends: a driver only
+//! says what a network needs ([`FirewallIntent`]), and [`firewall::render`] turns the intents
+//! of every network on the node into Weft's nftables tables at once (isolation is a relation
+//! *between* networks).
 //!
 //! No I/O, no clock, no randomness: the same inputs give the same [`KernelState`], whatever
 //! order the networks come in. Malformed API data never panics; it becomes a [`Problem`] for
 //! that network alone, and the other networks are planned as if it did not exist.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::net::IpAddr;
+use std::collections::BTreeMap;
 
 use ipnet::IpNet;
-use weft_api::RealizationState;
 
-use crate::drivers;
+use crate::drivers::{self, FirewallIntent, NetworkInput, NodeFacts, Problem, Reason};
 use crate::model::{KernelState, network_of_alias, route_localnet_key};
 
 pub mod firewall;
 
-pub use firewall::FirewallIntent;
-
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod testutil;
-
-/// What the agent knows about its own node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub node_name: String,
-    /// The VXLAN tunnel endpoint: the address other nodes reach this one at.
-    pub underlay_address: IpAddr,
-    /// Interface that carries the underlay address (VXLAN devices are bound to it).
-    pub underlay_interface: Option<String>,
-    pub underlay_mtu: u32,
-    /// Names of the host's existing non-Weft interfaces (parents for macvlan/ipvlan).
-    pub interfaces: BTreeSet<String>,
-    pub capabilities: weft_api::Capabilities,
-}
-
-/// Another node taking part in a cluster-scope network.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Peer {
-    pub node: String,
-    pub underlay_address: IpAddr,
-}
-
-/// One network as the agent sees it: spec + the controller's status (subnets, gateway, vni)
-/// + its NetworkAllocation blocks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NetworkInput {
-    pub name: String,
-    pub uid: String,
-    pub generation: Option<i64>,
-    pub spec: weft_api::ContainerNetworkSpec,
-    pub status: weft_api::ContainerNetworkStatus,
-    /// node → block, from the NetworkAllocation (cluster-scope drivers only)
-    pub blocks: BTreeMap<String, IpNet>,
-    /// Other nodes taking part in this network (those with a block), with their underlay
-    /// addresses. This node may appear too; it is skipped.
-    pub peers: Vec<Peer>,
-}
-
-/// One pass's networks, sorted by name, shared between the pass and the endpoint manager
-/// (which answers CNI calls between passes) without copying them: with a thousand networks a
-/// copy per pass was a few MiB of the agent's peak.
-#[derive(Clone, Debug, Default)]
-pub struct Networks(std::sync::Arc<[NetworkInput]>);
-
-impl Networks {
-    pub fn new(mut networks: Vec<NetworkInput>) -> Networks {
-        networks.sort_by(|a, b| a.name.cmp(&b.name));
-        Networks(networks.into())
-    }
-
-    pub fn get(&self, name: &str) -> Option<&NetworkInput> {
-        let i = self
-            .0
-            .binary_search_by(|n| n.name.as_str().cmp(name))
-            .ok()?;
-        self.0.get(i)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
-    }
-}
-
-impl std::ops::Deref for Networks {
-    type Target = [NetworkInput];
-
-    fn deref(&self) -> &[NetworkInput] {
-        &self.0
-    }
-}
-
-/// Why a network cannot be realized on this node now. Becomes the network's entry in the
-/// NetworkNode status (see [`Problem::state`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Machine-readable, one of [`reason`].
-    pub reason: &'static str,
-    /// What a person should know, naming the object and what will happen next.
-    pub message: String,
-}
-
-/// The reasons a [`Problem`] can carry.
-pub mod reason {
-    /// The controller has not allocated the network's subnets (or VNI) yet. Pending.
-    pub const NOT_ALLOCATED: &str = "NotAllocated";
-    /// The controller has not given this node an address block of the network yet. Pending.
-    pub const NO_BLOCK: &str = "NoBlock";
-    /// The macvlan/ipvlan parent interface does not exist on the node (yet). Pending.
-    pub const PARENT_MISSING: &str = "ParentMissing";
-    /// The node's kernel lacks a feature the network needs. Failed.
-    pub const UNSUPPORTED: &str = "Unsupported";
-    /// The spec holds something the schema should have refused. Failed.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// The controller's status or allocation holds something unusable. Failed.
-    pub const INVALID_STATUS: &str = "InvalidStatus";
-    /// Another network on this node already uses the same kernel object. Failed.
-    pub const CONFLICT: &str = "Conflict";
-    /// A foreign (non-Weft) interface already has the name Weft needs. Failed.
-    pub const NAME_IN_USE: &str = "NameInUse";
-    /// The node's block has no address left for the host shim. Failed.
-    pub const NO_ADDRESS: &str = "NoAddress";
-}
-
-impl Problem {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Problem {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// `Pending` when the network waits for something that is expected to happen by itself
-    /// (an allocation by the controller, an interface to appear); `Failed` when a person has
-    /// to act.
-    pub fn state(&self) -> RealizationState {
-        match self.reason {
-            reason::NOT_ALLOCATED | reason::NO_BLOCK | reason::PARENT_MISSING => {
-                RealizationState::Pending
-            }
-            _ => RealizationState::Failed,
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason, self.message)
-    }
-}
-
-impl std::error::Error for Problem {}
-
-/// One network driver: what a network of that driver needs on one node.
-pub trait Driver {
-    /// Add this network's objects to `out` (links, addresses, routes, fdb, neighbours) and
-    /// return the firewall intent; Err = the network can't be realized on this node now
-    /// (nothing added).
-    fn plan(
-        &self,
-        net: &NetworkInput,
-        node: &NodeFacts,
-        out: &mut KernelState,
-    ) -> Result<FirewallIntent, Problem>;
-}
-
-/// The driver of a network.
-pub fn driver_for(driver: weft_api::Driver) -> &'static dyn Driver {
-    match driver {
-        weft_api::Driver::Bridge => &drivers::bridge::Bridge,
-        weft_api::Driver::Overlay => &drivers::overlay::Overlay,
-        weft_api::Driver::Macvlan => &drivers::macvlan::Macvlan,
-        weft_api::Driver::Ipvlan => &drivers::ipvlan::Ipvlan,
-        weft_api::Driver::Host => &drivers::host::Host,
-        weft_api::Driver::None => &drivers::none::NoneDriver,
-    }
-}
 
 /// The whole node: every network's driver, then the firewall (nft tables) for all of them
 /// together, then sysctls. Returns the desired state and a per-network outcome (Ok =
@@ -224,11 +61,11 @@ fn plan_network(
     claimed: &KernelState,
 ) -> Result<(KernelState, FirewallIntent), Problem> {
     let mut planned = KernelState::default();
-    let intent = driver_for(net.spec.driver).plan(net, node, &mut planned)?;
+    let intent = drivers::of(net).plan(net, node, &mut planned)?;
     check_claims(&planned, node, claimed)?;
     if intent.needs_nftables() && !node.capabilities.nftables {
         return Err(Problem::new(
-            reason::UNSUPPORTED,
+            Reason::Unsupported,
             format!(
                 "network {} needs nftables (masquerade, isolation or internal rules), which node {} does not support",
                 net.name, node.node_name
@@ -250,7 +87,7 @@ fn check_claims(
         if let Some(other) = claimed.links.get(name) {
             let owner = network_of_alias(&other.alias).unwrap_or("another network");
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "interface {name} is already used by network {owner} on node {}",
                     node.node_name
@@ -259,7 +96,7 @@ fn check_claims(
         }
         if node.interfaces.contains(name) {
             return Err(Problem::new(
-                reason::NAME_IN_USE,
+                Reason::NameInUse,
                 format!(
                     "interface {name} already exists on node {} and is not Weft's; Weft never changes foreign interfaces: rename or remove it",
                     node.node_name
@@ -274,7 +111,7 @@ fn check_claims(
             .find(|a| a.address.addr() == address.address.addr())
         {
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "address {} is already on interface {} on node {}",
                     address.address.addr(),
@@ -291,7 +128,7 @@ fn check_claims(
             .find(|r| r.destination == route.destination)
         {
             return Err(Problem::new(
-                reason::CONFLICT,
+                Reason::Conflict,
                 format!(
                     "route to {} already goes through {} on node {}",
                     route.destination, other.link, node.node_name
@@ -364,12 +201,4 @@ fn add_localhost_publishing(out: &mut KernelState, intents: &[FirewallIntent], n
         .or_default()
         .chains
         .extend(chains);
-}
-
-/// 64-bit FNV-1a: tiny and stable across Rust versions and platforms (std's hasher is
-/// neither). Used for nft rule ids and the overlay's anycast gateway MAC.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

@@ -6,9 +6,10 @@ use std::process::{Command, Stdio};
 
 use weft_api::{Driver as ApiDriver, RealizationState};
 
-use super::testutil::*;
 use super::*;
-use crate::model::{FdbEntry, NftFamily};
+use crate::drivers::testutil::*;
+use crate::drivers::{NetworkInput, NodeFacts, Peer, Problem};
+use crate::model::{FdbEntry, Mac, NftFamily};
 use crate::names;
 use crate::plan::firewall::{CHAIN_FORWARD, CHAIN_POSTROUTING, CHAIN_PREROUTING, to_nft_script};
 
@@ -82,9 +83,7 @@ fn mixed() -> Vec<NetworkInput> {
     ]
 }
 
-fn outcome_reasons(
-    o: &BTreeMap<String, Result<(), Problem>>,
-) -> BTreeMap<String, Option<&'static str>> {
+fn outcome_reasons(o: &BTreeMap<String, Result<(), Problem>>) -> BTreeMap<String, Option<Reason>> {
     o.iter()
         .map(|(k, v)| (k.clone(), v.as_ref().err().map(|p| p.reason)))
         .collect()
@@ -131,7 +130,7 @@ fn every_network_of_a_mixed_node() {
         state.fdb.iter().cloned().collect::<Vec<_>>(),
         vec![FdbEntry {
             link: names::vxlan("front"),
-            mac: [0; 6],
+            mac: Mac([0; 6]),
             dst: ip("192.0.2.2"),
         }]
     );
@@ -188,7 +187,7 @@ fn every_network_of_a_mixed_node() {
         vec![format!(
             "iifname \"{}\" ether saddr {} drop",
             names::vxlan("front"),
-            firewall::format_mac(&drivers::overlay::anycast_gateway_mac("front"))
+            drivers::overlay::anycast_gateway_mac("front")
         )]
     );
 }
@@ -227,10 +226,10 @@ fn a_network_with_a_problem_adds_nothing_and_changes_nothing_else() {
     let (with, outcomes) = plan_node(&with_bad, &me());
     assert_eq!(with, without);
     let reasons = outcome_reasons(&outcomes);
-    assert_eq!(reasons["zz-missing"], Some(reason::PARENT_MISSING));
-    assert_eq!(reasons["aa-noblock"], Some(reason::NO_BLOCK));
-    assert_eq!(reasons["mm-unallocated"], Some(reason::NOT_ALLOCATED));
-    assert_eq!(reasons["vv-vlan"], Some(reason::INVALID_SPEC));
+    assert_eq!(reasons["zz-missing"], Some(Reason::ParentMissing));
+    assert_eq!(reasons["aa-noblock"], Some(Reason::NoBlock));
+    assert_eq!(reasons["mm-unallocated"], Some(Reason::NotAllocated));
+    assert_eq!(reasons["vv-vlan"], Some(Reason::InvalidSpec));
     assert_eq!(reasons.values().filter(|r| r.is_none()).count(), 8);
     assert_eq!(
         outcomes["zz-missing"].as_ref().map_err(Problem::state),
@@ -249,8 +248,8 @@ fn unsupported_features_fail_only_their_networks() {
     facts.capabilities.vlan = false;
     let (state, outcomes) = plan_node(&mixed(), &facts);
     let reasons = outcome_reasons(&outcomes);
-    assert_eq!(reasons["front"], Some(reason::UNSUPPORTED));
-    assert_eq!(reasons["lan"], Some(reason::UNSUPPORTED));
+    assert_eq!(reasons["front"], Some(Reason::Unsupported));
+    assert_eq!(reasons["lan"], Some(Reason::Unsupported));
     assert_eq!(reasons.values().filter(|r| r.is_none()).count(), 6);
     assert!(!state.links.contains_key(&names::bridge("front")));
     assert!(!state.links.contains_key("eth1.10"));
@@ -282,7 +281,7 @@ fn without_nftables_only_networks_that_need_it_fail() {
         &facts,
     );
     let reasons = outcome_reasons(&outcomes);
-    assert_eq!(reasons["web"], Some(reason::UNSUPPORTED));
+    assert_eq!(reasons["web"], Some(Reason::Unsupported));
     assert_eq!(reasons["plain"], None);
     assert_eq!(reasons["lan"], None);
     assert!(state.nft.is_empty());
@@ -296,7 +295,7 @@ fn two_networks_wanting_one_vlan_sub_interface_conflict() {
     let (state, outcomes) = plan_node(&[b.clone(), a.clone()], &me());
     assert_eq!(outcomes["a-lan"], Ok(()));
     let problem = outcomes["b-lan"].clone().expect_err("conflict");
-    assert_eq!(problem.reason, reason::CONFLICT);
+    assert_eq!(problem.reason, Reason::Conflict);
     assert!(
         problem.message.contains("eth1.10") && problem.message.contains("a-lan"),
         "{problem}"
@@ -312,7 +311,7 @@ fn a_foreign_interface_with_weft_name_is_never_taken_over() {
     let (state, outcomes) = plan_node(&[bridge("web", "10.1.1.0/24")], &facts);
     assert_eq!(
         outcomes["web"].as_ref().map_err(|p| p.reason),
-        Err(reason::NAME_IN_USE)
+        Err(Reason::NameInUse)
     );
     assert_eq!(state, KernelState::default());
 }
@@ -326,7 +325,7 @@ fn overlapping_addresses_conflict() {
     assert_eq!(outcomes["a"], Ok(()));
     assert_eq!(
         outcomes["b"].as_ref().map_err(|p| p.reason),
-        Err(reason::CONFLICT)
+        Err(Reason::Conflict)
     );
     assert_eq!(state.links.len(), 1);
 }

@@ -22,7 +22,8 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::{KernelError, netns};
+use crate::kernel::error::KernelError;
+use crate::kernel::netns;
 
 /// Scripts up to this size run in-process; bigger ones in a child `nft`.
 pub(crate) const MAX_IN_PROCESS_SCRIPT: usize = 16 * 1024;

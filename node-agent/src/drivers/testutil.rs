@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use weft_api::{Capabilities, ContainerNetworkSpec, ContainerNetworkStatus, Driver as ApiDriver};
 
+use crate::drivers::{FirewallIntent, NetworkInput, NodeFacts, Peer, Problem, driver_for};
 use crate::model::KernelState;
-use crate::plan::{FirewallIntent, NetworkInput, NodeFacts, Peer, Problem, driver_for};
 
 pub fn cidr(s: &str) -> IpNet {
     s.parse().expect("test CIDR")

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use weft_e2e::lab::{self, DEFAULT_PREFIX, Lab, UpOptions};
+use weft_lab::up::{self, LeftBehind, UpOptions};
+use weft_lab::{DEFAULT_PREFIX, Lab, down, status};
 
 /// A Weft playground: N nodes as network namespaces on one machine.
 #[derive(Parser, Debug)]
@@ -58,18 +59,18 @@ async fn main() -> ExitCode {
                 nodes: usize::from(nodes),
                 no_build,
             };
-            match lab::up(&lab, &opts).await {
+            match up::up(&lab, &opts).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("weft-lab up failed: {e:#}");
-                    if e.downcast_ref::<lab::LeftBehind>().is_some() {
+                    if e.downcast_ref::<LeftBehind>().is_some() {
                         eprintln!("run `{}` to clean up", lab.command("down"));
                     }
                     ExitCode::FAILURE
                 }
             }
         }
-        Cmd::Status => match lab::status(&lab).await {
+        Cmd::Status => match status::status(&lab).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 println!("the lab is not up");
@@ -80,7 +81,7 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Down => match lab::down(&lab).await {
+        Cmd::Down => match down::down(&lab).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weft-lab down failed: {e:#}");

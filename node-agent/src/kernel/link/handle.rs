@@ -1,292 +1,20 @@
-//! Links: reading them back into [`Link`]s and creating, changing and deleting them.
-//!
-//! The kernel ignores `IFLA_IFALIAS` on creation, so a creation is up to three writes: the
-//! `RTM_NEWLINK` with the kind-specific attributes, an `RTM_SETLINK` with the alias alone
-//! (from then on the link is Weft's, so a failure later never leaves an unowned orphan),
-//! and one with master, up and a bridge's MTU.
+//! Writing links (create in up to three writes, set in place, delete) and dumping them.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData, InfoVeth, InfoVlan,
-    InfoVxlan, IpVlanMode, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
-    MacVlanMode,
+    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, IpVlanMode,
+    LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 
-use super::{Kernel, KernelError, already_gone};
+use crate::kernel::error::{KernelError, already_gone, netlink_error};
+use crate::kernel::netlink::Netlink;
+use crate::kernel::netns;
 use crate::model::{ALIAS_PREFIX, IpvlanMode, Link, LinkKind, Mac, MacvlanMode};
 
-/// One link as the kernel reports it, owned or not.
-#[derive(Clone, Debug)]
-pub(crate) struct RawLink {
-    pub index: u32,
-    pub name: String,
-    pub alias: Option<String>,
-    pub mtu: Option<u32>,
-    pub up: bool,
-    pub mac: Option<Mac>,
-    pub master: Option<u32>,
-    /// `IFLA_LINK`: the parent (macvlan, ipvlan, vlan) or the veth peer.
-    pub link: Option<u32>,
-    /// Set when `link` lives in another namespace (then the index means nothing here).
-    pub link_netnsid: Option<i32>,
-    pub kind: Option<InfoKind>,
-    pub data: Option<InfoData>,
-    /// Bridge port hairpin mode, when the link is a bridge port.
-    pub hairpin: Option<bool>,
-}
-
-impl RawLink {
-    fn parse(msg: LinkMessage) -> RawLink {
-        let mut raw = RawLink {
-            index: msg.header.index,
-            name: String::new(),
-            alias: None,
-            mtu: None,
-            up: msg.header.flags.contains(LinkFlags::Up),
-            mac: None,
-            master: None,
-            link: None,
-            link_netnsid: None,
-            kind: None,
-            data: None,
-            hairpin: None,
-        };
-        for attr in msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => raw.name = n,
-                LinkAttribute::IfAlias(a) => raw.alias = Some(a),
-                LinkAttribute::Mtu(m) => raw.mtu = Some(m),
-                LinkAttribute::Address(a) => raw.mac = <Mac>::try_from(a.as_slice()).ok(),
-                LinkAttribute::Controller(m) if m != 0 => raw.master = Some(m),
-                LinkAttribute::Link(l) if l != 0 => raw.link = Some(l),
-                LinkAttribute::LinkNetNsId(id) => raw.link_netnsid = Some(id),
-                LinkAttribute::LinkInfo(infos) => {
-                    for info in infos {
-                        match info {
-                            LinkInfo::Kind(k) => raw.kind = Some(k),
-                            // Only the kinds whose data Weft reads: a bridge's ~40
-                            // attributes, kept for every bridge of a node with a thousand
-                            // networks, were the agent's biggest allocation at start.
-                            LinkInfo::Data(
-                                d @ (InfoData::Vxlan(_)
-                                | InfoData::MacVlan(_)
-                                | InfoData::IpVlan(_)
-                                | InfoData::Vlan(_)),
-                            ) => raw.data = Some(d),
-                            LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
-                                raw.hairpin = opts.iter().find_map(|o| match o {
-                                    InfoBridgePort::HairpinMode(h) => Some(*h),
-                                    _ => None,
-                                });
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        raw
-    }
-
-    /// Weft's iff its alias carries the prefix.
-    pub fn owned(&self) -> bool {
-        self.alias
-            .as_deref()
-            .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
-    }
-
-    pub fn kind_name(&self) -> Option<String> {
-        self.kind.as_ref().map(|k| k.to_string())
-    }
-
-    fn is_vxlan(&self) -> bool {
-        matches!(self.kind, Some(InfoKind::Vxlan))
-    }
-}
-
-/// All links of the namespace, indexed both ways.
-pub(crate) struct LinkView {
-    by_index: HashMap<u32, RawLink>,
-    by_name: HashMap<String, u32>,
-}
-
-impl LinkView {
-    pub fn new(raws: Vec<RawLink>) -> LinkView {
-        LinkView {
-            by_name: raws.iter().map(|r| (r.name.clone(), r.index)).collect(),
-            by_index: raws.into_iter().map(|r| (r.index, r)).collect(),
-        }
-    }
-
-    /// The names of all links.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&RawLink> {
-        self.by_name.get(name).and_then(|i| self.by_index.get(i))
-    }
-
-    pub fn name_of(&self, index: u32) -> Option<&str> {
-        self.by_index.get(&index).map(|r| r.name.as_str())
-    }
-
-    /// Name of an owned link with this index.
-    pub fn owned_name(&self, index: u32) -> Option<&str> {
-        self.by_index
-            .get(&index)
-            .filter(|r| r.owned())
-            .map(|r| r.name.as_str())
-    }
-
-    /// Name of an owned VXLAN link with this index.
-    pub fn owned_vxlan_name(&self, index: u32) -> Option<&str> {
-        self.by_index
-            .get(&index)
-            .filter(|r| r.owned() && r.is_vxlan())
-            .map(|r| r.name.as_str())
-    }
-
-    /// The owned links as the model sees them. An owned link of a kind the model has no
-    /// word for is left out (and logged): Weft never creates such links.
-    pub fn owned_links(&self) -> BTreeMap<String, Link> {
-        let mut out = BTreeMap::new();
-        for raw in self.by_index.values().filter(|r| r.owned()) {
-            match self.model_kind(raw) {
-                Some(kind) => {
-                    out.insert(
-                        raw.name.clone(),
-                        Link {
-                            name: raw.name.clone(),
-                            alias: raw.alias.clone().unwrap_or_default(),
-                            kind,
-                            mtu: raw.mtu,
-                            master: raw.master.and_then(|m| self.name_of(m)).map(str::to_string),
-                            up: raw.up,
-                            mac: raw.mac,
-                        },
-                    );
-                }
-                None => tracing::warn!(
-                    link = %raw.name,
-                    kind = ?raw.kind,
-                    "link carries a Weft alias but has a kind Weft does not manage; ignoring it"
-                ),
-            }
-        }
-        out
-    }
-
-    /// Name of the `IFLA_LINK` target when it is in this namespace; `""` when unknown.
-    fn lower_name(&self, raw: &RawLink) -> String {
-        match (raw.link, raw.link_netnsid) {
-            (Some(i), None) => self.name_of(i).unwrap_or_default().to_string(),
-            _ => String::new(),
-        }
-    }
-
-    fn model_kind(&self, raw: &RawLink) -> Option<LinkKind> {
-        Some(match raw.kind.as_ref()? {
-            InfoKind::Bridge => LinkKind::Bridge,
-            InfoKind::Vxlan => {
-                let mut vni = 0;
-                let mut port = 0;
-                let mut local = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-                let mut underlay = None;
-                let mut learning = true;
-                let mut proxy = false;
-                if let Some(InfoData::Vxlan(infos)) = &raw.data {
-                    for info in infos {
-                        match info {
-                            InfoVxlan::Id(v) => vni = *v,
-                            InfoVxlan::Port(p) => port = *p,
-                            InfoVxlan::Local(a) => local = IpAddr::V4(*a),
-                            InfoVxlan::Local6(a) => local = IpAddr::V6(*a),
-                            InfoVxlan::Link(i) if *i != 0 => {
-                                underlay = Some(self.name_of(*i).unwrap_or_default().to_string())
-                            }
-                            InfoVxlan::Learning(l) => learning = *l,
-                            InfoVxlan::Proxy(p) => proxy = *p,
-                            _ => {}
-                        }
-                    }
-                }
-                LinkKind::Vxlan {
-                    vni,
-                    port,
-                    local,
-                    underlay,
-                    learning,
-                    proxy,
-                }
-            }
-            InfoKind::MacVlan => {
-                let mut mode = None;
-                if let Some(InfoData::MacVlan(infos)) = &raw.data {
-                    for info in infos {
-                        if let InfoMacVlan::Mode(m) = info {
-                            mode = match m {
-                                MacVlanMode::Private => Some(MacvlanMode::Private),
-                                MacVlanMode::Vepa => Some(MacvlanMode::Vepa),
-                                MacVlanMode::Bridge => Some(MacvlanMode::Bridge),
-                                MacVlanMode::Passthrough => Some(MacvlanMode::Passthru),
-                                _ => None,
-                            };
-                        }
-                    }
-                }
-                LinkKind::Macvlan {
-                    parent: self.lower_name(raw),
-                    mode: mode?,
-                }
-            }
-            InfoKind::IpVlan => {
-                let mut mode = None;
-                if let Some(InfoData::IpVlan(infos)) = &raw.data {
-                    for info in infos {
-                        if let InfoIpVlan::Mode(m) = info {
-                            mode = match m {
-                                IpVlanMode::L2 => Some(IpvlanMode::L2),
-                                IpVlanMode::L3 => Some(IpvlanMode::L3),
-                                IpVlanMode::L3S => Some(IpvlanMode::L3s),
-                                _ => None,
-                            };
-                        }
-                    }
-                }
-                LinkKind::Ipvlan {
-                    parent: self.lower_name(raw),
-                    mode: mode?,
-                }
-            }
-            InfoKind::Vlan => {
-                let mut id = None;
-                if let Some(InfoData::Vlan(infos)) = &raw.data {
-                    for info in infos {
-                        if let InfoVlan::Id(v) = info {
-                            id = Some(*v);
-                        }
-                    }
-                }
-                LinkKind::Vlan {
-                    parent: self.lower_name(raw),
-                    id: id?,
-                }
-            }
-            // The kernel reports the peer only by index; across namespaces its name is not
-            // knowable from here, which `""` says (the diff treats it as "any peer").
-            InfoKind::Veth => LinkKind::Veth {
-                peer: self.lower_name(raw),
-            },
-            _ => return None,
-        })
-    }
-}
+use crate::kernel::link::view::RawLink;
 
 pub(crate) fn macvlan_mode(m: MacvlanMode) -> MacVlanMode {
     match m {
@@ -350,13 +78,13 @@ fn set_message(
     msg
 }
 
-impl Kernel {
+impl Netlink {
     /// Every link in the namespace. The dump runs on a socket of its own, read one datagram
     /// and parsed one message at a time: through the shared connection, netlink-proto would
     /// decode the whole dump ahead of the reader, and a full `LinkMessage` is ~13 KB — with a
     /// thousand bridges that queue was most of the agent's peak memory.
     pub(crate) async fn dump_links(&self) -> Result<Vec<RawLink>, KernelError> {
-        super::netns::run_in(self.netns(), dump_links_here).await
+        netns::run_in(self.netns(), dump_links_here).await
     }
 
     /// One link by name; `None` if there is none.
@@ -673,16 +401,16 @@ impl Kernel {
     }
 }
 
-/// Dump the links of the calling thread's network namespace (see [`Kernel::dump_links`]).
+/// Dump the links of the calling thread's network namespace (see [`Netlink::dump_links`]).
 fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
     use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
     use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(KernelError::Socket)?;
-    socket.bind_auto().map_err(KernelError::Socket)?;
+    let mut socket = Socket::new(NETLINK_ROUTE).map_err(KernelError::socket)?;
+    socket.bind_auto().map_err(KernelError::socket)?;
     socket
         .connect(&SocketAddr::new(0, 0))
-        .map_err(KernelError::Socket)?;
+        .map_err(KernelError::socket)?;
     // Statistics are most of each link message and Weft reads none of them (as `ip link`).
     let mut request = LinkMessage::default();
     request
@@ -694,14 +422,14 @@ fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
     msg.finalize();
     let mut out_buf = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut out_buf);
-    socket.send(&out_buf, 0).map_err(KernelError::Socket)?;
+    socket.send(&out_buf, 0).map_err(KernelError::socket)?;
 
     let mut links = Vec::new();
     let mut buf = vec![0u8; 1 << 17];
     loop {
         let n = socket
             .recv(&mut &mut buf[..], 0)
-            .map_err(KernelError::Socket)?;
+            .map_err(KernelError::socket)?;
         let mut rest = &buf[..n];
         while rest.len() >= 16 {
             let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
@@ -715,7 +443,7 @@ fn dump_links_here() -> Result<Vec<RawLink>, KernelError> {
             match msg.payload {
                 NetlinkPayload::Done(_) => return Ok(links),
                 NetlinkPayload::Error(err) if err.code.is_some() => {
-                    return Err(super::netlink_error("list links".into(), &err));
+                    return Err(netlink_error("list links".into(), &err));
                 }
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
                     links.push(RawLink::parse(l))

@@ -6,8 +6,8 @@ use std::process::{Command, Output};
 
 use kube::Api;
 use weft_api::ContainerEndpoint;
-use weft_e2e::lab::{Lab, pid_running};
-use weft_e2e::netns::{sh, workspace_binary};
+use weft_e2e::netns::{self, sh, workspace_binary};
+use weft_lab::{Lab, pid_running};
 
 fn run(lab: &Path, args: &[String]) -> Output {
     let out = Command::new(lab)
@@ -41,12 +41,10 @@ impl Drop for Cleanup {
 }
 
 fn lab_namespaces(prefix: &str) -> Vec<String> {
-    sh(&["ip", "netns", "list"])
+    netns::list()
         .expect("ip netns list")
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
+        .into_iter()
         .filter(|n| n.starts_with(&format!("{prefix}-")))
-        .map(str::to_string)
         .collect()
 }
 

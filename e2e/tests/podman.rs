@@ -1,0 +1,452 @@
+//! Podman 4 (Debian's, CNI backend, libcni 1.1) drives `weft-cni` the way a user's runtime
+//! does: containers from a busybox root filesystem on a Weft network, attached by a test
+//! node's agent. Each test prints how long it took. See `weft_e2e::podman` for what is
+//! isolated from the host and how it is cleaned up.
+
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use serde_json::json;
+use weft_api::ContainerEndpoint;
+use weft_e2e::cluster::{Cluster, http_get, http_get_within};
+use weft_e2e::podman::{PAGE, Podman, host_setup_snapshot};
+use weft_e2e::wait_for;
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The agent releases what a gone sandbox held within this (the issue's "at most 10 s after
+/// the agent can see it"), plus the time to start and sync.
+const RELEASE_LIMIT: Duration = Duration::from_secs(12);
+
+/// A one-node cluster with the bridge network `pods` (10.88.0.0/24) and a Podman network
+/// for it; `None` when Podman is not installed (SKIP printed).
+async fn bridge_setup() -> Option<(Cluster, Podman, String)> {
+    let podman = Podman::new().expect("podman setup")?;
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "pods",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.88.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let net = podman
+        .network("pods", "pods", &cluster.nodes[0])
+        .expect("podman network");
+    // The first ADD waits for the agent to have programmed the network.
+    podman
+        .idle_when_ready("probe", &net, &[], SETTLE)
+        .await
+        .expect("the network never became attachable from Podman");
+    podman
+        .ok(&["rm", "-f", "-t", "0", "probe"])
+        .expect("rm probe");
+    Some((cluster, podman, net))
+}
+
+/// The ContainerEndpoint weft made for a Podman container (no K8S_POD_NAMESPACE: `default`,
+/// named after the container id).
+fn endpoint_name(podman: &Podman, container: &str) -> String {
+    let id = podman.id(container).expect("container id");
+    format!("cni-{}", &id[..16])
+}
+
+async fn endpoint_gone(cluster: &Cluster, name: &str, within: Duration) -> bool {
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    wait_for(within, || {
+        let api = api.clone();
+        let name = name.to_string();
+        async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
+    })
+    .await
+    .is_ok()
+}
+
+fn bare(address: &str) -> &str {
+    address.split('/').next().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
+    let started = Instant::now();
+    let host_setup = host_setup_snapshot();
+    let Some((cluster, mut podman, net)) = bridge_setup().await else {
+        return;
+    };
+    let node = cluster.nodes[0].address.clone();
+
+    // Address: podman inspect, inside the container and the endpoint all agree.
+    podman.idle("a1", &net, &[]).expect("a1");
+    podman.web("w1", &net, &["-p", "8081:80"]).expect("w1");
+    let a1 = podman.address("a1", &net).expect("a1 address");
+    let w1 = podman.address("w1", &net).expect("w1 address");
+    assert!(
+        a1.starts_with("10.88.0.") && w1.starts_with("10.88.0."),
+        "{a1} {w1}"
+    );
+    assert_ne!(a1, w1);
+    let settings = podman.settings("a1", &net).expect("settings");
+    assert_eq!(settings["Gateway"], "10.88.0.1", "{settings}");
+    assert_eq!(settings["IPPrefixLen"], 24, "{settings}");
+    assert_eq!(
+        podman.address_inside("a1").expect("inside"),
+        format!("{a1}/24")
+    );
+    let a1_endpoint = endpoint_name(&podman, "a1");
+    let cep = cluster
+        .wait_endpoint(&a1_endpoint, "True", SETTLE)
+        .await
+        .expect("a1's ContainerEndpoint");
+    let status = cep.status.expect("status");
+    assert_eq!(status.address.as_deref().map(bare), Some(a1.as_str()));
+
+    // Ping by IP, both ways.
+    assert!(podman.reaches("a1", &w1, SETTLE).await, "a1 → w1 {w1}");
+    assert!(podman.reaches("w1", &a1, SETTLE).await, "w1 → a1 {a1}");
+    assert!(
+        podman.reaches("a1", "10.88.0.1", SETTLE).await,
+        "a1 → gateway"
+    );
+
+    // -p 8081:80: from outside the node, from the node, hairpin, from a neighbour.
+    let url = format!("http://{node}:8081/");
+    assert_eq!(
+        http_get_within(&cluster.underlay, &url, SETTLE)
+            .await
+            .as_deref(),
+        Some(PAGE),
+        "{url} from outside the node (the underlay)"
+    );
+    assert_eq!(
+        http_get(&cluster.nodes[0].ns, &url).as_deref(),
+        Some(PAGE),
+        "{url} from the node"
+    );
+    assert_eq!(
+        podman.http_get("w1", &node, 8081).as_deref(),
+        Some(PAGE),
+        "{url} from the publishing container itself (hairpin)"
+    );
+    assert_eq!(
+        podman.http_get("a1", &node, 8081).as_deref(),
+        Some(PAGE),
+        "{url} from a neighbour on the bridge"
+    );
+
+    // stop: the endpoint and the interface go; start brings the container back, attached.
+    podman.ok(&["stop", "-t", "0", "a1"]).expect("stop");
+    assert!(
+        endpoint_gone(&cluster, &a1_endpoint, SETTLE).await,
+        "a stopped container keeps its endpoint"
+    );
+    assert_eq!(podman.address("a1", &net).expect("stopped"), "");
+    assert!(
+        !podman.reaches("w1", &a1, Duration::from_secs(2)).await,
+        "the stopped container's address still answers"
+    );
+    podman.ok(&["start", "a1"]).expect("start");
+    podman.refresh_sandbox("a1");
+    let after_start = podman.address("a1", &net).expect("started");
+    // Nothing took the address meanwhile and the allocator hands out the lowest free one, so
+    // the container gets its address back; Podman does not ask for it (no IP= on start).
+    assert_eq!(after_start, a1, "address after stop + start");
+    assert!(
+        podman.reaches("w1", &a1, SETTLE).await,
+        "w1 → a1 after start"
+    );
+
+    podman.ok(&["restart", "-t", "0", "a1"]).expect("restart");
+    podman.refresh_sandbox("a1");
+    let after_restart = podman.address("a1", &net).expect("restarted");
+    assert_eq!(after_restart, a1, "address after restart");
+    assert!(
+        podman.reaches("w1", &a1, SETTLE).await,
+        "w1 → a1 after restart"
+    );
+    assert_eq!(
+        podman.address_inside("a1").expect("inside"),
+        format!("{a1}/24")
+    );
+
+    // --ip and --mac-address arrive as IP=/MAC= and are honoured.
+    podman
+        .idle(
+            "fixed",
+            &net,
+            &["--ip", "10.88.0.50", "--mac-address", "02:00:0a:58:00:32"],
+        )
+        .expect("--ip/--mac-address");
+    assert_eq!(podman.address("fixed", &net).expect("fixed"), "10.88.0.50");
+    assert_eq!(
+        podman.settings("fixed", &net).expect("settings")["MacAddress"],
+        "02:00:0a:58:00:32"
+    );
+    assert_eq!(
+        podman.address_inside("fixed").expect("inside"),
+        "10.88.0.50/24"
+    );
+    assert_eq!(
+        podman.mac_inside("fixed").expect("mac inside"),
+        "02:00:0a:58:00:32"
+    );
+    assert!(podman.reaches("a1", "10.88.0.50", SETTLE).await);
+    // The same --ip again is refused with weft's reason, and nothing is left half made.
+    let clash = podman.idle("clash", &net, &["--ip", "10.88.0.50"]);
+    let error = format!("{:#}", clash.expect_err("a taken --ip must be refused"));
+    assert!(error.contains("10.88.0.50"), "{error}");
+
+    // rm: the endpoint goes, the address is free for the next container, and libcni's cache
+    // entry is gone (DEL succeeded).
+    let fixed_endpoint = endpoint_name(&podman, "fixed");
+    podman.ok(&["rm", "-f", "-t", "0", "fixed"]).expect("rm");
+    assert!(endpoint_gone(&cluster, &fixed_endpoint, SETTLE).await);
+    podman
+        .idle("again", &net, &["--ip", "10.88.0.50"])
+        .expect("the removed container's address is free again");
+    let fixed_id_prefix = fixed_endpoint.trim_start_matches("cni-").to_string();
+    assert!(
+        !podman
+            .cached_results()
+            .iter()
+            .any(|p| p.display().to_string().contains(&fixed_id_prefix)),
+        "libcni's cached result outlived a successful DEL"
+    );
+
+    // Everything goes: containers, cached results, sandboxes, cgroups, the directory.
+    podman.close().expect("Podman cleaned up");
+    assert_eq!(podman.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        host_setup_snapshot(),
+        host_setup,
+        "the host's Podman/CNI setup changed"
+    );
+    println!(
+        "podman bridge test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Docker and the portmap plugin serve a published port on the node's 127.0.0.1.
+#[tokio::test]
+async fn podman_published_port_answers_on_the_nodes_localhost() {
+    let started = Instant::now();
+    let Some((cluster, podman, net)) = bridge_setup().await else {
+        return;
+    };
+    podman.web("w1", &net, &["-p", "8083:80"]).expect("w1");
+    let node_url = format!("http://{}:8083/", cluster.nodes[0].address);
+    assert_eq!(
+        http_get_within(&cluster.nodes[0].ns, &node_url, SETTLE)
+            .await
+            .as_deref(),
+        Some(PAGE),
+        "published on the node's address"
+    );
+    assert_eq!(
+        http_get_within(&cluster.nodes[0].ns, "http://127.0.0.1:8083/", SETTLE)
+            .await
+            .as_deref(),
+        Some(PAGE),
+        "published port on the node's localhost"
+    );
+    println!(
+        "podman localhost test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `podman rm -f` while the agent is down (the DEL fails, Podman removes the container
+/// anyway), then the agent starts: the address and the host port are free again within
+/// [`RELEASE_LIMIT`], so a new container can take both.
+#[tokio::test]
+async fn podman_rm_while_the_agent_is_down_frees_address_and_port() {
+    let started = Instant::now();
+    let Some((mut cluster, podman, net)) = bridge_setup().await else {
+        return;
+    };
+    podman
+        .web("gone", &net, &["--ip", "10.88.0.60", "-p", "8082:80"])
+        .expect("gone");
+    let endpoint = endpoint_name(&podman, "gone");
+    cluster
+        .wait_endpoint(&endpoint, "True", SETTLE)
+        .await
+        .expect("endpoint");
+
+    cluster.kill_agent(0).await.expect("kill agent");
+    // Podman reports the failed DEL and removes the container all the same.
+    podman
+        .ok(&["rm", "-f", "-t", "0", "gone"])
+        .expect("rm -f with the agent down");
+    assert!(
+        !podman.cached_results().is_empty(),
+        "libcni keeps the result of the failed DEL"
+    );
+
+    cluster.start_agent(0).expect("start agent");
+    let agent_started = Instant::now();
+    let freed_after = loop {
+        let refusal = match podman.web("new", &net, &["--ip", "10.88.0.60", "-p", "8082:80"]) {
+            Ok(_) => break agent_started.elapsed(),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            agent_started.elapsed() < RELEASE_LIMIT,
+            "10.88.0.60 and host port 8082 still held {RELEASE_LIMIT:?} after the agent \
+             started; last refusal: {refusal}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        endpoint_gone(&cluster, &endpoint, SETTLE).await,
+        "the gone container's ContainerEndpoint stays"
+    );
+    let url = format!("http://{}:8082/", cluster.nodes[0].address);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &url, SETTLE)
+            .await
+            .as_deref(),
+        Some(PAGE),
+        "the new container serves the port"
+    );
+    println!(
+        "podman rm while the agent is down: address and port free {:.1} s after agent start; \
+         test {:.1} s",
+        freed_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The gateway MAC a container sees must not change when the container whose bridge port
+/// has the lowest MAC (the one a Linux bridge takes its own MAC from) leaves.
+#[tokio::test]
+async fn podman_gateway_mac_stays_when_the_lowest_mac_port_leaves() {
+    let started = Instant::now();
+    let Some((cluster, podman, net)) = bridge_setup().await else {
+        return;
+    };
+    let node_ns = &cluster.nodes[0].ns;
+    let names = ["g1", "g2", "g3", "g4"];
+    let mut ports = Vec::new();
+    for name in names {
+        podman.idle(name, &net, &[]).expect("container");
+        let cep = cluster
+            .wait_endpoint(&endpoint_name(&podman, name), "True", SETTLE)
+            .await
+            .expect("endpoint");
+        let host_if = cep
+            .status
+            .and_then(|s| s.host_interface)
+            .expect("hostInterface in status");
+        let mac = node_ns
+            .exec(&["cat", &format!("/sys/class/net/{host_if}/address")])
+            .expect("host-side MAC")
+            .trim()
+            .to_string();
+        ports.push((mac, name, host_if));
+    }
+    ports.sort();
+    let (_, lowest, lowest_if) = ports[0].clone();
+    let bridge = node_ns
+        .exec(&["cat", &format!("/sys/class/net/{lowest_if}/master/uevent")])
+        .expect("the port's bridge")
+        .lines()
+        .find_map(|l| l.strip_prefix("INTERFACE=").map(str::to_string))
+        .expect("bridge name");
+    let bridge_mac = || {
+        node_ns
+            .exec(&["cat", &format!("/sys/class/net/{bridge}/address")])
+            .expect("bridge MAC")
+            .trim()
+            .to_string()
+    };
+    let watcher = names
+        .iter()
+        .find(|n| **n != lowest)
+        .expect("another container");
+    assert!(podman.reaches(watcher, "10.88.0.1", SETTLE).await);
+    let seen = |who: &str| {
+        podman
+            .exec(who, &["ip", "neigh", "show", "10.88.0.1"])
+            .unwrap_or_default()
+    };
+    let before = bridge_mac();
+    assert!(seen(watcher).contains(&before), "{}", seen(watcher));
+
+    podman.ok(&["rm", "-f", "-t", "0", lowest]).expect("rm");
+    // Every ping of the next second must be answered: a changed gateway MAC loses them until
+    // the container's ARP entry expires.
+    let out = podman
+        .exec(
+            watcher,
+            &["ping", "-c", "20", "-i", "0.05", "-W", "1", "10.88.0.1"],
+        )
+        .unwrap_or_else(|e| format!("{e:#}"));
+    assert_eq!(
+        bridge_mac(),
+        before,
+        "the gateway MAC changed when {lowest} left"
+    );
+    assert!(
+        out.contains(" 0% packet loss"),
+        "pings to the gateway lost after {lowest} left: {out}"
+    );
+    println!(
+        "podman gateway MAC test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The same basics on an overlay network: one container on each of two nodes.
+#[tokio::test]
+async fn podman_overlay_across_two_nodes() {
+    let started = Instant::now();
+    let Some(podman) = Podman::new().expect("podman setup") else {
+        return;
+    };
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "app",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.40.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let on_1 = podman
+        .network("app-n1", "app", &cluster.nodes[0])
+        .expect("n1");
+    let on_2 = podman
+        .network("app-n2", "app", &cluster.nodes[1])
+        .expect("n2");
+    podman
+        .idle_when_ready("o1", &on_1, &[], SETTLE)
+        .await
+        .expect("o1 on node 1");
+    podman
+        .idle_when_ready("o2", &on_2, &[], SETTLE)
+        .await
+        .expect("o2 on node 2");
+    let o1 = podman.address("o1", &on_1).expect("o1 address");
+    let o2 = podman.address("o2", &on_2).expect("o2 address");
+    assert!(
+        o1.starts_with("10.40.0.") && o2.starts_with("10.40.0."),
+        "{o1} {o2}"
+    );
+    assert_ne!(o1, o2);
+    assert_eq!(
+        podman.address_inside("o1").expect("o1 inside"),
+        format!("{o1}/24")
+    );
+    assert!(
+        podman.reaches("o1", &o2, SETTLE).await,
+        "o1 → o2 ({o2}) across nodes"
+    );
+    assert!(
+        podman.reaches("o2", &o1, SETTLE).await,
+        "o2 → o1 ({o1}) across nodes"
+    );
+    println!(
+        "podman overlay test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

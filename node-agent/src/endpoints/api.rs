@@ -1,0 +1,199 @@
+//! The ContainerEndpoint door: the state mirrored into the API — statuses of this node's
+//! ContainerEndpoints, the objects of CNI attachments, and the deletion of CNI-detached
+//! ones. (Requests come in through the pass: [`Endpoints::plan`].)
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use weft_api::{ContainerEndpoint, ContainerEndpointStatus};
+use weft_cni::proto::AttachmentId;
+
+use super::manager::Endpoints;
+use super::plan;
+use super::state::lock;
+use super::translate::{cni_id_of, status_of};
+use super::{
+    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, LABEL_NETWORK, LABEL_NODE,
+    PortSpec,
+};
+use crate::drivers;
+
+impl Endpoints {
+    /// Mirror the state into the API: statuses of this node's ContainerEndpoints, the
+    /// objects of CNI attachments, and the deletion of CNI-detached ones.
+    pub async fn publish_status(
+        &self,
+        client: &Client,
+        ceps: &[Arc<ContainerEndpoint>],
+    ) -> kube::Result<usize> {
+        let (attachments, problems, tombstones, routed) = {
+            let st = lock(&self.state);
+            let routed: BTreeSet<String> = st
+                .networks
+                .iter()
+                .filter(|n| drivers::of(n).endpoint_shape().routed())
+                .map(|n| n.name.clone())
+                .collect();
+            (
+                st.attachments.clone(),
+                st.problems.clone(),
+                st.tombstones.clone(),
+                routed,
+            )
+        };
+        // Only veth endpoints have a host side.
+        let host_if = |a: &Attachment| {
+            routed
+                .contains(&a.network)
+                .then(|| plan::host_interface(&a.id))
+        };
+        let mut writes = 0;
+        let by_id: HashMap<EndpointId, &Arc<ContainerEndpoint>> = ceps
+            .iter()
+            .map(|c| {
+                (
+                    EndpointId {
+                        namespace: c.namespace().unwrap_or_default(),
+                        name: c.name_any(),
+                    },
+                    c,
+                )
+            })
+            .collect();
+        // CNI attachments without an object yet (or with a stale one of an earlier sandbox,
+        // which is deleted first: its identity fields are immutable).
+        for att in attachments.values() {
+            if let Some(old) = by_id.get(&att.id)
+                && let (Some(cni), Some(seen)) = (&att.cni, cni_id_of(old))
+                && *cni != seen
+            {
+                writes += delete_object(client, &att.id, old).await?;
+                continue;
+            }
+            if att.cni.is_none() || by_id.contains_key(&att.id) || att.in_api {
+                continue;
+            }
+            // Detached since the snapshot (DEL/GC racing with this pass): do not resurrect.
+            if !lock(&self.state).attachments.contains_key(&att.id) {
+                continue;
+            }
+            let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &att.id.namespace);
+            let cni = att.cni.clone().unwrap_or_else(|| AttachmentId {
+                container_id: String::new(),
+                if_name: String::new(),
+            });
+            let mut spec = json!({
+                "network": att.network,
+                "node": self.node,
+                "sandbox": att.sandbox,
+                "interfaceName": att.if_name,
+            });
+            if let Some(a) = att.requested_address {
+                spec["address"] = json!(a.to_string());
+            }
+            if let Some(m) = att.requested_mac {
+                spec["mac"] = json!(m.to_string());
+            }
+            if !att.publish.is_empty() {
+                spec["publish"] =
+                    json!(att.publish.iter().map(PortSpec::to_api).collect::<Vec<_>>());
+            }
+            let obj = json!({
+                "apiVersion": "weft.dev/v1alpha1",
+                "kind": "ContainerEndpoint",
+                "metadata": {
+                    "name": att.id.name,
+                    "namespace": att.id.namespace,
+                    "labels": {LABEL_NODE: self.node, LABEL_NETWORK: att.network},
+                    "annotations": {ANNOTATION_CONTAINER_ID: cni.container_id, ANNOTATION_IFNAME: cni.if_name},
+                },
+                "spec": spec,
+            });
+            api.patch(
+                &att.id.name,
+                &PatchParams::apply(self.manager).force(),
+                &Patch::Apply(&obj),
+            )
+            .await?;
+            writes += 1;
+            let status = status_of(host_if(att), Some(att), problems.get(&att.id), None, None);
+            writes += apply_status(client, self.manager, &att.id, &status).await?;
+        }
+        // Statuses of this node's objects.
+        for (id, cep) in &by_id {
+            if cep.spec.node != self.node || cep.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let (Some(att), Some(seen)) = (attachments.get(id), cni_id_of(cep))
+                && att.cni.as_ref().is_some_and(|c| *c != seen)
+            {
+                continue;
+            }
+            if tombstones.contains_key(id) {
+                writes += delete_object(client, id, cep).await?;
+                continue;
+            }
+            let status = status_of(
+                attachments.get(id).and_then(&host_if),
+                attachments.get(id),
+                problems.get(id),
+                cep.metadata.generation,
+                cep.status.as_ref(),
+            );
+            if cep.status.as_ref() == Some(&status) {
+                continue;
+            }
+            writes += apply_status(client, self.manager, id, &status).await?;
+        }
+        Ok(writes)
+    }
+}
+
+/// Delete an endpoint's object, only that very object (uid precondition); already gone or
+/// replaced counts as done. Returns the writes made.
+async fn delete_object(
+    client: &Client,
+    id: &EndpointId,
+    cep: &ContainerEndpoint,
+) -> kube::Result<usize> {
+    let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: cep.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&id.name, &dp).await {
+        Ok(_) => Ok(1),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Server-side apply an endpoint's status; an object deleted meanwhile is not an error.
+async fn apply_status(
+    client: &Client,
+    manager: &str,
+    id: &EndpointId,
+    status: &ContainerEndpointStatus,
+) -> kube::Result<usize> {
+    let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
+    let patch =
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint", "status": status});
+    match api
+        .patch_status(
+            &id.name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(1),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
+        Err(e) => Err(e),
+    }
+}

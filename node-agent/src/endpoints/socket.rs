@@ -1,0 +1,110 @@
+//! The agent's end of the CNI socket: one JSON request line in, one JSON response line out
+//! (see [`weft_cni::proto`]). The socket is only reachable by root on the node (mode 0600).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use weft_cni::proto::{self, Command, Failure, Response, codes};
+
+use super::manager::Endpoints;
+
+/// Largest request accepted (a GC with thousands of valid attachments fits easily).
+const MAX_REQUEST: u64 = 4 << 20;
+
+/// Bind the socket (replacing a stale one from an earlier run) and serve until the process
+/// ends.
+pub async fn serve(path: &Path, endpoints: Arc<Endpoints>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %path.display(), "serving CNI requests");
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let endpoints = endpoints.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(stream, endpoints).await {
+                            tracing::debug!(error = %e, "CNI connection ended early");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a CNI connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn handle(stream: tokio::net::UnixStream, endpoints: Arc<Endpoints>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<proto::Request>(&line) {
+        Err(e) => Response::Error(Failure {
+            code: codes::DECODE_FAILURE,
+            msg: format!("the agent could not read the plugin's request: {e}"),
+            details: String::new(),
+        }),
+        Ok(req) if req.protocol != proto::PROTOCOL => Response::Error(Failure {
+            code: codes::INCOMPATIBLE_VERSION,
+            msg: format!(
+                "weft-cni speaks protocol {} but this agent speaks {}: install the weft-cni binary of the agent's release",
+                req.protocol,
+                proto::PROTOCOL
+            ),
+            details: String::new(),
+        }),
+        Ok(req) => {
+            let started = std::time::Instant::now();
+            let r = dispatch(&req, &endpoints).await;
+            tracing::debug!(command = ?req.command, container = %req.container_id, took = ?started.elapsed(), ok = r.is_ok(), "CNI request");
+            match r {
+                Ok(a) => Response::Ok(a),
+                Err(f) => Response::Error(f),
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+async fn dispatch(
+    req: &proto::Request,
+    endpoints: &Endpoints,
+) -> Result<proto::Attachment, Failure> {
+    match req.command {
+        Command::Add => endpoints.cni_add(req).await,
+        Command::Del => endpoints
+            .cni_del(req)
+            .await
+            .map(|()| proto::Attachment::default()),
+        Command::Check => endpoints
+            .cni_check(req)
+            .await
+            .map(|()| proto::Attachment::default()),
+        Command::Gc => endpoints
+            .cni_gc(req)
+            .await
+            .map(|()| proto::Attachment::default()),
+        Command::Status => endpoints
+            .cni_status()
+            .map(|()| proto::Attachment::default()),
+    }
+}

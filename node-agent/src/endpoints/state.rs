@@ -1,0 +1,419 @@
+//! The endpoints' state — attachments, the node's address allocators, problems, tombstones —
+//! and the pass's planning over it: which endpoints exist, which get an address, what the
+//! node needs for them (publish rules, other nodes' endpoints) and what kernel work follows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use kube::ResourceExt;
+use weft_api::ContainerEndpoint;
+
+use super::ipam::NodeIpam;
+use super::journal::Journal;
+use super::plan::{self, address_problem, derive_mac};
+use super::translate::{cni_id_of, remote_endpoint, request_of};
+use super::{Attachment, EndpointId, EndpointRequest, Publication};
+use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
+use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
+
+/// What the pass gets back from [`State::plan`] for the node's desired state.
+#[derive(Default)]
+pub struct NodeAdditions {
+    pub publish_chains: BTreeMap<String, NftChain>,
+    pub fdb: Vec<FdbEntry>,
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// Work for [`super::manager::Endpoints::converge`] after the node is applied.
+#[derive(Default)]
+pub struct Work {
+    pub(super) detach: Vec<Attachment>,
+    pub(super) ensure: Vec<EndpointId>,
+    pub(super) garbage: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tombstone {
+    seen: bool,
+    since: std::time::Instant,
+}
+
+impl Tombstone {
+    pub(super) fn now() -> Self {
+        Tombstone {
+            seen: false,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub attachments: BTreeMap<EndpointId, Attachment>,
+    pub ipam: NodeIpam,
+    pub next_since: u64,
+    /// Why an endpoint is not (fully) attached, for its status and for CNI answers.
+    pub problems: BTreeMap<EndpointId, Problem>,
+    /// Attachments whose kernel objects were checked since they last changed.
+    pub ensured: BTreeSet<EndpointId>,
+    /// Endpoints detached through CNI whose ContainerEndpoint must still leave the API.
+    /// Kept until the object has been seen gone from the store after being there (or for
+    /// a minute if it never showed up), so a ContainerEndpoint created by a late status
+    /// write cannot bring the attachment back.
+    pub tombstones: BTreeMap<EndpointId, Tombstone>,
+    /// The last pass's picture, for CNI calls between passes.
+    pub networks: Networks,
+    pub desired_node: Arc<KernelState>,
+    pub facts: Option<NodeFacts>,
+}
+
+pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl State {
+    /// Rebuild the allocations from the journal, then from the statuses of this node's
+    /// ContainerEndpoints (for records the journal lacks). Call once, before the first pass.
+    pub(super) fn restore(
+        &mut self,
+        node: &str,
+        journal: &Journal,
+        ceps: &[Arc<ContainerEndpoint>],
+        networks: &Networks,
+        facts: &NodeFacts,
+    ) {
+        let st = self;
+        for id in journal.load_tombstones() {
+            st.tombstones.insert(id, Tombstone::now());
+        }
+        let mut records = journal.load();
+        let journaled: BTreeSet<EndpointId> = records.iter().map(|a| a.id.clone()).collect();
+        for cep in ceps.iter().filter(|c| c.spec.node == node) {
+            let Ok(req) = request_of(cep) else { continue };
+            if journaled.contains(&req.id) || st.tombstones.contains_key(&req.id) {
+                continue;
+            }
+            let Some(status) = &cep.status else { continue };
+            let Some(net) = networks.get(&req.network) else {
+                continue;
+            };
+            let address: Option<IpNet> = status.address.as_deref().and_then(|a| a.parse().ok());
+            if drivers::of(net).endpoint_shape().has_interface() && address.is_none() {
+                continue;
+            }
+            records.push(Attachment {
+                id: req.id.clone(),
+                network: req.network.clone(),
+                network_uid: net.uid.clone(),
+                sandbox: req.sandbox.clone(),
+                if_name: req.if_name.clone(),
+                address,
+                gateway: status.gateway.as_deref().and_then(|g| g.parse().ok()),
+                mac: status.mac.as_deref().and_then(|m| m.parse().ok()),
+                publish: req.publish.clone(),
+                cni: cni_id_of(cep),
+                since: 0,
+                requested_address: req.address,
+                requested_mac: req.mac,
+                in_api: true,
+            });
+        }
+        for att in records {
+            let net = networks
+                .get(&att.network)
+                .filter(|n| n.uid == att.network_uid);
+            if let (Some(net), Some(addr)) = (net, att.address)
+                && let Ok(Some(space)) = drivers::of(net).address_space(net, facts)
+                && let Err(e) = st
+                    .ipam
+                    .restore(&net.uid, &space, &att.id.to_string(), addr.addr())
+            {
+                tracing::warn!(endpoint = %att.id, error = %e, "could not restore an endpoint's address; it will get a new one");
+                continue;
+            }
+            st.next_since = st.next_since.max(att.since + 1);
+            st.attachments.insert(att.id.clone(), att);
+        }
+        tracing::info!(
+            endpoints = st.attachments.len(),
+            "endpoint allocations restored"
+        );
+    }
+
+    /// Decide, for this pass, which endpoints exist and what the node needs for them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn plan(
+        &mut self,
+        node: &str,
+        journal: &Journal,
+        networks: &Networks,
+        facts: &NodeFacts,
+        desired_node: &KernelState,
+        ceps: &[Arc<ContainerEndpoint>],
+        peers: &BTreeMap<String, IpAddr>,
+        full_check: bool,
+    ) -> (NodeAdditions, Work) {
+        let st = self;
+        st.networks = networks.clone();
+        // The old picture goes before the new copy is made (a thousand networks' worth).
+        st.desired_node = Arc::default();
+        st.desired_node = Arc::new(desired_node.clone());
+        st.facts = Some(facts.clone());
+        let mut work = Work::default();
+
+        // Requests from the API, for this node.
+        let mut wanted: BTreeMap<EndpointId, Result<EndpointRequest, Problem>> = BTreeMap::new();
+        let mut remote = Vec::new();
+        let mut in_store: BTreeSet<EndpointId> = BTreeSet::new();
+        for cep in ceps {
+            let id = EndpointId {
+                namespace: cep.namespace().unwrap_or_default(),
+                name: cep.name_any(),
+            };
+            in_store.insert(id.clone());
+            if cep.spec.node != node {
+                if let Some(r) = remote_endpoint(cep, &st.networks) {
+                    remote.push(r);
+                }
+                continue;
+            }
+            if let Some(t) = st.tombstones.get_mut(&id) {
+                t.seen = true;
+                continue;
+            }
+            if cep.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            // The object of an earlier sandbox under the same pod name (DEL, then ADD again
+            // before the old object left the API): the current attachment wins; the stale
+            // object is replaced by publish_status.
+            if let (Some(att), Some(cni)) = (st.attachments.get(&id), cni_id_of(cep))
+                && att.cni.as_ref().is_some_and(|c| *c != cni)
+            {
+                continue;
+            }
+            wanted.insert(id, request_of(cep));
+        }
+        st.tombstones.retain(|id, t| {
+            let keep = if t.seen {
+                in_store.contains(id)
+            } else {
+                t.since.elapsed() < std::time::Duration::from_secs(60)
+            };
+            if !keep {
+                let _ = journal.remove_tombstone(id);
+            }
+            keep
+        });
+
+        // Attachments no longer wanted go (CNI ones not yet mirrored into the API stay).
+        let ids: Vec<EndpointId> = st.attachments.keys().cloned().collect();
+        for id in ids {
+            let Some(att) = st.attachments.get(&id) else {
+                continue;
+            };
+            let keep = match wanted.get(&id) {
+                Some(Ok(req)) => {
+                    att.matches(req)
+                        && st
+                            .networks
+                            .get(&att.network)
+                            .is_some_and(|n| n.uid == att.network_uid)
+                }
+                Some(Err(_)) => false,
+                None => att.cni.is_some() && !att.in_api,
+            };
+            if keep {
+                if wanted.contains_key(&id)
+                    && !att.in_api
+                    && let Some(a) = st.attachments.get_mut(&id)
+                {
+                    a.in_api = true;
+                    let _ = journal.save(a);
+                }
+                continue;
+            }
+            if let Some(att) = st.attachments.remove(&id) {
+                st.ipam.release(&att.network_uid, &id.to_string());
+                st.ensured.remove(&id);
+                work.detach.push(att);
+            }
+        }
+
+        // New or changed requests get an address and an attachment.
+        for (id, req) in &wanted {
+            let req = match req {
+                Ok(r) => r,
+                Err(p) => {
+                    st.problems.insert(id.clone(), p.clone());
+                    continue;
+                }
+            };
+            if st.attachments.contains_key(id) {
+                continue;
+            }
+            match st.admit(node, journal, req) {
+                Ok(()) => {
+                    st.problems.remove(id);
+                }
+                Err(p) => {
+                    st.problems.insert(id.clone(), p);
+                }
+            }
+        }
+        st.problems
+            .retain(|id, _| wanted.contains_key(id) || st.attachments.contains_key(id));
+
+        // Publish rules, from every attachment on a routed network.
+        // Host-port claims are settled afresh every pass, so a conflict whose holder left is
+        // lifted.
+        let (publish_chains, conflicts) = plan::publish_rules(&publications(st));
+        st.problems
+            .retain(|id, p| p.reason != Reason::PortConflict || conflicts.contains_key(id));
+        st.problems.extend(conflicts);
+
+        remote.sort();
+        let (fdb, neighbours) = plan::remote_entries(&remote, &st.networks, peers, desired_node);
+
+        // Kernel work: new/changed attachments, all of them on a full check, and any whose
+        // host interface is missing (the node's link dump lists those names).
+        let mut expected_hosts: BTreeSet<String> = BTreeSet::new();
+        for (id, att) in &st.attachments {
+            let routed = st
+                .networks
+                .get(&att.network)
+                .is_some_and(|n| drivers::of(n).endpoint_shape().routed());
+            let host = plan::host_interface(id);
+            let host_missing = routed && !facts.interfaces.contains(&host);
+            if routed {
+                expected_hosts.insert(host);
+            }
+            if full_check || host_missing || !st.ensured.contains(id) {
+                work.ensure.push(id.clone());
+            }
+        }
+        let prefix = format!("{}e", crate::names::LINK_PREFIX);
+        work.garbage = facts
+            .interfaces
+            .iter()
+            .filter(|n| n.starts_with(&prefix) && n.len() == 15 && !expected_hosts.contains(*n))
+            .cloned()
+            .collect();
+
+        (
+            NodeAdditions {
+                publish_chains,
+                fdb,
+                neighbours,
+            },
+            work,
+        )
+    }
+
+    /// Give a request an address and record it (journal first). Caller holds the lock.
+    pub(super) fn admit(
+        &mut self,
+        node: &str,
+        journal: &Journal,
+        req: &EndpointRequest,
+    ) -> Result<(), Problem> {
+        let st = self;
+        let facts = st.facts.clone().ok_or_else(|| {
+            Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
+        })?;
+        let net = st.networks.get(&req.network).ok_or_else(|| {
+            Problem::new(
+                Reason::NetworkNotReady,
+                format!(
+                    "network {} does not exist or does not select node {}",
+                    req.network, node
+                ),
+            )
+        })?;
+        let space = drivers::of(net)
+            .address_space(net, &facts)
+            .map_err(|p| Problem::new(Reason::NetworkNotReady, p.message))?;
+        let owner = req.id.to_string();
+        let (address, gateway) = match &space {
+            Some(space) => {
+                let addr = st
+                    .ipam
+                    .allocate(&net.uid, space, &owner, req.address)
+                    .map_err(|e| address_problem(&e, &net.name))?;
+                let with_prefix = IpNet::new(addr, space.subnet.prefix_len())
+                    .map_err(|e| Problem::new(Reason::InvalidSpec, e.to_string()))?;
+                (Some(with_prefix), space.gateway)
+            }
+            None => {
+                if req.address.is_some() {
+                    return Err(Problem::new(
+                        Reason::OutsideSubnet,
+                        format!(
+                            "network {} ({:?}) has no addresses to give",
+                            net.name, net.spec.driver
+                        ),
+                    ));
+                }
+                (None, None)
+            }
+        };
+        let mac = req.mac.or_else(|| address.map(|a| derive_mac(a.addr())));
+        let since = st.next_since;
+        st.next_since += 1;
+        let att = Attachment {
+            id: req.id.clone(),
+            network: net.name.clone(),
+            network_uid: net.uid.clone(),
+            sandbox: req.sandbox.clone(),
+            if_name: req.if_name.clone(),
+            address,
+            gateway,
+            mac: if drivers::of(net).endpoint_shape().has_own_mac() {
+                mac
+            } else {
+                None
+            },
+            publish: req.publish.clone(),
+            cni: req.cni.clone(),
+            since,
+            requested_address: req.address,
+            requested_mac: req.mac,
+            in_api: req.cni.is_none(),
+        };
+        if let Err(e) = journal.save(&att) {
+            st.ipam.release(&net.uid, &owner);
+            return Err(Problem::new(
+                Reason::KernelError,
+                format!("cannot record the endpoint in the node's journal: {e}"),
+            ));
+        }
+        st.ensured.remove(&att.id);
+        st.attachments.insert(att.id.clone(), att);
+        Ok(())
+    }
+}
+
+/// Published ports of every attachment on a routed network (bridge, overlay).
+pub(super) fn publications(st: &State) -> Vec<Publication> {
+    st.attachments
+        .values()
+        .filter(|a| !a.publish.is_empty())
+        .filter(|a| {
+            st.networks
+                .get(&a.network)
+                .is_some_and(|n| drivers::of(n).endpoint_shape().routed())
+        })
+        .filter_map(|a| {
+            let addr = a.address?;
+            Some(Publication {
+                id: a.id.clone(),
+                since: a.since,
+                address: addr.addr(),
+                subnet: addr.trunc(),
+                ports: a.publish.clone(),
+            })
+        })
+        .collect()
+}
