@@ -167,10 +167,22 @@ fn error(id: u16, op: OpCode, code: ResponseCode) -> Reply {
 
 /// A SERVFAIL for a query whose forwarding failed (no resolver answered, too many waiting).
 pub fn server_failure(packet: &[u8]) -> Option<Vec<u8>> {
+    empty_answer(packet, ResponseCode::ServFail, false)
+}
+
+/// An empty answer with the TC bit: "ask again over TCP".
+pub fn truncated(packet: &[u8]) -> Option<Vec<u8>> {
+    empty_answer(packet, ResponseCode::NoError, true)
+}
+
+fn empty_answer(packet: &[u8], code: ResponseCode, truncation: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(packet).ok()?;
     let query = request.queries.first()?;
-    match answer(&request, query, ResponseCode::ServFail, Vec::new(), true) {
-        Reply::Answer(bytes) => Some(bytes),
-        _ => None,
-    }
+    let Reply::Answer(bytes) = answer(&request, query, code, Vec::new(), true) else {
+        return None;
+    };
+    let mut msg = Message::from_vec(&bytes).ok()?;
+    msg.metadata.truncation = truncation;
+    msg.metadata.authoritative = false;
+    msg.to_vec().ok()
 }

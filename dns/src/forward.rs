@@ -11,10 +11,12 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
-use crate::answer::server_failure;
+use crate::answer::{server_failure, truncated};
 
 /// How long one resolver gets before the next one is asked.
 const PER_RESOLVER: Duration = Duration::from_secs(2);
+/// Longest upstream answer taken over UDP (dnsmasq's old default `edns-packet-max`).
+const UDP_ANSWER: usize = 4096;
 /// Resolvers asked per query at most (resolv.conf's own limit).
 const MAX_TRIES: usize = 3;
 
@@ -71,8 +73,13 @@ async fn over_udp(query: &[u8], resolver: SocketAddr) -> std::io::Result<Vec<u8>
     // Connected: the kernel drops datagrams from anyone but the resolver.
     sock.connect(resolver).await?;
     sock.send(query).await?;
-    let mut buf = vec![0u8; 65535];
+    // 1,024 waiting forwards hold 4 MiB, not 64; a longer answer is cut by the kernel and
+    // replaced by a truncated one, so the client asks again over TCP.
+    let mut buf = vec![0u8; UDP_ANSWER];
     let n = sock.recv(&mut buf).await?;
+    if n == UDP_ANSWER {
+        return truncated(query).ok_or_else(|| std::io::Error::other("unreadable query"));
+    }
     buf.truncate(n);
     Ok(buf)
 }

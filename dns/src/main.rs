@@ -58,14 +58,20 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = args.state_file.clone() {
         tokio::spawn(store::persist(store.clone(), path));
     }
-    // A previous server's socket file is taken over: it keeps the connections it has, the
-    // agent's next connection comes here.
-    let _ = std::fs::remove_file(&args.feed);
+    // Bound aside, then renamed over the path: whoever connects to the path finds a listening
+    // socket. A previous server's socket file is taken over this way: it keeps the
+    // connections it has, the agent's next connection comes here.
     if let Some(dir) = args.feed.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let feed = UnixListener::bind(&args.feed)
-        .with_context(|| format!("binding the feed socket {}", args.feed.display()))?;
+    let aside = args
+        .feed
+        .with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_file(&aside);
+    let feed = UnixListener::bind(&aside)
+        .with_context(|| format!("binding the feed socket {}", aside.display()))?;
+    std::fs::rename(&aside, &args.feed)
+        .with_context(|| format!("moving the feed socket to {}", args.feed.display()))?;
     tokio::spawn(store::serve_feed(feed, store.clone()));
 
     let limits = Limits {

@@ -196,6 +196,8 @@ impl Server {
     async fn serve_tcp(self, listener: TcpListener, via: Via) {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             // Full: close at once rather than queue (a flood of idle connections costs nothing).

@@ -62,14 +62,20 @@ impl Store {
     }
 }
 
-/// Accept agents on `listener` for ever; each connection is a snapshot then deltas.
+/// Accept agents on `listener` for ever; each connection is a snapshot then deltas. The
+/// connections end with this future.
 pub async fn serve_feed(listener: UnixListener, store: Arc<Store>) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        // Reap the finished ones, so a feeder reconnecting for days grows nothing.
+        while connections.try_join_next().is_some() {}
         let store = store.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let mut stream = BufReader::new(stream);
             // A broken or closed feed ends here; the data stays as it was.
             while let Ok(Some(line)) = read_line(&mut stream).await {
