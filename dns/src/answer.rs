@@ -59,7 +59,14 @@ pub fn respond(
         Some(addr) => match index.pointer(&nets, addr) {
             Lookup::Found(names) => pointer_records(query, &names, ttl),
             Lookup::NotOnAskersNetworks => Err(ResponseCode::NXDomain),
+            Lookup::Elsewhere if matches!(via, Via::Cluster(_)) => Err(ResponseCode::Refused),
             Lookup::Elsewhere => return forward(index, &nets, &request, query, tcp),
+        },
+        None if matches!(via, Via::Cluster(_)) => match index.lookup_qualified(qname) {
+            Lookup::Found(addrs) => Ok(address_records(query, &addrs, ttl)),
+            Lookup::NotOnAskersNetworks => Err(ResponseCode::NXDomain),
+            // Cluster DNS has resolvers of its own.
+            Lookup::Elsewhere => Err(ResponseCode::Refused),
         },
         None => match index.lookup(&nets, qname) {
             Lookup::Found(addrs) => Ok(address_records(query, &addrs, ttl)),

@@ -30,9 +30,10 @@ struct Args {
     /// Seconds answers may be cached: short, so a moved endpoint is not served stale.
     #[arg(long, default_value_t = 2)]
     ttl: u32,
-    /// Also listen on these addresses (besides the gateways in the data).
+    /// Listen here for cluster DNS (CoreDNS forwarding the zone): any asker may resolve
+    /// `<name>.<network>.<zone>`, nothing else, nothing forwarded.
     #[arg(long)]
-    listen: Vec<IpAddr>,
+    cluster_listen: Vec<IpAddr>,
     #[arg(long, default_value_t = 256)]
     max_tcp: usize,
     #[arg(long, default_value_t = 1024)]
@@ -84,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::new(store, limits, resolvers, args.max_forwards);
     tracing::info!(feed = %args.feed.display(), "weft-dns started");
     tokio::select! {
-        () = server.run(args.listen) => {}
+        () = server.run(args.cluster_listen) => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = terminated() => {}
     }

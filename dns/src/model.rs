@@ -176,6 +176,9 @@ pub enum Via {
     Gateway(IpAddr),
     /// Arrived at the listener inside this sandbox's namespace.
     Sandbox(Box<str>),
+    /// Arrived at an address for cluster DNS (CoreDNS forwarding the zone): any asker, but
+    /// only `<name>.<network>.<zone>` is answered, for every network, and nothing forwarded.
+    Cluster(IpAddr),
 }
 
 /// The read-only lookup tables built from [`Data`].
@@ -290,8 +293,32 @@ impl Index {
                     all.iter().for_each(|o| add(*o, &mut nets));
                 }
             }
+            Via::Cluster(_) => (0..self.networks.len() as NetId).for_each(|o| add(o, &mut nets)),
         }
         nets
+    }
+
+    /// `qname` as cluster DNS may ask it: only `<name>.<network>.<zone>`, on any network.
+    pub fn lookup_qualified(&self, qname: &str) -> Lookup<'_> {
+        let found: Vec<&[IpAddr]> = self
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let name = strip(qname, &n.zone).and_then(|p| strip(p, &n.name))?;
+                n.names.get(name).map(Vec::as_slice)
+            })
+            .collect();
+        if !found.is_empty() {
+            Lookup::Found(found)
+        } else if self
+            .networks
+            .iter()
+            .any(|n| strip(qname, &n.zone).is_some() || qname == &*n.zone)
+        {
+            Lookup::NotOnAskersNetworks
+        } else {
+            Lookup::Elsewhere
+        }
     }
 
     /// What `qname` (lower case, no final dot) means to a sandbox on `nets`.
@@ -357,13 +384,15 @@ impl Index {
     }
 }
 
+/// `prefix` of `prefix.suffix`, if it is that.
+fn strip<'q>(s: &'q str, suffix: &str) -> Option<&'q str> {
+    s.strip_suffix(suffix)
+        .and_then(|p| p.strip_suffix('.'))
+        .filter(|p| !p.is_empty())
+}
+
 /// `name.<network>.<zone>` and `name.<network>` → `name`; anything else as it is.
 fn strip_suffix<'q>(qname: &'q str, network: &str, zone: &str) -> &'q str {
-    let strip = |s: &'q str, suffix: &str| {
-        s.strip_suffix(suffix)
-            .and_then(|p| p.strip_suffix('.'))
-            .filter(|p| !p.is_empty())
-    };
     strip(qname, zone)
         .and_then(|p| strip(p, network))
         .or_else(|| strip(qname, network))

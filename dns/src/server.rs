@@ -94,15 +94,16 @@ impl Server {
     }
 
     /// Keep one listener pair per wanted address for ever, following the data.
-    pub async fn run(self, extra: Vec<IpAddr>) {
+    /// `cluster`: addresses for cluster DNS ([`Via::Cluster`]).
+    pub async fn run(self, cluster: Vec<IpAddr>) {
         let mut open: HashMap<Via, JoinSet<()>> = HashMap::new();
         let mut changes = self.store.subscribe();
         loop {
             let index = self.store.index();
             let mut wanted: HashMap<Via, Option<std::path::PathBuf>> = index
                 .gateway_addresses()
-                .chain(extra.iter().copied())
                 .map(|a| (Via::Gateway(a), None))
+                .chain(cluster.iter().map(|a| (Via::Cluster(*a), None)))
                 .collect();
             for (sandbox, path) in &index.sandbox_netns {
                 wanted.insert(Via::Sandbox(sandbox.clone()), Some(path.clone()));
@@ -130,7 +131,7 @@ impl Server {
 
     fn open(&self, via: &Via, netns: Option<&std::path::Path>) -> std::io::Result<JoinSet<()>> {
         let (udp, tcp) = match (via, netns) {
-            (Via::Gateway(a), _) => {
+            (Via::Gateway(a) | Via::Cluster(a), _) => {
                 let addr = SocketAddr::new(*a, self.limits.port);
                 (udp_socket(addr)?, tcp_socket(addr)?)
             }

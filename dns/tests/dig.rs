@@ -50,6 +50,10 @@ struct Lab {
 
 /// The topology above with a running server fed with [`networks`] and [`endpoints`].
 fn lab(with_upstream: bool) -> Result<Lab> {
+    lab_with(with_upstream, &[])
+}
+
+fn lab_with(with_upstream: bool, flags: &[&str]) -> Result<Lab> {
     let mut node = Node::new()?;
     node.bridge("blue", &["10.10.0.1/24", "fd10::1/64"])?;
     node.bridge("red", &["10.20.0.1/24"])?;
@@ -92,7 +96,7 @@ fn lab(with_upstream: bool) -> Result<Lab> {
     } else {
         None
     };
-    node.start_server("nameserver 192.0.2.53\n")?;
+    node.start_server_with("nameserver 192.0.2.53\n", flags)?;
     node.feed(&[Change::Snapshot {
         networks: networks(),
         endpoints: endpoints(),
@@ -439,5 +443,36 @@ fn a_sandbox_that_cannot_reach_its_node_asks_inside_its_own_namespace() -> Resul
         },
         "the listener inside the sandbox to close",
     )?;
+    Ok(())
+}
+
+#[test]
+fn cluster_dns_resolves_zone_names_of_every_network_and_nothing_else() -> Result<()> {
+    require!("dig");
+    // CoreDNS would forward `weft.internal` to this address; here dig asks from the node.
+    let lab = lab_with(false, &["--cluster-listen", "127.0.0.1"])?;
+    lab.node.wait_listening("127.0.0.1")?;
+    let ns = &lab.node.ns;
+    assert_eq!(
+        dig(ns, "127.0.0.1", "web.blue.weft.internal", "A", &[])?,
+        answer("NOERROR", &["10.10.0.2", "10.10.0.3"])
+    );
+    assert_eq!(
+        dig(ns, "127.0.0.1", "charlie.red.weft.internal", "A", &["+tcp"])?,
+        answer("NOERROR", &["10.20.0.2"])
+    );
+    assert_eq!(
+        dig(ns, "127.0.0.1", "nobody.red.weft.internal", "A", &[])?,
+        answer("NXDOMAIN", &[])
+    );
+    // Bare names are the sandboxes' view, and cluster DNS has resolvers of its own.
+    assert_eq!(
+        dig(ns, "127.0.0.1", "charlie", "A", &[])?,
+        answer("REFUSED", &[])
+    );
+    assert_eq!(
+        dig(ns, "127.0.0.1", "example.com", "A", &[])?,
+        answer("REFUSED", &[])
+    );
     Ok(())
 }

@@ -402,3 +402,31 @@ fn an_endpoint_of_a_network_not_fed_yet_names_nothing_until_it_is() {
         ok(&["10.3.0.2"])
     );
 }
+
+#[test]
+fn cluster_dns_gets_zone_names_of_every_network_and_nothing_else() {
+    let ix = Index::build(&data());
+    let via = Via::Cluster("192.0.2.10".parse().unwrap());
+    let ask = |name: &str, t| {
+        let packet = query(name, t).to_vec().unwrap();
+        match respond(&ix, &via, "10.244.3.7".parse().unwrap(), &packet, 2, false) {
+            Reply::Answer(b) => decode(&b),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        ask("web.blue.weft.internal", A),
+        ok(&["10.1.0.2", "10.1.0.3"])
+    );
+    assert_eq!(ask("charlie.red.weft.internal", A), ok(&["10.2.0.2"]));
+    assert_eq!(ask("nobody.red.weft.internal", A), nx());
+    assert_eq!(
+        ask("2.0.2.10.in-addr.arpa", PTR),
+        ok(&["charlie.red.weft.internal."])
+    );
+    let refused = (ResponseCode::Refused, vec![]);
+    assert_eq!(ask("charlie", A), refused);
+    assert_eq!(ask("charlie.red", A), refused);
+    assert_eq!(ask("example.com", A), refused);
+    assert_eq!(ask("1.2.0.192.in-addr.arpa", PTR), refused);
+}

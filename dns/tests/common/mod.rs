@@ -129,6 +129,11 @@ impl Node {
 
     /// Start a weft-dns in the node, forwarding to the resolvers in `resolv_conf` (text).
     pub fn start_server(&mut self, resolv_conf: &str) -> Result<()> {
+        self.start_server_with(resolv_conf, &[])
+    }
+
+    /// [`Node::start_server`] with more flags.
+    pub fn start_server_with(&mut self, resolv_conf: &str, flags: &[&str]) -> Result<()> {
         let resolv = self.ns.state_dir().join("resolv.conf");
         std::fs::write(&resolv, resolv_conf)?;
         let _ = std::fs::remove_file(self.feed_path());
@@ -142,6 +147,7 @@ impl Node {
             .arg("--resolv-conf")
             .arg(&resolv)
             .args(["--tcp-idle", "1s"])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .spawn()
             .context("starting weft-dns")?;
