@@ -45,7 +45,8 @@ pub struct Endpoint {
     /// Endpoint name, aliases and container name; the first one is what PTR answers.
     pub names: Vec<String>,
     /// The sandbox's network namespace on this node, for a listener at 127.0.0.11 inside it
-    /// (macvlan sandboxes cannot reach their node's addresses).
+    /// (macvlan sandboxes cannot reach their node's addresses). Needs `sandbox`, which keys
+    /// the listener.
     #[serde(default)]
     pub netns: Option<PathBuf>,
 }
