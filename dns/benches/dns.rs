@@ -47,90 +47,136 @@ fn main() -> Result<()> {
     let query_file = dir.join("queries");
     std::fs::write(&query_file, queries)?;
 
-    let mut rows = Vec::new();
+    // Start all three, then take turns (rounds), so a burst of load from elsewhere on the
+    // machine hits every server alike; each server's best round counts.
     let weft = weft(&ns)?;
-    let weft_qps = dnsperf(&ns, 5301, &query_file, secs, None)?.qps;
-    let half = dnsperf(
-        &ns,
-        5301,
-        &query_file,
-        secs.div_ceil(2),
-        Some(weft_qps / 2.0),
-    )?;
-    rows.push(Row {
-        server: "weft-dns",
-        qps: weft_qps,
-        p99_half: Some(half.p99_ms),
-        rss_kib: weft.rss_after,
-    });
     println!(
         "weft-dns RSS: {} KiB before the names, {} KiB after: +{} KiB for {NAMES} names",
         weft.rss_before,
         weft.rss_after,
         weft.rss_after.saturating_sub(weft.rss_before)
     );
-
+    let mut servers = vec![Server {
+        name: "weft-dns",
+        port: 5301,
+        pid: weft.pid,
+        runs: vec![],
+    }];
     if common::have("dnsmasq") {
-        let pid = dnsmasq(&ns)?;
-        let qps = dnsperf(&ns, 5302, &query_file, secs, None)?.qps;
-        let half = dnsperf(
-            &ns,
-            5302,
-            &query_file,
-            secs.div_ceil(2),
-            Some(weft_qps / 2.0),
-        )?;
-        rows.push(Row {
-            server: "dnsmasq",
-            qps,
-            p99_half: Some(half.p99_ms),
-            rss_kib: rss_kib(pid)?,
+        servers.push(Server {
+            name: "dnsmasq",
+            port: 5302,
+            pid: dnsmasq(&ns)?,
+            runs: vec![],
         });
     } else {
         println!("SKIP: dnsmasq is not installed (.ci/run installs it)");
     }
     if std::path::Path::new(AARDVARK).exists() {
-        let pid = aardvark(&ns)?;
-        let qps = dnsperf(&ns, 5303, &query_file, secs, None)?.qps;
-        // aardvark may not reach half of weft's peak: its own half then.
-        let rate = (weft_qps / 2.0).min(qps / 2.0);
-        let half = dnsperf(&ns, 5303, &query_file, secs.div_ceil(2), Some(rate))?;
-        rows.push(Row {
-            server: "aardvark-dns",
-            qps,
-            p99_half: Some(half.p99_ms),
-            rss_kib: rss_kib(pid)?,
+        servers.push(Server {
+            name: "aardvark-dns",
+            port: 5303,
+            pid: aardvark(&ns)?,
+            runs: vec![],
         });
     } else {
         println!("SKIP: {AARDVARK} is missing (Debian package aardvark-dns; .ci/run installs it)");
     }
+    let rounds: usize = std::env::var("WEFT_DNS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for _ in 0..rounds {
+        for s in &mut servers {
+            let run = measured(s.pid, || dnsperf(&ns, s.port, &query_file, secs, None))?;
+            s.runs.push(run);
+        }
+    }
+    let peak = |s: &Server| s.runs.iter().map(|r| r.qps).fold(0.0, f64::max);
+    let weft_peak = peak(&servers[0]);
+    // p99 with every server asked at half of weft-dns's peak (or its own peak, if lower).
+    let mut p99 = Vec::new();
+    for s in &servers {
+        let rate = (weft_peak / 2.0).min(peak(s));
+        p99.push(dnsperf(
+            &ns,
+            s.port,
+            &query_file,
+            secs.div_ceil(2),
+            Some(rate),
+        )?);
+    }
 
     println!(
-        "\n{NAMES} names, servers pinned to cpu {SERVER_CPU}, dnsperf to cpu {CLIENT_CPU}, {secs} s per run"
+        "\n{NAMES} names; servers pinned to cpu {SERVER_CPU}, dnsperf (4 clients, 100 outstanding \
+         each) to cpu {CLIENT_CPU}; {rounds} rounds of {secs} s, best round counts"
     );
-    println!("| server | queries/s | weft-dns = | p99 at half of weft's peak | RSS |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
+    println!(
+        "| server | queries/s (best) | weft-dns is | CPU per query (median) | p99 at {:.0} q/s | RSS |",
+        weft_peak / 2.0
+    );
+    println!("|---|---|---|---|---|---|");
+    for (s, half) in servers.iter().zip(&p99) {
+        let mut cpu: Vec<f64> = s.runs.iter().map(|r| r.cpu_us_per_query).collect();
+        cpu.sort_by(f64::total_cmp);
         println!(
-            "| {} | {:.0} | {:.2}x | {} | {} KiB |",
-            r.server,
-            r.qps,
-            weft_qps / r.qps,
-            r.p99_half.map_or("-".into(), |p| format!("{p:.3} ms")),
-            r.rss_kib
+            "| {} | {:.0} | {:.2}x | {:.1} µs | {:.3} ms{} | {} KiB |",
+            s.name,
+            peak(s),
+            weft_peak / peak(s),
+            cpu[cpu.len() / 2],
+            half.p99_ms,
+            if half.asked < weft_peak / 2.0 - 1.0 {
+                format!(" (at {:.0} q/s)", half.asked)
+            } else {
+                String::new()
+            },
+            rss_kib(s.pid)?
         );
     }
+    println!(
+        "CPU per query is the server's user+system time over the queries it answered: \
+         the least noisy figure on a shared machine (1e6 / it = one core's ceiling)."
+    );
     Ok(())
 }
 
-struct Row {
-    server: &'static str,
+struct Server {
+    name: &'static str,
+    port: u16,
+    pid: u32,
+    runs: Vec<Measured>,
+}
+
+struct Measured {
     qps: f64,
-    p99_half: Option<f64>,
-    rss_kib: u64,
+    cpu_us_per_query: f64,
+}
+
+/// Run dnsperf and charge the server's CPU time (from /proc) to the queries answered.
+fn measured(pid: u32, run: impl FnOnce() -> Result<Run>) -> Result<Measured> {
+    let before = cpu_ticks(pid)?;
+    let r = run()?;
+    let ticks = cpu_ticks(pid)? - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Measured {
+        qps: r.qps,
+        cpu_us_per_query: ticks as f64 / hz * 1e6 / r.completed.max(1) as f64,
+    })
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
+    Ok(f.get(11).context("utime")?.parse::<u64>()? + f.get(12).context("stime")?.parse::<u64>()?)
 }
 
 struct WeftRun {
+    pid: u32,
     rss_before: u64,
     rss_after: u64,
 }
@@ -186,6 +232,7 @@ fn weft(ns: &Netns) -> Result<WeftRun> {
     // The namespace's end kills it.
     std::mem::forget(child);
     Ok(WeftRun {
+        pid,
         rss_before,
         rss_after,
     })
@@ -314,6 +361,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 
 struct Run {
     qps: f64,
+    completed: u64,
+    asked: f64,
     p99_ms: f64,
 }
 
@@ -390,5 +439,13 @@ fn dnsperf(
             format!(", p99 {p99_ms:.3} ms")
         }
     );
-    Ok(Run { qps, p99_ms })
+    let completed = field("Queries completed:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Ok(Run {
+        qps,
+        completed,
+        asked: rate.unwrap_or(f64::NAN),
+        p99_ms,
+    })
 }

@@ -52,7 +52,8 @@ pub fn respond(
     if nets.is_empty() || query.query_class() != DNSClass::IN {
         return answer(&request, query, ResponseCode::Refused, Vec::new(), tcp);
     }
-    let qname = query.name().to_ascii().to_ascii_lowercase();
+    let mut qname = query.name().to_ascii();
+    qname.make_ascii_lowercase();
     let qname = qname.strip_suffix('.').unwrap_or(&qname);
 
     let records = match reverse_address(query.name()) {
