@@ -230,20 +230,29 @@ fn weft(ns: &Netns) -> Result<WeftRun> {
     std::thread::sleep(Duration::from_millis(300));
     let rss_after = rss_kib(pid)?;
     // One delta with 10,000 names loaded: the whole index is rebuilt before the ack.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut took: Vec<Duration> = rt.block_on(async {
         let mut conn = weft_dns::feed::FeedConnection::connect(&feed).await?;
         let mut took = Vec::new();
         for i in 0..20 {
             let start = std::time::Instant::now();
-            conn.send(&Change::UpsertEndpoint(endpoint("extra", &address(NAMES + i), "extra")))
-                .await?;
+            conn.send(&Change::UpsertEndpoint(endpoint(
+                "extra",
+                &address(NAMES + i),
+                "extra",
+            )))
+            .await?;
             took.push(start.elapsed());
         }
         anyhow::Ok(took)
     })?;
     took.sort();
-    println!("one feed delta → applied, with {NAMES} names: median {:?}", took[took.len() / 2]);
+    println!(
+        "one feed delta → applied, with {NAMES} names: median {:?}",
+        took[took.len() / 2]
+    );
     // The namespace's end kills it.
     std::mem::forget(child);
     Ok(WeftRun {

@@ -71,6 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&aside);
     let feed = UnixListener::bind(&aside)
         .with_context(|| format!("binding the feed socket {}", aside.display()))?;
+    // Whoever can connect decides what names resolve to: root (the agent) only.
+    std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     std::fs::rename(&aside, &args.feed)
         .with_context(|| format!("moving the feed socket to {}", args.feed.display()))?;
     tokio::spawn(store::serve_feed(feed, store.clone()));

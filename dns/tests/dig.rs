@@ -401,7 +401,12 @@ fn a_new_server_process_takes_over_from_the_state_file_without_a_gap() -> Result
             .len(),
         2
     );
-    // The feed socket is the new server's now.
+    // The feed socket is the new server's now, and root's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(lab.node.feed_path())?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
     lab.node
         .feed(&[Change::RemoveEndpoint { id: "b".into() }])?;
     assert_gone(&sb[A], "bravo")?;
