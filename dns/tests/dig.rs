@@ -334,6 +334,23 @@ fn the_server_keeps_answering_after_its_feeder_is_killed_and_takes_the_next_snap
     require!("dig");
     let lab = lab(false)?;
     let sb = &lab.node.sandboxes;
+    // Continuous load from sandbox a for a name that exists throughout.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        let load = scope.spawn(|| common::keep_asking(&sb[A], "10.10.0.1", "alpha", &stop));
+        let outcome = feeder_killed_then_snapshot(&lab, sb);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (asked, failed) = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("load panicked"))??;
+        outcome?;
+        assert!(asked > 50, "only {asked} queries under load");
+        assert_eq!(failed, 0, "{failed} of {asked} queries failed");
+        Ok(())
+    })
+}
+
+fn feeder_killed_then_snapshot(lab: &Lab, sb: &[Netns]) -> Result<()> {
     // A feeder process, SIGKILLed while connected (as an agent would be).
     let mut feeder = Command::new(env!("CARGO_BIN_EXE_weft-dns-feed"))
         .arg("--feed")

@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -14,7 +13,6 @@ use hickory_proto::rr::{Name, RecordType};
 use proptest::prelude::*;
 use weft_dns::answer::{Reply, respond};
 use weft_dns::model::{Change, Data, Index, Via};
-use weft_e2e::netns::Netns;
 
 fn index() -> Index {
     let mut net = common::network("blue", &["10.1.0.1"]);
@@ -90,22 +88,6 @@ proptest! {
     }
 }
 
-/// Run `f` on a thread inside `ns` (sockets it opens stay there).
-fn inside<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let file = std::fs::File::open(ns.path())?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on an fd we own; only this scoped thread changes namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("test thread panicked"))?
-    })
-}
-
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -144,7 +126,7 @@ fn floods_half_open_connections_and_oversized_datagrams_do_not_stop_the_server()
     let rss_before = rss_kib(pid)?;
     let server: SocketAddr = "127.0.0.1:53".parse()?;
 
-    inside(&node.ns, || -> Result<()> {
+    common::inside(&node.ns, || -> Result<()> {
         let _silent = UdpSocket::bind("127.0.0.1:5999")?;
         let sock = UdpSocket::bind("127.0.0.1:0")?;
         sock.connect(server)?;
