@@ -403,9 +403,34 @@ fn a_new_server_process_takes_over_from_the_state_file_without_a_gap() -> Result
         || std::fs::read_to_string(lab.node.state_file()).is_ok_and(|s| s.contains("bravo")),
         "the state file",
     )?;
-    // The upgrade: the new process binds beside the old one (SO_REUSEPORT), then the old exits.
-    lab.node.start_server("nameserver 192.0.2.53\n")?;
-    lab.node.kill_oldest_server()?;
+    // The upgrade, under continuous queries: the new process binds beside the old one
+    // (SO_REUSEPORT) with the old one's data, then the old one is told to go.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Held apart while the node is changed under them.
+    let sandboxes = std::mem::take(&mut lab.node.sandboxes);
+    let (asked, failed) = std::thread::scope(|scope| -> Result<(u32, u32)> {
+        let sandbox = &sandboxes[A];
+        let load = scope.spawn(|| common::keep_asking(sandbox, "10.10.0.1", "bravo", &stop));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let upgraded = (|| {
+            lab.node.start_server("nameserver 192.0.2.53\n")?;
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            lab.node.terminate_oldest_server()
+        })();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let counts = load
+            .join()
+            .map_err(|_| anyhow::anyhow!("load panicked"))??;
+        upgraded?;
+        Ok(counts)
+    })?;
+    lab.node.sandboxes = sandboxes;
+    assert!(asked > 50, "only {asked} queries");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {asked} queries failed across the upgrade"
+    );
     let sb = &lab.node.sandboxes;
     lab.node.wait_listening("10.10.0.1")?;
     assert_eq!(

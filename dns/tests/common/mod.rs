@@ -164,6 +164,18 @@ impl Node {
         Ok(killed?)
     }
 
+    /// SIGTERM the oldest server still running (an upgrade's last step) and reap it.
+    pub fn terminate_oldest_server(&mut self) -> Result<()> {
+        let mut child = self.servers.remove(0);
+        // SAFETY: kill(2) on our own child's pid.
+        let sent = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        child.wait()?;
+        if sent != 0 {
+            bail!("SIGTERM: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn server_pid(&self) -> Option<u32> {
         // `ip netns exec` execs the program: the child's pid is the server's.
         self.servers.last().map(Child::id)
