@@ -523,3 +523,35 @@ fn cluster_dns_resolves_zone_names_of_every_network_and_nothing_else() -> Result
     );
     Ok(())
 }
+
+#[test]
+fn a_gateway_fed_before_its_address_exists_answers_once_it_does() -> Result<()> {
+    require!("dig");
+    let mut lab = lab(false)?;
+    // The feed names network green before the agent has configured its bridge (IP_FREEBIND).
+    lab.node.feed(&[
+        Change::UpsertNetwork(network("green", &["10.40.0.1"])),
+        Change::UpsertEndpoint(endpoint("g", "green", &["10.40.0.2"], &["golf"])),
+    ])?;
+    lab.node.wait_listening("10.40.0.1")?;
+    lab.node.bridge("green", &["10.40.0.1/24"])?;
+    let g = lab.node.sandbox("green", &["10.40.0.2/24"], "10.40.0.1")?;
+    assert_eq!(
+        dig(&lab.node.sandboxes[g], "10.40.0.1", "golf", "A", &[])?,
+        answer("NOERROR", &["10.40.0.2"])
+    );
+    // And a network that goes takes its listener with it.
+    lab.node.feed(&[Change::RemoveNetwork {
+        name: "green".into(),
+    }])?;
+    common::wait_for(
+        || {
+            lab.node
+                .ns
+                .exec(&["ss", "-Hlun"])
+                .is_ok_and(|o| !o.contains("10.40.0.1:53"))
+        },
+        "the green listener to close",
+    )?;
+    Ok(())
+}
