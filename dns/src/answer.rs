@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
@@ -142,7 +142,6 @@ fn answer(
     tcp: bool,
 ) -> Reply {
     let mut msg = Message::response(request.metadata.id, OpCode::Query);
-    msg.metadata.message_type = MessageType::Response;
     msg.metadata.recursion_desired = request.metadata.recursion_desired;
     msg.metadata.recursion_available = true;
     msg.metadata.authoritative = code != ResponseCode::Refused;
