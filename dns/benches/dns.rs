@@ -18,6 +18,29 @@ use weft_dns::model::{Change, Endpoint, Network};
 use weft_e2e::netns::{Netns, sh};
 
 const NAMES: u32 = 10_000;
+
+/// Counts live heap bytes, to split the server's memory into fed data and index.
+struct Counting;
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same layout, as the caller promised.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: p came from alloc with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
 const AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
 /// Cores: servers on one, dnsperf on the other.
 const SERVER_CPU: &str = "1";
@@ -37,6 +60,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    index_build();
     let ns = Netns::new("dnsbench")?;
     let dir = ns.state_dir();
     // dnsperf's input: every name once, in a scrambled order.
@@ -139,6 +163,46 @@ fn main() -> Result<()> {
          the least noisy figure on a shared machine (1e6 / it = one core's ceiling)."
     );
     Ok(())
+}
+
+/// The in-process cost of what each feed change costs the server: rebuilding the index.
+fn index_build() {
+    let before = live();
+    let mut data = weft_dns::model::Data::default();
+    let endpoints = (0..NAMES)
+        .map(|i| endpoint(&format!("ep{i}"), &address(i), &name(i)))
+        .collect();
+    let network = Network {
+        name: "bench".into(),
+        internal: false,
+        gateways: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+        upstreams: None,
+        zone: None,
+    };
+    let _ = data.apply(Change::Snapshot {
+        networks: vec![network],
+        endpoints,
+    });
+    let with_data = live();
+    let index = weft_dns::model::Index::build(&data);
+    println!(
+        "heap for {NAMES} names: fed data {} KiB, index {} KiB",
+        (with_data - before) / 1024,
+        (live() - with_data) / 1024
+    );
+    drop(index);
+    let mut took: Vec<Duration> = (0..10)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::hint::black_box(weft_dns::model::Index::build(&data));
+            start.elapsed()
+        })
+        .collect();
+    took.sort();
+    println!(
+        "Index::build with {NAMES} names (in process): median {:?}",
+        took[took.len() / 2]
+    );
 }
 
 struct Server {

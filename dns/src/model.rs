@@ -3,7 +3,7 @@
 //! [`Data`] is the fed state, changed only by [`Data::apply`]; [`Index`] is built from it in
 //! one go and never changed, so a query reads one consistent version while the next is built.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -105,6 +105,14 @@ fn check_network(n: &Network) -> Result<(), InvalidChange> {
     n.zone.as_deref().map_or(Ok(()), check_name)
 }
 
+/// Parsed lists come with room for more (JSON gives no length up front); 10,000 endpoints
+/// carry ~1 MiB of that room for ever unless it is given back.
+fn compact(mut e: Endpoint) -> Endpoint {
+    e.addresses.shrink_to_fit();
+    e.names.shrink_to_fit();
+    e
+}
+
 fn check_endpoint(e: &Endpoint) -> Result<(), InvalidChange> {
     if e.addresses.is_empty() {
         return Err(InvalidChange::NoAddress(e.id.clone()));
@@ -123,7 +131,10 @@ impl Data {
                 networks.iter().try_for_each(check_network)?;
                 endpoints.iter().try_for_each(check_endpoint)?;
                 self.networks = networks.into_iter().map(|n| (n.name.clone(), n)).collect();
-                self.endpoints = endpoints.into_iter().map(|e| (e.id.clone(), e)).collect();
+                self.endpoints = endpoints
+                    .into_iter()
+                    .map(|e| (e.id.clone(), compact(e)))
+                    .collect();
             }
             Change::UpsertNetwork(n) => {
                 check_network(&n)?;
@@ -134,7 +145,7 @@ impl Data {
             }
             Change::UpsertEndpoint(e) => {
                 check_endpoint(&e)?;
-                self.endpoints.insert(e.id.clone(), e);
+                self.endpoints.insert(e.id.clone(), compact(e));
             }
             Change::RemoveEndpoint { id } => {
                 self.endpoints.remove(&id);
@@ -182,6 +193,15 @@ pub enum Via {
     Cluster(IpAddr),
 }
 
+/// An endpoint holding an address.
+#[derive(Debug)]
+struct Holder {
+    network: NetId,
+    sandbox: Sandbox,
+    /// Its first name, fully qualified, for PTR.
+    pointer: Option<Box<str>>,
+}
+
 /// The read-only lookup tables built from [`Data`].
 #[derive(Debug, Default)]
 pub struct Index {
@@ -189,14 +209,10 @@ pub struct Index {
     by_network: HashMap<Box<str>, NetId>,
     /// Gateway address → networks served there.
     gateways: HashMap<IpAddr, Vec<NetId>>,
-    /// Endpoint address → (its network, its sandbox).
-    askers: HashMap<IpAddr, Vec<(NetId, Sandbox)>>,
+    /// Endpoint address → who has it (askers are found here, and PTR answered).
+    addresses: HashMap<IpAddr, Vec<Holder>>,
     /// Sandbox → every network it is on (on this node's data).
     sandboxes: HashMap<Box<str>, Vec<NetId>>,
-    /// Address → (network, fully qualified first name) for PTR.
-    pointers: HashMap<IpAddr, Vec<(NetId, Box<str>)>>,
-    /// Every name on any network: asked from a network without it, it is NXDOMAIN.
-    every_name: HashSet<Box<str>>,
     /// Sandboxes with a namespace, for the listeners at 127.0.0.11 inside them.
     pub sandbox_netns: BTreeMap<Box<str>, PathBuf>,
 }
@@ -241,23 +257,28 @@ impl Index {
             let net = &mut ix.networks[id as usize];
             for name in &e.names {
                 let name: Box<str> = name.to_ascii_lowercase().into();
-                let addrs = net.names.entry(name.clone()).or_default();
+                let addrs = net.names.entry(name).or_default();
                 for a in &e.addresses {
                     if !addrs.contains(a) {
                         addrs.push(*a);
                     }
                 }
-                ix.every_name.insert(name);
             }
             let ptr_name: Option<Box<str>> = e.names.first().map(|first| {
                 format!("{}.{}.{}.", first.to_ascii_lowercase(), net.name, net.zone).into()
             });
             for a in &e.addresses {
-                ix.askers.entry(*a).or_default().push((id, sandbox.clone()));
-                if let Some(p) = &ptr_name {
-                    ix.pointers.entry(*a).or_default().push((id, p.clone()));
-                }
+                ix.addresses.entry(*a).or_default().push(Holder {
+                    network: id,
+                    sandbox: sandbox.clone(),
+                    pointer: ptr_name.clone(),
+                });
             }
+        }
+        // Most lists hold one item; a Vec's first push reserves four (half the index's memory).
+        ix.addresses.values_mut().for_each(Vec::shrink_to_fit);
+        for net in &mut ix.networks {
+            net.names.values_mut().for_each(Vec::shrink_to_fit);
         }
         ix
     }
@@ -279,12 +300,12 @@ impl Index {
         match via {
             Via::Gateway(local) => {
                 let served = self.gateways.get(local).map(Vec::as_slice).unwrap_or(&[]);
-                let Some(endpoints) = self.askers.get(&source) else {
+                let Some(holders) = self.addresses.get(&source) else {
                     return nets;
                 };
-                for (id, sandbox) in endpoints.iter().filter(|(id, _)| served.contains(id)) {
-                    add(*id, &mut nets);
-                    if let Some(others) = sandbox.as_ref().and_then(|s| self.sandboxes.get(s)) {
+                for h in holders.iter().filter(|h| served.contains(&h.network)) {
+                    add(h.network, &mut nets);
+                    if let Some(others) = h.sandbox.as_ref().and_then(|s| self.sandboxes.get(s)) {
                         others.iter().for_each(|o| add(*o, &mut nets));
                     }
                 }
@@ -345,7 +366,9 @@ impl Index {
     /// Whether `qname` is a Weft name at all: under a zone, a name on some network, or
     /// `<name>.<network>`.
     fn is_ours(&self, qname: &str) -> bool {
-        if self.every_name.contains(qname) {
+        // One look per network (a handful per node) instead of a set of every name: this path
+        // only runs for names that are not the asker's, and the set cost 50 bytes a name.
+        if self.is_a_name(qname) {
             return true;
         }
         self.networks.iter().any(|n| {
@@ -354,19 +377,31 @@ impl Index {
                 || qname
                     .strip_suffix(&*n.name)
                     .and_then(|p| p.strip_suffix('.'))
-                    .is_some_and(|p| self.every_name.contains(p))
+                    .is_some_and(|p| self.is_a_name(p))
         })
+    }
+
+    /// Whether some endpoint on some network is called `name`.
+    fn is_a_name(&self, name: &str) -> bool {
+        self.networks.iter().any(|n| n.names.contains_key(name))
     }
 
     /// PTR names for `addr` as seen from `nets`.
     pub fn pointer(&self, nets: &[NetId], addr: IpAddr) -> Lookup<'_, Box<str>> {
-        let Some(all) = self.pointers.get(&addr) else {
+        let Some(holders) = self.addresses.get(&addr) else {
             return Lookup::Elsewhere;
         };
-        let visible: Vec<&[Box<str>]> = all
+        let named: Vec<(NetId, &Box<str>)> = holders
+            .iter()
+            .filter_map(|h| Some((h.network, h.pointer.as_ref()?)))
+            .collect();
+        if named.is_empty() {
+            return Lookup::Elsewhere;
+        }
+        let visible: Vec<&[Box<str>]> = named
             .iter()
             .filter(|(id, _)| nets.contains(id))
-            .map(|(_, name)| std::slice::from_ref(name))
+            .map(|(_, name)| std::slice::from_ref(*name))
             .collect();
         if visible.is_empty() {
             Lookup::NotOnAskersNetworks

@@ -108,6 +108,8 @@ impl Server {
             for (sandbox, path) in &index.sandbox_netns {
                 wanted.insert(Via::Sandbox(sandbox.clone()), Some(path.clone()));
             }
+            // Not kept across the wait below: a superseded index would stay in memory.
+            drop(index);
             // Dropping a JoinSet aborts its tasks, which closes their sockets.
             open.retain(|via, _| wanted.contains_key(via));
             for (via, netns) in wanted {
