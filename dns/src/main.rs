@@ -45,6 +45,13 @@ struct Args {
 // One thread: a node's DNS load is light, and one core answers well over 10^5 queries/s.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    // The index is built on a blocking thread; one malloc arena for all threads keeps its
+    // memory where the next build reuses it (per-thread arenas added ~1 MiB at 10,000 names).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

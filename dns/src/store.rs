@@ -90,7 +90,15 @@ pub async fn serve_feed(listener: UnixListener, store: Arc<Store>) {
             // A broken or closed feed ends here; the data stays as it was.
             while let Ok(Some(line)) = read_line(&mut stream).await {
                 let ack = match serde_json::from_slice::<Change>(&line) {
-                    Ok(change) => store.apply(change),
+                    // Built off the runtime's one thread, which keeps answering meanwhile
+                    // (10,000 endpoints take tens of ms).
+                    Ok(change) => {
+                        let store = store.clone();
+                        match tokio::task::spawn_blocking(move || store.apply(change)).await {
+                            Ok(ack) => ack,
+                            Err(e) => Ack::Invalid(format!("applying failed: {e}")),
+                        }
+                    }
                     Err(e) => Ack::Invalid(e.to_string()),
                 };
                 let Ok(mut reply) = serde_json::to_vec(&ack) else {
