@@ -1,0 +1,104 @@
+//! The agent's side of the seam: [`Feeder`] sends a snapshot on every (re)connection, so a
+//! restarted server is brought back up to date without the agent doing anything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use weft_dns::feed::{FeedConnection, FeedError, Feeder};
+use weft_dns::model::{Change, Endpoint, Network};
+use weft_dns::store::{Store, serve_feed};
+
+fn blue() -> Network {
+    Network {
+        name: "blue".into(),
+        internal: false,
+        gateways: vec!["10.1.0.1".parse().unwrap()],
+        upstreams: None,
+        zone: None,
+    }
+}
+
+fn endpoint(id: &str, addr: &str) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        network: "blue".into(),
+        sandbox: None,
+        addresses: vec![addr.parse().unwrap()],
+        names: vec![id.into()],
+        netns: None,
+    }
+}
+
+/// A server's feed side on `path`; dropping the handle stops it (as a killed server would).
+fn serve(path: &std::path::Path) -> (Arc<Store>, tokio::task::JoinHandle<()>) {
+    let _ = std::fs::remove_file(path);
+    let store = Store::new(Default::default());
+    let task = tokio::spawn(serve_feed(UnixListener::bind(path).unwrap(), store.clone()));
+    (store, task)
+}
+
+fn names(store: &Store) -> Vec<String> {
+    let ix = store.index();
+    let mut all: Vec<String> = ix
+        .networks
+        .iter()
+        .flat_map(|n| n.names.keys().map(|k| k.to_string()))
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn a_restarted_server_gets_the_feeders_whole_data_again() {
+    let dir = std::env::temp_dir().join(format!("weft-dns-feed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dns.sock");
+
+    // The feeder starts before any server: changes wait in its copy.
+    let feeder = Feeder::spawn(path.clone());
+    feeder.upsert_network(blue());
+    feeder.upsert_endpoint(endpoint("alpha", "10.1.0.2"));
+    let (first, task) = serve(&path);
+    feeder.upsert_endpoint(endpoint("bravo", "10.1.0.3"));
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(names(&first), ["alpha", "bravo"]);
+
+    // The server goes away; changes made meanwhile reach the next one in its first snapshot.
+    task.abort();
+    let _ = task.await;
+    drop(first);
+    feeder.remove_endpoint("alpha");
+    feeder.upsert_endpoint(endpoint("charlie", "10.1.0.4"));
+    let (second, _task) = serve(&path);
+    // Another change, so `synced` waits for a connection to the second server.
+    feeder.upsert_endpoint(endpoint("delta", "10.1.0.5"));
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["bravo", "charlie", "delta"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_change_is_refused_and_the_connection_goes_on() {
+    let dir = std::env::temp_dir().join(format!("weft-dns-feed-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dns.sock");
+    let (store, _task) = serve(&path);
+    let mut conn = FeedConnection::connect(&path).await.unwrap();
+    conn.send(&Change::UpsertNetwork(blue())).await.unwrap();
+    let mut bad = endpoint("x", "10.1.0.9");
+    bad.names = vec!["no spaces allowed".into()];
+    assert!(matches!(
+        conn.send(&Change::UpsertEndpoint(bad)).await,
+        Err(FeedError::Invalid(_))
+    ));
+    conn.send(&Change::UpsertEndpoint(endpoint("good", "10.1.0.2")))
+        .await
+        .unwrap();
+    assert_eq!(names(&store), ["good"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
