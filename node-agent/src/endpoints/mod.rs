@@ -22,6 +22,7 @@
 pub mod api;
 pub mod claims;
 pub mod cni;
+pub mod gone;
 pub mod ipam;
 pub mod journal;
 pub mod manager;
@@ -165,4 +166,6 @@ pub struct Publication {
     pub address: IpAddr,
     pub subnet: IpNet,
     pub ports: Vec<PortSpec>,
+    /// The sandbox is gone ([`gone`]): the ports keep their claims but get no DNAT rules.
+    pub sandbox_gone: bool,
 }

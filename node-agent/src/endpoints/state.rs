@@ -63,6 +63,8 @@ pub(super) struct State {
     /// a minute if it never showed up), so a ContainerEndpoint created by a late status
     /// write cannot bring the attachment back.
     pub tombstones: BTreeMap<EndpointId, Tombstone>,
+    /// Endpoints whose sandbox is certainly gone, since when ([`super::gone`]).
+    pub gone: BTreeMap<EndpointId, super::gone::Gone>,
     /// The last pass's picture, for CNI calls between passes.
     pub networks: Networks,
     pub desired_node: Arc<KernelState>,
@@ -413,6 +415,7 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
                 address: addr.addr(),
                 subnet: addr.trunc(),
                 ports: a.publish.clone(),
+                sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
             })
         })
         .collect()
