@@ -665,3 +665,63 @@ async fn a_sandbox_that_cannot_be_read_for_a_while_is_not_taken_for_gone() {
         .await
         .expect("Ready again");
 }
+
+/// A container stopped while the agent is down (the DEL fails, the namespace goes) and
+/// started again once it is back: the same container id in a new sandbox, while the
+/// ContainerEndpoint of the old one is still in the API. The new attachment must win — it
+/// is attached, stays attached, and the object is replaced by one naming the new sandbox.
+#[tokio::test]
+async fn a_container_started_again_in_a_new_sandbox_wins_over_its_old_object() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    let first = cluster.container("first").expect("first");
+    let add = cni(&cluster, "ADD", "rs", Some(&first), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-rs", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+    cluster.kill_agent(0).await.expect("kill agent");
+    drop(first);
+    cluster.start_agent(0).expect("start agent");
+    let next = cluster.container("next").expect("next");
+    // Well within the gone-sandbox grace: the old object is still there.
+    let mut add = cni(&cluster, "ADD", "rs", Some(&next), CONFIG);
+    for _ in 0..50 {
+        if add.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        add = cni(&cluster, "ADD", "rs", Some(&next), CONFIG);
+    }
+    assert_eq!(add.code, 0, "{}", add.out);
+    let want = next.path().display().to_string();
+    let replaced = weft_e2e::wait_for(Duration::from_secs(20), || {
+        let api = api.clone();
+        let want = want.clone();
+        async move {
+            let cep = api.get_opt("pod-rs").await?;
+            let ready = cep.as_ref().is_some_and(|c| {
+                c.spec.sandbox == want
+                    && c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.first())
+                        .is_some_and(|c| c.status == "True")
+            });
+            Ok(ready.then_some(()))
+        }
+    })
+    .await;
+    assert!(replaced.is_ok(), "the object never named the new sandbox");
+    // Past the grace and a few passes: still attached.
+    tokio::time::sleep(GRACE).await;
+    assert!(
+        next.try_exec(&["ip", "link", "show", "eth0"]),
+        "the new sandbox lost its interface"
+    );
+    let mut check: Value = serde_json::from_str(CONFIG).expect("config");
+    check["prevResult"] = add.out.clone();
+    let check = cni(&cluster, "CHECK", "rs", Some(&next), &check.to_string());
+    assert_eq!(check.code, 0, "{}", check.out);
+}

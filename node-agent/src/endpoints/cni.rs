@@ -34,11 +34,12 @@ impl Endpoints {
         let (stale, id, admitted) = {
             let mut st = lock(&self.state);
             let st = &mut *st;
-            // The same ADD again: same answer.
+            // The same ADD again: same answer. The same container in a new sandbox (started
+            // again after a stop whose DEL never reached the agent) is a new attachment.
             let existing = st
                 .attachments
                 .values()
-                .find(|a| a.cni == cni_id)
+                .find(|a| a.cni == cni_id && a.sandbox == request.sandbox)
                 .map(|a| a.id.clone());
             let mut stale = None;
             let mut admitted = Ok(());

@@ -68,8 +68,9 @@ pub fn classify(fs: std::io::Result<i64>) -> Presence {
 fn filesystem_of(path: &Path) -> std::io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated string; `buf` is a plain struct statfs fills.
+    // SAFETY: `statfs` is a plain C struct of integers, valid when all zero.
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated string and `buf` a struct statfs to fill.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
     if rc == 0 {
         #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets

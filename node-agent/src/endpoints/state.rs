@@ -13,7 +13,7 @@ use weft_api::ContainerEndpoint;
 use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
-use super::translate::{cni_id_of, remote_endpoint, request_of};
+use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
@@ -191,8 +191,10 @@ impl State {
             // The object of an earlier sandbox under the same pod name (DEL, then ADD again
             // before the old object left the API): the current attachment wins; the stale
             // object is replaced by publish_status.
-            if let (Some(att), Some(cni)) = (st.attachments.get(&id), cni_id_of(cep))
-                && att.cni.as_ref().is_some_and(|c| *c != cni)
+            if st
+                .attachments
+                .get(&id)
+                .is_some_and(|att| of_an_earlier_sandbox(cep, att))
             {
                 continue;
             }
