@@ -16,7 +16,7 @@ const SETTLE: Duration = Duration::from_secs(20);
 
 /// The agent releases what a gone sandbox held within this (the issue's "at most 10 s after
 /// the agent can see it"), plus the time to start and sync.
-const RELEASE_LIMIT: Duration = Duration::from_secs(12);
+const RELEASE_LIMIT: Duration = Duration::from_secs(10);
 
 /// A one-node cluster with the bridge network `pods` (10.88.0.0/24) and a Podman network
 /// for it; `None` when Podman is not installed (SKIP printed).

@@ -54,6 +54,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The CNI plugin's unix socket; `None` = no CNI.
     pub cni_socket: Option<PathBuf>,
+    /// How long a CNI endpoint's sandbox must stay gone before the endpoint is released.
+    pub gone_sandbox_grace: Duration,
 }
 
 /// The underlay as found on the node.
@@ -343,7 +345,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
             &cfg.state_dir,
             notify.clone(),
         )
-        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?,
+        .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
+        .with_gone_sandbox_grace(cfg.gone_sandbox_grace),
     );
 
     let mut events = kernel
@@ -402,6 +405,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         };
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
+    tokio::spawn(endpoints.clone().release_gone_sandboxes());
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await

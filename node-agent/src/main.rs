@@ -48,6 +48,10 @@ struct Args {
     /// Unix socket the weft-cni plugin talks to; "none" disables CNI.
     #[arg(long, default_value = weft_cni::proto::DEFAULT_SOCKET)]
     cni_socket: PathBuf,
+    /// Release an endpoint the CNI plugin made once its sandbox (network namespace) has been
+    /// gone this long (a container removed while the agent was down or without CNI DEL).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    gone_sandbox_grace: Duration,
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -107,6 +111,7 @@ async fn run() -> anyhow::Result<()> {
         heartbeat: args.heartbeat,
         state_dir: args.state_dir,
         cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
+        gone_sandbox_grace: args.gone_sandbox_grace,
     };
     agent::run(client, cfg, metrics).await
 }

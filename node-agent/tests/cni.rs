@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kube::Api;
 use serde_json::{Value, json};
@@ -26,17 +26,20 @@ fn cni(
     sandbox: Option<&Netns>,
     stdin: &str,
 ) -> Call {
+    let netns = sandbox
+        .map(|s| s.path().display().to_string())
+        .unwrap_or_default();
+    cni_at(cluster, command, container, &netns, stdin)
+}
+
+/// [`cni`] with the sandbox given as a path (`CNI_NETNS`).
+fn cni_at(cluster: &Cluster, command: &str, container: &str, netns: &str, stdin: &str) -> Call {
     let plugin = workspace_binary("weft-cni").expect("weft-cni binary");
     let mut child = Command::new(plugin)
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
-        .env(
-            "CNI_NETNS",
-            sandbox
-                .map(|s| s.path().display().to_string())
-                .unwrap_or_default(),
-        )
+        .env("CNI_NETNS", netns)
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
         .env(
@@ -414,4 +417,311 @@ async fn del_and_gc_leave_nothing_behind_while_passes_race_with_them() {
             );
         }
     }
+}
+
+/// The agent's default `--gone-sandbox-grace`.
+const GRACE: Duration = Duration::from_secs(5);
+/// What the agent may take beyond the grace: starting, its first pass, one probe period.
+const MARGIN: Duration = Duration::from_secs(4);
+
+/// A config asking for `address` and publishing `host_port` → 80.
+fn with_address_and_port(address: &str, host_port: u16) -> String {
+    json!({"cniVersion": "1.1.0", "name": "pods", "type": "weft", "network": "pods",
+        "runtimeConfig": {"ips": [address],
+            "portMappings": [{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]}})
+    .to_string()
+}
+
+/// The node's publish chain (DNAT rules), as nft lists it.
+fn publish_chain(cluster: &Cluster) -> String {
+    cluster.nodes[0]
+        .ns
+        .exec(&["nft", "list", "chain", "inet", "weft", "publish"])
+        .unwrap_or_default()
+}
+
+fn journal_records(cluster: &Cluster) -> usize {
+    std::fs::read_dir(cluster.nodes[0].ns.state_dir().join("endpoints"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn object_exists(cluster: &Cluster, name: &str) -> bool {
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    api.get_opt(name).await.expect("API").is_some()
+}
+
+/// Wait (up to `within` after `since`) until the sandbox's DNAT rule and journal record are
+/// gone, then check another sandbox gets the same address and host port and the object
+/// leaves the API; returns how long after `since` the rule and record went.
+async fn released_within(
+    cluster: &Cluster,
+    object: &str,
+    rule: &str,
+    address: &str,
+    host_port: u16,
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    let started = since;
+    while publish_chain(cluster).contains(rule) || journal_records(cluster) > 0 {
+        assert!(
+            started.elapsed() < within,
+            "still held {within:?} later: rule {rule:?} in {}, {} journal records",
+            publish_chain(cluster),
+            journal_records(cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let freed = started.elapsed();
+    let next = cluster.container("next").expect("next sandbox");
+    let add = cni(
+        cluster,
+        "ADD",
+        "next",
+        Some(&next),
+        &with_address_and_port(address, host_port),
+    );
+    assert_eq!(add.code, 0, "address and port not free again: {}", add.out);
+    assert_eq!(address_of(&add), format!("{address}/24"));
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    weft_e2e::wait_for(Duration::from_secs(5), || {
+        let api = api.clone();
+        let name = object.to_string();
+        async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("the gone sandbox's ContainerEndpoint is deleted");
+    freed
+}
+
+/// `podman rm -f` with the agent down: the DEL fails, the namespace goes, and libcni 1.1
+/// never sends GC. Once the agent is back, address, host port, DNAT rule, journal record
+/// and object are released within the grace (plus start-up).
+#[tokio::test]
+async fn a_sandbox_removed_while_the_agent_is_down_is_released_after_the_grace() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandbox = cluster.container("gone").expect("sandbox");
+    let add = cni(
+        &cluster,
+        "ADD",
+        "gone",
+        Some(&sandbox),
+        &with_address_and_port("10.88.0.77", 7100),
+    );
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-gone", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+    let rule = "tcp dport 7100 dnat ip to 10.88.0.77:80";
+    assert!(
+        publish_chain(&cluster).contains(rule),
+        "{}",
+        publish_chain(&cluster)
+    );
+
+    cluster.kill_agent(0).await.expect("kill agent");
+    drop(sandbox);
+    cluster.start_agent(0).expect("start agent");
+    let agent_started = Instant::now();
+    let freed = released_within(
+        &cluster,
+        "pod-gone",
+        rule,
+        "10.88.0.77",
+        7100,
+        agent_started,
+        GRACE + MARGIN,
+    )
+    .await;
+    println!(
+        "sandbox removed while the agent was down: address, port, rule and record free {:.1} s after agent start",
+        freed.as_secs_f64()
+    );
+}
+
+/// A sandbox deleted under a running agent: SandboxMissing within the grace (nothing
+/// released yet), everything released after it.
+#[tokio::test]
+async fn a_sandbox_removed_while_the_agent_runs_is_released_after_the_grace() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandbox = cluster.container("gone").expect("sandbox");
+    let add = cni(
+        &cluster,
+        "ADD",
+        "gone",
+        Some(&sandbox),
+        &with_address_and_port("10.88.0.78", 7101),
+    );
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-gone", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+
+    drop(sandbox);
+    let deleted = Instant::now();
+    let missing = cluster
+        .wait_endpoint("pod-gone", "False", GRACE)
+        .await
+        .expect("status says the sandbox is missing within the grace");
+    let reason = missing
+        .status
+        .and_then(|s| s.conditions.into_iter().next())
+        .map(|c| c.reason);
+    assert_eq!(reason.as_deref(), Some("SandboxMissing"));
+    assert!(
+        deleted.elapsed() < GRACE && journal_records(&cluster) == 1,
+        "released before the grace was over"
+    );
+    let rule = "tcp dport 7101 dnat ip to 10.88.0.78:80";
+    let freed = released_within(
+        &cluster,
+        "pod-gone",
+        rule,
+        "10.88.0.78",
+        7101,
+        deleted,
+        GRACE + MARGIN,
+    )
+    .await;
+    assert!(freed >= GRACE, "released after {freed:?}, before the grace");
+    println!(
+        "sandbox removed under a running agent: released {:.1} s after the namespace was deleted",
+        freed.as_secs_f64()
+    );
+}
+
+/// A sandbox path that cannot be read for a while (here a symlink loop: ELOOP) is not a
+/// gone sandbox: past the grace the endpoint keeps everything, and works again once the
+/// path resolves.
+#[tokio::test]
+async fn a_sandbox_that_cannot_be_read_for_a_while_is_not_taken_for_gone() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandbox = cluster.container("flaky").expect("sandbox");
+    let dir = cluster.nodes[0].ns.state_dir().join("links");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let link = dir.join("flaky");
+    std::os::unix::fs::symlink(sandbox.path(), &link).expect("symlink");
+    let path = link.display().to_string();
+    let add = cni_at(
+        &cluster,
+        "ADD",
+        "flaky",
+        &path,
+        &with_address_and_port("10.88.0.79", 7102),
+    );
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-flaky", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+
+    // flaky → loop → flaky: statfs says ELOOP, which proves nothing.
+    let swap = dir.join("swap");
+    std::os::unix::fs::symlink(dir.join("loop"), &swap).expect("symlink");
+    std::os::unix::fs::symlink(&link, dir.join("loop")).expect("symlink");
+    std::fs::rename(&swap, &link).expect("swap in the loop");
+    tokio::time::sleep(GRACE + MARGIN).await;
+    assert!(object_exists(&cluster, "pod-flaky").await, "object deleted");
+    assert_eq!(journal_records(&cluster), 1, "journal record removed");
+    let other = cluster.container("other").expect("other");
+    let taken = cni(
+        &cluster,
+        "ADD",
+        "other",
+        Some(&other),
+        &with_address_and_port("10.88.0.79", 7103),
+    );
+    assert_ne!(
+        taken.code, 0,
+        "the address was handed out again: {}",
+        taken.out
+    );
+    assert!(
+        sandbox.try_exec(&["ip", "link", "show", "eth0"]),
+        "the interface was removed"
+    );
+
+    // The path resolves again: the endpoint is whole.
+    std::os::unix::fs::symlink(sandbox.path(), &swap).expect("symlink");
+    std::fs::rename(&swap, &link).expect("swap back");
+    let mut check: Value = serde_json::from_str(CONFIG).expect("config");
+    check["prevResult"] = add.out.clone();
+    let check = cni_at(&cluster, "CHECK", "flaky", &path, &check.to_string());
+    assert_eq!(check.code, 0, "{}", check.out);
+    cluster
+        .wait_endpoint("pod-flaky", "True", Duration::from_secs(20))
+        .await
+        .expect("Ready again");
+}
+
+/// A container stopped while the agent is down (the DEL fails, the namespace goes) and
+/// started again once it is back: the same container id in a new sandbox, while the
+/// ContainerEndpoint of the old one is still in the API. The new attachment must win — it
+/// is attached, stays attached, and the object is replaced by one naming the new sandbox.
+#[tokio::test]
+async fn a_container_started_again_in_a_new_sandbox_wins_over_its_old_object() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    let first = cluster.container("first").expect("first");
+    let add = cni(&cluster, "ADD", "rs", Some(&first), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-rs", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+    cluster.kill_agent(0).await.expect("kill agent");
+    drop(first);
+    cluster.start_agent(0).expect("start agent");
+    let next = cluster.container("next").expect("next");
+    // Well within the gone-sandbox grace: the old object is still there.
+    let mut add = cni(&cluster, "ADD", "rs", Some(&next), CONFIG);
+    for _ in 0..50 {
+        if add.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        add = cni(&cluster, "ADD", "rs", Some(&next), CONFIG);
+    }
+    assert_eq!(add.code, 0, "{}", add.out);
+    let want = next.path().display().to_string();
+    let replaced = weft_e2e::wait_for(Duration::from_secs(20), || {
+        let api = api.clone();
+        let want = want.clone();
+        async move {
+            let cep = api.get_opt("pod-rs").await?;
+            let ready = cep.as_ref().is_some_and(|c| {
+                c.spec.sandbox == want
+                    && c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.first())
+                        .is_some_and(|c| c.status == "True")
+            });
+            Ok(ready.then_some(()))
+        }
+    })
+    .await;
+    assert!(replaced.is_ok(), "the object never named the new sandbox");
+    // Past the grace and a few passes: still attached.
+    tokio::time::sleep(GRACE).await;
+    assert!(
+        next.try_exec(&["ip", "link", "show", "eth0"]),
+        "the new sandbox lost its interface"
+    );
+    let mut check: Value = serde_json::from_str(CONFIG).expect("config");
+    check["prevResult"] = add.out.clone();
+    let check = cni(&cluster, "CHECK", "rs", Some(&next), &check.to_string());
+    assert_eq!(check.code, 0, "{}", check.out);
 }

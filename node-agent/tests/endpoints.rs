@@ -748,3 +748,92 @@ async fn localhost_publishing_opens_loopback_to_nobody_else() {
         .wait()
         .expect("the listener exits after its datagram");
 }
+
+/// The reason of an endpoint's Ready condition.
+async fn reason_of(cluster: &Cluster, name: &str, status: &str) -> String {
+    cluster
+        .wait_endpoint(name, status, SETTLE)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .status
+        .and_then(|s| s.conditions.into_iter().next())
+        .map(|c| c.reason)
+        .unwrap_or_default()
+}
+
+/// A hand-written endpoint is never released by Weft: past the gone-sandbox grace its object,
+/// its address and its host-port claim stay (only the DNAT rule goes, so the node refuses
+/// the port instead of forwarding it to nobody), and when a namespace comes back under the
+/// same path it is attached again with the same address and its port answers.
+#[tokio::test]
+async fn a_hand_written_endpoint_keeps_object_address_and_port_while_its_sandbox_is_gone() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "web",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    cluster
+        .attach(
+            "a",
+            "web",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 6100, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    let address = cluster.endpoint_address("a").await.expect("a ready");
+    let publish = || {
+        node.ns
+            .exec(&["nft", "list", "chain", "inet", "weft", "publish"])
+            .unwrap_or_default()
+    };
+    assert!(publish().contains("dport 6100"), "{}", publish());
+
+    // The namespace goes (the guard keeps its name for later).
+    weft_e2e::netns::delete(a.name()).expect("delete the namespace");
+    assert_eq!(reason_of(&cluster, "a", "False").await, "SandboxMissing");
+    // Longer than the agent's default --gone-sandbox-grace (5 s) and one probe period.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(reason_of(&cluster, "a", "False").await, "SandboxMissing");
+    assert!(!publish().contains("dport 6100"), "{}", publish());
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("b", "web", 0, &b, json!({"address": address}))
+        .await
+        .expect("attach b");
+    assert_eq!(reason_of(&cluster, "b", "False").await, "AddressInUse");
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach(
+            "c",
+            "web",
+            0,
+            &c,
+            json!({"publish": [{"hostPort": 6100, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach c");
+    assert_eq!(reason_of(&cluster, "c", "False").await, "PortConflict");
+
+    // Back under the same path: the same address, the port answers again.
+    weft_e2e::netns::sh(&["ip", "netns", "add", a.name()]).expect("namespace again");
+    a.exec(&["ip", "link", "set", "lo", "up"]).expect("lo");
+    assert_eq!(
+        cluster.endpoint_address("a").await.expect("a back"),
+        address
+    );
+    http_server(&a, 80, "a is back").expect("server");
+    let url = format!("http://{}:6100/", node.address);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &url, SETTLE)
+            .await
+            .as_deref(),
+        Some("a is back")
+    );
+}

@@ -14,7 +14,7 @@ use weft_cni::proto::AttachmentId;
 use super::manager::Endpoints;
 use super::plan;
 use super::state::lock;
-use super::translate::{cni_id_of, status_of};
+use super::translate::{of_an_earlier_sandbox, status_of};
 use super::{
     ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, LABEL_NETWORK, LABEL_NODE,
     PortSpec,
@@ -67,8 +67,7 @@ impl Endpoints {
         // which is deleted first: its identity fields are immutable).
         for att in attachments.values() {
             if let Some(old) = by_id.get(&att.id)
-                && let (Some(cni), Some(seen)) = (&att.cni, cni_id_of(old))
-                && *cni != seen
+                && of_an_earlier_sandbox(old, att)
             {
                 writes += delete_object(client, &att.id, old).await?;
                 continue;
@@ -127,8 +126,9 @@ impl Endpoints {
             if cep.spec.node != self.node || cep.metadata.deletion_timestamp.is_some() {
                 continue;
             }
-            if let (Some(att), Some(seen)) = (attachments.get(id), cni_id_of(cep))
-                && att.cni.as_ref().is_some_and(|c| *c != seen)
+            if attachments
+                .get(id)
+                .is_some_and(|att| of_an_earlier_sandbox(cep, att))
             {
                 continue;
             }

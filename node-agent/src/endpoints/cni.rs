@@ -7,11 +7,11 @@ use std::sync::atomic::Ordering;
 
 use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
-use super::EndpointId;
 use super::manager::Endpoints;
 use super::plan;
 use super::state::{Tombstone, lock, publications};
 use super::translate::{cni_request, cni_result, failure, problem_failure};
+use super::{Attachment, EndpointId};
 use crate::drivers;
 use crate::kernel::Kernel;
 
@@ -34,11 +34,12 @@ impl Endpoints {
         let (stale, id, admitted) = {
             let mut st = lock(&self.state);
             let st = &mut *st;
-            // The same ADD again: same answer.
+            // The same ADD again: same answer. The same container in a new sandbox (started
+            // again after a stop whose DEL never reached the agent) is a new attachment.
             let existing = st
                 .attachments
                 .values()
-                .find(|a| a.cni == cni_id)
+                .find(|a| a.cni == cni_id && a.sandbox == request.sandbox)
                 .map(|a| a.id.clone());
             let mut stale = None;
             let mut admitted = Ok(());
@@ -133,7 +134,8 @@ impl Endpoints {
     }
 
     /// CNI DEL: detach if known; an unknown container is fine (DEL must be idempotent).
-    pub async fn cni_del(&self, req: &proto::Request) -> Result<(), Failure> {
+    /// Returns what was detached.
+    pub async fn cni_del(&self, req: &proto::Request) -> Result<Option<Attachment>, Failure> {
         let target = AttachmentId {
             container_id: req.container_id.clone(),
             if_name: req.if_name.clone(),
@@ -145,11 +147,15 @@ impl Endpoints {
                 .find(|a| a.cni.as_ref() == Some(&target))
                 .map(|a| a.id.clone())
         };
-        let Some(id) = found else { return Ok(()) };
+        let Some(id) = found else { return Ok(None) };
         self.remove_via_cni(&id).await
     }
 
-    async fn remove_via_cni(&self, id: &EndpointId) -> Result<(), Failure> {
+    /// Detach and forget an endpoint as DEL does; its object leaves the API on the next pass.
+    pub(super) async fn remove_via_cni(
+        &self,
+        id: &EndpointId,
+    ) -> Result<Option<Attachment>, Failure> {
         {
             let mut st = lock(&self.state);
             st.tombstones.insert(id.clone(), Tombstone::now());
@@ -164,15 +170,15 @@ impl Endpoints {
             .await
             .map_err(|m| failure(codes::KERNEL, m))?;
         let att = lock(&self.state).attachments.get(id).cloned();
-        if let Some(att) = att {
-            self.detach_now(&att)
+        if let Some(att) = &att {
+            self.detach_now(att)
                 .await
                 .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
             self.forget(id);
         }
         drop(claim);
         self.wake.notify_one();
-        Ok(())
+        Ok(att)
     }
 
     /// CNI CHECK: the interface must be in the sandbox as ADD left it.
@@ -241,8 +247,8 @@ impl Endpoints {
         Ok(())
     }
 
-    /// CNI GC: every CNI attachment the runtime no longer lists goes.
-    pub async fn cni_gc(&self, req: &proto::Request) -> Result<(), Failure> {
+    /// CNI GC: every CNI attachment the runtime no longer lists goes. Returns how many.
+    pub async fn cni_gc(&self, req: &proto::Request) -> Result<usize, Failure> {
         let valid: BTreeSet<AttachmentId> = req.valid_attachments.iter().cloned().collect();
         let stale: Vec<EndpointId> = {
             let st = lock(&self.state);
@@ -252,10 +258,10 @@ impl Endpoints {
                 .map(|a| a.id.clone())
                 .collect()
         };
-        for id in stale {
-            self.remove_via_cni(&id).await?;
+        for id in &stale {
+            self.remove_via_cni(id).await?;
         }
-        Ok(())
+        Ok(stale.len())
     }
 
     /// CNI STATUS: ready once the agent has its picture and has run a pass.

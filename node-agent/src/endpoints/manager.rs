@@ -46,6 +46,10 @@ pub struct Endpoints {
     passes_started: AtomicU64,
     passes_applied: tokio::sync::watch::Sender<u64>,
     pub(super) adds: Semaphore,
+    /// How long a CNI endpoint's sandbox stays gone before it is released.
+    pub(super) gone_grace: std::time::Duration,
+    /// Asks [`Endpoints::release_gone_sandboxes`] to look now.
+    pub(super) sandbox_check: Notify,
 }
 
 impl Endpoints {
@@ -69,7 +73,15 @@ impl Endpoints {
             passes_started: AtomicU64::new(0),
             passes_applied: tokio::sync::watch::channel(0).0,
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
+            gone_grace: super::gone::DEFAULT_GRACE,
+            sandbox_check: Notify::new(),
         })
+    }
+
+    /// Release CNI endpoints whose sandbox has been gone this long (see [`super::gone`]).
+    pub fn with_gone_sandbox_grace(mut self, grace: std::time::Duration) -> Self {
+        self.gone_grace = grace;
+        self
     }
 
     /// Rebuild the allocations from the journal, then from the statuses of this node's
@@ -190,6 +202,9 @@ impl Endpoints {
             }
             Err(p) => {
                 st.ensured.remove(id);
+                if p.reason == Reason::SandboxMissing {
+                    self.check_sandboxes();
+                }
                 // An endpoint detached while this waited for its claim has nothing to report.
                 if st.attachments.contains_key(id) {
                     st.problems.insert(id.clone(), p.clone());

@@ -10,7 +10,9 @@
 //!
 //! What an endpoint gets in the kernel comes from its network's driver
 //! ([`crate::drivers::Driver`]); [`plan`] adds what every endpoint gets alike. One endpoint
-//! is worked on by one task at a time ([`claims`]). [`translate`] holds the pure mappings
+//! is worked on by one task at a time ([`claims`]). An endpoint whose sandbox vanished
+//! without a DEL (the runtime removed it while the agent was down) is found and, if the CNI
+//! plugin made it, released by [`gone`]. [`translate`] holds the pure mappings
 //! between the state and the API and CNI shapes.
 //!
 //! Addresses are allocated here, on the node, with no API round trip: bridge networks are
@@ -22,6 +24,7 @@
 pub mod api;
 pub mod claims;
 pub mod cni;
+pub mod gone;
 pub mod ipam;
 pub mod journal;
 pub mod manager;
@@ -165,4 +168,6 @@ pub struct Publication {
     pub address: IpAddr,
     pub subnet: IpNet,
     pub ports: Vec<PortSpec>,
+    /// The sandbox is gone ([`gone`]): the ports keep their claims but get no DNAT rules.
+    pub sandbox_gone: bool,
 }

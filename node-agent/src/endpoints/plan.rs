@@ -145,6 +145,8 @@ pub fn publish_rules(
         }
     }
 
+    // A gone sandbox keeps its claims (nobody else takes its ports) but gets no rules.
+    accepted.retain(|p| !p.sandbox_gone);
     let mut chains: BTreeMap<String, NftChain> = BTreeMap::new();
     if accepted.is_empty() {
         return (chains, conflicts);
@@ -325,6 +327,7 @@ mod tests {
             address: addr.parse().expect("addr"),
             subnet: "10.0.0.0/24".parse().expect("subnet"),
             ports,
+            sandbox_gone: false,
         }
     }
 
@@ -396,6 +399,24 @@ mod tests {
             .map(|r| r.body.as_str())
             .collect();
         assert_eq!(rules, vec!["tcp dport 5000 dnat ip to 10.0.0.2:80"]);
+    }
+
+    #[test]
+    fn a_gone_sandbox_keeps_its_port_claims_but_gets_no_rules() {
+        let mut gone = publication("a", 1, "10.0.0.2", vec![tcp(5000, 80)]);
+        gone.sandbox_gone = true;
+        let later = publication("b", 2, "10.0.0.3", vec![tcp(5000, 80)]);
+        let (chains, conflicts) = publish_rules(&[gone.clone(), later]);
+        assert!(chains.is_empty(), "{chains:?}");
+        assert_eq!(conflicts[&id("b")].reason, Reason::PortConflict);
+        let other = publication("c", 3, "10.0.0.4", vec![tcp(6000, 80)]);
+        let (chains, _) = publish_rules(&[gone, other]);
+        let rules: Vec<&str> = chains[CHAIN_PUBLISH]
+            .rules
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        assert_eq!(rules, vec!["tcp dport 6000 dnat ip to 10.0.0.4:80"]);
     }
 
     #[test]

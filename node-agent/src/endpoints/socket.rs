@@ -72,9 +72,9 @@ async fn handle(stream: tokio::net::UnixStream, endpoints: Arc<Endpoints>) -> st
         Ok(req) => {
             let started = std::time::Instant::now();
             let r = dispatch(&req, &endpoints).await;
-            tracing::debug!(command = ?req.command, container = %req.container_id, took = ?started.elapsed(), ok = r.is_ok(), "CNI request");
+            log_call(&req, &r, started.elapsed());
             match r {
-                Ok(a) => Response::Ok(a),
+                Ok(done) => Response::Ok(done.answer),
                 Err(f) => Response::Error(f),
             }
         }
@@ -85,26 +85,73 @@ async fn handle(stream: tokio::net::UnixStream, endpoints: Arc<Endpoints>) -> st
     write.shutdown().await
 }
 
-async fn dispatch(
-    req: &proto::Request,
-    endpoints: &Endpoints,
-) -> Result<proto::Attachment, Failure> {
+/// What a call did: the answer, and for its log line what it touched.
+#[derive(Default)]
+struct Done {
+    answer: proto::Attachment,
+    /// The address added (ADD) or released (DEL).
+    address: Option<String>,
+    /// Attachments GC removed.
+    released: Option<usize>,
+}
+
+/// One info line per ADD, DEL and GC (and per failed CHECK), so an operator sees every
+/// attachment come and go; STATUS and passing CHECKs only at debug.
+fn log_call(req: &proto::Request, r: &Result<Done, Failure>, took: std::time::Duration) {
+    let command = match req.command {
+        Command::Add => "ADD",
+        Command::Del => "DEL",
+        Command::Check => "CHECK",
+        Command::Gc => "GC",
+        Command::Status => "STATUS",
+    };
+    let network = if req.network.is_empty() {
+        &req.config_name
+    } else {
+        &req.network
+    };
+    let (result, address, released) = match r {
+        Ok(d) => ("ok".to_string(), d.address.as_deref(), d.released),
+        Err(f) => (format!("error {}", f.code), None, None),
+    };
+    let took_ms = took.as_secs_f64() * 1000.0;
+    let quiet =
+        matches!(req.command, Command::Status) || (req.command == Command::Check && r.is_ok());
+    if quiet {
+        tracing::debug!(command, container = %req.container_id, network, result, took_ms, "CNI call");
+        return;
+    }
+    let error = r.as_ref().err().map(|f| f.msg.as_str());
+    tracing::info!(
+        command,
+        container = %req.container_id,
+        network,
+        interface = %req.if_name,
+        address = address.unwrap_or("-"),
+        released,
+        result,
+        error,
+        took_ms = (took_ms * 10.0).round() / 10.0,
+        "CNI call"
+    );
+}
+
+async fn dispatch(req: &proto::Request, endpoints: &Endpoints) -> Result<Done, Failure> {
     match req.command {
-        Command::Add => endpoints.cni_add(req).await,
-        Command::Del => endpoints
-            .cni_del(req)
-            .await
-            .map(|()| proto::Attachment::default()),
-        Command::Check => endpoints
-            .cni_check(req)
-            .await
-            .map(|()| proto::Attachment::default()),
-        Command::Gc => endpoints
-            .cni_gc(req)
-            .await
-            .map(|()| proto::Attachment::default()),
-        Command::Status => endpoints
-            .cni_status()
-            .map(|()| proto::Attachment::default()),
+        Command::Add => endpoints.cni_add(req).await.map(|answer| Done {
+            address: answer.ips.first().map(|ip| ip.address.clone()),
+            answer,
+            ..Done::default()
+        }),
+        Command::Del => endpoints.cni_del(req).await.map(|att| Done {
+            address: att.and_then(|a| a.address).map(|a| a.to_string()),
+            ..Done::default()
+        }),
+        Command::Check => endpoints.cni_check(req).await.map(|()| Done::default()),
+        Command::Gc => endpoints.cni_gc(req).await.map(|n| Done {
+            released: Some(n),
+            ..Done::default()
+        }),
+        Command::Status => endpoints.cni_status().map(|()| Done::default()),
     }
 }

@@ -13,7 +13,7 @@ use weft_api::ContainerEndpoint;
 use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
-use super::translate::{cni_id_of, remote_endpoint, request_of};
+use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
@@ -63,6 +63,8 @@ pub(super) struct State {
     /// a minute if it never showed up), so a ContainerEndpoint created by a late status
     /// write cannot bring the attachment back.
     pub tombstones: BTreeMap<EndpointId, Tombstone>,
+    /// Endpoints whose sandbox is certainly gone, since when ([`super::gone`]).
+    pub gone: BTreeMap<EndpointId, super::gone::Gone>,
     /// The last pass's picture, for CNI calls between passes.
     pub networks: Networks,
     pub desired_node: Arc<KernelState>,
@@ -189,8 +191,10 @@ impl State {
             // The object of an earlier sandbox under the same pod name (DEL, then ADD again
             // before the old object left the API): the current attachment wins; the stale
             // object is replaced by publish_status.
-            if let (Some(att), Some(cni)) = (st.attachments.get(&id), cni_id_of(cep))
-                && att.cni.as_ref().is_some_and(|c| *c != cni)
+            if st
+                .attachments
+                .get(&id)
+                .is_some_and(|att| of_an_earlier_sandbox(cep, att))
             {
                 continue;
             }
@@ -413,6 +417,7 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
                 address: addr.addr(),
                 subnet: addr.trunc(),
                 ports: a.publish.clone(),
+                sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
             })
         })
         .collect()

@@ -291,6 +291,17 @@ pub(super) fn cni_id_of(cep: &ContainerEndpoint) -> Option<AttachmentId> {
     })
 }
 
+/// Is `cep` the object of an earlier sandbox under the same name as the CNI attachment
+/// `att` — another container, or the same container id in a new sandbox (`podman restart`:
+/// DEL, then ADD with a new namespace before the old object left the API)? The attachment
+/// wins; the object is replaced.
+pub(super) fn of_an_earlier_sandbox(cep: &ContainerEndpoint, att: &Attachment) -> bool {
+    match (&att.cni, cni_id_of(cep)) {
+        (Some(cni), Some(seen)) => *cni != seen || cep.spec.sandbox != att.sandbox,
+        _ => false,
+    }
+}
+
 /// Another node's endpoint, from its status (its network's driver decides whether this
 /// node needs entries for it).
 pub(super) fn remote_endpoint(
@@ -622,6 +633,38 @@ mod tests {
         assert_eq!(remote_endpoint(&other, &Networks::default()), None);
         other.status = None;
         assert_eq!(remote_endpoint(&other, &networks), None);
+    }
+
+    #[test]
+    fn an_object_of_an_earlier_sandbox_is_told_apart() {
+        let mut c = cep(json!({
+            "network": "lan", "node": "n1", "sandbox": "/var/run/netns/pod", "interfaceName": "eth0",
+        }));
+        let mut att = attachment(Some("10.0.0.2/24"), None);
+        assert!(!of_an_earlier_sandbox(&c, &att), "hand-written");
+        c.metadata.annotations = Some(
+            [
+                (ANNOTATION_CONTAINER_ID.to_string(), "abc".to_string()),
+                (ANNOTATION_IFNAME.to_string(), "eth0".to_string()),
+            ]
+            .into(),
+        );
+        att.cni = Some(AttachmentId {
+            container_id: "abc".into(),
+            if_name: "eth0".into(),
+        });
+        assert!(!of_an_earlier_sandbox(&c, &att), "its own object");
+        att.sandbox = "/var/run/netns/after-restart".into();
+        assert!(
+            of_an_earlier_sandbox(&c, &att),
+            "same container, new sandbox"
+        );
+        att.sandbox = "/var/run/netns/pod".into();
+        att.cni = Some(AttachmentId {
+            container_id: "other".into(),
+            if_name: "eth0".into(),
+        });
+        assert!(of_an_earlier_sandbox(&c, &att), "another container");
     }
 
     #[test]
