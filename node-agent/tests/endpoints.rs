@@ -355,6 +355,100 @@ async fn isolation_internal_and_icc() {
     );
 }
 
+/// A neighbour on the underlay with a route to the bridge subnets through the node: only
+/// published ports answer it, unless the network is `inbound: routed`.
+#[tokio::test]
+async fn inbound_from_outside_reaches_published_ports_only_unless_routed() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "shut",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.5.0.0/24"]}}),
+        )
+        .await
+        .expect("shut");
+    cluster
+        .network(
+            "open",
+            json!({"driver": "bridge", "bridge": {"inbound": "routed"}, "ipam": {"subnets": ["10.6.0.0/24"]}}),
+        )
+        .await
+        .expect("open");
+    let s1 = cluster.container("s1").expect("s1");
+    let s2 = cluster.container("s2").expect("s2");
+    let o1 = cluster.container("o1").expect("o1");
+    cluster
+        .attach(
+            "s1",
+            "shut",
+            0,
+            &s1,
+            json!({"publish": [{"hostPort": 7000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach s1");
+    cluster
+        .attach("s2", "shut", 0, &s2, json!({}))
+        .await
+        .expect("attach s2");
+    cluster
+        .attach("o1", "open", 0, &o1, json!({}))
+        .await
+        .expect("attach o1");
+    let a_s1 = cluster.endpoint_address("s1").await.expect("s1");
+    let a_s2 = cluster.endpoint_address("s2").await.expect("s2");
+    let a_o1 = cluster.endpoint_address("o1").await.expect("o1");
+    for (ns, body) in [(&s1, "s1"), (&s2, "s2"), (&o1, "o1")] {
+        http_server(ns, 80, body).expect("server");
+    }
+    for subnet in ["10.5.0.0/24", "10.6.0.0/24"] {
+        cluster
+            .underlay
+            .exec(&["ip", "route", "replace", subnet, "via", &node.address])
+            .expect("route via the node");
+    }
+
+    // Positive controls: the routed network answers directly, the published port answers
+    // through the host port, so the route and the servers are fine.
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{a_o1}/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("o1"),
+        "inbound: routed must let the neighbour in"
+    );
+    assert_eq!(
+        http_get_within(
+            &cluster.underlay,
+            &format!("http://{}:7000/", node.address),
+            SETTLE
+        )
+        .await
+        .as_deref(),
+        Some("s1"),
+        "the published port from outside"
+    );
+    // Unpublished, and the published container port asked for directly (not DNATed).
+    for target in [&a_s2, &a_s1] {
+        assert_eq!(
+            http_get(&cluster.underlay, &format!("http://{target}/")),
+            None,
+            "{target} must not answer a routed neighbour"
+        );
+    }
+    // Unaffected: the node itself, a peer on the same bridge, and egress.
+    assert_eq!(
+        http_get(&node.ns, &format!("http://{a_s2}/")).as_deref(),
+        Some("s2")
+    );
+    assert_eq!(
+        http_get(&s1, &format!("http://{a_s2}/")).as_deref(),
+        Some("s2")
+    );
+    assert!(reachable(&s2, OUTSIDE, SETTLE).await, "egress");
+}
+
 /// Does this kernel create ipvlan links? (Asked in a throwaway namespace.)
 fn kernel_has_ipvlan() -> bool {
     let Ok(ns) = weft_e2e::netns::Netns::new("probe") else {

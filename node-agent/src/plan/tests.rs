@@ -266,6 +266,7 @@ fn without_nftables_only_networks_that_need_it_fail() {
         host_binding: None,
         isolation: false,
         inter_container_traffic: true,
+        inbound: weft_api::Inbound::Routed,
     });
     let (state, outcomes) = plan_node(
         &[
