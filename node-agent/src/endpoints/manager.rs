@@ -22,6 +22,7 @@ use weft_api::ContainerEndpoint;
 use super::claims::{CLAIM_TIMEOUT, Claim, Claims};
 use super::journal::Journal;
 use super::plan;
+use super::sandbox::{DEFAULT_SANDBOX_DIR, SandboxPolicy};
 use super::state::{NodeAdditions, State, Work, lock};
 use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
@@ -62,7 +63,10 @@ impl Endpoints {
             manager,
             kernel,
             journal: Journal::open(state_dir)?,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                sandboxes: SandboxPolicy::for_node(None, Path::new(DEFAULT_SANDBOX_DIR))?,
+                ..State::default()
+            }),
             claims: Claims::default(),
             wake,
             ready: AtomicBool::new(false),
@@ -70,6 +74,13 @@ impl Endpoints {
             passes_applied: tokio::sync::watch::channel(0).0,
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
         })
+    }
+
+    /// Replace the sandbox policy (the node's own namespaces, the directory of named
+    /// namespaces); [`Endpoints::new`] starts with the agent's own namespace refused.
+    pub fn with_sandbox_policy(self, policy: SandboxPolicy) -> Self {
+        lock(&self.state).sandboxes = policy;
+        self
     }
 
     /// Rebuild the allocations from the journal, then from the statuses of this node's
