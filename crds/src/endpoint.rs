@@ -115,7 +115,7 @@ pub enum Protocol {
 pub struct ContainerEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, plus reasons such as AddressInUse, OutsideSubnet, PortConflict, SandboxMissing,
+    /// Ready, plus reasons such as AddressInUse, OutsideSubnet, PortConflict, SandboxMissing, SandboxNotAllowed,
     /// NetworkNotReady.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

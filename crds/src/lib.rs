@@ -18,7 +18,7 @@ pub use endpoint::{
     ContainerEndpoint, ContainerEndpointSpec, ContainerEndpointStatus, Protocol, PublishedPort,
 };
 pub use network::{
-    BridgeOptions, ContainerNetwork, ContainerNetworkSpec, ContainerNetworkStatus, Driver,
+    BridgeOptions, ContainerNetwork, ContainerNetworkSpec, ContainerNetworkStatus, Driver, Inbound,
     IpamSpec, IpvlanMode, IpvlanOptions, MacvlanMode, MacvlanOptions, OverlayOptions,
 };
 pub use node::{

@@ -153,6 +153,25 @@ pub struct BridgeOptions {
     /// Let endpoints on this bridge reach each other (Docker's enable_icc).
     #[serde(default = "default_true")]
     pub inter_container_traffic: bool,
+    /// What reaches the network's endpoints from outside the node (Docker 28's gateway
+    /// modes `nat` and `routed`).
+    #[serde(default)]
+    pub inbound: Inbound,
+}
+
+/// Which connections from outside the node reach a bridge network's endpoints. Endpoints
+/// of the same bridge, the node itself and replies to the endpoints' own connections are
+/// never affected.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Inbound {
+    /// Only published ports (connections the node DNATs to an endpoint): a host with a
+    /// route to the subnet through the node reaches nothing else (Docker 28's default).
+    #[default]
+    Published,
+    /// Every port of every endpoint, for setups that route the subnet to the node on
+    /// purpose (Docker's `gateway_mode_ipv4=routed`).
+    Routed,
 }
 
 impl Default for BridgeOptions {
@@ -162,6 +181,7 @@ impl Default for BridgeOptions {
             host_binding: None,
             isolation: true,
             inter_container_traffic: true,
+            inbound: Inbound::Published,
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Reason {
     PortConflict,
     /// The sandbox (network namespace) does not exist.
     SandboxMissing,
+    /// The sandbox is not this endpoint's to attach: the node's own namespace, a `/proc`
+    /// path, outside the node's directory of named namespaces, or another namespace's pod.
+    SandboxNotAllowed,
 
     // A network's allocation (controller).
     /// An explicit subnet overlaps an older network's.
@@ -94,6 +97,7 @@ impl Reason {
             Reason::NoFreeAddress => "NoFreeAddress",
             Reason::PortConflict => "PortConflict",
             Reason::SandboxMissing => "SandboxMissing",
+            Reason::SandboxNotAllowed => "SandboxNotAllowed",
             Reason::SubnetOverlap => "SubnetOverlap",
             Reason::PoolExhausted => "PoolExhausted",
             Reason::PoolNotFound => "PoolNotFound",
@@ -128,6 +132,7 @@ impl Reason {
             | Reason::NoFreeAddress
             | Reason::PortConflict
             | Reason::SandboxMissing
+            | Reason::SandboxNotAllowed
             | Reason::SubnetOverlap
             | Reason::PoolExhausted
             | Reason::PoolNotFound
@@ -142,7 +147,7 @@ impl Reason {
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::NotAllocated,
         Reason::NoBlock,
         Reason::ParentMissing,
@@ -159,6 +164,7 @@ impl Reason {
         Reason::NoFreeAddress,
         Reason::PortConflict,
         Reason::SandboxMissing,
+        Reason::SandboxNotAllowed,
         Reason::SubnetOverlap,
         Reason::PoolExhausted,
         Reason::PoolNotFound,

@@ -46,6 +46,25 @@ async fn unknown_driver_is_refused_with_the_supported_list() {
 }
 
 #[tokio::test]
+async fn bridge_inbound_is_published_or_routed() {
+    let msg = rejected_network(json!({"driver": "bridge", "bridge": {"inbound": "open"}})).await;
+    assert_mentions(&msg, "spec.bridge.inbound");
+    assert_mentions(&msg, r#"supported values: "published", "routed""#);
+    let client = connect().await.expect("API server");
+    for inbound in ["published", "routed"] {
+        create_raw::<ContainerNetwork>(
+            &client,
+            network(
+                &unique("inbound"),
+                json!({"driver": "bridge", "bridge": {"inbound": inbound}}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inbound {inbound} refused: {e}"));
+    }
+}
+
+#[tokio::test]
 async fn driver_block_of_another_driver_is_refused() {
     let msg = rejected_network(json!({"driver": "overlay", "macvlan": {"parent": "eth0"}})).await;
     assert_mentions(&msg, "spec.macvlan is only allowed when driver is macvlan");

@@ -29,6 +29,7 @@ use weft_daemon::watch::WatchBackoff;
 
 use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;
+use crate::endpoints::sandbox::SandboxPolicy;
 use crate::kernel::{self, Kernel};
 use crate::metrics::Metrics;
 use crate::model::{KernelState, network_of_alias};
@@ -42,6 +43,8 @@ pub const MANAGER: &str = "weft-agent";
 pub struct Config {
     pub node_name: String,
     pub netns: Option<PathBuf>,
+    /// Hand-written ContainerEndpoints' sandboxes must lie in this directory.
+    pub sandbox_dir: PathBuf,
     pub underlay_interface: Option<String>,
     pub underlay_address: Option<IpAddr>,
     /// Labels put on the NetworkNode (what nodeSelectors match).
@@ -346,7 +349,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
             notify.clone(),
         )
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
-        .with_gone_sandbox_grace(cfg.gone_sandbox_grace),
+        .with_gone_sandbox_grace(cfg.gone_sandbox_grace)
+        .with_sandbox_policy(
+            SandboxPolicy::for_node(cfg.netns.as_deref(), &cfg.sandbox_dir)
+                .context("reading the node's network namespaces")?,
+        ),
     );
 
     let mut events = kernel

@@ -22,6 +22,10 @@ struct Args {
     /// Program this network namespace instead of the agent's own (the API is still reached from here).
     #[arg(long)]
     netns: Option<PathBuf>,
+    /// Directory of named network namespaces: a hand-written ContainerEndpoint's sandbox must
+    /// lie in it (CNI attachments are the runtime's choice).
+    #[arg(long, default_value = weft_agent::endpoints::sandbox::DEFAULT_SANDBOX_DIR)]
+    sandbox_dir: PathBuf,
     /// Interface carrying the underlay (default: the interface of the default route).
     #[arg(long)]
     underlay_interface: Option<String>,
@@ -104,6 +108,7 @@ async fn run() -> anyhow::Result<()> {
     let cfg = agent::Config {
         node_name: args.node_name,
         netns: args.netns,
+        sandbox_dir: args.sandbox_dir,
         underlay_interface: args.underlay_interface,
         underlay_address: args.underlay_address,
         labels: parse_labels(&args.node_labels)?,

@@ -725,3 +725,70 @@ async fn a_container_started_again_in_a_new_sandbox_wins_over_its_old_object() {
     let check = cni(&cluster, "CHECK", "rs", Some(&next), &check.to_string());
     assert_eq!(check.code, 0, "{}", check.out);
 }
+
+/// A pod's sandbox belongs to the pod's namespace: a ContainerEndpoint of another namespace
+/// cannot attach it, however its path is spelled.
+#[tokio::test]
+async fn a_pods_sandbox_cannot_be_attached_from_another_namespace() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    cluster
+        .network(
+            "side",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.89.0.0/24"]}}),
+        )
+        .await
+        .expect("side");
+    let s1 = cluster.container("s1").expect("s1");
+    let add = cni(&cluster, "ADD", "c1", Some(&s1), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    cluster
+        .wait_endpoint("pod-c1", "True", Duration::from_secs(20))
+        .await
+        .expect("the pod's endpoint");
+
+    let name = s1
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let spellings = [
+        ("steal", s1.path().display().to_string()),
+        ("steal-dots", format!("/var/run/netns/../netns/./{name}")),
+    ];
+    for (cep, sandbox) in &spellings {
+        cluster
+            .apply(
+                json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+                "metadata": {"name": cep, "namespace": "tenant-b"},
+                "spec": {"network": "side", "node": cluster.nodes[0].name, "sandbox": sandbox}}),
+            )
+            .await
+            .expect("apply");
+    }
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "tenant-b");
+    for (cep, sandbox) in &spellings {
+        let cond = weft_e2e::wait_for(Duration::from_secs(20), || {
+            let api = api.clone();
+            async move {
+                let obj = api.get(cep).await?;
+                Ok(obj
+                    .status
+                    .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                    .filter(|c| c.status == "False"))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{cep} ({sandbox}) not refused: {e}"));
+        assert_eq!(cond.reason, "SandboxNotAllowed", "{cep}: {}", cond.message);
+        assert!(
+            cond.message.contains("namespace default"),
+            "{cep}: {}",
+            cond.message
+        );
+    }
+    // The pod's sandbox kept only what its runtime asked for.
+    let links = s1.exec(&["ip", "-o", "link"]).expect("links");
+    assert_eq!(links.lines().count(), 2, "{links}");
+}

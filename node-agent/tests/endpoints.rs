@@ -355,6 +355,200 @@ async fn isolation_internal_and_icc() {
     );
 }
 
+/// A neighbour on the underlay with a route to the bridge subnets through the node: only
+/// published ports answer it, unless the network is `inbound: routed`.
+#[tokio::test]
+async fn inbound_from_outside_reaches_published_ports_only_unless_routed() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "shut",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.5.0.0/24"]}}),
+        )
+        .await
+        .expect("shut");
+    cluster
+        .network(
+            "open",
+            json!({"driver": "bridge", "bridge": {"inbound": "routed"}, "ipam": {"subnets": ["10.6.0.0/24"]}}),
+        )
+        .await
+        .expect("open");
+    let s1 = cluster.container("s1").expect("s1");
+    let s2 = cluster.container("s2").expect("s2");
+    let o1 = cluster.container("o1").expect("o1");
+    cluster
+        .attach(
+            "s1",
+            "shut",
+            0,
+            &s1,
+            json!({"publish": [{"hostPort": 7000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach s1");
+    cluster
+        .attach("s2", "shut", 0, &s2, json!({}))
+        .await
+        .expect("attach s2");
+    cluster
+        .attach("o1", "open", 0, &o1, json!({}))
+        .await
+        .expect("attach o1");
+    let a_s1 = cluster.endpoint_address("s1").await.expect("s1");
+    let a_s2 = cluster.endpoint_address("s2").await.expect("s2");
+    let a_o1 = cluster.endpoint_address("o1").await.expect("o1");
+    for (ns, body) in [(&s1, "s1"), (&s2, "s2"), (&o1, "o1")] {
+        http_server(ns, 80, body).expect("server");
+    }
+    for subnet in ["10.5.0.0/24", "10.6.0.0/24"] {
+        cluster
+            .underlay
+            .exec(&["ip", "route", "replace", subnet, "via", &node.address])
+            .expect("route via the node");
+    }
+
+    // Positive controls: the routed network answers directly, the published port answers
+    // through the host port, so the route and the servers are fine.
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{a_o1}/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("o1"),
+        "inbound: routed must let the neighbour in"
+    );
+    assert_eq!(
+        http_get_within(
+            &cluster.underlay,
+            &format!("http://{}:7000/", node.address),
+            SETTLE
+        )
+        .await
+        .as_deref(),
+        Some("s1"),
+        "the published port from outside"
+    );
+    // Unpublished, and the published container port asked for directly (not DNATed).
+    for target in [&a_s2, &a_s1] {
+        assert_eq!(
+            http_get(&cluster.underlay, &format!("http://{target}/")),
+            None,
+            "{target} must not answer a routed neighbour"
+        );
+    }
+    // Unaffected: the node itself, a peer on the same bridge, and egress.
+    assert_eq!(
+        http_get(&node.ns, &format!("http://{a_s2}/")).as_deref(),
+        Some("s2")
+    );
+    assert_eq!(
+        http_get(&s1, &format!("http://{a_s2}/")).as_deref(),
+        Some("s2")
+    );
+    assert!(reachable(&s2, OUTSIDE, SETTLE).await, "egress");
+}
+
+/// A hand-written endpoint reaches only the named namespaces in the node's directory, never
+/// the node's own namespace or a /proc path, however the path is spelled.
+#[tokio::test]
+async fn hand_written_sandboxes_are_named_namespaces_never_the_node() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "web",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.7.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let ok = cluster.container("ok").expect("ok");
+    let hidden = cluster.container("hidden").expect("hidden");
+    let tag = std::process::id();
+    // `hidden`'s namespace bind-mounted outside the directory; a link in the directory
+    // into /proc.
+    let outside = std::env::temp_dir().join(format!("weft-sandbox-outside-{tag}"));
+    std::fs::write(&outside, b"").expect("mount point");
+    let mounted = std::process::Command::new("mount")
+        .args(["--bind"])
+        .arg(hidden.path())
+        .arg(&outside)
+        .status()
+        .expect("mount")
+        .success();
+    assert!(mounted, "bind-mounting a namespace outside /var/run/netns");
+    let link = std::path::PathBuf::from(format!("/var/run/netns/weft-sandbox-link-{tag}"));
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink("/proc/1/ns/net", &link).expect("symlink");
+
+    // Positive control: `..` that stays inside the directory is fine.
+    let ok_name = ok
+        .path()
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .to_string();
+    let dotted = format!("/var/run/netns/../netns/./{ok_name}");
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let cep = |name: &str, sandbox: &str| {
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"network": "web", "node": node.name, "sandbox": sandbox}})
+    };
+    cluster.apply(cep("ok", &dotted)).await.expect("ok");
+    assert_eq!(
+        cluster.endpoint_address("ok").await.expect("ok"),
+        "10.7.0.2"
+    );
+
+    let node_ns = node.ns.path().display().to_string();
+    let outside_s = outside.display().to_string();
+    let link_s = link.display().to_string();
+    let refused = [
+        ("node", node_ns.as_str(), "node's own"),
+        ("agent", "/proc/self/ns/net", "/proc"),
+        ("init", "/proc/1/ns/net", "/proc"),
+        ("dots", "/var/run/netns/../../proc/1/ns/net", "/proc"),
+        ("link", link_s.as_str(), "does not resolve"),
+        ("outside", outside_s.as_str(), "outside"),
+    ];
+    for (name, sandbox, _) in refused {
+        cluster.apply(cep(name, sandbox)).await.expect("apply");
+    }
+    for (name, sandbox, why) in refused {
+        let cep = cluster
+            .wait_endpoint(name, "False", SETTLE)
+            .await
+            .unwrap_or_else(|e| panic!("{name} ({sandbox}) not refused: {e}"));
+        let cond = &cep.status.expect("status").conditions[0];
+        assert_eq!(cond.reason, "SandboxNotAllowed", "{name}: {}", cond.message);
+        assert!(cond.message.contains(why), "{name}: {}", cond.message);
+        // Nothing of it anywhere: no host side, no journal record of an address.
+        assert!(
+            !node
+                .ns
+                .try_exec(&["ip", "link", "show", &host_interface(&id(name))]),
+            "{name} got a host side"
+        );
+        assert!(cep_status_address(&api, name).await.is_none(), "{name}");
+    }
+    // The node's namespace got no eth0 of Weft's (the fight the issue saw).
+    let links = node.ns.exec(&["ip", "-o", "link"]).expect("links");
+    assert!(!links.contains("02:42:0a:07"), "{links}");
+
+    let _ = std::process::Command::new("umount").arg(&outside).status();
+    let _ = std::fs::remove_file(&outside);
+    let _ = std::fs::remove_file(&link);
+}
+
+async fn cep_status_address(
+    api: &kube::Api<weft_api::ContainerEndpoint>,
+    name: &str,
+) -> Option<String> {
+    api.get(name).await.ok()?.status?.address
+}
+
 /// Does this kernel create ipvlan links? (Asked in a throwaway namespace.)
 fn kernel_has_ipvlan() -> bool {
     let Ok(ns) = weft_e2e::netns::Netns::new("probe") else {

@@ -44,6 +44,7 @@ impl Driver for Bridge {
             internal: net.spec.internal,
             isolation: options.isolation,
             icc: options.inter_container_traffic,
+            published_only: options.inbound == weft_api::Inbound::Published,
             anycast_guard: None,
         };
         bridge.add_to(out);
@@ -204,6 +205,7 @@ mod tests {
                 internal: false,
                 isolation: true,
                 icc: true,
+                published_only: true,
                 anycast_guard: None,
             }
         );
@@ -260,6 +262,7 @@ mod tests {
             host_binding: None,
             isolation: false,
             inter_container_traffic: false,
+            inbound: weft_api::Inbound::Routed,
         });
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
         let intent = intent.expect("planned");
@@ -267,6 +270,7 @@ mod tests {
         assert!(!intent.masquerade);
         assert!(!intent.isolation);
         assert!(!intent.icc);
+        assert!(!intent.published_only);
     }
 
     #[test]

@@ -270,6 +270,9 @@ pub struct FirewallIntent {
     pub isolation: bool,
     /// Endpoints on the bridge may talk to each other (Docker's `enable_icc`).
     pub icc: bool,
+    /// From outside the node only published ports (DNATed connections) and replies reach
+    /// the endpoints (bridge `inbound: published`, Docker 28's default).
+    pub published_only: bool,
     /// Overlay: drop frames that enter the bridge from the VXLAN port with the anycast
     /// gateway's MAC as source — another node's gateway, which must stay on its own node.
     pub anycast_guard: Option<AnycastGuard>,
@@ -301,6 +304,7 @@ impl FirewallIntent {
             && (self.internal
                 || self.isolation
                 || !self.icc
+                || self.published_only
                 || self.anycast_guard.is_some()
                 || (self.masquerade && !self.subnets.is_empty()))
     }

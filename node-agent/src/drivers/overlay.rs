@@ -111,6 +111,8 @@ impl Driver for Overlay {
             internal: net.spec.internal,
             isolation: true,
             icc: true,
+            // Other nodes' endpoints arrive bridged over VXLAN, not routed: unaffected.
+            published_only: true,
             anycast_guard: Some(AnycastGuard {
                 port: vxlan_name.clone(),
                 mac,

@@ -54,6 +54,9 @@ impl Endpoints {
                         ),
                     ));
                 }
+                st.sandboxes
+                    .refuse_node_namespace(&request.sandbox)
+                    .map_err(|p| problem_failure(&p))?;
                 // Another sandbox under the same name (a pod re-created without DEL).
                 if let Some(old) = st.attachments.remove(&request.id) {
                     st.ipam.release(&old.network_uid, &old.id.to_string());

@@ -22,6 +22,7 @@ use weft_api::ContainerEndpoint;
 use super::claims::{CLAIM_TIMEOUT, Claim, Claims};
 use super::journal::Journal;
 use super::plan;
+use super::sandbox::{DEFAULT_SANDBOX_DIR, SandboxPolicy};
 use super::state::{NodeAdditions, State, Work, lock};
 use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
@@ -66,7 +67,10 @@ impl Endpoints {
             manager,
             kernel,
             journal: Journal::open(state_dir)?,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                sandboxes: SandboxPolicy::for_node(None, Path::new(DEFAULT_SANDBOX_DIR))?,
+                ..State::default()
+            }),
             claims: Claims::default(),
             wake,
             ready: AtomicBool::new(false),
@@ -81,6 +85,13 @@ impl Endpoints {
     /// Release CNI endpoints whose sandbox has been gone this long (see [`super::gone`]).
     pub fn with_gone_sandbox_grace(mut self, grace: std::time::Duration) -> Self {
         self.gone_grace = grace;
+        self
+    }
+
+    /// Replace the sandbox policy (the node's own namespaces, the directory of named
+    /// namespaces); [`Endpoints::new`] starts with the agent's own namespace refused.
+    pub fn with_sandbox_policy(self, policy: SandboxPolicy) -> Self {
+        lock(&self.state).sandboxes = policy;
         self
     }
 

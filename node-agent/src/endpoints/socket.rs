@@ -50,11 +50,13 @@ pub async fn serve(path: &Path, endpoints: Arc<Endpoints>) -> std::io::Result<()
 
 async fn handle(stream: tokio::net::UnixStream, endpoints: Arc<Endpoints>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
+    // Bytes, not a String: a line that is not UTF-8 is answered as undecodable rather than
+    // dropped without an answer (found by the socket fuzz test).
+    let mut line = Vec::new();
     BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST))
-        .read_line(&mut line)
+        .read_until(b'\n', &mut line)
         .await?;
-    let response = match serde_json::from_str::<proto::Request>(&line) {
+    let response = match serde_json::from_slice::<proto::Request>(&line) {
         Err(e) => Response::Error(Failure {
             code: codes::DECODE_FAILURE,
             msg: format!("the agent could not read the plugin's request: {e}"),

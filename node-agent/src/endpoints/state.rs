@@ -13,6 +13,7 @@ use weft_api::ContainerEndpoint;
 use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
+use super::sandbox::SandboxPolicy;
 use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoint, request_of};
 use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
@@ -69,6 +70,8 @@ pub(super) struct State {
     pub networks: Networks,
     pub desired_node: Arc<KernelState>,
     pub facts: Option<NodeFacts>,
+    /// Who may attach which sandbox.
+    pub sandboxes: SandboxPolicy,
 }
 
 pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -256,6 +259,12 @@ impl State {
                 }
             };
             if st.attachments.contains_key(id) {
+                continue;
+            }
+            // Admitted by the pass = written by hand, whatever its annotations claim: the
+            // CNI door admits its own before their objects exist.
+            if let Err(p) = st.sandboxes.authorize(req, &st.attachments) {
+                st.problems.insert(id.clone(), p);
                 continue;
             }
             match st.admit(node, journal, req) {

@@ -87,7 +87,7 @@ pub(super) fn cni_code(reason: Reason) -> u32 {
         Reason::PortConflict => codes::PORT_CONFLICT,
         Reason::NetworkNotReady => codes::TRY_AGAIN_LATER,
         Reason::InvalidSpec => codes::INVALID_CONFIG,
-        Reason::SandboxMissing => codes::INVALID_ENVIRONMENT,
+        Reason::SandboxMissing | Reason::SandboxNotAllowed => codes::INVALID_ENVIRONMENT,
         Reason::KernelError => codes::KERNEL,
         // Not endpoint reasons: should one reach a CNI answer, it is the agent's fault.
         Reason::NotAllocated

@@ -10,6 +10,7 @@
 //! | masquerade (unless internal or `bridge.masquerade: false`) | inet `postrouting` (nat) | `ip saddr S oifname != "B" masquerade` (`ip6 saddr` for IPv6) |
 //! | internal | inet `forward` | `iifname "B" oifname != "B" drop`, `iifname != "B" oifname "B" drop` |
 //! | isolation (if either side asks for it) | inet `forward` | `iifname "B" oifname != "B" oifname "wfb-*" drop`, `oifname "B" iifname != "B" iifname "wfb-*" drop` |
+//! | inbound `published` (bridge default; overlay) | inet `forward` | `oifname "B" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 drop` |
 //! | `interContainerTraffic: false` | bridge `forward` | `ip daddr S drop` (`ip6 daddr` for IPv6) |
 //! | overlay anycast gateway | bridge `prerouting` | `iifname "X" ether saddr M drop` (`X` = VXLAN port, `M` = gateway MAC) |
 //!
@@ -23,6 +24,15 @@
 //! `ip daddr S drop` there drops exactly endpoint-to-endpoint IP traffic on this bridge — what
 //! Docker's rule drops — without naming the bridge. ARP and IPv6 link-local traffic pass, as
 //! they do with Docker's rule for ARP.
+//!
+//! Inbound default-deny: forwarding is on, so without a rule any host with a route to `S`
+//! through the node reaches every port of every endpoint. Docker 28 accepts published ports
+//! and drops the rest (`! -i B -o B -j DROP` after its accepts); one chain holds one verdict
+//! kind here, so the same is one drop that spares what it would have accepted: connections
+//! the node DNATed (published ports) and replies. Other Weft bridges are spared too:
+//! whether networks reach each other is isolation's decision. The node's own traffic takes
+//! the output hook, bridged traffic (same bridge, overlay peers over VXLAN) never has an
+//! `oifname` other than through `B` from `B`, so neither meets the rule.
 //!
 //! Rule ids are content hashes of the body, so a changed body is a changed id and the
 //! executor's comparison of ids per chain is a comparison of bodies.
@@ -94,6 +104,16 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
             // Nothing crosses the bridge at all: isolation would add nothing.
             continue;
         }
+        if intent.published_only {
+            inet.add(
+                CHAIN_FORWARD,
+                FILTER_FORWARD,
+                format!(
+                    "oifname {b} iifname != {all} ct state != {{ established, related }} ct status & dnat == 0 drop",
+                    all = all_bridges()
+                ),
+            );
+        }
         // Two constant-size rules per isolated network, matching every other Weft bridge by
         // name prefix (Docker's two-stage isolation chains, in nftables): the ruleset grows
         // linearly with the number of networks, not quadratically.
@@ -101,7 +121,7 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
             .iter()
             .any(|(other, o)| *other != name && !o.internal);
         if intent.isolation && has_others {
-            let all = format!("\"{}b-*\"", crate::names::LINK_PREFIX);
+            let all = all_bridges();
             inet.add(
                 CHAIN_FORWARD,
                 FILTER_FORWARD,
@@ -274,6 +294,11 @@ impl Tables {
     }
 }
 
+/// Every Weft bridge, as an nft wildcard.
+fn all_bridges() -> String {
+    format!("\"{}b-*\"", crate::names::LINK_PREFIX)
+}
+
 /// An interface name as an nft string. Weft's names are `[A-Za-z0-9_.:-]`; anything else
 /// is escaped away rather than trusted.
 fn quote(name: &str) -> String {
@@ -318,8 +343,14 @@ pub(crate) mod tests {
             internal: false,
             isolation: true,
             icc: true,
+            published_only: false,
             anycast_guard: None,
         }
+    }
+
+    fn published_only(mut intent: FirewallIntent) -> FirewallIntent {
+        intent.published_only = true;
+        intent
     }
 
     fn bodies(
@@ -369,11 +400,11 @@ pub(crate) mod tests {
             mac: Mac([2, 0x57, 0, 0, 0, 1]),
         });
         let tables = render(&[
-            bridge_intent("a", "wfb-a", &["10.0.0.0/24"]),
+            published_only(bridge_intent("a", "wfb-a", &["10.0.0.0/24"])),
             bridge_intent("b", "wfb-b", &["10.1.0.0/24", "fd00:1::/64"]),
-            internal,
-            quiet,
-            overlay,
+            published_only(internal),
+            published_only(quiet),
+            published_only(overlay),
         ]);
         for (family, table) in &tables {
             for (name, chain) in &table.chains {
@@ -511,6 +542,38 @@ pub(crate) mod tests {
                 r#"iifname "wfb-b" oifname != "wfb-b" drop"#,
                 r#"iifname != "wfb-b" oifname "wfb-b" drop"#,
             ]
+        );
+    }
+
+    #[test]
+    fn inbound_published_drops_what_was_neither_dnated_nor_a_reply() {
+        let t = render(&[
+            published_only(bridge_intent("a", "wfb-a", &["10.0.0.0/24", "fd00:1::/64"])),
+            bridge_intent("b", "wfb-b", &["10.0.1.0/24"]),
+        ]);
+        let forward = bodies(&t, NftFamily::Inet, CHAIN_FORWARD);
+        // One rule per network whatever its subnets (it names the bridge, not the subnets);
+        // the routed network b gets none.
+        let inbound: Vec<&String> = forward.iter().filter(|b| b.contains("ct state")).collect();
+        assert_eq!(
+            inbound,
+            vec![
+                r#"oifname "wfb-a" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 drop"#
+            ]
+        );
+        assert!(published_only(bridge_intent("a", "wfb-a", &[])).needs_nftables());
+    }
+
+    #[test]
+    fn internal_networks_need_no_inbound_rule() {
+        let mut internal = published_only(bridge_intent("a", "wfb-a", &["10.0.0.0/24"]));
+        internal.internal = true;
+        let t = render(&[internal]);
+        assert!(
+            bodies(&t, NftFamily::Inet, CHAIN_FORWARD)
+                .iter()
+                .all(|b| !b.contains("ct state")),
+            "{t:?}"
         );
     }
 

@@ -271,6 +271,7 @@ fn without_nftables_only_networks_that_need_it_fail() {
         host_binding: None,
         isolation: false,
         inter_container_traffic: true,
+        inbound: weft_api::Inbound::Routed,
     });
     let (state, outcomes) = plan_node(
         &[
@@ -400,6 +401,7 @@ fn localhost_publishing_comes_with_its_guard() {
         host_binding: None,
         isolation: false,
         inter_container_traffic: true,
+        inbound: Default::default(),
     });
     let mut no_nft = me();
     no_nft.capabilities.nftables = false;

@@ -5,13 +5,14 @@
 --   Reconciling=True                                -> Progressing, its message
 --   Stalled=True                                    -> Degraded, "Reason: message"
 --   Ready=False with a reason only the user can fix
---     (AddressInUse, OutsideSubnet, PortConflict)   -> Degraded, "Reason: message"
+--     (AddressInUse, OutsideSubnet, PortConflict,
+--      SandboxNotAllowed)                         -> Degraded, "Reason: message"
 --   Ready=True                                      -> Healthy, its message
 --   anything else (SandboxMissing, NetworkNotReady) -> Progressing, its message
 -- Lua 5.1 (Argo CD runs gopher-lua), no libraries beyond string/table/math.
 local hs = {}
 
-local USER_ERRORS = { AddressInUse = true, OutsideSubnet = true, PortConflict = true }
+local USER_ERRORS = { AddressInUse = true, OutsideSubnet = true, PortConflict = true, SandboxNotAllowed = true }
 
 local function find(conditions, kind)
   for _, c in ipairs(conditions) do
