@@ -50,6 +50,8 @@ pub enum Reason {
     PortConflict,
     /// The sandbox (network namespace) does not exist.
     SandboxMissing,
+    /// Another endpoint already has the interface name in the same sandbox.
+    InterfaceNameInUse,
 
     // A network's allocation (controller).
     /// An explicit subnet overlaps an older network's.
@@ -94,6 +96,7 @@ impl Reason {
             Reason::NoFreeAddress => "NoFreeAddress",
             Reason::PortConflict => "PortConflict",
             Reason::SandboxMissing => "SandboxMissing",
+            Reason::InterfaceNameInUse => "InterfaceNameInUse",
             Reason::SubnetOverlap => "SubnetOverlap",
             Reason::PoolExhausted => "PoolExhausted",
             Reason::PoolNotFound => "PoolNotFound",
@@ -128,6 +131,7 @@ impl Reason {
             | Reason::NoFreeAddress
             | Reason::PortConflict
             | Reason::SandboxMissing
+            | Reason::InterfaceNameInUse
             | Reason::SubnetOverlap
             | Reason::PoolExhausted
             | Reason::PoolNotFound
@@ -142,7 +146,7 @@ impl Reason {
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::NotAllocated,
         Reason::NoBlock,
         Reason::ParentMissing,
@@ -159,6 +163,7 @@ impl Reason {
         Reason::NoFreeAddress,
         Reason::PortConflict,
         Reason::SandboxMissing,
+        Reason::InterfaceNameInUse,
         Reason::SubnetOverlap,
         Reason::PoolExhausted,
         Reason::PoolNotFound,

@@ -149,6 +149,8 @@ pub fn build_request(
         port_mappings: Vec::new(),
         valid_attachments: Vec::new(),
         prev_result: None,
+        gw_priority: None,
+        replace_default_route: false,
     };
     match command {
         proto::Command::Add | proto::Command::Del | proto::Command::Check => {
@@ -167,6 +169,17 @@ pub fn build_request(
                 };
             request.mac = config.runtime.mac.clone().or(attachment.args.mac);
             request.port_mappings = config.runtime.port_mappings.clone();
+            request.gw_priority = match (config.gw_priority, &attachment.args.gw_priority) {
+                (Some(p), _) => Some(p),
+                (None, Some(raw)) => Some(raw.trim().parse::<i32>().map_err(|_| {
+                    failure(
+                        codes::INVALID_ENVIRONMENT,
+                        format!("CNI_ARGS GW_PRIORITY={raw:?} is not an integer"),
+                    )
+                })?),
+                (None, None) => None,
+            };
+            request.replace_default_route = config.replace_default_route;
         }
         proto::Command::Status => {}
         proto::Command::Gc => {

@@ -148,7 +148,9 @@ impl Endpoints {
         let facts = st.facts.clone().ok_or_else(|| {
             Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
         })?;
-        plan::sandbox_config(att, net, &facts, &st.desired_node)
+        let default_route =
+            plan::holds_default_route_among(att, net, &st.attachments, &st.networks);
+        plan::sandbox_config(att, net, &facts, &st.desired_node, default_route)
     }
 
     /// Hold one endpoint's kernel objects alone (see [`super::claims`]).
@@ -197,6 +199,22 @@ impl Endpoints {
             }
         }
         result
+    }
+
+    /// Check every attachment of `sandbox` again now (after one left it: the default route
+    /// may move to another). Failures are recorded as the endpoints' problems.
+    pub(super) async fn ensure_sandbox(&self, sandbox: &str) {
+        let ids: Vec<EndpointId> = lock(&self.state)
+            .attachments
+            .values()
+            .filter(|a| a.sandbox == sandbox)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            if let Err(p) = self.ensure(&id).await {
+                tracing::debug!(endpoint = %id, problem = %p, "re-checking after a sibling left failed");
+            }
+        }
     }
 
     /// Remove one attachment's kernel objects and its journal record.
@@ -265,6 +283,7 @@ impl Endpoints {
         let att = st.attachments.remove(id)?;
         st.ipam.release(&att.network_uid, &id.to_string());
         st.ensured.remove(id);
+        st.replan_sandbox(&att.sandbox);
         st.problems.remove(id);
         let _ = self.journal.remove(id);
         Some(att)
