@@ -450,3 +450,147 @@ async fn podman_overlay_across_two_nodes() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The IPv4 default routes inside a container, one line each.
+fn podman_defaults(podman: &Podman, name: &str) -> Vec<String> {
+    podman
+        .exec(name, &["ip", "-4", "route", "show", "default"])
+        .expect("routes")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// `podman run --network a,b`, then `podman network connect` / `disconnect` while a ping to
+/// a peer on the first network flows: each network its own interface, one default route
+/// (equal priorities: the earliest attached), no packet lost; detaching the holder hands the
+/// route to the next network.
+#[tokio::test]
+async fn podman_several_networks_connect_and_disconnect_while_traffic_flows() {
+    let started = Instant::now();
+    let host_setup = host_setup_snapshot();
+    let Some(mut podman) = Podman::new().expect("podman setup") else {
+        return;
+    };
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let mut nets = Vec::new();
+    for (name, subnet) in [
+        ("red", "10.91.0.0/24"),
+        ("green", "10.92.0.0/24"),
+        ("blue", "10.93.0.0/24"),
+    ] {
+        cluster
+            .network(
+                name,
+                json!({"driver": "bridge", "ipam": {"subnets": [subnet]}}),
+            )
+            .await
+            .expect("network");
+        let net = podman
+            .network(name, name, &cluster.nodes[0])
+            .expect("podman network");
+        podman
+            .idle_when_ready(&format!("probe-{name}"), &net, &[], SETTLE)
+            .await
+            .expect("the network never became attachable from Podman");
+        podman
+            .ok(&["rm", "-f", "-t", "0", &format!("probe-{name}")])
+            .expect("rm probe");
+        nets.push(net);
+    }
+    let (red, green, blue) = (&nets[0], &nets[1], &nets[2]);
+
+    podman.idle("peer", red, &[]).expect("peer");
+    let peer = podman.address("peer", red).expect("peer address");
+    let both = format!("{red},{green}");
+    podman
+        .idle("multi", &both, &[])
+        .expect("--network red,green");
+    assert!(
+        podman
+            .address("multi", red)
+            .expect("red")
+            .starts_with("10.91.0.")
+    );
+    assert!(
+        podman
+            .address("multi", green)
+            .expect("green")
+            .starts_with("10.92.0.")
+    );
+    let defaults = podman_defaults(&podman, "multi");
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.91.0.1 dev eth0"),
+        "{defaults:?}"
+    );
+    assert!(podman.reaches("multi", &peer, SETTLE).await, "multi → peer");
+
+    // A ping of ~6 s to the peer on red, while blue is connected and green disconnected.
+    let pinger = podman
+        .spawn(&[
+            "exec",
+            "--privileged",
+            "multi",
+            "ping",
+            "-i",
+            "0.2",
+            "-c",
+            "30",
+            &peer,
+        ])
+        .expect("ping");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    podman
+        .ok(&["network", "connect", blue, "multi"])
+        .expect("network connect blue");
+    assert!(
+        podman
+            .address("multi", blue)
+            .expect("blue")
+            .starts_with("10.93.0.")
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    podman
+        .ok(&["network", "disconnect", green, "multi"])
+        .expect("network disconnect green");
+    let ping = pinger.wait_with_output().expect("ping ran");
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "{out}");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let defaults = podman_defaults(&podman, "multi");
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.91.0.1 dev eth0"),
+        "{defaults:?}"
+    );
+
+    // Disconnecting the holder hands the default route to blue.
+    podman
+        .ok(&["network", "disconnect", red, "multi"])
+        .expect("network disconnect red");
+    let moved = wait_for(SETTLE, || {
+        let d = podman_defaults(&podman, "multi");
+        async move {
+            Ok((d.len() == 1 && d[0].starts_with("default via 10.93.0.1 dev eth")).then_some(()))
+        }
+    })
+    .await;
+    assert!(moved.is_ok(), "{:?}", podman_defaults(&podman, "multi"));
+
+    podman
+        .ok(&["rm", "-f", "-t", "0", "multi", "peer"])
+        .expect("rm");
+    podman.close().expect("Podman cleaned up");
+    assert_eq!(podman.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        host_setup_snapshot(),
+        host_setup,
+        "the host's setup changed"
+    );
+    println!(
+        "podman several networks test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -518,6 +518,13 @@ async fn several_networks_in_one_sandbox_through_cni() {
         "{defaults:?}"
     );
 
+    // Mirrored into the API with its priority, so the pass keeps the route where it is.
+    let mirrored = cluster
+        .wait_endpoint("pod-cm-net1", "True", Duration::from_secs(20))
+        .await
+        .expect("net1's ContainerEndpoint");
+    assert_eq!(mirrored.spec.gw_priority, Some(5));
+
     // Internal, with the highest priority: no route in the result, none in the sandbox.
     let inner = config_for("inner", json!({"gwPriority": 50}));
     let third = cni_on(&cluster, "ADD", "cm", Some(&m), "net2", &inner);

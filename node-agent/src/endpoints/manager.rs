@@ -41,6 +41,9 @@ pub struct Endpoints {
     pub(super) journal: Journal,
     pub(super) state: Mutex<State>,
     pub(super) claims: Claims,
+    /// One sandbox's attachments are ensured one at a time: which of them holds the default
+    /// route is decided and applied under this, so two cannot act on different pictures.
+    sandboxes: Claims<String>,
     pub(super) wake: Arc<Notify>,
     pub(super) ready: AtomicBool,
     passes_started: AtomicU64,
@@ -64,6 +67,7 @@ impl Endpoints {
             journal: Journal::open(state_dir)?,
             state: Mutex::new(State::default()),
             claims: Claims::default(),
+            sandboxes: Claims::default(),
             wake,
             ready: AtomicBool::new(false),
             passes_started: AtomicU64::new(0),
@@ -170,6 +174,19 @@ impl Endpoints {
     }
 
     async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
+        let sandbox = lock(&self.state)
+            .attachments
+            .get(id)
+            .map(|a| format!("sandbox {}", a.sandbox));
+        let _sandbox = match &sandbox {
+            Some(s) => Some(
+                self.sandboxes
+                    .claim(s, CLAIM_TIMEOUT)
+                    .await
+                    .map_err(|m| Problem::new(Reason::KernelError, m))?,
+            ),
+            None => None,
+        };
         let result = match self.config_of(id) {
             Ok(cfg) => self
                 .kernel
