@@ -463,7 +463,7 @@ fn podman_defaults(podman: &Podman, name: &str) -> Vec<String> {
 }
 
 /// `podman run --network a,b`, then `podman network connect` / `disconnect` while a ping to
-/// a peer on the first network flows: each network its own interface, one default route
+/// a peer on the first network flows (Podman attaches in name order: n1 is eth0): each network its own interface, one default route
 /// (equal priorities: the earliest attached), no packet lost; detaching the holder hands the
 /// route to the next network.
 #[tokio::test]
@@ -476,9 +476,9 @@ async fn podman_several_networks_connect_and_disconnect_while_traffic_flows() {
     let cluster = Cluster::start(1).await.expect("cluster");
     let mut nets = Vec::new();
     for (name, subnet) in [
-        ("red", "10.91.0.0/24"),
-        ("green", "10.92.0.0/24"),
-        ("blue", "10.93.0.0/24"),
+        ("n1", "10.91.0.0/24"),
+        ("n2", "10.92.0.0/24"),
+        ("n3", "10.93.0.0/24"),
     ] {
         cluster
             .network(
