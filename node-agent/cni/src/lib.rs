@@ -338,6 +338,34 @@ mod tests {
     }
 
     #[test]
+    fn gw_priority_from_the_config_or_cni_args_and_default_route_from_the_config() {
+        let from_args = build_request(
+            proto::Command::Add,
+            &config(json!({})),
+            add_attachment("GW_PRIORITY=7"),
+        )
+        .expect("request");
+        assert_eq!(from_args.gw_priority, Some(7));
+        assert!(!from_args.replace_default_route);
+        let from_config = build_request(
+            proto::Command::Add,
+            &config(json!({"gwPriority": -2, "defaultRoute": "replace"})),
+            add_attachment("GW_PRIORITY=7"),
+        )
+        .expect("request");
+        assert_eq!(from_config.gw_priority, Some(-2), "the config key wins");
+        assert!(from_config.replace_default_route);
+        let bad = build_request(
+            proto::Command::Add,
+            &config(json!({})),
+            add_attachment("GW_PRIORITY=high"),
+        )
+        .expect_err("not an integer");
+        assert_eq!(bad.code, codes::INVALID_ENVIRONMENT);
+        assert!(bad.msg.contains("GW_PRIORITY"), "{}", bad.msg);
+    }
+
+    #[test]
     fn gc_without_a_list_is_refused_but_an_empty_list_is_sent() {
         let err = build_request(
             proto::Command::Gc,
