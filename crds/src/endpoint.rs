@@ -68,6 +68,11 @@ pub struct ContainerEndpointSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub publish: Vec<PublishedPort>,
+    /// Which of the sandbox's networks gives it its default route (Docker's `gw-priority`):
+    /// the attachment with the highest value, per address family; ties go to the one
+    /// attached first on the node, then to the lower namespace/name. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw_priority: Option<i32>,
 }
 
 /// One published port or port range: `hostIP:hostPort[-hostPortEnd] → containerPort`.

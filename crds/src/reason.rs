@@ -53,6 +53,8 @@ pub enum Reason {
     /// The sandbox is not this endpoint's to attach: the node's own namespace, a `/proc`
     /// path, outside the node's directory of named namespaces, or another namespace's pod.
     SandboxNotAllowed,
+    /// Another endpoint already has the interface name in the same sandbox.
+    InterfaceNameInUse,
 
     // A network's allocation (controller).
     /// An explicit subnet overlaps an older network's.
@@ -98,6 +100,7 @@ impl Reason {
             Reason::PortConflict => "PortConflict",
             Reason::SandboxMissing => "SandboxMissing",
             Reason::SandboxNotAllowed => "SandboxNotAllowed",
+            Reason::InterfaceNameInUse => "InterfaceNameInUse",
             Reason::SubnetOverlap => "SubnetOverlap",
             Reason::PoolExhausted => "PoolExhausted",
             Reason::PoolNotFound => "PoolNotFound",
@@ -133,6 +136,7 @@ impl Reason {
             | Reason::PortConflict
             | Reason::SandboxMissing
             | Reason::SandboxNotAllowed
+            | Reason::InterfaceNameInUse
             | Reason::SubnetOverlap
             | Reason::PoolExhausted
             | Reason::PoolNotFound
@@ -147,7 +151,7 @@ impl Reason {
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::NotAllocated,
         Reason::NoBlock,
         Reason::ParentMissing,
@@ -165,6 +169,7 @@ impl Reason {
         Reason::PortConflict,
         Reason::SandboxMissing,
         Reason::SandboxNotAllowed,
+        Reason::InterfaceNameInUse,
         Reason::SubnetOverlap,
         Reason::PoolExhausted,
         Reason::PoolNotFound,

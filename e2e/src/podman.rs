@@ -208,6 +208,22 @@ lock_type = "file"
 
     /// `podman ARGS` with this installation's configuration; the raw output.
     pub fn command(&self, args: &[&str]) -> Result<Output> {
+        self.podman(args)
+            .output()
+            .with_context(|| format!("running podman {args:?}"))
+    }
+
+    /// `podman ARGS` started in the background (stdout and stderr piped), for something
+    /// that must run while the test does other things, such as a ping.
+    pub fn spawn(&self, args: &[&str]) -> Result<std::process::Child> {
+        self.podman(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting podman {args:?}"))
+    }
+
+    fn podman(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("podman");
         for var in FOREIGN_ENV {
             cmd.env_remove(var);
@@ -219,9 +235,8 @@ lock_type = "file"
                 self.dir.join("registries.conf"),
             )
             .env("HOME", self.dir.join("home"))
-            .args(args)
-            .output()
-            .with_context(|| format!("running podman {args:?}"))
+            .args(args);
+        cmd
     }
 
     /// `podman ARGS`, failing with its stderr; stdout.

@@ -450,3 +450,166 @@ async fn podman_overlay_across_two_nodes() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The IPv4 default routes inside a container, one line each.
+fn podman_defaults(podman: &Podman, name: &str) -> Vec<String> {
+    podman
+        .exec(name, &["ip", "-4", "route", "show", "default"])
+        .expect("routes")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The container's one IPv4 default route: its gateway, after checking that it leaves
+/// through the interface holding an address of that gateway's /24 (Podman 4 attaches a
+/// container's networks in no fixed order, so which is eth0 is not known beforehand).
+fn podman_default_gateway(podman: &Podman, name: &str) -> Option<String> {
+    let defaults = podman_defaults(podman, name);
+    let [line] = defaults.as_slice() else {
+        return None;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(gw), Some(dev)) = (words.get(2), words.get(4)) else {
+        return None;
+    };
+    let subnet = gw.rsplit_once('.')?.0;
+    let addrs = podman
+        .exec(name, &["ip", "-4", "-o", "addr", "show", "dev", dev])
+        .ok()?;
+    addrs
+        .contains(&format!("inet {subnet}."))
+        .then(|| gw.to_string())
+}
+
+/// `podman run --network a,b`, then `podman network connect` / `disconnect` while a ping to
+/// a peer on the first network flows: each network its own interface, one default route
+/// (equal priorities: the earliest attached), no packet lost; detaching the holder hands the
+/// route to the next network.
+#[tokio::test]
+async fn podman_several_networks_connect_and_disconnect_while_traffic_flows() {
+    let started = Instant::now();
+    let host_setup = host_setup_snapshot();
+    let Some(mut podman) = Podman::new().expect("podman setup") else {
+        return;
+    };
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let mut nets = Vec::new();
+    for (name, subnet) in [
+        ("n1", "10.91.0.0/24"),
+        ("n2", "10.92.0.0/24"),
+        ("n3", "10.93.0.0/24"),
+    ] {
+        cluster
+            .network(
+                name,
+                json!({"driver": "bridge", "ipam": {"subnets": [subnet]}}),
+            )
+            .await
+            .expect("network");
+        let net = podman
+            .network(name, name, &cluster.nodes[0])
+            .expect("podman network");
+        podman
+            .idle_when_ready(&format!("probe-{name}"), &net, &[], SETTLE)
+            .await
+            .expect("the network never became attachable from Podman");
+        podman
+            .ok(&["rm", "-f", "-t", "0", &format!("probe-{name}")])
+            .expect("rm probe");
+        nets.push(net);
+    }
+    let (n1, n2, n3) = (&nets[0], &nets[1], &nets[2]);
+
+    podman.idle("peer", n1, &[]).expect("peer");
+    let peer = podman.address("peer", n1).expect("peer address");
+    let both = format!("{n1},{n2}");
+    podman.idle("multi", &both, &[]).expect("--network n1,n2");
+    assert!(
+        podman
+            .address("multi", n1)
+            .expect("n1")
+            .starts_with("10.91.0.")
+    );
+    assert!(
+        podman
+            .address("multi", n2)
+            .expect("n2")
+            .starts_with("10.92.0.")
+    );
+    // Equal priorities: the network attached first holds it (Podman's order is its own).
+    let first = podman_default_gateway(&podman, "multi");
+    assert!(
+        matches!(first.as_deref(), Some("10.91.0.1" | "10.92.0.1")),
+        "{:?}",
+        podman_defaults(&podman, "multi")
+    );
+    assert!(podman.reaches("multi", &peer, SETTLE).await, "multi → peer");
+
+    // A ping of ~6 s to the peer on n1, while n3 is connected and n2 disconnected.
+    let pinger = podman
+        .spawn(&[
+            "exec",
+            "--privileged",
+            "multi",
+            "ping",
+            "-i",
+            "0.2",
+            "-c",
+            "30",
+            &peer,
+        ])
+        .expect("ping");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    podman
+        .ok(&["network", "connect", n3, "multi"])
+        .expect("network connect n3");
+    assert!(
+        podman
+            .address("multi", n3)
+            .expect("n3")
+            .starts_with("10.93.0.")
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    podman
+        .ok(&["network", "disconnect", n2, "multi"])
+        .expect("network disconnect n2");
+    let ping = pinger.wait_with_output().expect("ping ran");
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "{out}");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    // n1 and n3 are left: n1, attached earlier, holds the default route (n2 may have had it).
+    let after = wait_for(SETTLE, || {
+        let gw = podman_default_gateway(&podman, "multi");
+        async move { Ok((gw.as_deref() == Some("10.91.0.1")).then_some(())) }
+    })
+    .await;
+    assert!(after.is_ok(), "{:?}", podman_defaults(&podman, "multi"));
+
+    // Disconnecting the holder hands the default route to n3.
+    podman
+        .ok(&["network", "disconnect", n1, "multi"])
+        .expect("network disconnect n1");
+    let moved = wait_for(SETTLE, || {
+        let gw = podman_default_gateway(&podman, "multi");
+        async move { Ok((gw.as_deref() == Some("10.93.0.1")).then_some(())) }
+    })
+    .await;
+    assert!(moved.is_ok(), "{:?}", podman_defaults(&podman, "multi"));
+
+    podman
+        .ok(&["rm", "-f", "-t", "0", "multi", "peer"])
+        .expect("rm");
+    podman.close().expect("Podman cleaned up");
+    assert_eq!(podman.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        host_setup_snapshot(),
+        host_setup,
+        "the host's setup changed"
+    );
+    println!(
+        "podman several networks test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -26,21 +26,40 @@ fn cni(
     sandbox: Option<&Netns>,
     stdin: &str,
 ) -> Call {
+    cni_on(cluster, command, container, sandbox, "eth0", stdin)
+}
+
+/// [`cni`] with another `CNI_IFNAME` (a second network in one sandbox, as Multus's `net1`).
+fn cni_on(
+    cluster: &Cluster,
+    command: &str,
+    container: &str,
+    sandbox: Option<&Netns>,
+    if_name: &str,
+    stdin: &str,
+) -> Call {
     let netns = sandbox
         .map(|s| s.path().display().to_string())
         .unwrap_or_default();
-    cni_at(cluster, command, container, &netns, stdin)
+    cni_at(cluster, command, container, &netns, if_name, stdin)
 }
 
-/// [`cni`] with the sandbox given as a path (`CNI_NETNS`).
-fn cni_at(cluster: &Cluster, command: &str, container: &str, netns: &str, stdin: &str) -> Call {
+/// [`cni_on`] with the sandbox given as a path (`CNI_NETNS`).
+fn cni_at(
+    cluster: &Cluster,
+    command: &str,
+    container: &str,
+    netns: &str,
+    if_name: &str,
+    stdin: &str,
+) -> Call {
     let plugin = workspace_binary("weft-cni").expect("weft-cni binary");
     let mut child = Command::new(plugin)
         .env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container)
         .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", if_name)
         .env("CNI_PATH", "/opt/cni/bin")
         .env(
             "CNI_ARGS",
@@ -619,6 +638,7 @@ async fn a_sandbox_that_cannot_be_read_for_a_while_is_not_taken_for_gone() {
         "ADD",
         "flaky",
         &path,
+        "eth0",
         &with_address_and_port("10.88.0.79", 7102),
     );
     assert_eq!(add.code, 0, "{}", add.out);
@@ -658,7 +678,14 @@ async fn a_sandbox_that_cannot_be_read_for_a_while_is_not_taken_for_gone() {
     std::fs::rename(&swap, &link).expect("swap back");
     let mut check: Value = serde_json::from_str(CONFIG).expect("config");
     check["prevResult"] = add.out.clone();
-    let check = cni_at(&cluster, "CHECK", "flaky", &path, &check.to_string());
+    let check = cni_at(
+        &cluster,
+        "CHECK",
+        "flaky",
+        &path,
+        "eth0",
+        &check.to_string(),
+    );
     assert_eq!(check.code, 0, "{}", check.out);
     cluster
         .wait_endpoint("pod-flaky", "True", Duration::from_secs(20))
@@ -791,4 +818,179 @@ async fn a_pods_sandbox_cannot_be_attached_from_another_namespace() {
     // The pod's sandbox kept only what its runtime asked for.
     let links = s1.exec(&["ip", "-o", "link"]).expect("links");
     assert_eq!(links.lines().count(), 2, "{links}");
+}
+
+/// A CNI configuration for network `name` with extra keys.
+fn config_for(name: &str, extra: Value) -> String {
+    let mut c = json!({"cniVersion": "1.1.0", "name": name, "type": "weft", "network": name});
+    if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        c.extend(e.clone());
+    }
+    c.to_string()
+}
+
+/// Create a bridge network and wait until an ADD on it succeeds.
+async fn attachable_network(cluster: &Cluster, name: &str, spec: Value) {
+    cluster.network(name, spec).await.expect("network");
+    let probe = cluster.container(&format!("probe-{name}")).expect("probe");
+    let config = config_for(name, json!({}));
+    for _ in 0..100 {
+        let c = cni(cluster, "ADD", "probe", Some(&probe), &config);
+        if c.code == 0 {
+            let _ = cni(cluster, "DEL", "probe", Some(&probe), &config);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("network {name} never became attachable");
+}
+
+fn ipv4_defaults(ns: &Netns) -> Vec<String> {
+    ns.exec(&["ip", "-4", "route", "show", "default"])
+        .expect("routes")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn result_defaults(call: &Call) -> Vec<String> {
+    call.out["routes"]
+        .as_array()
+        .map(|routes| {
+            routes
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} via {}",
+                        r["dst"].as_str().unwrap_or(""),
+                        r["gw"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pod on several networks through CNI (Multus's `net1`, Podman's `--network a,b`): one
+/// default route, from the highest `gwPriority`, claimed in that ADD's result only; an
+/// internal network's result claims none; an interface name already used in the sandbox is
+/// refused with code 106; DEL of the holder hands the route over before it answers; a
+/// default route that is not Weft's stays unless the config says `"defaultRoute": "replace"`.
+#[tokio::test]
+async fn several_networks_in_one_sandbox_through_cni() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    attachable_network(
+        &cluster,
+        "side",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.89.0.0/24"]}}),
+    )
+    .await;
+    attachable_network(
+        &cluster,
+        "inner",
+        json!({"driver": "bridge", "internal": true, "ipam": {"subnets": ["10.90.0.0/24"]}}),
+    )
+    .await;
+    let error_schema = schema("cni-error-1.1.schema.json");
+
+    let m = cluster.container("m").expect("m");
+    let first = cni(&cluster, "ADD", "cm", Some(&m), CONFIG);
+    assert_eq!(first.code, 0, "{}", first.out);
+    assert_eq!(result_defaults(&first), ["0.0.0.0/0 via 10.88.0.1"]);
+    let side = config_for("side", json!({"gwPriority": 5}));
+    let second = cni_on(&cluster, "ADD", "cm", Some(&m), "net1", &side);
+    assert_eq!(second.code, 0, "{}", second.out);
+    assert_eq!(result_defaults(&second), ["0.0.0.0/0 via 10.89.0.1"]);
+    let defaults = ipv4_defaults(&m);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.89.0.1 dev net1"),
+        "{defaults:?}"
+    );
+
+    // Mirrored into the API with its priority, so the pass keeps the route where it is.
+    let mirrored = cluster
+        .wait_endpoint("pod-cm-net1", "True", Duration::from_secs(20))
+        .await
+        .expect("net1's ContainerEndpoint");
+    assert_eq!(mirrored.spec.gw_priority, Some(5));
+
+    // Internal, with the highest priority: no route in the result, none in the sandbox.
+    let inner = config_for("inner", json!({"gwPriority": 50}));
+    let third = cni_on(&cluster, "ADD", "cm", Some(&m), "net2", &inner);
+    assert_eq!(third.code, 0, "{}", third.out);
+    assert!(result_defaults(&third).is_empty(), "{}", third.out);
+    let defaults = ipv4_defaults(&m);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.89.0.1 dev net1"),
+        "{defaults:?}"
+    );
+
+    // Another pod's ADD on an interface name this sandbox already has: refused (106).
+    let eth0_before = m.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("eth0");
+    let dup = cni(
+        &cluster,
+        "ADD",
+        "cx",
+        Some(&m),
+        &config_for("side", json!({})),
+    );
+    assert_eq!(dup.out["code"], 106, "{}", dup.out);
+    assert!(error_schema.is_valid(&dup.out), "{}", dup.out);
+    assert_eq!(dup.out["details"], "InterfaceNameInUse");
+    let msg = dup.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("default/pod-cm"), "{msg}");
+    let eth0_after = m.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("eth0");
+    assert_eq!(eth0_before, eth0_after);
+
+    // DEL of the holder: the route is back on eth0 when DEL has answered.
+    let del = cni_on(&cluster, "DEL", "cm", Some(&m), "net1", &side);
+    assert_eq!(del.code, 0, "{}", del.out);
+    let defaults = ipv4_defaults(&m);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.88.0.1 dev eth0"),
+        "{defaults:?}"
+    );
+
+    // A pod with a default route of its own (the cluster's pod network, under Multus).
+    let stand_in = |ns: &Netns| {
+        for cmd in [
+            &[
+                "ip", "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p",
+            ][..],
+            &["ip", "link", "set", "pod0", "up"],
+            &["ip", "addr", "add", "192.168.50.2/24", "dev", "pod0"],
+            &["ip", "route", "add", "default", "via", "192.168.50.1"],
+        ] {
+            ns.exec(cmd).expect("pod network stand-in");
+        }
+    };
+    let kept = cluster.container("kept").expect("kept");
+    stand_in(&kept);
+    let add = cni_on(&cluster, "ADD", "ck", Some(&kept), "net1", &side);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert!(result_defaults(&add).is_empty(), "{}", add.out);
+    let defaults = ipv4_defaults(&kept);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 192.168.50.1 dev pod0"),
+        "{defaults:?}"
+    );
+
+    let replaced = cluster.container("replaced").expect("replaced");
+    stand_in(&replaced);
+    let replace = config_for("side", json!({"defaultRoute": "replace"}));
+    let add = cni_on(&cluster, "ADD", "cr", Some(&replaced), "net1", &replace);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert_eq!(result_defaults(&add), ["0.0.0.0/0 via 10.89.0.1"]);
+    let defaults = ipv4_defaults(&replaced);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert!(
+        defaults[0].starts_with("default via 10.89.0.1 dev net1"),
+        "{defaults:?}"
+    );
 }

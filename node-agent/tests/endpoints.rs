@@ -1031,3 +1031,198 @@ async fn a_hand_written_endpoint_keeps_object_address_and_port_while_its_sandbox
         Some("a is back")
     );
 }
+
+/// The sandbox's IPv4 default routes, one line each.
+fn default_routes(ns: &weft_e2e::netns::Netns) -> Vec<String> {
+    ns.exec(&["ip", "-4", "route", "show", "default"])
+        .expect("routes")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Wait until the sandbox's IPv4 default routes are exactly `want` (one line each, prefix).
+async fn wait_default_routes(ns: &weft_e2e::netns::Netns, want: &[&str]) -> Vec<String> {
+    let mut last = Vec::new();
+    let ok = weft_e2e::wait_for(SETTLE, || {
+        let got = default_routes(ns);
+        let matches =
+            got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.starts_with(w));
+        last = got;
+        async move { Ok(matches.then_some(())) }
+    })
+    .await;
+    assert!(ok.is_ok(), "default routes {last:?}, want {want:?}");
+    last
+}
+
+/// Several networks in one sandbox, as `docker run --network a,b` and `docker network
+/// connect`: each its own interface, one default route from the highest gwPriority (a tie
+/// goes to the earlier), handed over when its network is detached; an internal network
+/// never gives one; a second endpoint on an interface name already taken is refused and
+/// the first stays as it was.
+#[tokio::test]
+async fn a_sandbox_on_three_networks_has_one_default_route() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    for (name, subnet, internal) in [
+        ("red", "10.11.0.0/24", false),
+        ("green", "10.12.0.0/24", false),
+        ("blue", "10.13.0.0/24", false),
+        ("inner", "10.14.0.0/24", true),
+    ] {
+        cluster
+            .network(
+                name,
+                json!({"driver": "bridge", "internal": internal, "ipam": {"subnets": [subnet]}}),
+            )
+            .await
+            .expect("network");
+    }
+    let s = cluster.container("s").expect("s");
+    let peer = cluster.container("peer").expect("peer");
+    cluster
+        .attach("peer", "red", 0, &peer, json!({}))
+        .await
+        .expect("peer");
+    let peer_addr = cluster.endpoint_address("peer").await.expect("peer");
+    let attach = |name: &'static str, net: &'static str, spec: serde_json::Value| {
+        let cluster = &cluster;
+        let s = &s;
+        async move {
+            cluster.attach(name, net, 0, s, spec).await.expect("attach");
+            cluster.endpoint_address(name).await.expect("attached")
+        }
+    };
+    let red_addr = attach("s-red", "red", json!({})).await;
+    wait_default_routes(&s, &["default via 10.11.0.1 dev eth0"]).await;
+    // A second network with a higher priority takes the default route; eth0 keeps only
+    // its subnet (the kernel's prefix route).
+    attach(
+        "s-green",
+        "green",
+        json!({"interfaceName": "eth1", "gwPriority": 10}),
+    )
+    .await;
+    wait_default_routes(&s, &["default via 10.12.0.1 dev eth1"]).await;
+    // Same priority, later: green keeps it.
+    attach(
+        "s-blue",
+        "blue",
+        json!({"interfaceName": "eth2", "gwPriority": 10}),
+    )
+    .await;
+    // Internal, even with the highest priority: never a default route.
+    attach(
+        "s-inner",
+        "inner",
+        json!({"interfaceName": "eth3", "gwPriority": 100}),
+    )
+    .await;
+    wait_default_routes(&s, &["default via 10.12.0.1 dev eth1"]).await;
+    let routes = s.exec(&["ip", "-4", "route"]).expect("routes");
+    for (subnet, dev) in [
+        ("10.11.0.0/24", "eth0"),
+        ("10.12.0.0/24", "eth1"),
+        ("10.13.0.0/24", "eth2"),
+        ("10.14.0.0/24", "eth3"),
+    ] {
+        assert!(
+            routes.contains(&format!("{subnet} dev {dev} proto kernel")),
+            "{routes}"
+        );
+    }
+    assert!(
+        reachable(&s, &peer_addr, SETTLE).await,
+        "the first network still reaches its peer"
+    );
+
+    // The same interface name again in this sandbox: refused, naming the holder.
+    cluster
+        .attach("s-dup", "blue", 0, &s, json!({"interfaceName": "eth0"}))
+        .await
+        .expect("attach dup");
+    let refused = cluster
+        .wait_endpoint("s-dup", "False", SETTLE)
+        .await
+        .expect("refused");
+    let cond = &refused.status.expect("status").conditions[0];
+    assert_eq!(cond.reason, "InterfaceNameInUse");
+    assert!(cond.message.contains("default/s-red"), "{}", cond.message);
+    let eth0 = s.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("eth0");
+    assert!(eth0.contains(&format!("{red_addr}/24")), "{eth0}");
+
+    // Detaching the holder hands the route to the next: blue (priority 10), then red.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    api.delete("s-green", &Default::default())
+        .await
+        .expect("delete green");
+    wait_default_routes(&s, &["default via 10.13.0.1 dev eth2"]).await;
+    api.delete("s-blue", &Default::default())
+        .await
+        .expect("delete blue");
+    wait_default_routes(&s, &["default via 10.11.0.1 dev eth0"]).await;
+    // A changed priority moves the route without re-attaching anything.
+    let before = s.exec(&["ip", "-o", "link", "show", "eth0"]).expect("eth0");
+    cluster
+        .attach("s-blue2", "blue", 0, &s, json!({"interfaceName": "eth2"}))
+        .await
+        .expect("attach blue2");
+    cluster.endpoint_address("s-blue2").await.expect("blue2");
+    wait_default_routes(&s, &["default via 10.11.0.1 dev eth0"]).await;
+    cluster
+        .attach(
+            "s-blue2",
+            "blue",
+            0,
+            &s,
+            json!({"interfaceName": "eth2", "gwPriority": 1}),
+        )
+        .await
+        .expect("raise blue2");
+    wait_default_routes(&s, &["default via 10.13.0.1 dev eth2"]).await;
+    let after = s.exec(&["ip", "-o", "link", "show", "eth0"]).expect("eth0");
+    assert_eq!(before, after, "eth0 was re-created");
+    assert!(reachable(&s, &peer_addr, SETTLE).await);
+}
+
+/// A sandbox that already has a default route Weft did not make (a stand-in for the
+/// cluster's pod network, as under Multus): it stays, Weft adds none next to it.
+#[tokio::test]
+async fn a_foreign_default_route_stays() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "lan",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.15.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let s = cluster.container("pod").expect("pod");
+    for cmd in [
+        &[
+            "ip", "link", "add", "pod0", "type", "veth", "peer", "name", "pod0p",
+        ][..],
+        &["ip", "link", "set", "pod0", "up"],
+        &["ip", "addr", "add", "192.168.50.2/24", "dev", "pod0"],
+        &["ip", "route", "add", "default", "via", "192.168.50.1"],
+    ] {
+        s.exec(cmd).expect("pod network stand-in");
+    }
+    cluster
+        .attach(
+            "pod-lan",
+            "lan",
+            0,
+            &s,
+            json!({"interfaceName": "net1", "gwPriority": 100}),
+        )
+        .await
+        .expect("attach");
+    cluster.endpoint_address("pod-lan").await.expect("attached");
+    let routes = wait_default_routes(&s, &["default via 192.168.50.1 dev pod0"]).await;
+    assert_eq!(routes.len(), 1);
+    let all = s.exec(&["ip", "-4", "route"]).expect("routes");
+    assert!(all.contains("10.15.0.0/24 dev net1 proto kernel"), "{all}");
+}

@@ -129,6 +129,8 @@ mod tests {
             port_mappings: Vec::new(),
             valid_attachments: Vec::new(),
             prev_result: None,
+            gw_priority: None,
+            replace_default_route: false,
         }
     }
 

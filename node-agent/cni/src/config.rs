@@ -29,6 +29,11 @@ pub struct NetConfig {
     pub prev_result: Option<Value>,
     /// GC: `cni.dev/valid-attachments`; `None` when the key is absent.
     pub valid_attachments: Option<Vec<AttachmentId>>,
+    /// `gwPriority`: the sandbox's attachment with the highest one gives the default route.
+    pub gw_priority: Option<i32>,
+    /// `defaultRoute`: `"keep"` (default: a default route in the sandbox that is not Weft's
+    /// stays and Weft adds none) or `"replace"` (Weft's replaces it).
+    pub replace_default_route: bool,
 }
 
 /// The capabilities Weft declares (`portMappings`, `ips`, `mac`), as the runtime filled them.
@@ -130,6 +135,17 @@ impl NetConfig {
                 })
                 .collect()
         });
+        let gw_priority = field::<i32>(map, "gwPriority")?;
+        let replace_default_route = match field::<String>(map, "defaultRoute")?.as_deref() {
+            None | Some("keep") => false,
+            Some("replace") => true,
+            Some(other) => {
+                return Err(failure(
+                    codes::INVALID_CONFIG,
+                    format!("\"defaultRoute\" is {other:?}; it must be \"keep\" or \"replace\""),
+                ));
+            }
+        };
         Ok(Self {
             cni_version,
             name,
@@ -138,6 +154,8 @@ impl NetConfig {
             runtime,
             prev_result,
             valid_attachments,
+            gw_priority,
+            replace_default_route,
         })
     }
 }
@@ -262,6 +280,30 @@ mod tests {
         assert_eq!(cfg.socket, None);
         assert_eq!(cfg.runtime, RuntimeConfig::default());
         assert_eq!(cfg.valid_attachments, None);
+        assert_eq!(cfg.gw_priority, None);
+        assert!(!cfg.replace_default_route);
+    }
+
+    #[test]
+    fn gw_priority_and_default_route() {
+        let cfg = config(json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "gwPriority": 20, "defaultRoute": "replace"}))
+        .expect("valid");
+        assert_eq!(cfg.gw_priority, Some(20));
+        assert!(cfg.replace_default_route);
+        let keep = config(json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "defaultRoute": "keep"}))
+        .expect("valid");
+        assert!(!keep.replace_default_route);
+        let bad = config(json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "defaultRoute": "always"}))
+        .expect_err("refused");
+        assert_eq!(bad.code, codes::INVALID_CONFIG);
+        assert!(bad.msg.contains("defaultRoute"), "{}", bad.msg);
+        let bad = config(json!({"cniVersion": "1.0.0", "name": "n", "type": "weft",
+            "gwPriority": "high"}))
+        .expect_err("refused");
+        assert!(bad.msg.contains("gwPriority"), "{}", bad.msg);
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub struct CniArgs {
     pub ip: Option<String>,
     /// `MAC=`: a requested hardware address.
     pub mac: Option<String>,
+    /// `GW_PRIORITY=`: the attachment's default-route priority (the config's `gwPriority`
+    /// wins).
+    pub gw_priority: Option<String>,
 }
 
 /// Reads and checks the variables `command` needs (SPEC.md, "Parameters").
@@ -195,6 +198,7 @@ pub fn parse_args(raw: &str) -> Result<CniArgs, Failure> {
             "K8S_POD_NAME" => args.pod_name = value,
             "IP" => args.ip = value,
             "MAC" => args.mac = value,
+            "GW_PRIORITY" => args.gw_priority = value,
             _ => {}
         }
     }
@@ -216,7 +220,7 @@ mod tests {
     fn parses_kubelet_args_and_ignores_unknown_keys() {
         let args = parse_args(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;\
-             K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;IP=10.0.0.7;MAC=02:00:00:00:00:07;",
+             K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1;IP=10.0.0.7;MAC=02:00:00:00:00:07;GW_PRIORITY=-3",
         )
         .expect("valid CNI_ARGS");
         assert_eq!(
@@ -226,6 +230,7 @@ mod tests {
                 pod_name: Some("web-0".into()),
                 ip: Some("10.0.0.7".into()),
                 mac: Some("02:00:00:00:00:07".into()),
+                gw_priority: Some("-3".into()),
             }
         );
     }

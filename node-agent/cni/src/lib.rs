@@ -149,6 +149,8 @@ pub fn build_request(
         port_mappings: Vec::new(),
         valid_attachments: Vec::new(),
         prev_result: None,
+        gw_priority: None,
+        replace_default_route: false,
     };
     match command {
         proto::Command::Add | proto::Command::Del | proto::Command::Check => {
@@ -167,6 +169,17 @@ pub fn build_request(
                 };
             request.mac = config.runtime.mac.clone().or(attachment.args.mac);
             request.port_mappings = config.runtime.port_mappings.clone();
+            request.gw_priority = match (config.gw_priority, &attachment.args.gw_priority) {
+                (Some(p), _) => Some(p),
+                (None, Some(raw)) => Some(raw.trim().parse::<i32>().map_err(|_| {
+                    failure(
+                        codes::INVALID_ENVIRONMENT,
+                        format!("CNI_ARGS GW_PRIORITY={raw:?} is not an integer"),
+                    )
+                })?),
+                (None, None) => None,
+            };
+            request.replace_default_route = config.replace_default_route;
         }
         proto::Command::Status => {}
         proto::Command::Gc => {
@@ -322,6 +335,34 @@ mod tests {
         .expect_err("not an address");
         assert_eq!(bad.code, codes::INVALID_ENVIRONMENT);
         assert!(bad.msg.contains("CNI_ARGS IP"), "{}", bad.msg);
+    }
+
+    #[test]
+    fn gw_priority_from_the_config_or_cni_args_and_default_route_from_the_config() {
+        let from_args = build_request(
+            proto::Command::Add,
+            &config(json!({})),
+            add_attachment("GW_PRIORITY=7"),
+        )
+        .expect("request");
+        assert_eq!(from_args.gw_priority, Some(7));
+        assert!(!from_args.replace_default_route);
+        let from_config = build_request(
+            proto::Command::Add,
+            &config(json!({"gwPriority": -2, "defaultRoute": "replace"})),
+            add_attachment("GW_PRIORITY=7"),
+        )
+        .expect("request");
+        assert_eq!(from_config.gw_priority, Some(-2), "the config key wins");
+        assert!(from_config.replace_default_route);
+        let bad = build_request(
+            proto::Command::Add,
+            &config(json!({})),
+            add_attachment("GW_PRIORITY=high"),
+        )
+        .expect_err("not an integer");
+        assert_eq!(bad.code, codes::INVALID_ENVIRONMENT);
+        assert!(bad.msg.contains("GW_PRIORITY"), "{}", bad.msg);
     }
 
     #[test]

@@ -88,6 +88,14 @@ pub struct Request {
     /// CHECK: the result ADD returned, as the runtime passes it (`prevResult`), verbatim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<serde_json::Value>,
+    /// ADD: the attachment's `gwPriority` (config key, or CNI_ARGS `GW_PRIORITY=`): the
+    /// sandbox's attachment with the highest one gives the default route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw_priority: Option<i32>,
+    /// ADD: config key `defaultRoute` is `"replace"`: a default route in the sandbox that is
+    /// not Weft's is replaced by Weft's (otherwise it stays and Weft adds none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace_default_route: bool,
 }
 
 /// A CNI result's `interfaces[]` entry.
@@ -162,11 +170,12 @@ pub enum ErrorCode {
     PortConflict = 103,
     Kernel = 104,
     CheckFailed = 105,
+    InterfaceNameInUse = 106,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         Self::IncompatibleVersion,
         Self::UnknownContainer,
         Self::InvalidEnvironment,
@@ -181,6 +190,7 @@ impl ErrorCode {
         Self::PortConflict,
         Self::Kernel,
         Self::CheckFailed,
+        Self::InterfaceNameInUse,
     ];
 
     pub const fn code(self) -> u32 {
@@ -240,6 +250,10 @@ impl ErrorCode {
             Self::CheckFailed => {
                 "CHECK found the interface missing, down, or without its address or MAC."
             }
+            Self::InterfaceNameInUse => {
+                "Another endpoint already has this interface name (`CNI_IFNAME`) in the sandbox; \
+                 the message names it."
+            }
         }
     }
 }
@@ -262,6 +276,7 @@ pub mod codes {
     pub const PORT_CONFLICT: u32 = ErrorCode::PortConflict.code();
     pub const KERNEL: u32 = ErrorCode::Kernel.code();
     pub const CHECK_FAILED: u32 = ErrorCode::CheckFailed.code();
+    pub const INTERFACE_NAME_IN_USE: u32 = ErrorCode::InterfaceNameInUse.code();
 }
 
 /// What the agent sends back.

@@ -96,6 +96,10 @@ impl Endpoints {
             if let Some(m) = att.requested_mac {
                 spec["mac"] = json!(m.to_string());
             }
+            if att.gw_priority != 0 {
+                // Else the pass would read priority 0 back and move the default route.
+                spec["gwPriority"] = json!(att.gw_priority);
+            }
             if !att.publish.is_empty() {
                 spec["publish"] =
                     json!(att.publish.iter().map(PortSpec::to_api).collect::<Vec<_>>());

@@ -8,6 +8,8 @@
 //! claimed or waited for; the last one out removes the entry.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,23 +23,31 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Slot = Arc<tokio::sync::Mutex<()>>;
 
-/// The claims of every endpoint on the node.
-#[derive(Default)]
-pub struct Claims {
-    slots: Mutex<HashMap<EndpointId, Slot>>,
+/// The claims of every endpoint on the node (or of anything else named by a `K`: the
+/// agent also claims whole sandboxes, see `Endpoints::ensure`).
+pub struct Claims<K = EndpointId> {
+    slots: Mutex<HashMap<K, Slot>>,
+}
+
+impl<K> Default for Claims<K> {
+    fn default() -> Self {
+        Claims {
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// One endpoint held by one task; released when dropped.
-pub struct Claim<'a> {
-    claims: &'a Claims,
-    id: EndpointId,
+pub struct Claim<'a, K: Eq + Hash + Clone = EndpointId> {
+    claims: &'a Claims<K>,
+    id: K,
     guard: Option<OwnedMutexGuard<()>>,
 }
 
-impl Claims {
+impl<K: Eq + Hash + Clone + Display> Claims<K> {
     /// Wait (without polling) until nobody else holds `id`, then hold it. Gives up after
     /// `timeout`.
-    pub async fn claim(&self, id: &EndpointId, timeout: Duration) -> Result<Claim<'_>, String> {
+    pub async fn claim(&self, id: &K, timeout: Duration) -> Result<Claim<'_, K>, String> {
         let slot = self.slot(id);
         // The claim exists before the wait, so a waiter that gives up still tidies the map.
         let mut claim = Claim {
@@ -47,22 +57,22 @@ impl Claims {
         };
         let guard = tokio::time::timeout(timeout, slot.lock_owned())
             .await
-            .map_err(|_| format!("endpoint {id} is still being worked on by another request"))?;
+            .map_err(|_| format!("{id} is still being worked on by another request"))?;
         claim.guard = Some(guard);
         Ok(claim)
     }
 
     /// Is anybody holding or waiting for `id`?
-    pub fn is_claimed(&self, id: &EndpointId) -> bool {
+    pub fn is_claimed(&self, id: &K) -> bool {
         lock(&self.slots).contains_key(id)
     }
 
-    fn slot(&self, id: &EndpointId) -> Slot {
+    fn slot(&self, id: &K) -> Slot {
         lock(&self.slots).entry(id.clone()).or_default().clone()
     }
 }
 
-impl Drop for Claim<'_> {
+impl<K: Eq + Hash + Clone> Drop for Claim<'_, K> {
     fn drop(&mut self) {
         let mut slots = lock(&self.claims.slots);
         // Let go first; then, if nobody else holds or waits for the slot (the map's copy is

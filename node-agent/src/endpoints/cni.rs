@@ -126,14 +126,34 @@ impl Endpoints {
         } else {
             self.wake.notify_one();
         }
-        let st = lock(&self.state);
-        let att = st.attachments.get(&id).ok_or_else(|| {
-            failure(
-                codes::TRY_AGAIN_LATER,
-                "the endpoint was removed while being added",
-            )
-        })?;
-        Ok(cni_result(att))
+        let (att, planned) = {
+            let st = lock(&self.state);
+            let att = st.attachments.get(&id).cloned().ok_or_else(|| {
+                failure(
+                    codes::TRY_AGAIN_LATER,
+                    "the endpoint was removed while being added",
+                )
+            })?;
+            // The result claims the default route only where the sandbox gets it from this
+            // attachment (not on an internal network, not when another has a higher
+            // priority)...
+            let planned = st.networks.get(&att.network).is_some_and(|net| {
+                plan::holds_default_route_among(&att, net, &st.attachments, &st.networks)
+            });
+            (att, planned)
+        };
+        // ...and it was installed: a default route that is not Weft's keeps the sandbox
+        // unless the config says `"defaultRoute": "replace"`.
+        let default_route = planned
+            && (att.replace_default_route
+                || Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|found| {
+                        found.routes.iter().any(|r| r.destination.prefix_len() == 0)
+                    }));
+        Ok(cni_result(&att, default_route))
     }
 
     /// CNI DEL: detach if known; an unknown container is fine (DEL must be idempotent).
@@ -178,8 +198,10 @@ impl Endpoints {
                 .await
                 .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
             self.forget(id);
+            drop(claim);
+            // The default route moves to the next holder before DEL answers.
+            self.ensure_sandbox(&att.sandbox).await;
         }
-        drop(claim);
         self.wake.notify_one();
         Ok(att)
     }

@@ -134,6 +134,8 @@ mod tests {
             requested_address: None,
             requested_mac: None,
             in_api: true,
+            gw_priority: 0,
+            replace_default_route: false,
         }
     }
 

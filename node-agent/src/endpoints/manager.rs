@@ -42,6 +42,9 @@ pub struct Endpoints {
     pub(super) journal: Journal,
     pub(super) state: Mutex<State>,
     pub(super) claims: Claims,
+    /// One sandbox's attachments are ensured one at a time: which of them holds the default
+    /// route is decided and applied under this, so two cannot act on different pictures.
+    sandboxes: Claims<String>,
     pub(super) wake: Arc<Notify>,
     pub(super) ready: AtomicBool,
     passes_started: AtomicU64,
@@ -72,6 +75,7 @@ impl Endpoints {
                 ..State::default()
             }),
             claims: Claims::default(),
+            sandboxes: Claims::default(),
             wake,
             ready: AtomicBool::new(false),
             passes_started: AtomicU64::new(0),
@@ -171,7 +175,9 @@ impl Endpoints {
         let facts = st.facts.clone().ok_or_else(|| {
             Problem::new(Reason::NetworkNotReady, "the agent has not planned yet")
         })?;
-        plan::sandbox_config(att, net, &facts, &st.desired_node)
+        let default_route =
+            plan::holds_default_route_among(att, net, &st.attachments, &st.networks);
+        plan::sandbox_config(att, net, &facts, &st.desired_node, default_route)
     }
 
     /// Hold one endpoint's kernel objects alone (see [`super::claims`]).
@@ -191,6 +197,19 @@ impl Endpoints {
     }
 
     async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
+        let sandbox = lock(&self.state)
+            .attachments
+            .get(id)
+            .map(|a| format!("sandbox {}", a.sandbox));
+        let _sandbox = match &sandbox {
+            Some(s) => Some(
+                self.sandboxes
+                    .claim(s, CLAIM_TIMEOUT)
+                    .await
+                    .map_err(|m| Problem::new(Reason::KernelError, m))?,
+            ),
+            None => None,
+        };
         let result = match self.config_of(id) {
             Ok(cfg) => self
                 .kernel
@@ -223,6 +242,22 @@ impl Endpoints {
             }
         }
         result
+    }
+
+    /// Check every attachment of `sandbox` again now (after one left it: the default route
+    /// may move to another). Failures are recorded as the endpoints' problems.
+    pub(super) async fn ensure_sandbox(&self, sandbox: &str) {
+        let ids: Vec<EndpointId> = lock(&self.state)
+            .attachments
+            .values()
+            .filter(|a| a.sandbox == sandbox)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in ids {
+            if let Err(p) = self.ensure(&id).await {
+                tracing::debug!(endpoint = %id, problem = %p, "re-checking after a sibling left failed");
+            }
+        }
     }
 
     /// Remove one attachment's kernel objects and its journal record.
@@ -291,6 +326,7 @@ impl Endpoints {
         let att = st.attachments.remove(id)?;
         st.ipam.release(&att.network_uid, &id.to_string());
         st.ensured.remove(id);
+        st.replan_sandbox(&att.sandbox);
         st.problems.remove(id);
         let _ = self.journal.remove(id);
         Some(att)

@@ -121,6 +121,12 @@ pub struct EndpointRequest {
     pub publish: Vec<PortSpec>,
     /// Set for attachments made through CNI (what DEL, CHECK and GC look for).
     pub cni: Option<AttachmentId>,
+    /// Docker's `gw-priority`: the sandbox's attachment with the highest one gives the
+    /// default route (see [`plan::default_route_holders`]).
+    pub gw_priority: i32,
+    /// A default route in the sandbox that is not Weft's is replaced (CNI `defaultRoute:
+    /// "replace"`); otherwise it stays and this attachment adds none.
+    pub replace_default_route: bool,
 }
 
 /// An endpoint attached (or being attached) on this node: the request plus what was
@@ -148,6 +154,10 @@ pub struct Attachment {
     /// without one; once seen, its deletion detaches the endpoint).
     #[serde(default)]
     pub in_api: bool,
+    #[serde(default)]
+    pub gw_priority: i32,
+    #[serde(default)]
+    pub replace_default_route: bool,
 }
 
 impl Attachment {

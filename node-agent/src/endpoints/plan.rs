@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use weft_api::Protocol;
 
-use super::{Attachment, EndpointId, Publication};
+use super::{Attachment, EndpointId, EndpointRequest, Publication};
 use crate::drivers::{
     self, HostSide, NetworkInput, Networks, NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
@@ -41,13 +41,69 @@ pub fn derive_mac(addr: IpAddr) -> Mac {
     Mac([0x02, 0x42, tail[0], tail[1], tail[2], tail[3]])
 }
 
+/// Does this attachment ask for a default route at all: an address and a gateway, on a
+/// network that is not internal?
+pub fn wants_default_route(att: &Attachment, net: &NetworkInput) -> bool {
+    att.address.is_some() && att.gateway.is_some() && !net.spec.internal
+}
+
+/// Of the attachments that want a default route (see [`wants_default_route`]), the one that
+/// gets it for `att`'s sandbox and address family, Docker's `gw-priority` rule: the highest
+/// priority; a tie goes to the one attached first on this node, then to the lower
+/// namespace/name. The others install only their subnet's route (the kernel's prefix route
+/// of their address).
+pub fn holds_default_route<'a>(
+    att: &'a Attachment,
+    wanting: impl IntoIterator<Item = &'a Attachment>,
+) -> bool {
+    let family = |a: &Attachment| a.address.map(|n| n.addr().is_ipv4());
+    wanting
+        .into_iter()
+        .filter(|a| a.sandbox == att.sandbox && family(a) == family(att))
+        .chain(std::iter::once(att))
+        .max_by(|a, b| {
+            (
+                a.gw_priority,
+                std::cmp::Reverse(a.since),
+                std::cmp::Reverse(&a.id),
+            )
+                .cmp(&(
+                    b.gw_priority,
+                    std::cmp::Reverse(b.since),
+                    std::cmp::Reverse(&b.id),
+                ))
+        })
+        .is_some_and(|w| w.id == att.id)
+}
+
+/// [`holds_default_route`] over every attachment of the node, their networks looked up.
+pub fn holds_default_route_among(
+    att: &Attachment,
+    net: &NetworkInput,
+    all: &BTreeMap<EndpointId, Attachment>,
+    networks: &Networks,
+) -> bool {
+    wants_default_route(att, net)
+        && holds_default_route(
+            att,
+            all.values().filter(|a| {
+                a.sandbox == att.sandbox
+                    && networks
+                        .get(&a.network)
+                        .is_some_and(|n| wants_default_route(a, n))
+            }),
+        )
+}
+
 /// The kernel shape of an attachment whose address is decided: the driver's link, plus
-/// what every driver's endpoint gets alike (addresses, a default route via the gateway).
+/// what every driver's endpoint gets alike (addresses; a default route via the gateway when
+/// `default_route`, i.e. it [`holds_default_route`] in its sandbox).
 pub fn sandbox_config(
     att: &Attachment,
     net: &NetworkInput,
     node: &NodeFacts,
     desired_node: &KernelState,
+    default_route: bool,
 ) -> Result<SandboxConfig, Problem> {
     let host = HostSide {
         interface: host_interface(&att.id),
@@ -58,7 +114,8 @@ pub fn sandbox_config(
         drivers::of(net).sandbox_link(net, node, desired_node, &host)?;
     let mut routes = Vec::new();
     if let (Some(addr), Some(gw)) = (att.address, att.gateway)
-        && !net.spec.internal
+        && default_route
+        && wants_default_route(att, net)
     {
         let default: IpNet = match addr {
             IpNet::V4(_) => "0.0.0.0/0".parse().expect("constant"),
@@ -79,7 +136,25 @@ pub fn sandbox_config(
         mtu,
         addresses: att.address.into_iter().collect(),
         routes,
+        replace_default_route: att.replace_default_route,
     })
+}
+
+/// Refusal of a second endpoint with the same interface name in one sandbox.
+pub fn interface_name_problem<'a>(
+    req: &EndpointRequest,
+    attachments: impl IntoIterator<Item = &'a Attachment>,
+) -> Option<Problem> {
+    let other = attachments
+        .into_iter()
+        .find(|a| a.id != req.id && a.sandbox == req.sandbox && a.if_name == req.if_name)?;
+    Some(Problem::new(
+        Reason::InterfaceNameInUse,
+        format!(
+            "interface {} in sandbox {} is already endpoint {}'s (network {}); choose another interfaceName",
+            req.if_name, req.sandbox, other.id, other.network
+        ),
+    ))
 }
 
 /// Publish rules for every endpoint of the node, in the order the endpoints came (the
@@ -339,6 +414,88 @@ mod tests {
             protocol: Protocol::Tcp,
             host_ip: None,
         }
+    }
+
+    fn attached(
+        name: &str,
+        sandbox: &str,
+        if_name: &str,
+        addr: &str,
+        prio: i32,
+        since: u64,
+    ) -> Attachment {
+        let address: IpNet = addr.parse().expect("addr");
+        Attachment {
+            id: id(name),
+            network: format!("net-{name}"),
+            network_uid: "uid".into(),
+            sandbox: sandbox.into(),
+            if_name: if_name.into(),
+            address: Some(address),
+            gateway: Some(address.network()),
+            mac: None,
+            publish: Vec::new(),
+            cni: None,
+            since,
+            requested_address: None,
+            requested_mac: None,
+            in_api: true,
+            gw_priority: prio,
+            replace_default_route: false,
+        }
+    }
+
+    /// One default route per sandbox and family: the highest gwPriority, then the earliest
+    /// attached, then the lower name; other sandboxes and the other family do not compete.
+    #[test]
+    fn the_default_route_goes_to_the_highest_priority_then_the_earliest() {
+        let a = attached("a", "/s", "eth0", "10.1.0.2/24", 0, 1);
+        let b = attached("b", "/s", "eth1", "10.2.0.2/24", 5, 2);
+        let c = attached("c", "/s", "eth2", "10.3.0.2/24", 5, 3);
+        let d = attached("d", "/s", "eth3", "fd00::2/64", 0, 4);
+        let e = attached("e", "/other", "eth0", "10.4.0.2/24", 9, 0);
+        let all = [&a, &b, &c, &d, &e];
+        let holders: Vec<&str> = all
+            .iter()
+            .filter(|x| holds_default_route(x, all.iter().copied()))
+            .map(|x| x.id.name.as_str())
+            .collect();
+        assert_eq!(holders, vec!["b", "d", "e"]);
+        // b leaves: c (same priority as b, above a) takes over.
+        let rest = [&a, &c, &d];
+        assert!(holds_default_route(&c, rest.iter().copied()));
+        assert!(!holds_default_route(&a, rest.iter().copied()));
+        // Same priority, same arrival: the lower name.
+        let x = attached("x", "/t", "eth0", "10.5.0.2/24", 0, 7);
+        let y = attached("y", "/t", "eth1", "10.6.0.2/24", 0, 7);
+        assert!(holds_default_route(&x, [&x, &y]));
+        assert!(!holds_default_route(&y, [&x, &y]));
+    }
+
+    #[test]
+    fn a_second_endpoint_with_the_same_interface_in_a_sandbox_is_refused() {
+        let a = attached("a", "/s", "eth0", "10.1.0.2/24", 0, 1);
+        let mut req = EndpointRequest {
+            id: id("b"),
+            network: "blue".into(),
+            sandbox: "/s".into(),
+            if_name: "eth0".into(),
+            address: None,
+            mac: None,
+            publish: Vec::new(),
+            cni: None,
+            gw_priority: 0,
+            replace_default_route: false,
+        };
+        let p = interface_name_problem(&req, [&a]).expect("refused");
+        assert_eq!(p.reason, Reason::InterfaceNameInUse);
+        assert!(p.message.contains("default/a"), "{}", p.message);
+        req.if_name = "eth1".into();
+        assert!(interface_name_problem(&req, [&a]).is_none());
+        // The endpoint itself (a repeated request) is no conflict.
+        req.if_name = "eth0".into();
+        req.id = id("a");
+        assert!(interface_name_problem(&req, [&a]).is_none());
     }
 
     #[test]

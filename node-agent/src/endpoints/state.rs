@@ -123,6 +123,8 @@ impl State {
                 requested_address: req.address,
                 requested_mac: req.mac,
                 in_api: true,
+                gw_priority: req.gw_priority,
+                replace_default_route: false,
             });
         }
         for att in records {
@@ -233,6 +235,19 @@ impl State {
                 None => att.cni.is_some() && !att.in_api,
             };
             if keep {
+                // A changed gwPriority moves the default route, not the attachment.
+                if let Some(Ok(req)) = wanted.get(&id)
+                    && req.gw_priority != att.gw_priority
+                    && let Some(a) = st.attachments.get_mut(&id)
+                {
+                    a.gw_priority = req.gw_priority;
+                    let _ = journal.save(a);
+                    let sandbox = a.sandbox.clone();
+                    st.replan_sandbox(&sandbox);
+                }
+                let Some(att) = st.attachments.get(&id) else {
+                    continue;
+                };
                 if wanted.contains_key(&id)
                     && !att.in_api
                     && let Some(a) = st.attachments.get_mut(&id)
@@ -245,6 +260,7 @@ impl State {
             if let Some(att) = st.attachments.remove(&id) {
                 st.ipam.release(&att.network_uid, &id.to_string());
                 st.ensured.remove(&id);
+                st.replan_sandbox(&att.sandbox);
                 work.detach.push(att);
             }
         }
@@ -348,6 +364,9 @@ impl State {
         let space = drivers::of(net)
             .address_space(net, &facts)
             .map_err(|p| Problem::new(Reason::NetworkNotReady, p.message))?;
+        if let Some(p) = plan::interface_name_problem(req, st.attachments.values()) {
+            return Err(p);
+        }
         let owner = req.id.to_string();
         let (address, gateway) = match &space {
             Some(space) => {
@@ -394,6 +413,8 @@ impl State {
             requested_address: req.address,
             requested_mac: req.mac,
             in_api: req.cni.is_none(),
+            gw_priority: req.gw_priority,
+            replace_default_route: req.replace_default_route,
         };
         if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
@@ -403,8 +424,19 @@ impl State {
             ));
         }
         st.ensured.remove(&att.id);
+        st.replan_sandbox(&att.sandbox);
         st.attachments.insert(att.id.clone(), att);
         Ok(())
+    }
+
+    /// An attachment came to or left `sandbox`, or changed its priority: the others there
+    /// are checked again (the default route may move to or from them).
+    pub(super) fn replan_sandbox(&mut self, sandbox: &str) {
+        for (id, a) in &self.attachments {
+            if a.sandbox == sandbox {
+                self.ensured.remove(id);
+            }
+        }
     }
 }
 

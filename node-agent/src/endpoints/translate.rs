@@ -56,6 +56,8 @@ pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Pro
         mac,
         publish,
         cni: None,
+        gw_priority: cep.spec.gw_priority.unwrap_or(0),
+        replace_default_route: false,
     })
 }
 
@@ -89,6 +91,7 @@ pub(super) fn cni_code(reason: Reason) -> u32 {
         Reason::InvalidSpec => codes::INVALID_CONFIG,
         Reason::SandboxMissing | Reason::SandboxNotAllowed => codes::INVALID_ENVIRONMENT,
         Reason::KernelError => codes::KERNEL,
+        Reason::InterfaceNameInUse => codes::INTERFACE_NAME_IN_USE,
         // Not endpoint reasons: should one reach a CNI answer, it is the agent's fault.
         Reason::NotAllocated
         | Reason::NoBlock
@@ -249,10 +252,14 @@ pub(super) fn cni_request(req: &proto::Request) -> Result<EndpointRequest, Failu
             container_id: req.container_id.clone(),
             if_name: req.if_name.clone(),
         }),
+        gw_priority: req.gw_priority.unwrap_or(0),
+        replace_default_route: req.replace_default_route,
     })
 }
 
-pub(super) fn cni_result(att: &Attachment) -> proto::Attachment {
+/// The CNI result of an attachment; `default_route`: it gives the sandbox its default route
+/// (see [`super::plan::holds_default_route`]), so the result lists it.
+pub(super) fn cni_result(att: &Attachment, default_route: bool) -> proto::Attachment {
     let mut out = proto::Attachment::default();
     if att.address.is_none() && att.mac.is_none() {
         return out;
@@ -268,7 +275,7 @@ pub(super) fn cni_result(att: &Attachment) -> proto::Attachment {
             gateway: att.gateway.map(|g| g.to_string()),
             interface: Some(0),
         });
-        if let Some(gw) = att.gateway {
+        if let Some(gw) = att.gateway.filter(|_| default_route) {
             out.routes.push(proto::RouteConfig {
                 dst: if addr.addr().is_ipv4() {
                     "0.0.0.0/0"
@@ -423,6 +430,8 @@ mod tests {
             requested_address: None,
             requested_mac: None,
             in_api: true,
+            gw_priority: 0,
+            replace_default_route: false,
         }
     }
 
@@ -529,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_cni_result_lists_interface_address_and_default_route() {
-        let r = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")));
+        let r = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")), true);
         assert_eq!(r.interfaces.len(), 1);
         assert_eq!(r.interfaces[0].mac.as_deref(), Some("02:42:0a:00:00:02"));
         assert_eq!(r.ips[0].address, "10.0.0.2/24");
@@ -537,13 +546,17 @@ mod tests {
         assert_eq!(r.ips[0].interface, Some(0));
         assert_eq!(r.routes[0].dst, "0.0.0.0/0");
         assert_eq!(r.routes[0].gw.as_deref(), Some("10.0.0.1"));
-        let v6 = cni_result(&attachment(Some("fd00::2/64"), Some("fd00::1")));
+        let v6 = cni_result(&attachment(Some("fd00::2/64"), Some("fd00::1")), true);
         assert_eq!(v6.routes[0].dst, "::/0");
-        let no_gateway = cni_result(&attachment(Some("10.0.0.2/24"), None));
+        let no_gateway = cni_result(&attachment(Some("10.0.0.2/24"), None), true);
         assert!(no_gateway.routes.is_empty());
+        // Not the sandbox's default-route holder (internal, or a lower gwPriority): no route.
+        let not_holder = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")), false);
+        assert!(not_holder.routes.is_empty());
+        assert_eq!(not_holder.ips[0].gateway.as_deref(), Some("10.0.0.1"));
         // host and none: nothing to report.
         assert_eq!(
-            cni_result(&attachment(None, None)),
+            cni_result(&attachment(None, None), true),
             proto::Attachment::default()
         );
     }
@@ -559,6 +572,10 @@ mod tests {
         assert_eq!(code(Reason::InvalidSpec), codes::INVALID_CONFIG);
         assert_eq!(code(Reason::SandboxMissing), codes::INVALID_ENVIRONMENT);
         assert_eq!(code(Reason::KernelError), codes::KERNEL);
+        assert_eq!(
+            code(Reason::InterfaceNameInUse),
+            codes::INTERFACE_NAME_IN_USE
+        );
         let f = problem_failure(&Problem::new(Reason::PortConflict, "taken"));
         assert_eq!(
             (f.msg.as_str(), f.details.as_str()),

@@ -70,8 +70,12 @@ pub struct SandboxConfig {
     pub mac: Option<Mac>,
     pub mtu: Option<u32>,
     pub addresses: Vec<IpNet>,
-    /// Routes inside the sandbox (the default route via the gateway).
+    /// Routes inside the sandbox (the default route via the gateway, for the sandbox's
+    /// one attachment per family that holds it).
     pub routes: Vec<Route>,
+    /// A default route in the sandbox that is not Weft's is deleted for ours; otherwise it
+    /// stays and ours is not added.
+    pub replace_default_route: bool,
 }
 
 /// The interface as found in the sandbox (for CNI CHECK and status).
@@ -543,7 +547,9 @@ impl Kernel {
                 address: *a,
             })
             .collect();
-        desired.routes = cfg.routes.iter().cloned().collect();
+        let (routes, settled) = self.settle_default_routes(cfg, raw.index).await?;
+        writes += settled;
+        desired.routes = routes;
         let changes: Vec<Change> = diff(&desired, &observed)
             .into_iter()
             .filter(|c| {
@@ -558,6 +564,47 @@ impl Kernel {
         }
         let report = self.apply(&changes).await;
         Ok(writes + sandbox_outcome(report)?)
+    }
+}
+
+impl Kernel {
+    /// A sandbox has one default route per family. Before this interface's routes are
+    /// diffed: Weft's default routes on the sandbox's *other* interfaces go when this one is
+    /// to hold the route (the holder changed: a higher priority came, or the holder left); a
+    /// default route that is not Weft's (a CNI primary's, the cluster's pod network) stays
+    /// and this interface gets none, unless the config asks to replace it. Returns the
+    /// routes to hold this interface to, and the writes made.
+    async fn settle_default_routes(
+        &self,
+        cfg: &SandboxConfig,
+        index: u32,
+    ) -> Result<(BTreeSet<Route>, usize), KernelError> {
+        let mut routes = BTreeSet::new();
+        let mut writes = 0;
+        for route in &cfg.routes {
+            if route.destination.prefix_len() != 0 {
+                routes.insert(route.clone());
+                continue;
+            }
+            let v4 = route.destination.addr().is_ipv4();
+            let found = self.netlink.default_routes(v4).await?;
+            let foreign: Vec<_> = found.iter().filter(|r| !r.is_weft()).collect();
+            if !foreign.is_empty() && !cfg.replace_default_route {
+                continue;
+            }
+            for r in found
+                .iter()
+                .filter(|r| !r.is_weft() || r.oif != Some(index))
+            {
+                self.netlink
+                    .delete_default_route(r)
+                    .await
+                    .map_err(|e| KernelError::InSandbox(Box::new(e)))?;
+                writes += 1;
+            }
+            routes.insert(route.clone());
+        }
+        Ok((routes, writes))
     }
 }
 

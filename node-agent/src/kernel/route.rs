@@ -30,6 +30,23 @@ struct RawRoute {
     priority: u32,
 }
 
+/// A default route of the main table as found, whoever made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DefaultRoute {
+    pub v4: bool,
+    pub protocol: u8,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub priority: u32,
+}
+
+impl DefaultRoute {
+    /// Made by Weft (its protocol mark).
+    pub fn is_weft(&self) -> bool {
+        self.protocol == WEFT_RTPROT
+    }
+}
+
 fn addr(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
@@ -176,6 +193,64 @@ impl Netlink {
             })
             .min_by_key(|r| r.priority)
             .and_then(|r| r.oif))
+    }
+
+    /// The main table's default routes of one family, whoever made them (a sandbox's
+    /// default route is one per family: Weft must see the others before adding its own).
+    pub(crate) async fn default_routes(&self, v4: bool) -> Result<Vec<DefaultRoute>, KernelError> {
+        let family = if v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let routes = self.dump_routes(family, false).await?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| {
+                r.table == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && r.kind == RouteType::Unicast
+                    && r.destination.is_some_and(|d| d.prefix_len() == 0)
+            })
+            .map(|r| DefaultRoute {
+                v4,
+                protocol: r.protocol,
+                gateway: r.gateway,
+                oif: r.oif,
+                priority: r.priority,
+            })
+            .collect())
+    }
+
+    /// Delete exactly this default route (its protocol, gateway, device and metric).
+    pub(crate) async fn delete_default_route(&self, r: &DefaultRoute) -> Result<(), KernelError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = if r.v4 {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::from(r.protocol);
+        msg.header.scope = RouteScope::NoWhere;
+        msg.header.kind = RouteType::Unicast;
+        if let Some(g) = r.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(g)));
+        }
+        if let Some(o) = r.oif {
+            msg.attributes.push(RouteAttribute::Oif(o));
+        }
+        msg.attributes.push(RouteAttribute::Priority(r.priority));
+        let family = if r.v4 { "0.0.0.0/0" } else { "::/0" };
+        match self
+            .ack(RouteNetlinkMessage::DelRoute(msg), 0, || {
+                format!("delete default route {family} (protocol {})", r.protocol)
+            })
+            .await
+        {
+            Err(e) if already_gone(&e) => Ok(()),
+            res => res,
+        }
     }
 
     pub(crate) async fn add_route(
