@@ -112,3 +112,4 @@ for c in sccs:
     for v in c:
         print('   ', v, '->', ', '.join(sorted(w for w in edges[v] if w in c)))
 print(f'{len(edges)} production files, {sum(map(len, edges.values()))} edges, {len(sccs)} cycles')
+sys.exit(1 if sccs else 0)

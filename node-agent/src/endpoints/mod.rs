@@ -29,6 +29,7 @@ pub mod ipam;
 pub mod journal;
 pub mod manager;
 pub mod plan;
+mod release;
 pub mod sandbox;
 pub mod socket;
 pub mod state;

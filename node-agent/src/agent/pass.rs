@@ -1,0 +1,330 @@
+//! One pass: inputs from the caches → plan (pure) → observe → diff → apply → report.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use weft_api::{
+    ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
+    NetworkRealization, RealizationState,
+};
+
+use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
+use crate::endpoints::manager::Endpoints;
+use crate::kernel::{self, Kernel};
+use crate::metrics::Metrics;
+use crate::model::{KernelState, network_of_alias};
+use crate::plan;
+
+use super::caches::selects;
+use super::config::{Config, MANAGER};
+
+/// What one pass did.
+#[derive(Clone, Debug, Default)]
+pub struct PassReport {
+    pub changes: usize,
+    pub writes: usize,
+    pub failed: usize,
+    /// Where the pass spent its time: reading the kernel, writing it, writing the API.
+    pub observe: Duration,
+    pub apply: Duration,
+    pub report: Duration,
+}
+
+/// Why a pass ran; a pass whose desired state did not change but still had to correct the
+/// kernel counts its changes as drift corrections.
+pub(super) struct Agent {
+    pub(super) client: Client,
+    pub(super) cfg: Config,
+    pub(super) kernel: Arc<Kernel>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) facts: NodeFacts,
+    pub(super) endpoints: Arc<Endpoints>,
+    pub(super) last_full_check: Option<Instant>,
+    pub(super) networks: Store<ContainerNetwork>,
+    pub(super) ceps: Store<ContainerEndpoint>,
+    pub(super) allocations: Store<NetworkAllocation>,
+    pub(super) nodes: Store<NetworkNode>,
+    pub(super) last_desired: Option<KernelState>,
+    pub(super) last_status: Option<(Vec<NetworkRealization>, bool)>,
+    pub(super) last_heartbeat: Option<Instant>,
+}
+
+impl Agent {
+    pub(super) fn inputs(&self) -> Networks {
+        let mut inputs = Vec::new();
+        let peers_underlay: HashMap<String, IpAddr> = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
+            .collect();
+        let ceps = self.ceps.state();
+        for net in self.networks.state() {
+            // A network being deleted stays programmed while endpoints still use it (the
+            // controller holds its deletion until they are gone), so traffic is not cut
+            // under them.
+            let deleting = net.metadata.deletion_timestamp.is_some()
+                && !ceps.iter().any(|c| c.spec.network == net.name_any());
+            if deleting || !selects(&net, &self.cfg.labels) {
+                continue;
+            }
+            let name = net.name_any();
+            let uid = net.uid().unwrap_or_default();
+            let alloc = self
+                .allocations
+                .get(&reflector::ObjectRef::new(&name))
+                .filter(|a| a.spec.network_uid == uid);
+            let blocks: BTreeMap<String, IpNet> = alloc
+                .iter()
+                .flat_map(|a| a.spec.blocks.iter())
+                .filter_map(|b| Some((b.node.clone(), b.cidr.parse().ok()?)))
+                .collect();
+            let peers = blocks
+                .keys()
+                .filter(|n| **n != self.cfg.node_name)
+                .filter_map(|n| {
+                    Some(Peer {
+                        node: n.clone(),
+                        underlay_address: *peers_underlay.get(n)?,
+                    })
+                })
+                .collect();
+            inputs.push(NetworkInput {
+                name,
+                uid,
+                generation: net.metadata.generation,
+                spec: net.spec.clone(),
+                status: net.status.clone().unwrap_or_default(),
+                blocks,
+                peers,
+            });
+        }
+        Networks::new(inputs)
+    }
+
+    /// One pass, numbered for CNI calls that wait for their ports to be published.
+    pub(super) async fn pass(&mut self) -> anyhow::Result<PassReport> {
+        let n = self.endpoints.pass_started();
+        let result = self.pass_inner(n).await;
+        // Also when the pass failed early: nobody waits forever.
+        self.endpoints.pass_applied(n);
+        result
+    }
+
+    async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
+        let inputs = self.inputs();
+        let t = Instant::now();
+        let (observed, foreign) = self.kernel.observe_with_foreign().await?;
+        let observe = t.elapsed();
+        let facts = NodeFacts {
+            interfaces: foreign,
+            ..self.facts.clone()
+        };
+        let (mut desired, outcomes) = plan::plan_node(&inputs, &facts);
+        // Endpoints: their publish rules and other nodes' overlay endpoints belong to the
+        // node's state; their sandboxes are converged after the node is applied.
+        let full_check = self
+            .last_full_check
+            .is_none_or(|t| t.elapsed() >= self.cfg.resync);
+        if full_check {
+            self.last_full_check = Some(Instant::now());
+        }
+        let ceps = self.ceps.state();
+        let peers: BTreeMap<String, IpAddr> = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
+            .collect();
+        let (additions, work) = self
+            .endpoints
+            .plan(&inputs, &facts, &desired, &ceps, &peers, full_check);
+        crate::endpoints::plan::add_publish_chains(&mut desired.nft, additions.publish_chains);
+        desired.fdb.extend(additions.fdb);
+        desired.neighbours.extend(additions.neighbours);
+        let changes = kernel::diff(&desired, &observed);
+        // Not needed any more; gone before the apply, where a cold start peaks.
+        drop(observed);
+        let drift = self.last_desired.as_ref() == Some(&desired);
+        let t = Instant::now();
+        let report = if changes.is_empty() {
+            kernel::ApplyReport::default()
+        } else {
+            self.kernel.apply(&changes).await
+        };
+        self.metrics.kernel_writes.inc_by(report.writes as u64);
+        if drift {
+            for c in &changes {
+                self.metrics.drift(c.kind());
+            }
+        }
+        for (change, err) in &report.failed {
+            tracing::warn!(?change, error = %err, "kernel change failed");
+        }
+        // Networks that still have kernel objects here (the finalizer waits for them to go).
+        let still_present: BTreeSet<String> = if report.failed.is_empty() {
+            desired
+                .links
+                .values()
+                .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
+                .collect()
+        } else {
+            self.kernel
+                .observe()
+                .await?
+                .links
+                .values()
+                .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
+                .collect()
+        };
+        let endpoint_writes = self.endpoints.converge(work).await;
+        let apply = t.elapsed();
+        let t = Instant::now();
+        // The kernel side is done: CNI calls waiting for their ports can answer now, before
+        // the API writes below.
+        self.endpoints.pass_applied(n);
+        self.metrics.kernel_writes.inc_by(endpoint_writes as u64);
+        let reported = self
+            .report_status(&inputs, &outcomes, &desired, &still_present, &report)
+            .await;
+        if report.failed.is_empty() {
+            // Moved, not copied: it is only compared with the next pass's plan.
+            self.last_desired = Some(desired);
+        }
+        reported?;
+        let ceps = self.ceps.state();
+        let status_writes = self.endpoints.publish_status(&self.client, &ceps).await?;
+        self.metrics.status_writes.inc_by(status_writes as u64);
+        Ok(PassReport {
+            changes: changes.len(),
+            writes: report.writes,
+            failed: report.failed.len(),
+            observe,
+            apply,
+            report: t.elapsed(),
+        })
+    }
+
+    /// Write per-network realization (and the heartbeat) into this node's NetworkNode status,
+    /// only when it changed or the heartbeat is due.
+    async fn report_status(
+        &mut self,
+        inputs: &[NetworkInput],
+        outcomes: &BTreeMap<String, Result<(), Problem>>,
+        desired: &KernelState,
+        still_present: &BTreeSet<String>,
+        report: &kernel::ApplyReport,
+    ) -> anyhow::Result<()> {
+        // Networks whose kernel changes failed, found through the alias of the link involved.
+        let failed_networks: BTreeSet<&str> = report
+            .failed
+            .iter()
+            .filter_map(|(c, _)| change_link(c))
+            .filter_map(|l| desired.links.get(l))
+            .filter_map(|l| network_of_alias(&l.alias))
+            .collect();
+        let mut entries: Vec<NetworkRealization> = Vec::new();
+        for input in inputs {
+            let (state, reason, message) = match outcomes.get(&input.name) {
+                Some(Ok(())) if failed_networks.contains(input.name.as_str()) => (
+                    RealizationState::Failed,
+                    Some(Reason::KernelError.to_string()),
+                    Some("a kernel change failed; see the agent's log".to_string()),
+                ),
+                Some(Ok(())) => (RealizationState::Programmed, None, None),
+                // Nothing of it can be on the node yet, and the controller knows it is not
+                // allocated: no entry (and no status write on every new network's path).
+                Some(Err(p)) if p.reason == Reason::NotAllocated => continue,
+                Some(Err(p)) => (
+                    p.state(),
+                    Some(p.reason.to_string()),
+                    Some(p.message.clone()),
+                ),
+                None => continue,
+            };
+            entries.push(NetworkRealization {
+                name: input.name.clone(),
+                uid: Some(input.uid.clone()),
+                observed_generation: input.generation,
+                state,
+                reason,
+                message,
+            });
+        }
+        // Networks no longer wanted whose objects are still here keep an entry until gone.
+        for name in still_present {
+            if !entries.iter().any(|e| &e.name == name) {
+                entries.push(NetworkRealization {
+                    name: name.clone(),
+                    uid: None,
+                    observed_generation: None,
+                    state: RealizationState::Pending,
+                    reason: Some("Removing".into()),
+                    message: Some("kernel objects of a deleted network are being removed".into()),
+                });
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let healthy = report.failed.is_empty();
+        let heartbeat_due = self
+            .last_heartbeat
+            .is_none_or(|t| t.elapsed() >= self.cfg.heartbeat);
+        if !heartbeat_due && self.last_status.as_ref() == Some(&(entries.clone(), healthy)) {
+            return Ok(());
+        }
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let status = NetworkNodeStatus {
+            heartbeat_time: Some(now.clone()),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: if healthy { "True" } else { "False" }.into(),
+                reason: if healthy { "Programmed" } else { "KernelError" }.into(),
+                message: if healthy {
+                    "the kernel matches every network".into()
+                } else {
+                    "some kernel changes failed".into()
+                },
+                observed_generation: None,
+                last_transition_time: now,
+            }],
+            ..NetworkNodeStatus::default()
+        }
+        .with_networks(entries.clone());
+        let api: Api<NetworkNode> = Api::all(self.client.clone());
+        let patch =
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "status": status});
+        api.patch_status(
+            &self.cfg.node_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.metrics.status_writes.inc();
+        self.last_status = Some((entries, healthy));
+        self.last_heartbeat = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// The link a kernel change is about, if any.
+fn change_link(c: &kernel::Change) -> Option<&str> {
+    use kernel::Change::*;
+    match c {
+        CreateLink(l) | RecreateLink(l) => Some(&l.name),
+        DeleteLink(n) | SetLink { name: n, .. } => Some(n),
+        AddAddress(a) | DeleteAddress(a) => Some(&a.link),
+        AddRoute(r) | DeleteRoute(r) => Some(&r.link),
+        AddFdb(f) | DeleteFdb(f) => Some(&f.link),
+        AddNeighbour(n) | DeleteNeighbour(n) => Some(&n.link),
+        SetNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,
+    }
+}
