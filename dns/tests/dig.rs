@@ -338,7 +338,11 @@ fn the_server_keeps_answering_after_its_feeder_is_killed_and_takes_the_next_snap
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| -> Result<()> {
         let load = scope.spawn(|| common::keep_asking(&sb[A], "10.10.0.1", "alpha", &stop));
+        // The load runs before, during and after the kill (on a busy CI machine the kill and
+        // the next snapshot alone took 0.7 s, which left too few queries to say anything).
+        std::thread::sleep(std::time::Duration::from_millis(500));
         let outcome = feeder_killed_then_snapshot(&lab, sb);
+        std::thread::sleep(std::time::Duration::from_millis(500));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let (asked, failed) = load
             .join()

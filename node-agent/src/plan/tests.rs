@@ -401,7 +401,7 @@ fn localhost_publishing_comes_with_its_guard() {
         host_binding: None,
         isolation: false,
         inter_container_traffic: true,
-        inbound: Default::default(),
+        inbound: weft_api::Inbound::Routed,
     });
     let mut no_nft = me();
     no_nft.capabilities.nftables = false;
