@@ -23,7 +23,7 @@ pub use network::{
 };
 pub use node::{
     Capabilities, NetworkNode, NetworkNodeSpec, NetworkNodeStatus, NetworkRealization,
-    RealizationState,
+    RealizationState, WireguardIdentity,
 };
 pub use pool::{AddressPool, AddressPoolSpec, AddressPoolStatus};
 pub use reason::Reason;

@@ -191,7 +191,9 @@ impl Default for BridgeOptions {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "has(self.vni) == has(oldSelf.vni) && (!has(self.vni) || self.vni == oldSelf.vni)",
-     "fieldPath": ".vni", "message": "overlay.vni is immutable"}
+     "fieldPath": ".vni", "message": "overlay.vni is immutable"},
+    {"rule": "(has(self.encrypted) && self.encrypted) == (has(oldSelf.encrypted) && oldSelf.encrypted)",
+     "fieldPath": ".encrypted", "message": "overlay.encrypted is immutable: create a new network to turn encryption on or off"}
 ]))]
 pub struct OverlayOptions {
     /// VXLAN network identifier. Default: allocated by the controller, unique in the cluster.
@@ -202,6 +204,12 @@ pub struct OverlayOptions {
     #[serde(default = "default_vxlan_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub udp_port: i32,
+    /// Encrypt the tunnel between nodes (Docker's `--opt encrypted`): the VXLAN traffic runs
+    /// inside WireGuard between the nodes' `weft-wg` links. A node that cannot encrypt (no
+    /// WireGuard in its kernel) reports `EncryptionUnavailable` and sends nothing of the
+    /// network; no node sends it to a peer that has published no WireGuard key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 impl Default for OverlayOptions {
@@ -209,6 +217,7 @@ impl Default for OverlayOptions {
         Self {
             vni: None,
             udp_port: default_vxlan_port(),
+            encrypted: false,
         }
     }
 }

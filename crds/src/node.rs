@@ -41,6 +41,29 @@ pub struct NetworkNodeSpec {
     /// Kernel features found by probing on this node.
     #[serde(default)]
     pub capabilities: Capabilities,
+    /// This node's WireGuard identity for encrypted overlays, once its `weft-wg` link is set
+    /// up. Only the public key travels: the private key never leaves the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireguardIdentity>,
+}
+
+/// How other nodes reach this one through WireGuard.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "isIP(self.address) && ip(self.address).family() == 6",
+     "fieldPath": ".address", "message": "wireguard.address must be an IPv6 address"}
+]))]
+pub struct WireguardIdentity {
+    /// Curve25519 public key, base64 (44 characters), as `wg` prints it.
+    #[schemars(length(min = 44, max = 44))]
+    pub public_key: String,
+    /// UDP port the node's WireGuard link listens on (at its underlay address).
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The node's address inside the tunnel (the VXLAN endpoint of encrypted overlays).
+    #[schemars(length(max = 45))]
+    pub address: String,
 }
 
 /// Kernel features the agent found by creating a throwaway object of each kind.
@@ -59,6 +82,8 @@ pub struct Capabilities {
     pub vlan: bool,
     #[serde(default)]
     pub nftables: bool,
+    #[serde(default)]
+    pub wireguard: bool,
 }
 
 /// What the agent has made of each network on this node.

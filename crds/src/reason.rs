@@ -24,6 +24,9 @@ pub enum Reason {
     ParentMissing,
     /// The node's kernel lacks a feature the network needs.
     Unsupported,
+    /// The network is encrypted and this node cannot encrypt (no WireGuard in its kernel, or
+    /// its WireGuard link could not be set up): nothing of the network is sent from or to it.
+    EncryptionUnavailable,
     /// The spec holds something the schema should have refused.
     InvalidSpec,
     /// The controller's status or allocation holds something unusable.
@@ -87,6 +90,7 @@ impl Reason {
             Reason::NoBlock => "NoBlock",
             Reason::ParentMissing => "ParentMissing",
             Reason::Unsupported => "Unsupported",
+            Reason::EncryptionUnavailable => "EncryptionUnavailable",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::InvalidStatus => "InvalidStatus",
             Reason::Conflict => "Conflict",
@@ -124,6 +128,7 @@ impl Reason {
             | Reason::ParentMissing
             | Reason::NetworkNotReady => RealizationState::Pending,
             Reason::Unsupported
+            | Reason::EncryptionUnavailable
             | Reason::InvalidSpec
             | Reason::InvalidStatus
             | Reason::Conflict
@@ -151,11 +156,12 @@ impl Reason {
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 29] = [
         Reason::NotAllocated,
         Reason::NoBlock,
         Reason::ParentMissing,
         Reason::Unsupported,
+        Reason::EncryptionUnavailable,
         Reason::InvalidSpec,
         Reason::InvalidStatus,
         Reason::Conflict,

@@ -526,3 +526,59 @@ async fn endpoint_identity_is_immutable_and_defaults_are_filled() {
     .await
     .expect("published ports may change");
 }
+
+// --- encrypted overlays ---
+
+#[tokio::test]
+async fn encryption_is_only_for_overlays_and_is_immutable() {
+    let msg = rejected_network(json!({"driver": "bridge", "overlay": {"encrypted": true}})).await;
+    assert_mentions(&msg, "spec.overlay is only allowed when driver is overlay");
+
+    let (client, name) =
+        create_network(json!({"driver": "overlay", "overlay": {"encrypted": true}})).await;
+    let msg = patch_spec_raw::<ContainerNetwork>(
+        &client,
+        &name,
+        json!({"overlay": {"encrypted": false}}),
+    )
+    .await
+    .expect_err("turning encryption off must be refused");
+    assert_mentions(&msg, "overlay.encrypted is immutable");
+
+    // Unset and false are the same: a plain overlay may spell it out.
+    let (client, name) = create_network(json!({"driver": "overlay"})).await;
+    patch_spec_raw::<ContainerNetwork>(&client, &name, json!({"overlay": {"encrypted": false}}))
+        .await
+        .expect("false on a plain overlay is no change");
+    let msg =
+        patch_spec_raw::<ContainerNetwork>(&client, &name, json!({"overlay": {"encrypted": true}}))
+            .await
+            .expect_err("turning encryption on must be refused");
+    assert_mentions(&msg, "overlay.encrypted is immutable");
+}
+
+#[tokio::test]
+async fn a_node_publishes_only_a_well_formed_wireguard_identity() {
+    let client = connect().await.expect("API server");
+    let node = |wireguard: Value| {
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "metadata": {"name": unique("node")},
+               "spec": {"underlayAddress": "192.0.2.1", "wireguard": wireguard}})
+    };
+    let good = json!({"publicKey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "port": 51871,
+                      "address": "fd77:6566:7400::1"});
+    create_raw::<NetworkNode>(&client, node(good.clone()))
+        .await
+        .expect("a well-formed identity is accepted");
+    let mut v4 = good.clone();
+    v4["address"] = json!("10.0.0.1");
+    let msg = create_raw::<NetworkNode>(&client, node(v4))
+        .await
+        .expect_err("an IPv4 tunnel address must be refused");
+    assert_mentions(&msg, "wireguard.address must be an IPv6 address");
+    let mut short = good.clone();
+    short["publicKey"] = json!("abc");
+    let msg = create_raw::<NetworkNode>(&client, node(short))
+        .await
+        .expect_err("a short key must be refused");
+    assert_mentions(&msg, "spec.wireguard.publicKey");
+}

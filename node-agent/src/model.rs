@@ -178,6 +178,9 @@ pub enum LinkKind {
     Veth {
         peer: String,
     },
+    /// A WireGuard link (the node's `weft-wg`); its keys and peers are set through the
+    /// WireGuard generic netlink family ([`crate::kernel::wireguard`]), not here.
+    Wireguard,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -48,6 +48,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         ipvlan: caps.ipvlan,
         vlan: caps.vlan,
         nftables: caps.nftables,
+        wireguard: caps.wireguard,
     };
     let underlay = find_underlay(&kernel, &cfg).await?;
     tracing::info!(node = %cfg.node_name, underlay = %underlay.address, mtu = underlay.mtu, ?capabilities, "starting");

@@ -16,6 +16,7 @@ use weft_api::{
     NetworkRealization, RealizationState,
 };
 
+use crate::drivers::wireguard::PeerWireguard;
 use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
@@ -60,12 +61,16 @@ pub(super) struct Agent {
 impl Agent {
     pub(super) fn inputs(&self) -> Networks {
         let mut inputs = Vec::new();
-        let peers_underlay: HashMap<String, IpAddr> = self
+        let peers_underlay: HashMap<String, (IpAddr, Option<PeerWireguard>)> = self
             .nodes
             .state()
             .iter()
             .filter(|n| n.metadata.deletion_timestamp.is_none())
-            .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
+            .filter_map(|n| {
+                let underlay = n.spec.underlay_address.parse().ok()?;
+                let wireguard = n.spec.wireguard.as_ref().and_then(PeerWireguard::parse);
+                Some((n.name_any(), (underlay, wireguard)))
+            })
             .collect();
         let ceps = self.ceps.state();
         for net in self.networks.state() {
@@ -92,9 +97,11 @@ impl Agent {
                 .keys()
                 .filter(|n| **n != self.cfg.node_name)
                 .filter_map(|n| {
+                    let (underlay, wireguard) = peers_underlay.get(n)?;
                     Some(Peer {
                         node: n.clone(),
-                        underlay_address: *peers_underlay.get(n)?,
+                        underlay_address: *underlay,
+                        wireguard: wireguard.clone(),
                     })
                 })
                 .collect();

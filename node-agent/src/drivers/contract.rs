@@ -33,6 +33,8 @@ pub struct NodeFacts {
 pub struct Peer {
     pub node: String,
     pub underlay_address: IpAddr,
+    /// Its WireGuard link, when it has published one (encrypted overlays reach it only then).
+    pub wireguard: Option<super::wireguard::PeerWireguard>,
 }
 
 /// One network as the agent sees it: spec + the controller's status (subnets, gateway, vni)

@@ -18,6 +18,7 @@ pub mod overlay;
 mod parent;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod wireguard;
 
 pub use common::{MIN_MTU, gateway_addresses};
 pub use contract::*;

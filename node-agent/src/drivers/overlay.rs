@@ -17,6 +17,13 @@
 //!   node reaches the endpoints it hosts through the bridge, not those on other nodes.
 //! - **MTU**: the underlay's minus the VXLAN overhead (50 bytes over an IPv4 underlay, 70
 //!   over IPv6), unless `spec.mtu` is set; the bridge and the VXLAN device get the same MTU.
+//! - **Encrypted** (`spec.overlay.encrypted`): the VXLAN device runs over the node's
+//!   WireGuard link ([`super::wireguard`]): local = this node's tunnel address, bound to
+//!   `weft-wg`, FDB destinations = the peers' tunnel addresses, and only peers that published
+//!   a WireGuard key get any. A node whose kernel has no WireGuard plans nothing of the
+//!   network and reports `EncryptionUnavailable` (fail closed: Docker's encrypted overlay
+//!   sent clear text in that case, CVE-2023-28840). MTU: underlay − WireGuard (60/80) −
+//!   VXLAN over the IPv6 tunnel (70).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -28,8 +35,9 @@ use super::bridge::{RoutedBridge, routed_link};
 use super::common::{Scope, address_space, link_mtu, node_block, require};
 use super::contract::{
     AddressSpace, AnycastGuard, Driver, EndpointShape, FirewallIntent, HostSide, NetworkInput,
-    NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
+    NodeFacts, Peer, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
+use super::wireguard;
 
 /// Default UDP port of VXLAN (IANA).
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
@@ -69,21 +77,38 @@ impl Driver for Overlay {
                     ),
                 )
             })?;
-        let mtu = link_mtu(net, overlay_mtu(node))?;
+        if options.encrypted && !node.capabilities.wireguard {
+            return Err(Problem::new(
+                Reason::EncryptionUnavailable,
+                format!(
+                    "network {} is encrypted and node {} has no WireGuard in its kernel; nothing of the network is sent from or to this node",
+                    net.name, node.node_name
+                ),
+            ));
+        }
+        let mtu = link_mtu(net, overlay_mtu(node, options.encrypted))?;
         let mac = anycast_gateway_mac(&net.name);
         let bridge = RoutedBridge::plan(net, mtu, Some(mac))?;
         let vni = vni(net)?;
         node_block(net, node)?;
 
         let vxlan_name = names::vxlan(&net.name);
+        let (local, underlay) = if options.encrypted {
+            (
+                IpAddr::V6(wireguard::tunnel_address(&node.node_name)),
+                Some(wireguard::LINK.to_string()),
+            )
+        } else {
+            (node.underlay_address, node.underlay_interface.clone())
+        };
         let vxlan = Link {
             name: vxlan_name.clone(),
             alias: alias_for(&net.name),
             kind: LinkKind::Vxlan {
                 vni,
                 port,
-                local: node.underlay_address,
-                underlay: node.underlay_interface.clone(),
+                local,
+                underlay,
                 learning: false,
                 proxy: true,
             },
@@ -96,10 +121,11 @@ impl Driver for Overlay {
             .peers
             .iter()
             .filter(|p| p.node != node.node_name && is_reachable(p.underlay_address, node))
-            .map(|p| FdbEntry {
+            .filter_map(|p| tunnel_destination(net, p))
+            .map(|dst| FdbEntry {
                 link: vxlan_name.clone(),
                 mac: FLOOD_MAC,
-                dst: p.underlay_address,
+                dst,
             })
             .collect();
 
@@ -119,6 +145,14 @@ impl Driver for Overlay {
             }),
         };
         bridge.add_to(out);
+        if options.encrypted {
+            wireguard::add_link(
+                out,
+                &node.node_name,
+                node.underlay_address,
+                node.underlay_mtu,
+            );
+        }
         out.links.insert(vxlan_name, vxlan);
         out.fdb.extend(fdb);
         Ok(intent)
@@ -162,13 +196,21 @@ impl Driver for Overlay {
             return (fdb, neighbours);
         }
         for r in remote {
-            let Some(dst) = peers.get(&r.node) else {
+            let dst = if is_encrypted(net) {
+                net.peers
+                    .iter()
+                    .find(|p| p.node == r.node)
+                    .and_then(|p| tunnel_destination(net, p))
+            } else {
+                peers.get(&r.node).copied()
+            };
+            let Some(dst) = dst else {
                 continue;
             };
             fdb.push(FdbEntry {
                 link: vxlan.clone(),
                 mac: r.mac,
-                dst: *dst,
+                dst,
             });
             neighbours.push(Neighbour {
                 link: vxlan.clone(),
@@ -191,13 +233,29 @@ pub fn anycast_gateway_mac(network: &str) -> Mac {
     Mac([0x02, 0x57, h[0], h[1], h[2], h[3]])
 }
 
-/// The overlay's default MTU on this node.
-pub fn overlay_mtu(node: &NodeFacts) -> u32 {
-    let overhead = match node.underlay_address {
-        IpAddr::V4(_) => VXLAN_OVERHEAD_V4,
-        IpAddr::V6(_) => VXLAN_OVERHEAD_V6,
+/// The overlay's default MTU on this node; encrypted, VXLAN runs over the IPv6 tunnel
+/// inside WireGuard.
+pub fn overlay_mtu(node: &NodeFacts, encrypted: bool) -> u32 {
+    let overhead = match (encrypted, node.underlay_address) {
+        (true, underlay) => wireguard::overhead(underlay) + VXLAN_OVERHEAD_V6,
+        (false, IpAddr::V4(_)) => VXLAN_OVERHEAD_V4,
+        (false, IpAddr::V6(_)) => VXLAN_OVERHEAD_V6,
     };
     node.underlay_mtu.saturating_sub(overhead)
+}
+
+fn is_encrypted(net: &NetworkInput) -> bool {
+    net.spec.overlay.as_ref().is_some_and(|o| o.encrypted)
+}
+
+/// Where VXLAN frames for `peer` go: its underlay address, or, encrypted, its tunnel
+/// address, and nowhere when it has published no WireGuard key (it cannot decrypt).
+fn tunnel_destination(net: &NetworkInput, peer: &Peer) -> Option<IpAddr> {
+    if is_encrypted(net) {
+        peer.wireguard.as_ref().map(|w| IpAddr::V6(w.address))
+    } else {
+        Some(peer.underlay_address)
+    }
 }
 
 /// A peer is reachable over the tunnel if its address is of the tunnel's family and is
@@ -380,14 +438,17 @@ mod tests {
         n.peers.push(crate::drivers::Peer {
             node: "n1-again".into(),
             underlay_address: ip("192.0.2.1"),
+            wireguard: None,
         });
         n.peers.push(crate::drivers::Peer {
             node: "v6".into(),
             underlay_address: ip("2001:db8::9"),
+            wireguard: None,
         });
         n.peers.push(crate::drivers::Peer {
             node: "n2".into(),
             underlay_address: ip("192.0.2.2"),
+            wireguard: None,
         });
         let (state, _) = plan_one(&n, &node("n1", "192.0.2.1"));
         let dsts: Vec<IpAddr> = state.fdb.iter().map(|f| f.dst).collect();
@@ -421,6 +482,7 @@ mod tests {
         n.spec.overlay = Some(weft_api::OverlayOptions {
             vni: None,
             udp_port: 8472,
+            encrypted: false,
         });
         let (state, _) = plan_one(&n, &node("n1", "192.0.2.1"));
         match &state.links[&names::vxlan("front")].kind {
@@ -430,10 +492,123 @@ mod tests {
         n.spec.overlay = Some(weft_api::OverlayOptions {
             vni: None,
             udp_port: 70000,
+            encrypted: false,
         });
         let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
         assert_eq!(intent.map_err(|p| p.reason), Err(Reason::InvalidSpec));
         assert_eq!(state, KernelState::default());
+    }
+
+    fn encrypted(name: &str) -> NetworkInput {
+        let mut n = overlay(name);
+        n.spec.overlay = Some(weft_api::OverlayOptions {
+            encrypted: true,
+            ..Default::default()
+        });
+        // n2 has published its WireGuard key, n3 has not (its kernel cannot encrypt).
+        for p in &mut n.peers {
+            if p.node == "n2" {
+                p.wireguard = Some(wireguard::PeerWireguard {
+                    public_key: [2; 32],
+                    port: wireguard::DEFAULT_PORT,
+                    address: wireguard::tunnel_address("n2"),
+                });
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn encrypted_overlay_runs_vxlan_inside_wireguard_and_only_to_keyed_peers() {
+        let n = encrypted("secret");
+        let (state, intent) = plan_one(&n, &node("n1", "192.0.2.1"));
+        intent.expect("planned");
+        let x = names::vxlan("secret");
+        assert_eq!(
+            state.links[&x].kind,
+            LinkKind::Vxlan {
+                vni: 4242,
+                port: 4789,
+                local: IpAddr::V6(wireguard::tunnel_address("n1")),
+                underlay: Some(wireguard::LINK.into()),
+                learning: false,
+                proxy: true,
+            }
+        );
+        assert_eq!(state.links[wireguard::LINK].kind, LinkKind::Wireguard);
+        // 1500 − WireGuard over IPv4 (60) − VXLAN over the IPv6 tunnel (70).
+        assert_eq!(state.links[&x].mtu, Some(1370));
+        assert_eq!(state.links[&names::bridge("secret")].mtu, Some(1370));
+        assert_eq!(state.links[wireguard::LINK].mtu, Some(1440));
+        // n3 published no key: no flood entry towards it, in clear text or otherwise.
+        let dsts: Vec<IpAddr> = state.fdb.iter().map(|f| f.dst).collect();
+        assert_eq!(dsts, vec![IpAddr::V6(wireguard::tunnel_address("n2"))]);
+
+        let remote = [
+            RemoteEndpoint {
+                network: "secret".into(),
+                node: "n2".into(),
+                address: ip("10.40.0.17"),
+                mac: Mac([2, 0, 0, 0, 0, 17]),
+            },
+            RemoteEndpoint {
+                network: "secret".into(),
+                node: "n3".into(),
+                address: ip("10.40.0.33"),
+                mac: Mac([2, 0, 0, 0, 0, 33]),
+            },
+        ];
+        let underlays = [
+            ("n2".to_string(), ip("192.0.2.2")),
+            ("n3".to_string(), ip("192.0.2.3")),
+        ]
+        .into();
+        let (fdb, neighbours) = Overlay.remote_entries(&n, &remote, &underlays, &state);
+        assert_eq!(
+            fdb,
+            vec![FdbEntry {
+                link: x.clone(),
+                mac: Mac([2, 0, 0, 0, 0, 17]),
+                dst: IpAddr::V6(wireguard::tunnel_address("n2")),
+            }]
+        );
+        assert_eq!(neighbours.len(), 1);
+    }
+
+    #[test]
+    fn encrypted_overlay_on_a_node_without_wireguard_fails_closed() {
+        let mut me = node("n1", "192.0.2.1");
+        me.capabilities.wireguard = false;
+        let (state, intent) = plan_one(&encrypted("secret"), &me);
+        assert_eq!(
+            intent.map_err(|p| p.reason),
+            Err(Reason::EncryptionUnavailable)
+        );
+        // Nothing of the network: no VXLAN device, no FDB entry, no bridge.
+        assert_eq!(state, KernelState::default());
+        // A plain overlay on the same node is unaffected.
+        let (_, plain) = plan_one(&overlay("front"), &me);
+        assert!(plain.is_ok());
+    }
+
+    #[test]
+    fn two_encrypted_overlays_share_the_wireguard_link() {
+        let me = node("n1", "192.0.2.1");
+        let mut b = encrypted("secret2");
+        b.status.vni = Some(4243);
+        b.status.subnets = vec!["10.41.0.0/24".into()];
+        b.status.gateway = Some("10.41.0.1".into());
+        b.blocks = [("n1".to_string(), cidr("10.41.0.0/28"))].into();
+        let (state, outcomes) = crate::plan::plan_node(&[encrypted("secret"), b], &me);
+        assert!(outcomes.values().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(
+            state
+                .links
+                .values()
+                .filter(|l| l.kind == LinkKind::Wireguard)
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -485,5 +660,13 @@ mod tests {
         let mut tiny = me.clone();
         tiny.underlay_mtu = 600;
         check(&overlay("front"), &tiny, Reason::Unsupported);
+
+        let mut no_wireguard = me.clone();
+        no_wireguard.capabilities.wireguard = false;
+        check(
+            &encrypted("secret"),
+            &no_wireguard,
+            Reason::EncryptionUnavailable,
+        );
     }
 }

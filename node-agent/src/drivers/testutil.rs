@@ -26,6 +26,7 @@ pub fn all_capabilities() -> Capabilities {
         ipvlan: true,
         vlan: true,
         nftables: true,
+        wireguard: true,
     }
 }
 
@@ -91,6 +92,7 @@ pub fn give_blocks(net: &mut NetworkInput, blocks: &[(&str, &str, &str)]) {
         net.peers.push(Peer {
             node: node.to_string(),
             underlay_address: ip(underlay),
+            wireguard: None,
         });
     }
 }

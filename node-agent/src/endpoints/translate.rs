@@ -97,6 +97,7 @@ pub(super) fn cni_code(reason: Reason) -> u32 {
         | Reason::NoBlock
         | Reason::ParentMissing
         | Reason::Unsupported
+        | Reason::EncryptionUnavailable
         | Reason::InvalidStatus
         | Reason::Conflict
         | Reason::NameInUse

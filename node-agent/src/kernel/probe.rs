@@ -20,6 +20,7 @@ pub struct Capabilities {
     pub ipvlan: bool,
     pub vlan: bool,
     pub nftables: bool,
+    pub wireguard: bool,
 }
 
 static PROBES: AtomicU32 = AtomicU32::new(0);
@@ -151,6 +152,9 @@ impl Kernel {
                 .await;
             let _ = k.netlink.delete_link(&parent).await;
         }
+        let wireguard = k
+            .try_create(&throwaway(name("g"), LinkKind::Wireguard), false)
+            .await;
         let nftables = nft::available(k.netns()).await;
         Capabilities {
             bridge,
@@ -159,6 +163,7 @@ impl Kernel {
             ipvlan,
             vlan,
             nftables,
+            wireguard,
         }
     }
 }

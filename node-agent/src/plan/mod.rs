@@ -77,14 +77,15 @@ fn plan_network(
 
 /// A network may only add kernel objects nobody else has: not a link name a foreign
 /// interface or an earlier network holds, not an address or a route destination an earlier
-/// network holds.
+/// network holds. Node-level objects that several networks plan alike (the WireGuard link
+/// of encrypted overlays and its address) are shared, not claimed.
 fn check_claims(
     planned: &KernelState,
     node: &NodeFacts,
     claimed: &KernelState,
 ) -> Result<(), Problem> {
-    for name in planned.links.keys() {
-        if let Some(other) = claimed.links.get(name) {
+    for (name, link) in &planned.links {
+        if let Some(other) = claimed.links.get(name).filter(|other| *other != link) {
             let owner = network_of_alias(&other.alias).unwrap_or("another network");
             return Err(Problem::new(
                 Reason::Conflict,
@@ -108,7 +109,7 @@ fn check_claims(
         if let Some(other) = claimed
             .addresses
             .iter()
-            .find(|a| a.address.addr() == address.address.addr())
+            .find(|a| a.address.addr() == address.address.addr() && *a != address)
         {
             return Err(Problem::new(
                 Reason::Conflict,

@@ -35,10 +35,12 @@ fn overlay(name: &str, subnet: &str, vni: i32) -> NetworkInput {
         Peer {
             node: "n1".into(),
             underlay_address: ip("192.0.2.1"),
+            wireguard: None,
         },
         Peer {
             node: "n2".into(),
             underlay_address: ip("192.0.2.2"),
+            wireguard: None,
         },
     ];
     n
@@ -422,6 +424,7 @@ fn peers_joining_and_leaving_change_only_fdb_on_the_node() {
             n.peers.push(Peer {
                 node: "n3".into(),
                 underlay_address: ip("192.0.2.3"),
+                wireguard: None,
             });
         }
     }

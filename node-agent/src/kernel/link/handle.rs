@@ -42,6 +42,7 @@ pub(crate) fn kind_word(kind: &LinkKind) -> &'static str {
         LinkKind::Ipvlan { .. } => "ipvlan",
         LinkKind::Vlan { .. } => "802.1q vlan",
         LinkKind::Veth { .. } => "veth",
+        LinkKind::Wireguard => "wireguard",
     }
 }
 
@@ -307,6 +308,7 @@ impl Netlink {
                 Some(InfoData::Vlan(vec![InfoVlan::Id(*id)])),
                 Some(self.index_of(parent, op).await?),
             ),
+            LinkKind::Wireguard => (InfoKind::Wireguard, None, None),
             LinkKind::Veth { peer } => {
                 let mut p = LinkMessage::default();
                 p.attributes.push(LinkAttribute::IfName(peer.clone()));

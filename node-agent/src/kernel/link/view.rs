@@ -273,6 +273,7 @@ impl LinkView {
             }
             // The kernel reports the peer only by index; across namespaces its name is not
             // knowable from here, which `""` says (the diff treats it as "any peer").
+            InfoKind::Wireguard => LinkKind::Wireguard,
             InfoKind::Veth => LinkKind::Veth {
                 peer: self.lower_name(raw),
             },
