@@ -328,6 +328,48 @@ async fn overlay_network_has_a_vxlan_with_flood_entries_to_its_peers() {
     assert_eq!(node.ifindex(&br), bridge_index, "bridge not recreated");
 }
 
+/// Fail closed (Docker's encrypted overlay sent clear text here, CVE-2023-28840): on a
+/// kernel without WireGuard, like this project's CI kernel, an encrypted overlay reports
+/// `EncryptionUnavailable` and leaves no kernel object through which anything of it could
+/// leave the node: no VXLAN device, no flood entry, no bridge, no WireGuard link. A plain
+/// overlay beside it is programmed as usual.
+#[tokio::test]
+async fn encrypted_overlay_fails_closed_where_the_kernel_has_no_wireguard() {
+    let node = Node::start().await;
+    node.programmed_node().await;
+    if node.capability("wireguard").await {
+        eprintln!(
+            "SKIP: encrypted_overlay_fails_closed_where_the_kernel_has_no_wireguard: this kernel has WireGuard (the VM tier's encrypted tests cover it)"
+        );
+        return;
+    }
+    node.register_peer().await;
+    node.network(
+        "secret",
+        json!({"driver": "overlay", "overlay": {"encrypted": true}, "ipam": {"subnets": ["10.41.0.0/24"]}}),
+    )
+    .await;
+    node.network(
+        "plain",
+        json!({"driver": "overlay", "ipam": {"subnets": ["10.42.0.0/24"]}}),
+    )
+    .await;
+    let reason = node.wait_state("secret", RealizationState::Failed).await;
+    assert_eq!(reason.as_deref(), Some("EncryptionUnavailable"));
+    node.programmed("plain").await;
+    // Two full passes later, still nothing of the encrypted network.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for link in [names::vxlan("secret"), names::bridge("secret"), "weft-wg".to_string()] {
+        assert!(node.link(&link).is_none(), "{link} must not exist");
+    }
+    let fdb = node.ns.exec(&["bridge", "fdb", "show"]).unwrap_or_default();
+    let plain_vx = names::vxlan("plain");
+    for line in fdb.lines().filter(|l| l.contains(" dst ")) {
+        assert!(line.contains(&plain_vx), "only the plain overlay floods: {line}");
+    }
+    assert!(fdb.contains("dst 192.0.2.20"), "{fdb}");
+}
+
 #[tokio::test]
 async fn macvlan_waits_for_its_parent_then_gets_a_host_shim() {
     let node = Node::start().await;
