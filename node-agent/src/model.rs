@@ -264,9 +264,10 @@ pub fn alias_for(network: &str) -> String {
     format!("{ALIAS_PREFIX}{network}")
 }
 
-/// The network a link alias names, if the link is Weft's.
+/// The network a link alias names, if the link is Weft's and belongs to a network (the
+/// node-level `weft-wg` is `weft:` alone).
 pub fn network_of_alias(alias: &str) -> Option<&str> {
-    alias.strip_prefix(ALIAS_PREFIX)
+    alias.strip_prefix(ALIAS_PREFIX).filter(|n| !n.is_empty())
 }
 
 /// The per-interface sysctl that lets the kernel route packets with a loopback address to and

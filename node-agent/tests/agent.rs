@@ -359,13 +359,20 @@ async fn encrypted_overlay_fails_closed_where_the_kernel_has_no_wireguard() {
     node.programmed("plain").await;
     // Two full passes later, still nothing of the encrypted network.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for link in [names::vxlan("secret"), names::bridge("secret"), "weft-wg".to_string()] {
+    for link in [
+        names::vxlan("secret"),
+        names::bridge("secret"),
+        "weft-wg".to_string(),
+    ] {
         assert!(node.link(&link).is_none(), "{link} must not exist");
     }
     let fdb = node.ns.exec(&["bridge", "fdb", "show"]).unwrap_or_default();
     let plain_vx = names::vxlan("plain");
     for line in fdb.lines().filter(|l| l.contains(" dst ")) {
-        assert!(line.contains(&plain_vx), "only the plain overlay floods: {line}");
+        assert!(
+            line.contains(&plain_vx),
+            "only the plain overlay floods: {line}"
+        );
     }
     assert!(fdb.contains("dst 192.0.2.20"), "{fdb}");
 }

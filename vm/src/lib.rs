@@ -59,6 +59,25 @@ struct Run {
 
 /// `status` in a run directory: `ok`, `skip <why>` or `error <why>`.
 const STATUS: &str = "status";
+/// `left_out` in a run directory: the ids `WEFT_VM_ONLY` left out, one a line.
+const LEFT_OUT: &str = "left_out";
+
+/// `WEFT_VM_ONLY=a,b`: run only the plan's tests whose id contains `a` or `b` (a developer's
+/// shortcut; the others are a visible SKIP, never a pass).
+fn selected(plan: &[GuestTest], only: Option<&str>) -> (Vec<GuestTest>, Vec<&'static str>) {
+    let Some(only) = only.filter(|o| !o.trim().is_empty()) else {
+        return (plan.to_vec(), Vec::new());
+    };
+    let wanted: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let (run, left): (Vec<GuestTest>, Vec<GuestTest>) = plan
+        .iter()
+        .partition(|t| wanted.iter().any(|w| t.id.contains(w)));
+    (run, left.into_iter().map(|t| t.id).collect())
+}
 
 fn run_once(plan: &[GuestTest]) -> Result<Run> {
     let root = target_dir()?.join("weft-vm");
@@ -75,7 +94,10 @@ fn run_once(plan: &[GuestTest]) -> Result<Run> {
     if !run.dir.join(STATUS).exists() {
         forget_old_runs(&root.join("runs"));
         fs::create_dir_all(&run.dir).context("creating the run directory")?;
-        let status = match guest::run(plan, &run.dir) {
+        let (plan, left_out) = selected(plan, std::env::var("WEFT_VM_ONLY").ok().as_deref());
+        fs::write(run.dir.join(LEFT_OUT), left_out.join("\n"))
+            .context("writing the tests left out")?;
+        let status = match guest::run(&plan, &run.dir) {
             Ok(()) => "ok".to_string(),
             Err(guest::Error::Unavailable(why)) if !required() => format!("skip {why}"),
             Err(guest::Error::Unavailable(why)) => {
@@ -91,6 +113,12 @@ fn run_once(plan: &[GuestTest]) -> Result<Run> {
 impl Run {
     fn outcome(&self, id: &str) -> Outcome {
         let status = fs::read_to_string(self.dir.join(STATUS)).unwrap_or_default();
+        let left_out = fs::read_to_string(self.dir.join(LEFT_OUT)).unwrap_or_default();
+        if left_out.lines().any(|l| l == id) {
+            return Outcome::Skipped {
+                why: "left out of this run by WEFT_VM_ONLY".into(),
+            };
+        }
         if let Some(why) = status.strip_prefix("skip ") {
             return Outcome::Skipped { why: why.into() };
         }
@@ -159,7 +187,7 @@ mod tests {
     use super::*;
 
     /// A run directory with `status` and, per test, an exit code and a log.
-    fn run(status: &str, results: &[(&str, Option<&str>, &str)]) -> (Run, PathBuf) {
+    fn run_dir(status: &str, results: &[(&str, Option<&str>, &str)]) -> (Run, PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "weft-vm-unit-{}-{}",
             std::process::id(),
@@ -187,7 +215,7 @@ mod tests {
 
     #[test]
     fn only_a_clean_exit_without_skip_passes() {
-        let (r, dir) = run(
+        let (r, dir) = run_dir(
             "ok",
             &[
                 ("good", Some("0\n"), "test t ... ok"),
@@ -211,13 +239,48 @@ mod tests {
     }
 
     #[test]
+    fn weft_vm_only_runs_the_named_tests_and_skips_the_others_visibly() {
+        const PLAN: &[GuestTest] = &[
+            GuestTest {
+                id: "vm_a_one",
+                binary: "b",
+                test: "t1",
+            },
+            GuestTest {
+                id: "vm_b_two",
+                binary: "b",
+                test: "t2",
+            },
+            GuestTest {
+                id: "vm_c_three",
+                binary: "b",
+                test: "t3",
+            },
+        ];
+        let ids = |p: &[GuestTest]| p.iter().map(|t| t.id).collect::<Vec<_>>();
+        let (run, left) = selected(PLAN, None);
+        assert_eq!((ids(&run).len(), left.len()), (3, 0));
+        let (run, left) = selected(PLAN, Some(" "));
+        assert_eq!((ids(&run).len(), left.len()), (3, 0));
+        let (run, left) = selected(PLAN, Some("two, three"));
+        assert_eq!(ids(&run), ["vm_b_two", "vm_c_three"]);
+        assert_eq!(left, ["vm_a_one"]);
+
+        let (r, dir) = run_dir("ok", &[("vm_b_two", Some("0"), "ok")]);
+        fs::write(dir.join(LEFT_OUT), "vm_a_one").unwrap();
+        assert!(matches!(r.outcome("vm_a_one"), Outcome::Skipped { .. }));
+        assert!(matches!(r.outcome("vm_b_two"), Outcome::Passed { .. }));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_run_that_could_not_start_skips_or_fails_every_test() {
-        let (r, dir) = run("skip qemu-system-x86_64 not found", &[]);
+        let (r, dir) = run_dir("skip qemu-system-x86_64 not found", &[]);
         assert!(
             matches!(r.outcome("any"), Outcome::Skipped { why } if why == "qemu-system-x86_64 not found")
         );
         fs::remove_dir_all(dir).unwrap();
-        let (r, dir) = run("error image.sh failed", &[("t", Some("0"), "ok")]);
+        let (r, dir) = run_dir("error image.sh failed", &[("t", Some("0"), "ok")]);
         assert!(why(r.outcome("t")).contains("image.sh failed"));
         fs::remove_dir_all(dir).unwrap();
     }

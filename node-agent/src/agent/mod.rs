@@ -11,6 +11,7 @@ mod caches;
 mod config;
 mod node;
 mod pass;
+mod wireguard;
 
 pub use config::{Config, MANAGER};
 pub use pass::PassReport;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use weft_api::{ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
@@ -54,7 +56,14 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     tracing::info!(node = %cfg.node_name, underlay = %underlay.address, mtu = underlay.mtu, ?capabilities, "starting");
     // The API may be down: keep trying; the dataplane is not touched until we have the picture.
     let mut backoff = Duration::from_millis(200);
-    while let Err(e) = register(&client, &cfg, &underlay, &capabilities).await {
+    // The identity published before a restart stays until this run has configured its link.
+    let published = Api::<weft_api::NetworkNode>::all(client.clone())
+        .get_opt(&cfg.node_name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.spec.wireguard);
+    while let Err(e) = register(&client, &cfg, &underlay, &capabilities, published.as_ref()).await {
         tracing::warn!(error = %e, "registering the NetworkNode failed; retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -197,6 +206,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         last_desired: None,
         last_status: None,
         last_heartbeat: None,
+        underlay,
+        wireguard: wireguard::Identity::new(published),
     };
     {
         let inputs = agent.inputs();

@@ -65,6 +65,7 @@ pub(super) async fn register(
     cfg: &Config,
     underlay: &Underlay,
     caps: &weft_api::Capabilities,
+    wireguard: Option<&weft_api::WireguardIdentity>,
 ) -> kube::Result<()> {
     let api: Api<NetworkNode> = Api::all(client.clone());
     let patch = json!({
@@ -76,6 +77,7 @@ pub(super) async fn register(
             "underlayInterface": underlay.interface,
             "underlayMtu": underlay.mtu,
             "capabilities": caps,
+            "wireguard": wireguard,
         },
     });
     api.patch(

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -16,7 +17,7 @@ use weft_api::{
     NetworkRealization, RealizationState,
 };
 
-use crate::drivers::wireguard::PeerWireguard;
+use crate::drivers::wireguard::{self, PeerWireguard};
 use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
 use crate::endpoints::manager::Endpoints;
 use crate::kernel::{self, Kernel};
@@ -26,6 +27,10 @@ use crate::plan;
 
 use super::caches::selects;
 use super::config::{Config, MANAGER};
+
+fn encrypted(net: &NetworkInput) -> bool {
+    net.spec.overlay.as_ref().is_some_and(|o| o.encrypted)
+}
 
 /// What one pass did.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +61,8 @@ pub(super) struct Agent {
     pub(super) last_desired: Option<KernelState>,
     pub(super) last_status: Option<(Vec<NetworkRealization>, bool)>,
     pub(super) last_heartbeat: Option<Instant>,
+    pub(super) underlay: super::node::Underlay,
+    pub(super) wireguard: super::wireguard::Identity,
 }
 
 impl Agent {
@@ -136,7 +143,7 @@ impl Agent {
             interfaces: foreign,
             ..self.facts.clone()
         };
-        let (mut desired, outcomes) = plan::plan_node(&inputs, &facts);
+        let (mut desired, mut outcomes) = plan::plan_node(&inputs, &facts);
         // Endpoints: their publish rules and other nodes' overlay endpoints belong to the
         // node's state; their sandboxes are converged after the node is applied.
         let full_check = self
@@ -193,6 +200,21 @@ impl Agent {
                 .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
                 .collect()
         };
+        if desired.links.contains_key(wireguard::LINK)
+            && let Err(e) = self.converge_wireguard().await
+        {
+            // Fail closed all the same: the encrypted networks' VXLAN devices are bound to
+            // weft-wg, and without its keys and peers WireGuard sends nothing.
+            tracing::warn!(error = format!("{e:#}"), "WireGuard not configured");
+            for input in inputs.iter().filter(|i| encrypted(i)) {
+                if let Some(outcome @ Ok(())) = outcomes.get_mut(&input.name) {
+                    *outcome = Err(Problem::new(
+                        Reason::EncryptionUnavailable,
+                        format!("node {}: {e:#}", self.cfg.node_name),
+                    ));
+                }
+            }
+        }
         let endpoint_writes = self.endpoints.converge(work).await;
         let apply = t.elapsed();
         let t = Instant::now();
@@ -219,6 +241,34 @@ impl Agent {
             apply,
             report: t.elapsed(),
         })
+    }
+
+    /// `weft-wg`'s keys and peers, and this node's published identity when it changed.
+    async fn converge_wireguard(&mut self) -> anyhow::Result<()> {
+        let peers = super::wireguard::peers(&self.nodes.state(), &self.cfg.node_name);
+        let identity = self
+            .wireguard
+            .converge(
+                &self.kernel,
+                &self.cfg.state_dir,
+                &self.cfg.node_name,
+                peers,
+            )
+            .await?;
+        if self.wireguard.published.as_ref() != Some(&identity) {
+            super::node::register(
+                &self.client,
+                &self.cfg,
+                &self.underlay,
+                &self.facts.capabilities,
+                Some(&identity),
+            )
+            .await
+            .context("publishing the WireGuard key")?;
+            tracing::info!(public_key = %identity.public_key, "WireGuard key published");
+            self.wireguard.published = Some(identity);
+        }
+        Ok(())
     }
 
     /// Write per-network realization (and the heartbeat) into this node's NetworkNode status,

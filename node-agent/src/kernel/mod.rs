@@ -31,6 +31,7 @@ mod nft;
 mod probe;
 mod route;
 mod sysctl;
+mod wireguard;
 
 pub use changes::{ApplyReport, Change};
 pub use diff::diff;
@@ -44,3 +45,4 @@ pub use netlink::WEFT_RTPROT;
 pub use nft::{base_chain, nft_tables_equivalent};
 pub use probe::Capabilities;
 pub use sysctl::DEFAULT_KEYS as DEFAULT_SYSCTLS;
+pub use wireguard::{WireguardConfig, WireguardDevice, WireguardPeerConfig};
