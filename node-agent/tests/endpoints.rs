@@ -572,6 +572,75 @@ async fn ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan() {
     LanPair::start(json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"}})).await;
 }
 
+/// ipvlan L3 (issue 20): endpoints on two nodes reach each other through the routes the
+/// agents program to each other's blocks (an L3 child answers no ARP, so without them they
+/// would not), and each node reaches its own endpoint through its L3 host shim.
+#[tokio::test]
+async fn ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_has_ipvlan() {
+    if !kernel_has_ipvlan() {
+        eprintln!(
+            "SKIP: ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_has_ipvlan: this kernel has no ipvlan support (Unknown device type)"
+        );
+        return;
+    }
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "l3",
+            json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l3"},
+                   "ipam": {"subnets": ["10.60.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "l3", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "l3", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let addr_a = cluster.endpoint_address("a").await.expect("a");
+    let addr_b = cluster.endpoint_address("b").await.expect("b");
+    assert!(reachable(&a, &addr_b, SETTLE).await, "a cannot reach b");
+    assert!(reachable(&b, &addr_a, SETTLE).await, "b cannot reach a");
+    assert!(
+        reachable(&cluster.nodes[0].ns, &addr_a, SETTLE).await,
+        "node 1 cannot reach its endpoint a"
+    );
+    let routes = cluster.nodes[0]
+        .ns
+        .exec(&["ip", "route", "show", "proto", "87"])
+        .unwrap_or_default();
+    assert!(
+        routes.contains(&format!("via {}", cluster.nodes[1].address)),
+        "{routes}"
+    );
+    // The network goes: so do the shim and the routes through the parent.
+    kube::Api::<weft_api::ContainerEndpoint>::namespaced(cluster.client.clone(), "default")
+        .delete_collection(&Default::default(), &Default::default())
+        .await
+        .expect("delete endpoints");
+    kube::Api::<weft_api::ContainerNetwork>::all(cluster.client.clone())
+        .delete("l3", &Default::default())
+        .await
+        .expect("delete network");
+    let gone = weft_e2e::wait_for(SETTLE, || async {
+        let routes = cluster.nodes[0]
+            .ns
+            .exec(&["ip", "route", "show", "proto", "87"])
+            .unwrap_or_default();
+        Ok((!routes.contains("via")).then_some(()))
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the routes to node 2's block stay after the network is gone"
+    );
+}
+
 #[tokio::test]
 async fn refused_endpoints_say_why_and_leave_nothing_behind() {
     let cluster = Cluster::start(1).await.expect("cluster");
@@ -1313,10 +1382,27 @@ fn udp_frames(frames: &[Vec<u8>], port: u16) -> usize {
 async fn tapped_pings(cluster: &Cluster, from: &weft_e2e::netns::Netns, to: &str) -> Vec<Vec<u8>> {
     let tap = capture(&cluster.underlay, Duration::from_secs(4));
     let pattern: String = SECRET.iter().map(|b| format!("{b:02x}")).collect();
-    let out = from
-        .exec(&["ping", "-n", "-c", "10", "-i", "0.2", "-p", &pattern, to])
-        .expect("pings across nodes");
-    assert!(out.contains(" 0% packet loss"), "{out}");
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from.name(),
+            "ping",
+            "-n",
+            "-c",
+            "10",
+            "-i",
+            "0.2",
+        ])
+        .args(["-p", &pattern, to])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 0% packet loss"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tap.join().expect("capture")
 }
 

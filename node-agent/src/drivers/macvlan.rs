@@ -69,7 +69,15 @@ impl Driver for Macvlan {
         let parent = parent::resolve(net, node, &options.parent, options.vlan, mtu)?;
 
         let shim = if options.host_shim {
-            Some(HostShim::plan(net, node, &parent.name, mtu)?)
+            Some(HostShim::plan(
+                net,
+                node,
+                mtu,
+                LinkKind::Macvlan {
+                    parent: parent.name.clone(),
+                    mode: KernelMacvlanMode::Bridge,
+                },
+            )?)
         } else {
             None
         };
@@ -94,18 +102,8 @@ impl Driver for Macvlan {
         net: &NetworkInput,
         node: &NodeFacts,
     ) -> Result<Option<AddressSpace>, Problem> {
-        let mut space = address_space(net, node, Scope::NodeBlock, false)?;
-        if net.spec.macvlan.as_ref().is_some_and(|m| m.host_shim)
-            && let Some(a) = shim_address(
-                space.range,
-                &allocated_subnets(net)?,
-                status_gateway(net)?,
-                &excluded_ranges(net)?,
-            )
-        {
-            space.reserved.push(IpNet::from(a));
-        }
-        Ok(Some(space))
+        let shim = net.spec.macvlan.as_ref().is_some_and(|m| m.host_shim);
+        space_with_shim(net, node, shim).map(Some)
     }
 
     fn sandbox_link(
@@ -135,19 +133,21 @@ impl Driver for Macvlan {
     }
 }
 
-/// The host's own interface on a macvlan network.
-struct HostShim {
+/// The host's own interface on a macvlan network (a macvlan child in bridge mode) or an
+/// ipvlan L3 network (an ipvlan child in L3 mode): `kind`, with the first free address of
+/// the node's block and a route to the block.
+pub(super) struct HostShim {
     link: Link,
     address: Address,
     route: Route,
 }
 
 impl HostShim {
-    fn plan(
+    pub(super) fn plan(
         net: &NetworkInput,
         node: &NodeFacts,
-        parent: &str,
         mtu: Option<u32>,
+        kind: LinkKind,
     ) -> Result<Self, Problem> {
         let subnets = allocated_subnets(net)?;
         let block = node_block(net, node)?;
@@ -167,10 +167,7 @@ impl HostShim {
             link: Link {
                 name: name.clone(),
                 alias: alias_for(&net.name),
-                kind: LinkKind::Macvlan {
-                    parent: parent.to_string(),
-                    mode: KernelMacvlanMode::Bridge,
-                },
+                kind,
                 mtu,
                 master: None,
                 up: true,
@@ -188,11 +185,32 @@ impl HostShim {
         })
     }
 
-    fn add_to(self, out: &mut KernelState) {
+    pub(super) fn add_to(self, out: &mut KernelState) {
         out.addresses.insert(self.address);
         out.routes.insert(self.route);
         out.links.insert(self.link.name.clone(), self.link);
     }
+}
+
+/// This node's block without a default gateway, with the host shim's address reserved when
+/// there is one (macvlan `hostShim`, ipvlan L3).
+pub(super) fn space_with_shim(
+    net: &NetworkInput,
+    node: &NodeFacts,
+    shim: bool,
+) -> Result<AddressSpace, Problem> {
+    let mut space = address_space(net, node, Scope::NodeBlock, false)?;
+    if shim
+        && let Some(a) = shim_address(
+            space.range,
+            &allocated_subnets(net)?,
+            status_gateway(net)?,
+            &excluded_ranges(net)?,
+        )
+    {
+        space.reserved.push(IpNet::from(a));
+    }
+    Ok(space)
 }
 
 /// The host shim's address on a node: the first address of the node's block that an

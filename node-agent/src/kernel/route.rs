@@ -1,4 +1,5 @@
-//! Routes in the main table through owned links, marked with [`WEFT_RTPROT`].
+//! Routes in the main table marked with [`WEFT_RTPROT`], through owned links and, for
+//! ipvlan L3's routes to other nodes' blocks, through a parent.
 //!
 //! The protocol mark is what makes a route Weft's: the kernel's own prefix routes on the
 //! same links (`proto kernel`) and anything another daemon adds are never touched.
@@ -15,7 +16,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::kernel::changes::describe_route;
 use crate::kernel::error::{KernelError, already_gone};
-use crate::kernel::link::{LinkView, owned_index};
+use crate::kernel::link::{LinkView, route_link_index};
 use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
 use crate::model::Route;
 
@@ -166,8 +167,7 @@ impl Netlink {
             {
                 continue;
             }
-            let (Some(dst), Some(link)) =
-                (raw.destination, raw.oif.and_then(|o| view.owned_name(o)))
+            let (Some(dst), Some(link)) = (raw.destination, raw.oif.and_then(|o| view.name_of(o)))
             else {
                 continue;
             };
@@ -259,7 +259,7 @@ impl Netlink {
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
         let op = || format!("add route {}", describe_route(r));
-        let index = match owned_index(view, &r.link, op) {
+        let index = match route_link_index(view, &r.link, op) {
             Ok(i) => i,
             Err(e) => return (0, Err(e)),
         };
@@ -285,7 +285,7 @@ impl Netlink {
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
         let op = || format!("delete route {}", describe_route(r));
-        let index = match owned_index(view, &r.link, op) {
+        let index = match route_link_index(view, &r.link, op) {
             Ok(i) => i,
             Err(KernelError::NoSuchLink { .. }) => return (0, Ok(())),
             Err(e) => return (0, Err(e)),

@@ -207,6 +207,13 @@ impl GenlSocket {
         if attributes.len() == 1 && peers.is_empty() {
             return Ok(0);
         }
+        tracing::info!(
+            link,
+            key = attributes.len() > 1,
+            current = ?current.peers,
+            wanted = ?config.peers,
+            "WireGuard device differs"
+        );
         if !peers.is_empty() {
             attributes.push(WireguardAttribute::Peers(peers));
         }

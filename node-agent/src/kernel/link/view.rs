@@ -283,6 +283,22 @@ impl LinkView {
 }
 
 /// Index of an owned link, or why an item on it must not be touched.
+/// Index of link `name`, owned or not: for routes, whose owner mark is their protocol
+/// ([`crate::kernel::WEFT_RTPROT`]), not their link (ipvlan L3 routes to other nodes' blocks
+/// go through the parent, which is never Weft's).
+pub(crate) fn route_link_index(
+    view: &LinkView,
+    name: &str,
+    op: impl FnOnce() -> String,
+) -> Result<u32, KernelError> {
+    view.by_name(name)
+        .map(|raw| raw.index)
+        .ok_or_else(|| KernelError::NoSuchLink {
+            op: op(),
+            name: name.to_string(),
+        })
+}
+
 pub(crate) fn owned_index(
     view: &LinkView,
     name: &str,
