@@ -453,6 +453,52 @@ async fn vlan_sub_interface_is_created_and_owned_where_the_kernel_has_vlan() {
     .await;
 }
 
+/// A VLAN network created before its parent exists (issue 20): Pending/ParentMissing, then,
+/// when the parent appears, the sub-interface is made and the network comes up without a
+/// restart of the agent.
+#[tokio::test]
+async fn vlan_network_waits_for_a_late_parent_where_the_kernel_has_vlan() {
+    let node = Node::start().await;
+    node.programmed_node().await;
+    if !node.capability("vlan").await {
+        eprintln!(
+            "SKIP: vlan_network_waits_for_a_late_parent_where_the_kernel_has_vlan: this kernel has no 802.1q vlan support (Unknown device type)"
+        );
+        return;
+    }
+    node.network("late", json!({"driver": "macvlan", "macvlan": {"parent": "eth1", "vlan": 30}, "ipam": {"subnets": ["192.168.30.0/24"]}}))
+        .await;
+    let reason = node.wait_state("late", RealizationState::Pending).await;
+    assert_eq!(reason.as_deref(), Some("ParentMissing"));
+    assert!(node.link("eth1.30").is_none());
+    let agent_pid = node.agent.as_ref().and_then(|a| a.pid());
+    node.ns
+        .exec(&[
+            "ip",
+            "link",
+            "add",
+            "eth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth1-peer",
+        ])
+        .expect("parent");
+    node.ns
+        .exec(&["ip", "link", "set", "eth1", "up"])
+        .expect("up");
+    node.programmed("late").await;
+    let vlan = node.link("eth1.30").expect("eth1.30 exists");
+    assert_eq!(vlan["linkinfo"]["info_data"]["id"], 30);
+    assert_eq!(vlan["ifalias"], "weft:late");
+    assert_eq!(
+        node.agent.as_ref().and_then(|a| a.pid()),
+        agent_pid,
+        "no restart"
+    );
+}
+
 #[tokio::test]
 async fn ipvlan_network_is_programmed_where_the_kernel_has_ipvlan() {
     let node = Node::start().await;

@@ -641,6 +641,86 @@ async fn ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_ha
     );
 }
 
+/// Two VLANs on one parent (issue 20): macvlan networks on `eth0.10` and `eth0.20`, both
+/// created and owned by Weft on two nodes. Traffic within each VLAN flows across the nodes;
+/// between them nothing does, even when a sandbox of VLAN 10 treats VLAN 20's subnet as
+/// on-link (its ARP requests stay on VLAN 10).
+#[tokio::test]
+async fn two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan() {
+    if !weft_e2e::cluster::kernel_has("vlan") {
+        eprintln!(
+            "SKIP: two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan: this kernel has no 802.1q vlan support (Unknown device type)"
+        );
+        return;
+    }
+    let cluster = Cluster::start(2).await.expect("cluster");
+    for (name, vlan) in [("v10", 10), ("v20", 20)] {
+        cluster
+            .network(
+                name,
+                json!({"driver": "macvlan", "macvlan": {"parent": "eth0", "vlan": vlan},
+                       "ipam": {"subnets": [format!("10.70.{vlan}.0/24")]}}),
+            )
+            .await
+            .expect("network");
+    }
+    let mut sandboxes = std::collections::BTreeMap::new();
+    for (ep, net, node) in [
+        ("a10", "v10", 0),
+        ("b10", "v10", 1),
+        ("a20", "v20", 0),
+        ("b20", "v20", 1),
+    ] {
+        let ns = cluster.container(ep).expect("sandbox");
+        cluster
+            .attach(ep, net, node, &ns, json!({}))
+            .await
+            .expect("attach");
+        let addr = cluster.endpoint_address(ep).await.expect("address");
+        sandboxes.insert(ep, (ns, addr));
+    }
+    for node in &cluster.nodes {
+        for vid in ["10", "20"] {
+            let link = node
+                .ns
+                .exec(&["ip", "-d", "link", "show", &format!("eth0.{vid}")])
+                .expect("the VLAN sub-interface exists");
+            assert!(
+                link.contains(&format!("id {vid}")) && link.contains("alias weft:v"),
+                "{link}"
+            );
+        }
+    }
+    let (a10, b10, a20, b20) = (
+        &sandboxes["a10"],
+        &sandboxes["b10"],
+        &sandboxes["a20"],
+        &sandboxes["b20"],
+    );
+    assert!(
+        reachable(&a10.0, &b10.1, SETTLE).await,
+        "VLAN 10 across nodes"
+    );
+    assert!(
+        reachable(&a20.0, &b20.1, SETTLE).await,
+        "VLAN 20 across nodes"
+    );
+    // VLAN 10's sandbox asks for VLAN 20's addresses on its own segment: no answer.
+    a10.0
+        .exec(&["ip", "route", "add", "10.70.20.0/24", "dev", "eth0"])
+        .expect("on-link route");
+    assert!(
+        !reachable(&a10.0, &b20.1, Duration::from_secs(3)).await,
+        "VLAN 10 reached VLAN 20"
+    );
+    assert!(
+        !reachable(&a10.0, &a20.1, Duration::from_secs(3)).await,
+        "VLAN 10 reached VLAN 20 on the same node"
+    );
+    // VLAN 10 still works after that (the failures above are isolation, not a broken a10).
+    assert!(reachable(&b10.0, &a10.1, SETTLE).await);
+}
+
 #[tokio::test]
 async fn refused_endpoints_say_why_and_leave_nothing_behind() {
     let cluster = Cluster::start(1).await.expect("cluster");

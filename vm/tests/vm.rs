@@ -27,6 +27,8 @@ vm_tests! {
     vm_endpoints_ipvlan_endpoints_on_two_nodes => "weft-agent::endpoints", "ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan";
     vm_s06_macvlan_on_a_vlan_and_ipvlan => "weft-e2e::scenarios", "s06_macvlan_on_a_vlan_and_ipvlan_when_supported";
     vm_s10_gitops_round_trip => "weft-e2e::scenarios", "s10_gitops_round_trip";
+    vm_agent_vlan_network_waits_for_a_late_parent => "weft-agent::agent", "vlan_network_waits_for_a_late_parent_where_the_kernel_has_vlan";
+    vm_endpoints_two_vlans_on_one_parent_are_isolated => "weft-agent::endpoints", "two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan";
     vm_endpoints_ipvlan_l3_on_two_nodes => "weft-agent::endpoints", "ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_has_ipvlan";
     vm_endpoints_encrypted_overlay_on_two_nodes => "weft-agent::endpoints", "encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard";
 }

@@ -31,7 +31,7 @@ fn name_matches(desired: &str, observed: &str) -> bool {
 pub(crate) fn kind_matches(desired: &LinkKind, observed: &LinkKind) -> bool {
     use LinkKind::*;
     match (desired, observed) {
-        (Bridge, Bridge) => true,
+        (Bridge, Bridge) | (Wireguard, Wireguard) => true,
         (
             Vxlan {
                 vni,
@@ -77,7 +77,17 @@ pub(crate) fn kind_matches(desired: &LinkKind, observed: &LinkKind) -> bool {
         ) => mode == om && name_matches(parent, op),
         (Vlan { parent, id }, Vlan { parent: op, id: oi }) => id == oi && name_matches(parent, op),
         (Veth { peer }, Veth { peer: op }) => name_matches(peer, op),
-        _ => false,
+        // Spelled out, so a new kind cannot fall into "re-create every pass" unnoticed.
+        (
+            Bridge
+            | Vxlan { .. }
+            | Macvlan { .. }
+            | Ipvlan { .. }
+            | Vlan { .. }
+            | Veth { .. }
+            | Wireguard,
+            _,
+        ) => false,
     }
 }
 
@@ -596,6 +606,30 @@ mod tests {
                 }),
             ]
         );
+    }
+
+    #[test]
+    fn every_kind_matches_itself_so_nothing_is_recreated_every_pass() {
+        // A WireGuard link re-created every pass lost its keys and took the VXLAN devices
+        // bound to it along (found by the VM tier).
+        for kind in [
+            LinkKind::Bridge,
+            LinkKind::Wireguard,
+            vxlan(42),
+            LinkKind::Veth { peer: "p".into() },
+            LinkKind::Vlan {
+                parent: "eth0".into(),
+                id: 10,
+            },
+        ] {
+            assert!(kind_matches(&kind, &kind), "{kind:?}");
+            let d = KernelState {
+                links: [("l".to_string(), link("l", kind.clone()))].into(),
+                ..Default::default()
+            };
+            assert_eq!(diff(&d, &d), vec![], "{kind:?}");
+        }
+        assert!(!kind_matches(&LinkKind::Wireguard, &LinkKind::Bridge));
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl GenlSocket {
         if attributes.len() == 1 && peers.is_empty() {
             return Ok(0);
         }
-        tracing::info!(
+        tracing::debug!(
             link,
             key = attributes.len() > 1,
             current = ?current.peers,
