@@ -135,6 +135,22 @@ pub struct ContainerEndpointStatus {
     /// The host side of the attachment (veth) on the node, if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface: Option<String>,
+    /// Every address of the endpoint, one per address family of its network (a dual-stack
+    /// network gives two), each with its family's gateway; the first is `address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub addresses: Vec<EndpointAddress>,
+}
+
+/// One address of an endpoint (Docker's IPAddress / GlobalIPv6Address with their gateways).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    /// With its prefix, such as fd00:1::2/64.
+    pub address: String,
+    /// The gateway of this address's family, if the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 fn default_interface() -> String {

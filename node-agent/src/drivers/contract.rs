@@ -208,8 +208,23 @@ pub struct AddressSpace {
     /// node's block (cluster-scope drivers), narrowed by `ipam.ipRange`.
     pub range: IpNet,
     pub gateway: Option<IpAddr>,
-    /// Never handed out: the gateway, excluded ranges, the macvlan host shim.
+    /// Never handed out: the gateway, excluded ranges, the macvlan host shim (and what
+    /// stands for the other family's reserved addresses, see `mirror`).
     pub reserved: Vec<IpNet>,
+    /// A dual-stack network's first subnet of the other address family.
+    pub mirror: Option<MirrorSpace>,
+}
+
+/// The other address family of a dual-stack network. An endpoint's address there mirrors
+/// its allocated one: the same offset into the subnet (10.0.0.5 in 10.0.0.0/24 ↔ fd00::5
+/// in fd00::/64). No second allocator, no second journal record, and an address unique in
+/// one family is unique in the other — also across nodes, whose blocks are of the first
+/// family. The first family's `range` and `reserved` are narrowed so that every address
+/// handed out has a usable mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorSpace {
+    pub subnet: IpNet,
+    pub gateway: Option<IpAddr>,
 }
 
 /// The node side of one endpoint, as its routed link needs it (named by the endpoints

@@ -159,9 +159,28 @@ pub struct Attachment {
     pub gw_priority: i32,
     #[serde(default)]
     pub replace_default_route: bool,
+    /// On a dual-stack network: the address of the other family, mirroring `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorAddress>,
+}
+
+/// An endpoint's address in the other family of a dual-stack network (see
+/// [`crate::drivers::MirrorSpace`]), with that family's gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorAddress {
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
 }
 
 impl Attachment {
+    /// Every address with its family's gateway, the allocated one first.
+    pub fn addresses(&self) -> impl Iterator<Item = (IpNet, Option<IpAddr>)> + '_ {
+        self.address
+            .map(|a| (a, self.gateway))
+            .into_iter()
+            .chain(self.mirror.as_ref().map(|m| (m.address, m.gateway)))
+    }
+
     /// Does this attachment still answer `req`?
     pub fn matches(&self, req: &EndpointRequest) -> bool {
         self.network == req.network
@@ -177,8 +196,9 @@ impl Attachment {
 pub struct Publication {
     pub id: EndpointId,
     pub since: u64,
-    pub address: IpAddr,
-    pub subnet: IpNet,
+    /// One address per family, with its prefix (10.0.0.2/24, fd00::2/64): each family's
+    /// connections to a published port go to the address of that family.
+    pub addresses: Vec<IpNet>,
     pub ports: Vec<PortSpec>,
     /// The sandbox is gone ([`gone`]): the ports keep their claims but get no DNAT rules.
     pub sandbox_gone: bool,

@@ -14,9 +14,9 @@ use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
 use super::sandbox::SandboxPolicy;
-use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoint, request_of};
-use super::{Attachment, EndpointId, EndpointRequest, Publication};
-use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
+use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoints, request_of};
+use super::{Attachment, EndpointId, EndpointRequest, MirrorAddress, Publication};
+use crate::drivers::{self, AddressSpace, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
 /// What the pass gets back from [`State::plan`] for the node's desired state.
@@ -125,20 +125,25 @@ impl State {
                 in_api: true,
                 gw_priority: req.gw_priority,
                 replace_default_route: false,
+                mirror: None,
             });
         }
-        for att in records {
+        for mut att in records {
             let net = networks
                 .get(&att.network)
                 .filter(|n| n.uid == att.network_uid);
             if let (Some(net), Some(addr)) = (net, att.address)
                 && let Ok(Some(space)) = drivers::of(net).address_space(net, facts)
-                && let Err(e) = st
+            {
+                if let Err(e) = st
                     .ipam
                     .restore(&net.uid, &space, &att.id.to_string(), addr.addr())
-            {
-                tracing::warn!(endpoint = %att.id, error = %e, "could not restore an endpoint's address; it will get a new one");
-                continue;
+                {
+                    tracing::warn!(endpoint = %att.id, error = %e, "could not restore an endpoint's address; it will get a new one");
+                    continue;
+                }
+                // The mirror follows from the address (also for a record from a status).
+                att.mirror = mirror_address(&space, addr.addr());
             }
             st.next_since = st.next_since.max(att.since + 1);
             st.attachments.insert(att.id.clone(), att);
@@ -181,9 +186,7 @@ impl State {
             };
             in_store.insert(id.clone());
             if cep.spec.node != node {
-                if let Some(r) = remote_endpoint(cep, &st.networks) {
-                    remote.push(r);
-                }
+                remote.extend(remote_endpoints(cep, &st.networks));
                 continue;
             }
             if let Some(t) = st.tombstones.get_mut(&id) {
@@ -368,15 +371,20 @@ impl State {
             return Err(p);
         }
         let owner = req.id.to_string();
-        let (address, gateway) = match &space {
+        let (address, gateway, mirror) = match &space {
             Some(space) => {
+                let requested = req.address.map(|r| space.in_allocated_family(r));
                 let addr = st
                     .ipam
-                    .allocate(&net.uid, space, &owner, req.address)
+                    .allocate(&net.uid, space, &owner, requested)
                     .map_err(|e| address_problem(&e, &net.name))?;
                 let with_prefix = IpNet::new(addr, space.subnet.prefix_len())
                     .map_err(|e| Problem::new(Reason::InvalidSpec, e.to_string()))?;
-                (Some(with_prefix), space.gateway)
+                (
+                    Some(with_prefix),
+                    space.gateway,
+                    mirror_address(space, addr),
+                )
             }
             None => {
                 if req.address.is_some() {
@@ -388,7 +396,7 @@ impl State {
                         ),
                     ));
                 }
-                (None, None)
+                (None, None, None)
             }
         };
         let mac = req.mac.or_else(|| address.map(|a| derive_mac(a.addr())));
@@ -415,6 +423,7 @@ impl State {
             in_api: req.cni.is_none(),
             gw_priority: req.gw_priority,
             replace_default_route: req.replace_default_route,
+            mirror,
         };
         if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
@@ -440,6 +449,14 @@ impl State {
     }
 }
 
+/// The other family's address of a dual-stack network's endpoint (see
+/// [`drivers::MirrorSpace`]).
+fn mirror_address(space: &AddressSpace, addr: IpAddr) -> Option<MirrorAddress> {
+    space
+        .mirror_of(addr)
+        .map(|(address, gateway)| MirrorAddress { address, gateway })
+}
+
 /// Published ports of every attachment on a routed network (bridge, overlay).
 pub(super) fn publications(st: &State) -> Vec<Publication> {
     st.attachments
@@ -450,16 +467,13 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
                 .get(&a.network)
                 .is_some_and(|n| drivers::of(n).endpoint_shape().routed())
         })
-        .filter_map(|a| {
-            let addr = a.address?;
-            Some(Publication {
-                id: a.id.clone(),
-                since: a.since,
-                address: addr.addr(),
-                subnet: addr.trunc(),
-                ports: a.publish.clone(),
-                sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
-            })
+        .filter(|a| a.address.is_some())
+        .map(|a| Publication {
+            id: a.id.clone(),
+            since: a.since,
+            addresses: a.addresses().map(|(addr, _)| addr).collect(),
+            ports: a.publish.clone(),
+            sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
         })
         .collect()
 }
