@@ -1226,3 +1226,308 @@ async fn a_foreign_default_route_stays() {
     let all = s.exec(&["ip", "-4", "route"]).expect("routes");
     assert!(all.contains("10.15.0.0/24 dev net1 proto kernel"), "{all}");
 }
+
+/// A dual-stack endpoint's addresses (with their gateways) from its status.
+async fn status_addresses(cluster: &Cluster, name: &str) -> Vec<(String, Option<String>)> {
+    let cep = cluster
+        .wait_endpoint(name, "True", SETTLE)
+        .await
+        .expect("ready");
+    cep.status
+        .map(|s| {
+            s.addresses
+                .into_iter()
+                .map(|a| (a.address, a.gateway))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pair(address: &str, gateway: &str) -> (String, Option<String>) {
+    (address.to_string(), Some(gateway.to_string()))
+}
+
+/// An HTTP server on both families (`--bind ::` makes python's server dual-stack); killed
+/// with the namespace, like [`http_server`]'s.
+#[allow(clippy::zombie_processes)]
+fn http_server_dual(ns: &weft_e2e::netns::Netns, port: u16, body: &str) {
+    let dir = ns.state_dir().join("www6");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("index.html"), body).expect("body");
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3", "-m", "http.server"])
+        .arg(port.to_string())
+        .args(["--bind", "::", "--directory"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+}
+
+/// `curl -g` (an IPv6 literal in brackets is not a glob), retried for up to `within`.
+async fn http_get6(ns: &weft_e2e::netns::Netns, url: &str, within: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(body) = ns.exec(&["curl", "-g", "-s", "--max-time", "2", url]) {
+            return Some(body);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// No global (Weft's) IPv6 address of `dev` in `ns` is tentative or failed duplicate
+/// address detection: usable at once. (The kernel's own link-local one may be.)
+fn assert_no_dad(ns: &weft_e2e::netns::Netns, dev: &str) {
+    let addrs = ns
+        .exec(&["ip", "-6", "addr", "show", "dev", dev, "scope", "global"])
+        .expect("addr");
+    assert!(addrs.contains("inet6 "), "{addrs}");
+    assert!(
+        !addrs.contains("tentative") && !addrs.contains("dadfailed"),
+        "{addrs}"
+    );
+}
+
+/// A dual-stack bridge: each endpoint gets an address per family, both in its status; the
+/// sandbox has a default route per family and reaches the gateway and its neighbour over
+/// IPv6 at once (no DAD wait); a published port answers on the node's IPv6 address too,
+/// from outside and from a neighbour (hairpin).
+#[tokio::test]
+async fn dual_stack_bridge_endpoints_ping6_and_publish_in_both_families() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "ds",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.50.0.0/24", "fd00:50::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "ds",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 5000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    // `docker run --ip6`: an address of the second family is honoured (its v4 mirror follows).
+    cluster
+        .attach("b", "ds", 0, &b, json!({"address": "fd00:50::9"}))
+        .await
+        .expect("attach b");
+    assert_eq!(
+        status_addresses(&cluster, "a").await,
+        vec![
+            pair("10.50.0.2/24", "10.50.0.1"),
+            pair("fd00:50::2/64", "fd00:50::1")
+        ]
+    );
+    assert_eq!(
+        status_addresses(&cluster, "b").await,
+        vec![
+            pair("10.50.0.9/24", "10.50.0.1"),
+            pair("fd00:50::9/64", "fd00:50::1")
+        ]
+    );
+    let eth0 = a.exec(&["ip", "addr", "show", "eth0"]).expect("eth0");
+    assert!(eth0.contains("inet 10.50.0.2/24"), "{eth0}");
+    assert!(eth0.contains("inet6 fd00:50::2/64"), "{eth0}");
+    assert_no_dad(&a, "eth0");
+    assert_no_dad(&node.ns, &names::bridge("ds"));
+    let routes6 = a.exec(&["ip", "-6", "route"]).expect("routes");
+    assert!(
+        routes6.contains("default via fd00:50::1 dev eth0"),
+        "{routes6}"
+    );
+    let routes4 = a.exec(&["ip", "route"]).expect("routes");
+    assert!(
+        routes4.contains("default via 10.50.0.1 dev eth0"),
+        "{routes4}"
+    );
+    // At once: one try each, no settling time for DAD.
+    assert!(
+        a.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:50::1"]),
+        "a cannot ping6 its gateway"
+    );
+    assert!(
+        reachable(&a, "fd00:50::9", SETTLE).await,
+        "a cannot ping6 b"
+    );
+    assert!(
+        reachable(&b, "fd00:50::2", SETTLE).await,
+        "b cannot ping6 a"
+    );
+    assert!(reachable(&a, "10.50.0.9", SETTLE).await, "a cannot ping b");
+
+    // The node and the outside host get IPv6 on the underlay (inside the test's
+    // namespaces); the published port answers there.
+    cluster
+        .underlay
+        .exec(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:50::1/64",
+            "dev",
+            "ul0",
+            "nodad",
+        ])
+        .expect("underlay v6");
+    node.ns
+        .exec(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:50::11/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .expect("node v6");
+    http_server_dual(&a, 80, "hello from a");
+    let url6 = "http://[2001:db8:50::11]:5000/";
+    assert_eq!(
+        http_get6(&cluster.underlay, url6, SETTLE).await.as_deref(),
+        Some("hello from a"),
+        "v6 published port from outside"
+    );
+    assert_eq!(
+        http_get6(&b, url6, SETTLE).await.as_deref(),
+        Some("hello from a"),
+        "v6 published port from a neighbour (hairpin)"
+    );
+    let url4 = format!("http://{}:5000/", node.address);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &url4, SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a"),
+        "v4 published port from outside"
+    );
+    let rules = node
+        .ns
+        .exec(&["nft", "list", "table", "inet", "weft"])
+        .expect("nft");
+    assert!(rules.contains("dnat ip6 to [fd00:50::2]:80"), "{rules}");
+    assert!(rules.contains("dnat ip to 10.50.0.2:80"), "{rules}");
+}
+
+/// A dual-stack overlay across two nodes: static neighbour entries for the other node's
+/// IPv6 addresses too, and TCP over IPv6 between the nodes' endpoints.
+#[tokio::test]
+async fn dual_stack_overlay_carries_tcp_over_ipv6_between_nodes() {
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "ov6",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.41.0.0/24", "fd00:41::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "ov6", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "ov6", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let of = |list: Vec<(String, Option<String>)>, v6: bool| -> String {
+        list.into_iter()
+            .map(|(a, _)| a.split('/').next().unwrap_or_default().to_string())
+            .find(|a| a.contains(':') == v6)
+            .expect("address of the family")
+    };
+    let b_all = status_addresses(&cluster, "b").await;
+    let a_all = status_addresses(&cluster, "a").await;
+    assert_eq!(a_all.len(), 2, "{a_all:?}");
+    let (b4, b6) = (of(b_all.clone(), false), of(b_all, true));
+    let a6 = of(a_all, true);
+    // The node blocks are of IPv4; the IPv6 address mirrors the IPv4 one.
+    let offset: u8 = b4
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("octet");
+    assert_eq!(b6, format!("fd00:41::{offset:x}"));
+    assert!(reachable(&a, &b6, SETTLE).await, "a cannot ping6 b");
+    assert!(reachable(&b, &a6, SETTLE).await, "b cannot ping6 a");
+    assert!(reachable(&a, &b4, SETTLE).await, "a cannot ping b");
+
+    let vx = names::vxlan("ov6");
+    let neigh = cluster.nodes[0]
+        .ns
+        .exec(&["ip", "-6", "neigh", "show", "dev", &vx])
+        .expect("neigh");
+    assert!(
+        neigh.contains(&b6) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+
+    http_server_dual(&b, 8080, "hello over v6");
+    assert_eq!(
+        http_get6(&a, &format!("http://[{b6}]:8080/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello over v6"),
+        "TCP over IPv6 across nodes"
+    );
+}
+
+/// An IPv6-only network: one address, its gateway and a `::/0` route; no IPv4 at all.
+#[tokio::test]
+async fn an_ipv6_only_network_gives_ipv6_only() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "six",
+            json!({"driver": "bridge", "ipam": {"subnets": ["fd00:60::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "six", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "six", 0, &b, json!({}))
+        .await
+        .expect("b");
+    assert_eq!(
+        status_addresses(&cluster, "a").await,
+        vec![pair("fd00:60::2/64", "fd00:60::1")]
+    );
+    assert_eq!(
+        cluster.endpoint_address("b").await.expect("b"),
+        "fd00:60::3"
+    );
+    let v4 = a.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("addr");
+    assert!(!v4.contains("inet "), "{v4}");
+    assert_no_dad(&a, "eth0");
+    let routes6 = a.exec(&["ip", "-6", "route"]).expect("routes");
+    assert!(
+        routes6.contains("default via fd00:60::1 dev eth0"),
+        "{routes6}"
+    );
+    assert!(
+        a.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:60::1"]),
+        "a cannot ping6 its gateway"
+    );
+    assert!(
+        reachable(&a, "fd00:60::3", SETTLE).await,
+        "a cannot ping6 b"
+    );
+}
