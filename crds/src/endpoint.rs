@@ -79,17 +79,19 @@ pub struct ContainerEndpointSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.hostPortEnd) || self.hostPortEnd >= self.hostPort", "fieldPath": ".hostPortEnd",
-     "message": "hostPortEnd must not be below hostPort"},
-    {"rule": "!has(self.hostPortEnd) || self.containerPort + (self.hostPortEnd - self.hostPort) <= 65535",
+    {"rule": "!has(self.hostPortEnd) || (has(self.hostPort) && self.hostPortEnd >= self.hostPort)", "fieldPath": ".hostPortEnd",
+     "message": "hostPortEnd must not be below hostPort (and needs hostPort)"},
+    {"rule": "!has(self.hostPortEnd) || !has(self.hostPort) || self.containerPort + (self.hostPortEnd - self.hostPort) <= 65535",
      "fieldPath": ".containerPort", "message": "the container port range would end above 65535"},
     {"rule": "!has(self.hostIP) || isIP(self.hostIP)", "fieldPath": ".hostIP",
      "message": "hostIP must be an IP address of the node, such as 192.0.2.10"}
 ]))]
 pub struct PublishedPort {
-    /// Port on the node.
+    /// Port on the node. Default: a free port of the agent's `--host-port-range` (Docker's
+    /// `-p 80`), kept while the endpoint lives and shown in `status.ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub host_port: i32,
+    pub host_port: Option<i32>,
     /// Last port of a range (`-p 8000-8010:80-90`); the container range has the same length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -140,6 +142,11 @@ pub struct ContainerEndpointStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2))]
     pub addresses: Vec<EndpointAddress>,
+    /// The published ports as the node serves them: a port that named no `hostPort` with
+    /// the one chosen for it (`docker port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ports: Vec<PublishedPort>,
 }
 
 /// One address of an endpoint (Docker's IPAddress / GlobalIPv6Address with their gateways).

@@ -1531,3 +1531,159 @@ async fn an_ipv6_only_network_gives_ipv6_only() {
         "a cannot ping6 b"
     );
 }
+
+/// The ports an endpoint's status says it publishes, as `hostPort→containerPort`.
+async fn status_ports(cluster: &Cluster, name: &str) -> Vec<String> {
+    let cep = cluster
+        .wait_endpoint(name, "True", SETTLE)
+        .await
+        .expect("ready");
+    cep.status
+        .map(|s| {
+            s.ports
+                .iter()
+                .map(|p| format!("{}→{}", p.host_port.unwrap_or(0), p.container_port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `docker run -p 80`: a published port without `hostPort` gets the lowest free port of the
+/// agent's range (49153-65535 by default), shown in the status and served; the choice
+/// survives an agent restart (the journal), and later endpoints get other ports.
+#[tokio::test]
+async fn a_port_published_without_host_port_gets_one_from_the_range_and_keeps_it() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "rp",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.51.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "rp",
+            0,
+            &a,
+            json!({"publish": [{"containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    assert_eq!(status_ports(&cluster, "a").await, ["49153→80"]);
+    cluster
+        .attach(
+            "b",
+            "rp",
+            0,
+            &b,
+            json!({"publish": [{"containerPort": 80}, {"hostPort": 49154, "containerPort": 81}]}),
+        )
+        .await
+        .expect("attach b");
+    // 49154 is b's own explicit port, so its chosen one skips it.
+    assert_eq!(status_ports(&cluster, "b").await, ["49155→80", "49154→81"]);
+    http_server(&a, 80, "hello from a").expect("server a");
+    http_server(&b, 80, "hello from b").expect("server b");
+    let node = cluster.nodes[0].address.clone();
+    let get = |port: u16| format!("http://{node}:{port}/");
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49153), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49155), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from b")
+    );
+
+    // A restarted agent keeps every choice: the same ports, still served, and a newcomer
+    // gets the next free one.
+    cluster.kill_agent(0).await.expect("kill");
+    cluster.start_agent(0).expect("start");
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach(
+            "c",
+            "rp",
+            0,
+            &c,
+            json!({"publish": [{"containerPort": 80}]}),
+        )
+        .await
+        .expect("attach c");
+    assert_eq!(status_ports(&cluster, "c").await, ["49156→80"]);
+    assert_eq!(status_ports(&cluster, "a").await, ["49153→80"]);
+    assert_eq!(status_ports(&cluster, "b").await, ["49155→80", "49154→81"]);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49153), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    // The spec still names no host port: the choice is the agent's, in the status only.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let spec = api.get("a").await.expect("a").spec;
+    assert_eq!(spec.publish[0].host_port, None);
+}
+
+/// `bridge.hostBinding` (Docker's `host_binding_ipv4`): ports that name no `hostIP` bind to
+/// that node address only; an explicit `hostIP` still wins.
+#[tokio::test]
+async fn host_binding_is_the_default_host_address_of_published_ports() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = cluster.nodes[0].address.clone();
+    cluster
+        .network(
+            "hb",
+            json!({"driver": "bridge", "bridge": {"hostBinding": node},
+                   "ipam": {"subnets": ["10.52.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    cluster
+        .attach(
+            "a",
+            "hb",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 7000, "containerPort": 80},
+                               {"hostPort": 7001, "containerPort": 80, "hostIP": "10.52.0.1"}]}),
+        )
+        .await
+        .expect("attach a");
+    cluster.endpoint_address("a").await.expect("a ready");
+    http_server(&a, 80, "hello from a").expect("server");
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:7000/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    let ns = &cluster.nodes[0].ns;
+    assert_eq!(
+        http_get(ns, "http://10.52.0.1:7000/"),
+        None,
+        "7000 must be bound to the hostBinding address only"
+    );
+    assert_eq!(
+        http_get(ns, "http://10.52.0.1:7001/").as_deref(),
+        Some("hello from a"),
+        "an explicit hostIP wins"
+    );
+    let rules = ns
+        .exec(&["nft", "list", "table", "inet", "weft"])
+        .expect("nft");
+    assert!(
+        rules.contains(&format!("ip daddr {node} tcp dport 7000")),
+        "{rules}"
+    );
+}

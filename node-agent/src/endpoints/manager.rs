@@ -92,6 +92,12 @@ impl Endpoints {
         self
     }
 
+    /// Choose host ports for published ports that name none from this range.
+    pub fn with_host_port_range(self, range: super::HostPortRange) -> Self {
+        lock(&self.state).host_ports = range;
+        self
+    }
+
     /// Replace the sandbox policy (the node's own namespaces, the directory of named
     /// namespaces); [`Endpoints::new`] starts with the agent's own namespace refused.
     pub fn with_sandbox_policy(self, policy: SandboxPolicy) -> Self {

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use weft_api::Protocol;
 
-use super::{Attachment, EndpointId, EndpointRequest, Publication};
+use super::{
+    ANY_HOST_PORT, Attachment, EndpointId, EndpointRequest, HostPortRange, PortSpec, Publication,
+};
 use crate::drivers::{
     self, HostSide, NetworkInput, Networks, NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
@@ -192,6 +194,61 @@ pub fn interface_name_problem<'a>(
             req.if_name, req.sandbox, other.id, other.network
         ),
     ))
+}
+
+/// Every port of `wanted` that names no host port gets one from `range` (Docker's `-p 80`):
+/// the one it had in `previous` (the same endpoint admitted again) if still free, else the
+/// lowest port of the range that no other endpoint claims for that protocol (on any host
+/// address, so a later specific binding cannot meet it either) and this request does not
+/// name. A range with no free port refuses the endpoint with `PortConflict`.
+pub fn choose_host_ports<'a>(
+    wanted: &[PortSpec],
+    previous: Option<&[PortSpec]>,
+    others: impl IntoIterator<Item = &'a Attachment>,
+    range: HostPortRange,
+) -> Result<Vec<PortSpec>, Problem> {
+    if wanted.iter().all(|p| p.host_port != ANY_HOST_PORT) {
+        return Ok(wanted.to_vec());
+    }
+    let mut taken: std::collections::HashSet<(Protocol, u16)> = others
+        .into_iter()
+        .flat_map(|a| a.publish.iter())
+        .chain(wanted.iter().filter(|p| p.host_port != ANY_HOST_PORT))
+        .flat_map(|p| (p.host_port..=p.host_port_end).map(move |h| (p.protocol, h)))
+        .collect();
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for (i, port) in wanted.iter().enumerate() {
+        if port.host_port != ANY_HOST_PORT {
+            chosen.push(port.clone());
+            continue;
+        }
+        let before = previous
+            .and_then(|p| p.get(i))
+            .filter(|p| p.container_port == port.container_port && p.protocol == port.protocol)
+            .map(|p| p.host_port)
+            .filter(|h| *h != ANY_HOST_PORT && !taken.contains(&(port.protocol, *h)));
+        let host = before
+            .or_else(|| {
+                (range.first..=range.last).find(|h| !taken.contains(&(port.protocol, *h)))
+            })
+            .ok_or_else(|| {
+                Problem::new(
+                    Reason::PortConflict,
+                    format!(
+                        "no free host port for {}/{} in the node's range {range}; name a hostPort or free one",
+                        port.container_port,
+                        proto_word(port.protocol)
+                    ),
+                )
+            })?;
+        taken.insert((port.protocol, host));
+        chosen.push(PortSpec {
+            host_port: host,
+            host_port_end: host,
+            ..port.clone()
+        });
+    }
+    Ok(chosen)
 }
 
 /// Publish rules for every endpoint of the node, in the order the endpoints came (the
@@ -728,6 +785,71 @@ mod tests {
             rules,
             vec!["ip6 daddr 2001:db8::1 tcp dport 5000 dnat ip6 to [fd00::2]:80"]
         );
+    }
+
+    /// `-p 80`: the lowest free port of the range, clear of every other endpoint's ports
+    /// (any host address) and of the request's own; kept on a repeated admission; a full
+    /// range refuses the endpoint.
+    #[test]
+    fn host_ports_are_chosen_free_kept_and_refused_when_the_range_is_full() {
+        let range = HostPortRange {
+            first: 40000,
+            last: 40003,
+        };
+        let any = |c: u16| PortSpec {
+            host_port: ANY_HOST_PORT,
+            host_port_end: ANY_HOST_PORT,
+            ..tcp(0, c)
+        };
+        let mut other = attached("o", "/o", "eth0", "10.0.0.9/24", 0, 1);
+        let mut bound = tcp(40000, 80);
+        bound.host_ip = Some("192.0.2.1".parse().expect("ip"));
+        other.publish = vec![
+            bound,
+            PortSpec {
+                protocol: Protocol::Udp,
+                ..tcp(40001, 53)
+            },
+        ];
+        let wanted = vec![any(80), tcp(40001, 81), any(443)];
+        let chosen = choose_host_ports(&wanted, None, [&other], range).expect("chosen");
+        let hosts: Vec<u16> = chosen.iter().map(|p| p.host_port).collect();
+        // 40000 is taken (even if only on one address), 40001 is this request's own; the
+        // other endpoint's 40001 is udp and does not count for tcp.
+        assert_eq!(hosts, vec![40002, 40001, 40003]);
+        assert!(chosen.iter().all(|p| p.host_port == p.host_port_end));
+        assert_eq!(chosen[0].container_port, 80);
+        // Admitted again: the same ports, even though lower ones would now be free.
+        let kept = choose_host_ports(&wanted, Some(&chosen), [], range).expect("kept");
+        assert_eq!(kept, chosen);
+        // Nothing free: refused, naming the range.
+        let full = choose_host_ports(
+            &[any(80), any(81)],
+            None,
+            [&other],
+            HostPortRange {
+                first: 40000,
+                last: 40001,
+            },
+        );
+        let p = full.expect_err("full");
+        assert_eq!(p.reason, Reason::PortConflict);
+        assert!(p.message.contains("40000-40001"), "{}", p.message);
+        // Nothing to choose: as it was.
+        let fixed = vec![tcp(8080, 80)];
+        assert_eq!(choose_host_ports(&fixed, None, [&other], range), Ok(fixed));
+    }
+
+    #[test]
+    fn host_port_ranges_parse_like_the_flag() {
+        assert_eq!(
+            "49153-65535".parse::<HostPortRange>(),
+            Ok(HostPortRange::default())
+        );
+        for bad in ["", "80", "0-10", "10-5", "a-b", "1-70000"] {
+            assert!(bad.parse::<HostPortRange>().is_err(), "{bad:?}");
+        }
+        assert_eq!(HostPortRange::default().to_string(), "49153-65535");
     }
 
     #[test]

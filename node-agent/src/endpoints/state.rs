@@ -15,7 +15,9 @@ use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
 use super::sandbox::SandboxPolicy;
 use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoints, request_of};
-use super::{Attachment, EndpointId, EndpointRequest, MirrorAddress, Publication};
+use super::{
+    Attachment, EndpointId, EndpointRequest, HostPortRange, MirrorAddress, PortSpec, Publication,
+};
 use crate::drivers::{self, AddressSpace, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
@@ -72,6 +74,8 @@ pub(super) struct State {
     pub facts: Option<NodeFacts>,
     /// Who may attach which sandbox.
     pub sandboxes: SandboxPolicy,
+    /// Where host ports are chosen for published ports that name none.
+    pub host_ports: HostPortRange,
 }
 
 pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -117,7 +121,12 @@ impl State {
                 address,
                 gateway: status.gateway.as_deref().and_then(|g| g.parse().ok()),
                 mac: status.mac.as_deref().and_then(|m| m.parse().ok()),
-                publish: req.publish.clone(),
+                // The ports as they were served (host ports chosen by the agent included).
+                publish: if status.ports.is_empty() {
+                    req.publish.clone()
+                } else {
+                    status.ports.iter().filter_map(PortSpec::from_api).collect()
+                },
                 cni: cni_id_of(cep),
                 since: 0,
                 requested_address: req.address,
@@ -144,6 +153,26 @@ impl State {
                 }
                 // The mirror follows from the address (also for a record from a status).
                 att.mirror = mirror_address(&space, addr.addr());
+            }
+            // A record without its chosen host ports (a status written before they were
+            // chosen) gets them now, clear of every endpoint restored before it.
+            if att
+                .publish
+                .iter()
+                .any(|p| p.host_port == super::ANY_HOST_PORT)
+            {
+                match plan::choose_host_ports(
+                    &att.publish,
+                    None,
+                    st.attachments.values(),
+                    st.host_ports,
+                ) {
+                    Ok(chosen) => att.publish = chosen,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %att.id, error = %e, "no host port for a restored endpoint");
+                        att.publish.retain(|p| p.host_port != super::ANY_HOST_PORT);
+                    }
+                }
             }
             st.next_since = st.next_since.max(att.since + 1);
             st.attachments.insert(att.id.clone(), att);
@@ -370,6 +399,12 @@ impl State {
         if let Some(p) = plan::interface_name_problem(req, st.attachments.values()) {
             return Err(p);
         }
+        let publish = plan::choose_host_ports(
+            &req.publish,
+            st.attachments.get(&req.id).map(|a| a.publish.as_slice()),
+            st.attachments.values().filter(|a| a.id != req.id),
+            st.host_ports,
+        )?;
         let owner = req.id.to_string();
         let (address, gateway, mirror) = match &space {
             Some(space) => {
@@ -415,7 +450,7 @@ impl State {
             } else {
                 None
             },
-            publish: req.publish.clone(),
+            publish,
             cni: req.cni.clone(),
             since,
             requested_address: req.address,
@@ -457,6 +492,22 @@ fn mirror_address(space: &AddressSpace, addr: IpAddr) -> Option<MirrorAddress> {
         .map(|(address, gateway)| MirrorAddress { address, gateway })
 }
 
+/// The ports with the network's `bridge.hostBinding` (Docker's `host_binding_ipv4`) as the
+/// host address of those that name none.
+fn with_host_binding(ports: &[PortSpec], net: Option<&drivers::NetworkInput>) -> Vec<PortSpec> {
+    let binding: Option<IpAddr> = net
+        .and_then(|n| n.spec.bridge.as_ref())
+        .and_then(|b| b.host_binding.as_deref())
+        .and_then(|b| b.trim().parse().ok());
+    ports
+        .iter()
+        .map(|p| PortSpec {
+            host_ip: p.host_ip.or(binding),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// Published ports of every attachment on a routed network (bridge, overlay).
 pub(super) fn publications(st: &State) -> Vec<Publication> {
     st.attachments
@@ -472,7 +523,7 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
             id: a.id.clone(),
             since: a.since,
             addresses: a.addresses().map(|(addr, _)| addr).collect(),
-            ports: a.publish.clone(),
+            ports: with_host_binding(&a.publish, st.networks.get(&a.network)),
             sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
         })
         .collect()

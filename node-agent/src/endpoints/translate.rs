@@ -393,6 +393,10 @@ pub(super) fn status_of(
                 gateway: gateway.map(|g| g.to_string()),
             })
             .collect(),
+        ports: attached
+            .into_iter()
+            .flat_map(|a| a.publish.iter().map(PortSpec::to_api))
+            .collect(),
     }
 }
 
