@@ -1087,3 +1087,32 @@ async fn a_dual_stack_add_answers_both_families() {
     let del = cni(&cluster, "DEL", "cd", Some(&d), &config);
     assert_eq!(del.code, 0, "{}", del.out);
 }
+
+/// A host network is joined by sharing the node's namespace, never through CNI: an ADD is
+/// refused with a message saying so, and leaves nothing behind.
+#[tokio::test]
+async fn a_cni_add_on_a_host_network_is_refused() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    cluster
+        .network("hostnet", json!({"driver": "host"}))
+        .await
+        .expect("network");
+    let config = config_for("hostnet", json!({}));
+    let h = cluster.container("h").expect("h");
+    let mut add = cni(&cluster, "ADD", "ch", Some(&h), &config);
+    // The network may not have reached the agent's picture yet (unknown network).
+    for _ in 0..100 {
+        if add.out["code"] != 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        add = cni(&cluster, "ADD", "ch", Some(&h), &config);
+    }
+    assert_eq!(add.out["code"], 7, "{}", add.out);
+    assert!(schema("cni-error-1.1.schema.json").is_valid(&add.out));
+    let msg = add.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("host network"), "{msg}");
+    let links = h.exec(&["ip", "-o", "link", "show"]).expect("links");
+    assert_eq!(links.lines().count(), 1, "{links}");
+}

@@ -1687,3 +1687,101 @@ async fn host_binding_is_the_default_host_address_of_published_ports() {
         "{rules}"
     );
 }
+
+/// What the node's namespace looks like: links, addresses, routes.
+fn node_picture(ns: &weft_e2e::netns::Netns) -> String {
+    ["link", "addr", "route"]
+        .iter()
+        .map(|what| ns.exec(&["ip", "-o", what, "show"]).expect("ip"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `host` as Docker's `--network host`: the endpoint is the node's own namespace, attached
+/// without a single change there (and detached the same way); another namespace cannot be a
+/// host endpoint. `none` as Docker's `--network none`: a namespace with loopback only, up.
+#[tokio::test]
+async fn host_endpoints_share_the_node_namespace_and_none_endpoints_get_loopback_only() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network("host", json!({"driver": "host"}))
+        .await
+        .expect("host network");
+    cluster
+        .network("none", json!({"driver": "none"}))
+        .await
+        .expect("none network");
+    let before = node_picture(&node.ns);
+    cluster
+        .attach("h1", "host", 0, &node.ns, json!({}))
+        .await
+        .expect("attach h1");
+    let h1 = cluster
+        .wait_endpoint("h1", "True", SETTLE)
+        .await
+        .expect("h1 attached");
+    let status = h1.status.expect("status");
+    assert_eq!(status.address, None);
+    assert_eq!(status.host_interface, None);
+    assert!(status.addresses.is_empty());
+    assert_eq!(
+        node_picture(&node.ns),
+        before,
+        "the node's namespace changed"
+    );
+
+    // A container in a namespace of its own does not share the node's.
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach("h2", "host", 0, &c, json!({}))
+        .await
+        .expect("attach h2");
+    let refused = cluster
+        .wait_endpoint("h2", "False", SETTLE)
+        .await
+        .expect("h2 refused");
+    let cond = &refused.status.expect("status").conditions[0];
+    assert_eq!(cond.reason, "SandboxNotAllowed");
+    assert!(cond.message.contains("host network"), "{}", cond.message);
+
+    // none: loopback only, up; nothing else in the namespace.
+    let d = cluster.container("d").expect("d");
+    cluster
+        .attach("n1", "none", 0, &d, json!({}))
+        .await
+        .expect("attach n1");
+    let n1 = cluster
+        .wait_endpoint("n1", "True", SETTLE)
+        .await
+        .expect("n1 attached");
+    assert_eq!(n1.status.expect("status").address, None);
+    let links = d.exec(&["ip", "-o", "link", "show"]).expect("links");
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    assert!(
+        d.try_exec(&["ping", "-c1", "-W1", "127.0.0.1"]),
+        "loopback does not answer"
+    );
+
+    // Detaching the host endpoint touches nothing either.
+    cluster.detach("h1").await.expect("detach h1");
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let gone = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("h1").await?.is_none().then_some(())) }
+    })
+    .await;
+    assert!(gone.is_ok(), "h1 never left");
+    // A pass later (the resync is 5 s; a new endpoint wakes the agent at once).
+    cluster
+        .attach("n2", "none", 0, &c, json!({}))
+        .await
+        .expect("attach n2");
+    cluster
+        .wait_endpoint("n2", "True", SETTLE)
+        .await
+        .expect("n2 attached");
+    assert_eq!(node_picture(&node.ns), before, "detaching changed the node");
+}

@@ -175,8 +175,12 @@ pub enum EndpointShape {
     /// A child interface of a parent on the node; `own_mac` = it has a MAC of its own
     /// (macvlan) rather than the parent's (ipvlan).
     Child { own_mac: bool },
-    /// No interface of its own: the sandbox's loopback only (host, none). No addresses.
+    /// No interface of its own: the sandbox's loopback only (none). No addresses.
     LoopbackOnly,
+    /// The container shares the node's own namespace (host, Docker's `--network host`):
+    /// its sandbox is the node's namespace, and Weft changes nothing there. The endpoint is
+    /// a record of the membership (what `docker network inspect host` lists).
+    SharesNode,
 }
 
 impl EndpointShape {
@@ -195,7 +199,10 @@ impl EndpointShape {
 
     /// The endpoint has an interface (and addresses) in its sandbox.
     pub fn has_interface(self) -> bool {
-        self != EndpointShape::LoopbackOnly
+        !matches!(
+            self,
+            EndpointShape::LoopbackOnly | EndpointShape::SharesNode
+        )
     }
 }
 

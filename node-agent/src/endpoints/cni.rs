@@ -12,7 +12,7 @@ use super::plan;
 use super::state::{Tombstone, lock, publications};
 use super::translate::{cni_request, cni_result, failure, problem_failure};
 use super::{Attachment, EndpointId};
-use crate::drivers;
+use crate::drivers::{self, EndpointShape};
 use crate::kernel::Kernel;
 
 impl Endpoints {
@@ -51,6 +51,19 @@ impl Endpoints {
                         format!(
                             "network {:?} does not exist or does not select node {} (kubectl get cnet {})",
                             request.network, self.node, request.network
+                        ),
+                    ));
+                }
+                if st
+                    .networks
+                    .get(&request.network)
+                    .is_some_and(|n| drivers::of(n).endpoint_shape() == EndpointShape::SharesNode)
+                {
+                    return Err(failure(
+                        codes::INVALID_CONFIG,
+                        format!(
+                            "network {:?} is a host network: a container joins it by sharing the node's namespace                              (docker/podman --network host, hostNetwork: true), which needs no CNI call",
+                            request.network
                         ),
                     ));
                 }

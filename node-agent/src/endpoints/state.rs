@@ -18,7 +18,7 @@ use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoints, reque
 use super::{
     Attachment, EndpointId, EndpointRequest, HostPortRange, MirrorAddress, PortSpec, Publication,
 };
-use crate::drivers::{self, AddressSpace, Networks, NodeFacts, Problem, Reason};
+use crate::drivers::{self, AddressSpace, EndpointShape, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
 /// What the pass gets back from [`State::plan`] for the node's desired state.
@@ -311,7 +311,16 @@ impl State {
             }
             // Admitted by the pass = written by hand, whatever its annotations claim: the
             // CNI door admits its own before their objects exist.
-            if let Err(p) = st.sandboxes.authorize(req, &st.attachments) {
+            let shares_node = st
+                .networks
+                .get(&req.network)
+                .is_some_and(|n| drivers::of(n).endpoint_shape() == EndpointShape::SharesNode);
+            let allowed = if shares_node {
+                st.sandboxes.authorize_node_sharing(req)
+            } else {
+                st.sandboxes.authorize(req, &st.attachments)
+            };
+            if let Err(p) = allowed {
                 st.problems.insert(id.clone(), p);
                 continue;
             }
