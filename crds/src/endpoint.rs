@@ -22,7 +22,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"MAC","type":"string","jsonPath":".status.mac","priority":1}"#,
+    printcolumn = r#"{"name":"Address6","type":"string","jsonPath":".status.addresses[1].address","priority":1}"#,
+    printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.interfaceName","priority":1}"#,
+    printcolumn = r#"{"name":"Sandbox","type":"string","jsonPath":".spec.sandbox","priority":1}"#,
+    printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".status.ports[*].hostPort","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [

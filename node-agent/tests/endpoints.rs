@@ -1785,3 +1785,129 @@ async fn host_endpoints_share_the_node_namespace_and_none_endpoints_get_loopback
         .expect("n2 attached");
     assert_eq!(node_picture(&node.ns), before, "detaching changed the node");
 }
+
+/// `kubectl get … -o wide` from inside the test (the API server of `KUBECONFIG`).
+fn kubectl_wide(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .args(["-o", "wide"])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The network's endpoint count in its status, once it is `want`.
+async fn wait_endpoint_count(cluster: &Cluster, network: &str, want: i32) -> i32 {
+    let api: kube::Api<weft_api::ContainerNetwork> = kube::Api::all(cluster.client.clone());
+    let got = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        let network = network.to_string();
+        async move {
+            let n = api
+                .get(&network)
+                .await?
+                .status
+                .map(|s| s.endpoints)
+                .unwrap_or(-1);
+            Ok((n == want).then_some(n))
+        }
+    })
+    .await;
+    got.unwrap_or(-1)
+}
+
+/// `docker network ls` / `inspect` parity: `-o wide` shows scope, gateway, VNI, MTU,
+/// internal and the endpoint count of networks, MAC, interface and sandbox of endpoints; a
+/// hand-written endpoint gets its network and node labels; the network counts its endpoints
+/// as they come and go.
+#[tokio::test]
+async fn inspect_parity_wide_columns_labels_and_endpoint_counts() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "ovnet",
+            json!({"driver": "overlay", "mtu": 1400, "internal": true,
+                   "overlay": {"vni": 4100}, "ipam": {"subnets": ["10.60.0.0/24", "fd00:61::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "ovnet", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "ovnet", 0, &b, json!({}))
+        .await
+        .expect("b");
+    cluster.endpoint_address("a").await.expect("a ready");
+    assert_eq!(wait_endpoint_count(&cluster, "ovnet", 2).await, 2);
+
+    let nets = kubectl_wide(&["get", "cnet", "ovnet"]);
+    let header: Vec<&str> = nets
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for col in ["SCOPE", "GATEWAY", "SUBNET6", "VNI", "MTU", "INTERNAL", "ENDPOINTS"] {
+        assert!(header.contains(&col), "{nets}");
+    }
+    let row: Vec<&str> = nets
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let cell = |col: &str| {
+        header
+            .iter()
+            .position(|h| *h == col)
+            .and_then(|i| row.get(i).copied())
+            .unwrap_or_default()
+    };
+    assert_eq!(cell("SCOPE"), "cluster", "{nets}");
+    assert_eq!(cell("GATEWAY"), "10.60.0.1", "{nets}");
+    assert_eq!(cell("SUBNET6"), "fd00:61::/64", "{nets}");
+    assert_eq!(cell("VNI"), "4100", "{nets}");
+    assert_eq!(cell("MTU"), "1400", "{nets}");
+    assert_eq!(cell("INTERNAL"), "true", "{nets}");
+    assert_eq!(cell("ENDPOINTS"), "2", "{nets}");
+
+    let eps = kubectl_wide(&["get", "cep", "a", "-n", "default"]);
+    for col in ["MAC", "INTERFACE", "SANDBOX", "NODE"] {
+        assert!(
+            eps.lines().next().unwrap_or_default().contains(col),
+            "{eps}"
+        );
+    }
+    assert!(eps.contains("02:42:0a:3c:00:"), "{eps}");
+    assert!(eps.contains(&a.path().display().to_string()), "{eps}");
+
+    // Hand-written endpoints are labelled like the CNI plugin's.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let labelled = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        async move {
+            let l = api
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels("weft.dev/network=ovnet,weft.dev/node=node-1"),
+                )
+                .await?;
+            Ok((l.items.len() == 2).then_some(()))
+        }
+    })
+    .await;
+    assert!(labelled.is_ok(), "hand-written endpoints were not labelled");
+
+    cluster.detach("b").await.expect("detach b");
+    assert_eq!(wait_endpoint_count(&cluster, "ovnet", 1).await, 1);
+}

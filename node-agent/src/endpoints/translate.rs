@@ -13,7 +13,8 @@ use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
 use super::plan::{DefaultRoutes, default_destination};
 use super::{
-    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest, PortSpec,
+    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest,
+    LABEL_NETWORK, LABEL_NODE, PortSpec,
 };
 use crate::drivers::{Networks, Problem, Reason, RemoteEndpoint};
 use crate::kernel::{KernelError, sandbox_missing};
@@ -400,6 +401,29 @@ pub(super) fn status_of(
     }
 }
 
+/// The labels every endpoint carries, whoever wrote it (`kubectl get cep -l
+/// weft.dev/network=web`): its network and node, where they are valid label values.
+pub(super) fn missing_labels(
+    cep: &ContainerEndpoint,
+) -> std::collections::BTreeMap<&'static str, String> {
+    let valid = |v: &str| {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let have = cep.metadata.labels.as_ref();
+    [
+        (LABEL_NETWORK, cep.spec.network.as_str()),
+        (LABEL_NODE, cep.spec.node.as_str()),
+    ]
+    .into_iter()
+    .filter(|(k, v)| valid(v) && have.and_then(|l| l.get(*k)).map(String::as_str) != Some(*v))
+    .map(|(k, v)| (k, v.to_string()))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,6 +780,27 @@ mod tests {
         assert_eq!(remote_endpoints(&other, &networks), vec![seven, six]);
         other.status = None;
         assert_eq!(remote_endpoints(&other, &networks), vec![]);
+    }
+
+    #[test]
+    fn every_endpoint_is_labelled_with_its_network_and_node() {
+        let mut c = cep(json!({
+            "network": "web", "node": "n1", "sandbox": "/var/run/netns/a", "interfaceName": "eth0",
+        }));
+        let missing = missing_labels(&c);
+        assert_eq!(missing.get(LABEL_NETWORK).map(String::as_str), Some("web"));
+        assert_eq!(missing.get(LABEL_NODE).map(String::as_str), Some("n1"));
+        c.metadata.labels = Some(
+            [
+                (LABEL_NETWORK.to_string(), "web".to_string()),
+                (LABEL_NODE.to_string(), "n1".to_string()),
+            ]
+            .into(),
+        );
+        assert!(missing_labels(&c).is_empty());
+        // A name that is no label value (too long) is left out, not sent to be refused.
+        c.spec.network = "n".repeat(64);
+        assert!(missing_labels(&c).is_empty());
     }
 
     #[test]
