@@ -1688,13 +1688,20 @@ async fn host_binding_is_the_default_host_address_of_published_ports() {
     );
 }
 
-/// What the node's namespace looks like: links, addresses, routes.
+/// What the node's namespace looks like: links, addresses, routes (not the kernel's own
+/// link-local IPv6 addresses, whose DAD state changes by itself).
 fn node_picture(ns: &weft_e2e::netns::Netns) -> String {
-    ["link", "addr", "route"]
-        .iter()
-        .map(|what| ns.exec(&["ip", "-o", what, "show"]).expect("ip"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    [
+        &["ip", "-o", "link", "show"][..],
+        &["ip", "-o", "-4", "addr", "show"],
+        &["ip", "-o", "-6", "addr", "show", "scope", "global"],
+        &["ip", "-o", "route", "show"],
+        &["ip", "-o", "-6", "route", "show"],
+    ]
+    .iter()
+    .map(|cmd| ns.exec(cmd).expect("ip"))
+    .collect::<Vec<_>>()
+    .join("\n")
 }
 
 /// `host` as Docker's `--network host`: the endpoint is the node's own namespace, attached
@@ -1856,7 +1863,15 @@ async fn inspect_parity_wide_columns_labels_and_endpoint_counts() {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    for col in ["SCOPE", "GATEWAY", "SUBNET6", "VNI", "MTU", "INTERNAL", "ENDPOINTS"] {
+    for col in [
+        "SCOPE",
+        "GATEWAY",
+        "SUBNET6",
+        "VNI",
+        "MTU",
+        "INTERNAL",
+        "ENDPOINTS",
+    ] {
         assert!(header.contains(&col), "{nets}");
     }
     let row: Vec<&str> = nets
@@ -1910,4 +1925,97 @@ async fn inspect_parity_wide_columns_labels_and_endpoint_counts() {
 
     cluster.detach("b").await.expect("detach b");
     assert_eq!(wait_endpoint_count(&cluster, "ovnet", 1).await, 1);
+}
+
+/// `examples/endpoints/` — the seeds' `docker run --network`, `--ip`, `-p 8080:80`, `-p 80`
+/// and `docker network connect` as ContainerEndpoints — applied as written (only each
+/// sandbox path becomes a test namespace), with traffic: the published ports answer from
+/// outside, `--ip` is honoured and reached, the connected network's interface is there.
+#[tokio::test]
+async fn the_endpoint_examples_apply_and_carry_traffic() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/endpoints");
+    let objects = weft_e2e::objects::read_examples(&dir).expect("examples/endpoints");
+    let mut sandboxes: std::collections::BTreeMap<String, weft_e2e::netns::Netns> =
+        std::collections::BTreeMap::new();
+    // `docker network connect` comes after `docker run`: the connected endpoint is applied
+    // once the others are attached (so, like Docker's, it does not take the default route).
+    let (connect, objects): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| o["metadata"]["name"] == "web-ovnet");
+    let mut applied = 0;
+    for mut obj in objects.into_iter().chain(connect) {
+        if obj["metadata"]["name"] == "web-ovnet" {
+            cluster
+                .wait_endpoint("web", "True", SETTLE)
+                .await
+                .expect("web before the connect");
+        }
+        applied += 1;
+        if obj["kind"] == "ContainerEndpoint" {
+            assert_eq!(obj["spec"]["node"], cluster.nodes[0].name, "{obj}");
+            let path = obj["spec"]["sandbox"]
+                .as_str()
+                .expect("sandbox")
+                .to_string();
+            let base = path.rsplit('/').next().unwrap_or("c").to_string();
+            let ns = sandboxes
+                .entry(path)
+                .or_insert_with(|| cluster.container(&base).expect("container"));
+            obj["spec"]["sandbox"] = json!(ns.path().display().to_string());
+        }
+        cluster.apply(obj).await.expect("apply example");
+    }
+    let web = &sandboxes["/var/run/netns/web"];
+    let db = &sandboxes["/var/run/netns/db"];
+    let api = &sandboxes["/var/run/netns/api"];
+    for name in ["web", "db", "api", "web-ovnet"] {
+        cluster
+            .wait_endpoint(name, "True", SETTLE)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    // --ip
+    assert_eq!(
+        cluster.endpoint_address("db").await.expect("db"),
+        "172.25.3.3"
+    );
+    assert!(reachable(web, "172.25.3.3", SETTLE).await, "web → db");
+    // network connect: a second interface in web's sandbox.
+    let ov = cluster
+        .endpoint_address("web-ovnet")
+        .await
+        .expect("web-ovnet");
+    assert!(ov.starts_with("10.44.0."), "{ov}");
+    let eth1 = web
+        .exec(&["ip", "-4", "addr", "show", "eth1"])
+        .expect("eth1");
+    assert!(eth1.contains(&format!("inet {ov}/24")), "{eth1}");
+    // -p 8080:80 and -p 80.
+    http_server(web, 80, "hello from web").expect("web server");
+    http_server(api, 80, "hello from api").expect("api server");
+    let node = cluster.nodes[0].address.clone();
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:8080/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from web"),
+        "routes of web: {}\nnft: {}",
+        web.exec(&["ip", "route"]).unwrap_or_default(),
+        cluster.nodes[0]
+            .ns
+            .exec(&["nft", "list", "table", "inet", "weft"])
+            .unwrap_or_default()
+    );
+    let chosen = status_ports(&cluster, "api").await;
+    assert_eq!(chosen, ["49153→80"]);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:49153/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from api")
+    );
+    let web_address = cluster.endpoint_address("web").await.expect("web");
+    assert!(reachable(db, &web_address, SETTLE).await, "db → web");
+    assert_eq!(applied, 6, "every example file applied");
 }
