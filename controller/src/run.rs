@@ -270,14 +270,28 @@ pub async fn run(
             }
         }
     };
-    // An endpoint matters to a network only while that network waits to be deleted.
+    // An endpoint matters to a network when it comes or goes (the network counts its
+    // endpoints) and, while the network waits to be deleted, whenever it changes. Status
+    // writes by the agents (most endpoint events) concern no network.
     let on_endpoint = {
         let all = all_networks.clone();
+        let seen: Mutex<std::collections::HashSet<(String, String)>> = Mutex::default();
         move |ep: ContainerEndpoint| {
             let net = ObjectRef::<ContainerNetwork>::new(&ep.spec.network);
-            all.get(&net)
-                .filter(|n| n.metadata.deletion_timestamp.is_some())
-                .map(|_| net)
+            let key = (ep.namespace().unwrap_or_default(), ep.name_any());
+            let came_or_went = {
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if ep.metadata.deletion_timestamp.is_some() {
+                    seen.remove(&key)
+                } else {
+                    seen.insert(key)
+                }
+            };
+            (came_or_went
+                || all
+                    .get(&net)
+                    .is_some_and(|n| n.metadata.deletion_timestamp.is_some()))
+            .then_some(net)
         }
     };
     let endpoint_events = watcher(

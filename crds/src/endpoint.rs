@@ -22,7 +22,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"MAC","type":"string","jsonPath":".status.mac","priority":1}"#,
+    printcolumn = r#"{"name":"Address6","type":"string","jsonPath":".status.addresses[1].address","priority":1}"#,
+    printcolumn = r#"{"name":"Interface","type":"string","jsonPath":".spec.interfaceName","priority":1}"#,
+    printcolumn = r#"{"name":"Sandbox","type":"string","jsonPath":".spec.sandbox","priority":1}"#,
+    printcolumn = r#"{"name":"Ports","type":"string","jsonPath":".status.ports[*].hostPort","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -79,17 +84,19 @@ pub struct ContainerEndpointSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.hostPortEnd) || self.hostPortEnd >= self.hostPort", "fieldPath": ".hostPortEnd",
-     "message": "hostPortEnd must not be below hostPort"},
-    {"rule": "!has(self.hostPortEnd) || self.containerPort + (self.hostPortEnd - self.hostPort) <= 65535",
+    {"rule": "!has(self.hostPortEnd) || (has(self.hostPort) && self.hostPortEnd >= self.hostPort)", "fieldPath": ".hostPortEnd",
+     "message": "hostPortEnd must not be below hostPort (and needs hostPort)"},
+    {"rule": "!has(self.hostPortEnd) || !has(self.hostPort) || self.containerPort + (self.hostPortEnd - self.hostPort) <= 65535",
      "fieldPath": ".containerPort", "message": "the container port range would end above 65535"},
     {"rule": "!has(self.hostIP) || isIP(self.hostIP)", "fieldPath": ".hostIP",
      "message": "hostIP must be an IP address of the node, such as 192.0.2.10"}
 ]))]
 pub struct PublishedPort {
-    /// Port on the node.
+    /// Port on the node. Default: a free port of the agent's `--host-port-range` (Docker's
+    /// `-p 80`), kept while the endpoint lives and shown in `status.ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub host_port: i32,
+    pub host_port: Option<i32>,
     /// Last port of a range (`-p 8000-8010:80-90`); the container range has the same length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -135,6 +142,27 @@ pub struct ContainerEndpointStatus {
     /// The host side of the attachment (veth) on the node, if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface: Option<String>,
+    /// Every address of the endpoint, one per address family of its network (a dual-stack
+    /// network gives two), each with its family's gateway; the first is `address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    pub addresses: Vec<EndpointAddress>,
+    /// The published ports as the node serves them: a port that named no `hostPort` with
+    /// the one chosen for it (`docker port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub ports: Vec<PublishedPort>,
+}
+
+/// One address of an endpoint (Docker's IPAddress / GlobalIPv6Address with their gateways).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAddress {
+    /// With its prefix, such as fd00:1::2/64.
+    pub address: String,
+    /// The gateway of this address's family, if the network has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 fn default_interface() -> String {

@@ -15,7 +15,8 @@ pub mod reason;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
 pub use endpoint::{
-    ContainerEndpoint, ContainerEndpointSpec, ContainerEndpointStatus, Protocol, PublishedPort,
+    ContainerEndpoint, ContainerEndpointSpec, ContainerEndpointStatus, EndpointAddress, Protocol,
+    PublishedPort,
 };
 pub use network::{
     BridgeOptions, ContainerNetwork, ContainerNetworkSpec, ContainerNetworkStatus, Driver, Inbound,

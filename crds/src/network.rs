@@ -25,7 +25,14 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".status.subnets[0]"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Nodes","type":"string","jsonPath":".status.nodes"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Scope","type":"string","jsonPath":".status.scope","priority":1}"#,
+    printcolumn = r#"{"name":"Gateway","type":"string","jsonPath":".status.gateway","priority":1}"#,
+    printcolumn = r#"{"name":"Subnet6","type":"string","jsonPath":".status.subnets[1]","priority":1}"#,
+    printcolumn = r#"{"name":"VNI","type":"integer","jsonPath":".status.vni","priority":1}"#,
+    printcolumn = r#"{"name":"MTU","type":"integer","jsonPath":".spec.mtu","priority":1}"#,
+    printcolumn = r#"{"name":"Internal","type":"boolean","jsonPath":".spec.internal","priority":1}"#,
+    printcolumn = r#"{"name":"Endpoints","type":"integer","jsonPath":".status.endpoints","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -394,6 +401,14 @@ pub struct ContainerNetworkStatus {
     /// Endpoint address capacity (saturates at 2^63-1 for large IPv6 subnets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<AddressCapacity>,
+    /// `local` (bridge, host, none: each node on its own) or `cluster` (overlay, macvlan,
+    /// ipvlan: one address space across nodes; Docker's `swarm`), as `docker network ls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// ContainerEndpoints attached to the network, on every node (`docker network inspect`'s
+    /// Containers, counted).
+    #[serde(default)]
+    pub endpoints: i32,
 }
 
 /// How many endpoint addresses the network can hold.

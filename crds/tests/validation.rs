@@ -466,6 +466,27 @@ async fn endpoint_port_range_must_be_ordered_and_fit() {
     )
     .await;
     assert_mentions(&msg, "the container port range would end above 65535");
+    // A range needs its first host port (a chosen port is a single one).
+    let msg =
+        rejected_endpoint(json!({"publish": [{"hostPortEnd": 8010, "containerPort": 80}]})).await;
+    assert_mentions(
+        &msg,
+        "hostPortEnd must not be below hostPort (and needs hostPort)",
+    );
+}
+
+/// `docker run -p 80`: no hostPort is fine (the node's agent chooses one).
+#[tokio::test]
+async fn endpoint_without_host_port_is_accepted() {
+    let client = connect().await.expect("API server");
+    let name = unique("ep-any-port");
+    create_raw_namespaced::<ContainerEndpoint>(
+        &client,
+        NS,
+        endpoint(&name, json!({"publish": [{"containerPort": 80}]})),
+    )
+    .await
+    .expect("accepted");
 }
 
 #[tokio::test]

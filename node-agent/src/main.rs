@@ -56,6 +56,10 @@ struct Args {
     /// gone this long (a container removed while the agent was down or without CNI DEL).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     gone_sandbox_grace: Duration,
+    /// Host ports for published ports that name none (`docker run -p 80`) are chosen from
+    /// this range (Docker's default: the upper part of the Linux ephemeral range).
+    #[arg(long, default_value = "49153-65535")]
+    host_port_range: weft_agent::endpoints::HostPortRange,
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -117,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
         gone_sandbox_grace: args.gone_sandbox_grace,
+        host_port_range: args.host_port_range,
     };
     agent::run(client, cfg, metrics).await
 }

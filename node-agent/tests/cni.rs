@@ -994,3 +994,125 @@ async fn several_networks_in_one_sandbox_through_cni() {
         "{defaults:?}"
     );
 }
+
+/// A dual-stack network through CNI: the result lists an address per family with its
+/// gateway and a default route per family (schema-valid), the sandbox has both, the
+/// mirrored ContainerEndpoint's status lists both, and CHECK looks at both.
+#[tokio::test]
+async fn a_dual_stack_add_answers_both_families() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    attachable_network(
+        &cluster,
+        "ds",
+        json!({"driver": "bridge", "ipam": {"subnets": ["10.91.0.0/24", "fd00:91::/64"]}}),
+    )
+    .await;
+    let result_schema = schema("cni-result-1.1.schema.json");
+    let config = config_for("ds", json!({}));
+    let d = cluster.container("d").expect("d");
+    let add = cni(&cluster, "ADD", "cd", Some(&d), &config);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert!(result_schema.is_valid(&add.out), "{}", add.out);
+    let ips: Vec<(String, String)> = add.out["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| {
+            (
+                ip["address"].as_str().unwrap_or("").to_string(),
+                ip["gateway"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let v4 = ips
+        .iter()
+        .find(|(a, _)| !a.contains(':'))
+        .expect("v4")
+        .clone();
+    let v6 = ips
+        .iter()
+        .find(|(a, _)| a.contains(':'))
+        .expect("v6")
+        .clone();
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert_eq!(v4.1, "10.91.0.1");
+    assert_eq!(v6.1, "fd00:91::1");
+    let host = |a: &str| a.split('/').next().unwrap_or_default().to_string();
+    let offset: u8 = host(&v4.0)
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("octet");
+    assert_eq!(v6.0, format!("fd00:91::{offset:x}/64"));
+    assert_eq!(
+        result_defaults(&add),
+        ["0.0.0.0/0 via 10.91.0.1", "::/0 via fd00:91::1"]
+    );
+    let eth0 = d.exec(&["ip", "addr", "show", "eth0"]).expect("eth0");
+    assert!(eth0.contains(&format!("inet6 {}", v6.0)), "{eth0}");
+    let routes6 = d
+        .exec(&["ip", "-6", "route", "show", "default"])
+        .expect("routes");
+    assert!(
+        routes6.contains("default via fd00:91::1 dev eth0"),
+        "{routes6}"
+    );
+    assert!(
+        reachable(&d, "fd00:91::1", Duration::from_secs(10)).await,
+        "no IPv6 to the gateway"
+    );
+
+    let mirrored = cluster
+        .wait_endpoint("pod-cd", "True", Duration::from_secs(20))
+        .await
+        .expect("the ADD's ContainerEndpoint");
+    let listed: Vec<String> = mirrored
+        .status
+        .map(|s| s.addresses.into_iter().map(|a| a.address).collect())
+        .unwrap_or_default();
+    assert_eq!(listed, vec![v4.0.clone(), v6.0.clone()]);
+
+    // CHECK sees the v6 address go.
+    let mut check_config: Value = serde_json::from_str(&config).expect("config");
+    check_config["prevResult"] = add.out.clone();
+    let check_stdin = check_config.to_string();
+    let check = cni(&cluster, "CHECK", "cd", Some(&d), &check_stdin);
+    assert_eq!(check.code, 0, "{}", check.out);
+    d.exec(&["ip", "addr", "del", &v6.0, "dev", "eth0"])
+        .expect("remove v6");
+    let check = cni(&cluster, "CHECK", "cd", Some(&d), &check_stdin);
+    assert_ne!(check.code, 0, "{}", check.out);
+    let msg = check.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains(&v6.0), "{msg}");
+    let del = cni(&cluster, "DEL", "cd", Some(&d), &config);
+    assert_eq!(del.code, 0, "{}", del.out);
+}
+
+/// A host network is joined by sharing the node's namespace, never through CNI: an ADD is
+/// refused with a message saying so, and leaves nothing behind.
+#[tokio::test]
+async fn a_cni_add_on_a_host_network_is_refused() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    cluster
+        .network("hostnet", json!({"driver": "host"}))
+        .await
+        .expect("network");
+    let config = config_for("hostnet", json!({}));
+    let h = cluster.container("h").expect("h");
+    let mut add = cni(&cluster, "ADD", "ch", Some(&h), &config);
+    // The network may not have reached the agent's picture yet (unknown network).
+    for _ in 0..100 {
+        if add.out["code"] != 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        add = cni(&cluster, "ADD", "ch", Some(&h), &config);
+    }
+    assert_eq!(add.out["code"], 7, "{}", add.out);
+    assert!(schema("cni-error-1.1.schema.json").is_valid(&add.out));
+    let msg = add.out["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("host network"), "{msg}");
+    let links = h.exec(&["ip", "-o", "link", "show"]).expect("links");
+    assert_eq!(links.lines().count(), 1, "{links}");
+}

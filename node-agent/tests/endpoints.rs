@@ -1607,4 +1607,796 @@ async fn encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard
         );
         assert_eq!(mode & 0o777, 0o600);
     }
+
+/// A dual-stack endpoint's addresses (with their gateways) from its status.
+async fn status_addresses(cluster: &Cluster, name: &str) -> Vec<(String, Option<String>)> {
+    let cep = cluster
+        .wait_endpoint(name, "True", SETTLE)
+        .await
+        .expect("ready");
+    cep.status
+        .map(|s| {
+            s.addresses
+                .into_iter()
+                .map(|a| (a.address, a.gateway))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pair(address: &str, gateway: &str) -> (String, Option<String>) {
+    (address.to_string(), Some(gateway.to_string()))
+}
+
+/// An HTTP server on both families (`--bind ::` makes python's server dual-stack); killed
+/// with the namespace, like [`http_server`]'s.
+#[allow(clippy::zombie_processes)]
+fn http_server_dual(ns: &weft_e2e::netns::Netns, port: u16, body: &str) {
+    let dir = ns.state_dir().join("www6");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("index.html"), body).expect("body");
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "python3", "-m", "http.server"])
+        .arg(port.to_string())
+        .args(["--bind", "::", "--directory"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+}
+
+/// `curl -g` (an IPv6 literal in brackets is not a glob), retried for up to `within`.
+async fn http_get6(ns: &weft_e2e::netns::Netns, url: &str, within: Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(body) = ns.exec(&["curl", "-g", "-s", "--max-time", "2", url]) {
+            return Some(body);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// No global (Weft's) IPv6 address of `dev` in `ns` is tentative or failed duplicate
+/// address detection: usable at once. (The kernel's own link-local one may be.)
+fn assert_no_dad(ns: &weft_e2e::netns::Netns, dev: &str) {
+    let addrs = ns
+        .exec(&["ip", "-6", "addr", "show", "dev", dev, "scope", "global"])
+        .expect("addr");
+    assert!(addrs.contains("inet6 "), "{addrs}");
+    assert!(
+        !addrs.contains("tentative") && !addrs.contains("dadfailed"),
+        "{addrs}"
+    );
+}
+
+/// A dual-stack bridge: each endpoint gets an address per family, both in its status; the
+/// sandbox has a default route per family and reaches the gateway and its neighbour over
+/// IPv6 at once (no DAD wait); a published port answers on the node's IPv6 address too,
+/// from outside and from a neighbour (hairpin).
+#[tokio::test]
+async fn dual_stack_bridge_endpoints_ping6_and_publish_in_both_families() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network(
+            "ds",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.50.0.0/24", "fd00:50::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "ds",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 5000, "containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    // `docker run --ip6`: an address of the second family is honoured (its v4 mirror follows).
+    cluster
+        .attach("b", "ds", 0, &b, json!({"address": "fd00:50::9"}))
+        .await
+        .expect("attach b");
+    assert_eq!(
+        status_addresses(&cluster, "a").await,
+        vec![
+            pair("10.50.0.2/24", "10.50.0.1"),
+            pair("fd00:50::2/64", "fd00:50::1")
+        ]
+    );
+    assert_eq!(
+        status_addresses(&cluster, "b").await,
+        vec![
+            pair("10.50.0.9/24", "10.50.0.1"),
+            pair("fd00:50::9/64", "fd00:50::1")
+        ]
+    );
+    let eth0 = a.exec(&["ip", "addr", "show", "eth0"]).expect("eth0");
+    assert!(eth0.contains("inet 10.50.0.2/24"), "{eth0}");
+    assert!(eth0.contains("inet6 fd00:50::2/64"), "{eth0}");
+    assert_no_dad(&a, "eth0");
+    assert_no_dad(&node.ns, &names::bridge("ds"));
+    let routes6 = a.exec(&["ip", "-6", "route"]).expect("routes");
+    assert!(
+        routes6.contains("default via fd00:50::1 dev eth0"),
+        "{routes6}"
+    );
+    let routes4 = a.exec(&["ip", "route"]).expect("routes");
+    assert!(
+        routes4.contains("default via 10.50.0.1 dev eth0"),
+        "{routes4}"
+    );
+    // At once: one try each, no settling time for DAD.
+    assert!(
+        a.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:50::1"]),
+        "a cannot ping6 its gateway"
+    );
+    assert!(
+        reachable(&a, "fd00:50::9", SETTLE).await,
+        "a cannot ping6 b"
+    );
+    assert!(
+        reachable(&b, "fd00:50::2", SETTLE).await,
+        "b cannot ping6 a"
+    );
+    assert!(reachable(&a, "10.50.0.9", SETTLE).await, "a cannot ping b");
+
+    // The node and the outside host get IPv6 on the underlay (inside the test's
+    // namespaces); the published port answers there.
+    cluster
+        .underlay
+        .exec(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:50::1/64",
+            "dev",
+            "ul0",
+            "nodad",
+        ])
+        .expect("underlay v6");
+    node.ns
+        .exec(&[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:50::11/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .expect("node v6");
+    http_server_dual(&a, 80, "hello from a");
+    let url6 = "http://[2001:db8:50::11]:5000/";
+    assert_eq!(
+        http_get6(&cluster.underlay, url6, SETTLE).await.as_deref(),
+        Some("hello from a"),
+        "v6 published port from outside"
+    );
+    assert_eq!(
+        http_get6(&b, url6, SETTLE).await.as_deref(),
+        Some("hello from a"),
+        "v6 published port from a neighbour (hairpin)"
+    );
+    let url4 = format!("http://{}:5000/", node.address);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &url4, SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a"),
+        "v4 published port from outside"
+    );
+    let rules = node
+        .ns
+        .exec(&["nft", "list", "table", "inet", "weft"])
+        .expect("nft");
+    assert!(rules.contains("dnat ip6 to [fd00:50::2]:80"), "{rules}");
+    assert!(rules.contains("dnat ip to 10.50.0.2:80"), "{rules}");
+}
+
+/// A dual-stack overlay across two nodes: static neighbour entries for the other node's
+/// IPv6 addresses too, and TCP over IPv6 between the nodes' endpoints.
+#[tokio::test]
+async fn dual_stack_overlay_carries_tcp_over_ipv6_between_nodes() {
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "ov6",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.41.0.0/24", "fd00:41::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "ov6", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "ov6", 1, &b, json!({}))
+        .await
+        .expect("b");
+    let of = |list: Vec<(String, Option<String>)>, v6: bool| -> String {
+        list.into_iter()
+            .map(|(a, _)| a.split('/').next().unwrap_or_default().to_string())
+            .find(|a| a.contains(':') == v6)
+            .expect("address of the family")
+    };
+    let b_all = status_addresses(&cluster, "b").await;
+    let a_all = status_addresses(&cluster, "a").await;
+    assert_eq!(a_all.len(), 2, "{a_all:?}");
+    let (b4, b6) = (of(b_all.clone(), false), of(b_all, true));
+    let a6 = of(a_all, true);
+    // The node blocks are of IPv4; the IPv6 address mirrors the IPv4 one.
+    let offset: u8 = b4
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("octet");
+    assert_eq!(b6, format!("fd00:41::{offset:x}"));
+    assert!(reachable(&a, &b6, SETTLE).await, "a cannot ping6 b");
+    assert!(reachable(&b, &a6, SETTLE).await, "b cannot ping6 a");
+    assert!(reachable(&a, &b4, SETTLE).await, "a cannot ping b");
+
+    let vx = names::vxlan("ov6");
+    let neigh = cluster.nodes[0]
+        .ns
+        .exec(&["ip", "-6", "neigh", "show", "dev", &vx])
+        .expect("neigh");
+    assert!(
+        neigh.contains(&b6) && neigh.contains("PERMANENT"),
+        "{neigh}"
+    );
+
+    http_server_dual(&b, 8080, "hello over v6");
+    assert_eq!(
+        http_get6(&a, &format!("http://[{b6}]:8080/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello over v6"),
+        "TCP over IPv6 across nodes"
+    );
+}
+
+/// An IPv6-only network: one address, its gateway and a `::/0` route; no IPv4 at all.
+#[tokio::test]
+async fn an_ipv6_only_network_gives_ipv6_only() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "six",
+            json!({"driver": "bridge", "ipam": {"subnets": ["fd00:60::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "six", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "six", 0, &b, json!({}))
+        .await
+        .expect("b");
+    assert_eq!(
+        status_addresses(&cluster, "a").await,
+        vec![pair("fd00:60::2/64", "fd00:60::1")]
+    );
+    assert_eq!(
+        cluster.endpoint_address("b").await.expect("b"),
+        "fd00:60::3"
+    );
+    let v4 = a.exec(&["ip", "-4", "addr", "show", "eth0"]).expect("addr");
+    assert!(!v4.contains("inet "), "{v4}");
+    assert_no_dad(&a, "eth0");
+    let routes6 = a.exec(&["ip", "-6", "route"]).expect("routes");
+    assert!(
+        routes6.contains("default via fd00:60::1 dev eth0"),
+        "{routes6}"
+    );
+    assert!(
+        a.try_exec(&["ping", "-6", "-c1", "-W2", "fd00:60::1"]),
+        "a cannot ping6 its gateway"
+    );
+    assert!(
+        reachable(&a, "fd00:60::3", SETTLE).await,
+        "a cannot ping6 b"
+    );
+}
+
+/// The ports an endpoint's status says it publishes, as `hostPort→containerPort`.
+async fn status_ports(cluster: &Cluster, name: &str) -> Vec<String> {
+    let cep = cluster
+        .wait_endpoint(name, "True", SETTLE)
+        .await
+        .expect("ready");
+    cep.status
+        .map(|s| {
+            s.ports
+                .iter()
+                .map(|p| format!("{}→{}", p.host_port.unwrap_or(0), p.container_port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `docker run -p 80`: a published port without `hostPort` gets the lowest free port of the
+/// agent's range (49153-65535 by default), shown in the status and served; the choice
+/// survives an agent restart (the journal), and later endpoints get other ports.
+#[tokio::test]
+async fn a_port_published_without_host_port_gets_one_from_the_range_and_keeps_it() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "rp",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.51.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach(
+            "a",
+            "rp",
+            0,
+            &a,
+            json!({"publish": [{"containerPort": 80}]}),
+        )
+        .await
+        .expect("attach a");
+    assert_eq!(status_ports(&cluster, "a").await, ["49153→80"]);
+    cluster
+        .attach(
+            "b",
+            "rp",
+            0,
+            &b,
+            json!({"publish": [{"containerPort": 80}, {"hostPort": 49154, "containerPort": 81}]}),
+        )
+        .await
+        .expect("attach b");
+    // 49154 is b's own explicit port, so its chosen one skips it.
+    assert_eq!(status_ports(&cluster, "b").await, ["49155→80", "49154→81"]);
+    http_server(&a, 80, "hello from a").expect("server a");
+    http_server(&b, 80, "hello from b").expect("server b");
+    let node = cluster.nodes[0].address.clone();
+    let get = |port: u16| format!("http://{node}:{port}/");
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49153), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49155), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from b")
+    );
+
+    // A restarted agent keeps every choice: the same ports, still served, and a newcomer
+    // gets the next free one.
+    cluster.kill_agent(0).await.expect("kill");
+    cluster.start_agent(0).expect("start");
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach(
+            "c",
+            "rp",
+            0,
+            &c,
+            json!({"publish": [{"containerPort": 80}]}),
+        )
+        .await
+        .expect("attach c");
+    assert_eq!(status_ports(&cluster, "c").await, ["49156→80"]);
+    assert_eq!(status_ports(&cluster, "a").await, ["49153→80"]);
+    assert_eq!(status_ports(&cluster, "b").await, ["49155→80", "49154→81"]);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &get(49153), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    // The spec still names no host port: the choice is the agent's, in the status only.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let spec = api.get("a").await.expect("a").spec;
+    assert_eq!(spec.publish[0].host_port, None);
+}
+
+/// `bridge.hostBinding` (Docker's `host_binding_ipv4`): ports that name no `hostIP` bind to
+/// that node address only; an explicit `hostIP` still wins.
+#[tokio::test]
+async fn host_binding_is_the_default_host_address_of_published_ports() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = cluster.nodes[0].address.clone();
+    cluster
+        .network(
+            "hb",
+            json!({"driver": "bridge", "bridge": {"hostBinding": node},
+                   "ipam": {"subnets": ["10.52.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    cluster
+        .attach(
+            "a",
+            "hb",
+            0,
+            &a,
+            json!({"publish": [{"hostPort": 7000, "containerPort": 80},
+                               {"hostPort": 7001, "containerPort": 80, "hostIP": "10.52.0.1"}]}),
+        )
+        .await
+        .expect("attach a");
+    cluster.endpoint_address("a").await.expect("a ready");
+    http_server(&a, 80, "hello from a").expect("server");
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:7000/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from a")
+    );
+    let ns = &cluster.nodes[0].ns;
+    assert_eq!(
+        http_get(ns, "http://10.52.0.1:7000/"),
+        None,
+        "7000 must be bound to the hostBinding address only"
+    );
+    assert_eq!(
+        http_get(ns, "http://10.52.0.1:7001/").as_deref(),
+        Some("hello from a"),
+        "an explicit hostIP wins"
+    );
+    let rules = ns
+        .exec(&["nft", "list", "table", "inet", "weft"])
+        .expect("nft");
+    assert!(
+        rules.contains(&format!("ip daddr {node} tcp dport 7000")),
+        "{rules}"
+    );
+}
+
+/// What the node's namespace looks like: links, addresses, routes (not the kernel's own
+/// link-local IPv6 addresses, whose DAD state changes by itself).
+fn node_picture(ns: &weft_e2e::netns::Netns) -> String {
+    [
+        &["ip", "-o", "link", "show"][..],
+        &["ip", "-o", "-4", "addr", "show"],
+        &["ip", "-o", "-6", "addr", "show", "scope", "global"],
+        &["ip", "-o", "route", "show"],
+        &["ip", "-o", "-6", "route", "show"],
+    ]
+    .iter()
+    .map(|cmd| ns.exec(cmd).expect("ip"))
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// `host` as Docker's `--network host`: the endpoint is the node's own namespace, attached
+/// without a single change there (and detached the same way); another namespace cannot be a
+/// host endpoint. `none` as Docker's `--network none`: a namespace with loopback only, up.
+#[tokio::test]
+async fn host_endpoints_share_the_node_namespace_and_none_endpoints_get_loopback_only() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .network("host", json!({"driver": "host"}))
+        .await
+        .expect("host network");
+    cluster
+        .network("none", json!({"driver": "none"}))
+        .await
+        .expect("none network");
+    let before = node_picture(&node.ns);
+    cluster
+        .attach("h1", "host", 0, &node.ns, json!({}))
+        .await
+        .expect("attach h1");
+    let h1 = cluster
+        .wait_endpoint("h1", "True", SETTLE)
+        .await
+        .expect("h1 attached");
+    let status = h1.status.expect("status");
+    assert_eq!(status.address, None);
+    assert_eq!(status.host_interface, None);
+    assert!(status.addresses.is_empty());
+    assert_eq!(
+        node_picture(&node.ns),
+        before,
+        "the node's namespace changed"
+    );
+
+    // A container in a namespace of its own does not share the node's.
+    let c = cluster.container("c").expect("c");
+    cluster
+        .attach("h2", "host", 0, &c, json!({}))
+        .await
+        .expect("attach h2");
+    let refused = cluster
+        .wait_endpoint("h2", "False", SETTLE)
+        .await
+        .expect("h2 refused");
+    let cond = &refused.status.expect("status").conditions[0];
+    assert_eq!(cond.reason, "SandboxNotAllowed");
+    assert!(cond.message.contains("host network"), "{}", cond.message);
+
+    // none: loopback only, up; nothing else in the namespace.
+    let d = cluster.container("d").expect("d");
+    cluster
+        .attach("n1", "none", 0, &d, json!({}))
+        .await
+        .expect("attach n1");
+    let n1 = cluster
+        .wait_endpoint("n1", "True", SETTLE)
+        .await
+        .expect("n1 attached");
+    assert_eq!(n1.status.expect("status").address, None);
+    let links = d.exec(&["ip", "-o", "link", "show"]).expect("links");
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    assert!(
+        d.try_exec(&["ping", "-c1", "-W1", "127.0.0.1"]),
+        "loopback does not answer"
+    );
+
+    // Detaching the host endpoint touches nothing either.
+    cluster.detach("h1").await.expect("detach h1");
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let gone = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("h1").await?.is_none().then_some(())) }
+    })
+    .await;
+    assert!(gone.is_ok(), "h1 never left");
+    // A pass later (the resync is 5 s; a new endpoint wakes the agent at once).
+    cluster
+        .attach("n2", "none", 0, &c, json!({}))
+        .await
+        .expect("attach n2");
+    cluster
+        .wait_endpoint("n2", "True", SETTLE)
+        .await
+        .expect("n2 attached");
+    assert_eq!(node_picture(&node.ns), before, "detaching changed the node");
+}
+
+/// `kubectl get … -o wide` from inside the test (the API server of `KUBECONFIG`).
+fn kubectl_wide(args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .args(["-o", "wide"])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The network's endpoint count in its status, once it is `want`.
+async fn wait_endpoint_count(cluster: &Cluster, network: &str, want: i32) -> i32 {
+    let api: kube::Api<weft_api::ContainerNetwork> = kube::Api::all(cluster.client.clone());
+    let got = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        let network = network.to_string();
+        async move {
+            let n = api
+                .get(&network)
+                .await?
+                .status
+                .map(|s| s.endpoints)
+                .unwrap_or(-1);
+            Ok((n == want).then_some(n))
+        }
+    })
+    .await;
+    got.unwrap_or(-1)
+}
+
+/// `docker network ls` / `inspect` parity: `-o wide` shows scope, gateway, VNI, MTU,
+/// internal and the endpoint count of networks, MAC, interface and sandbox of endpoints; a
+/// hand-written endpoint gets its network and node labels; the network counts its endpoints
+/// as they come and go.
+#[tokio::test]
+async fn inspect_parity_wide_columns_labels_and_endpoint_counts() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "ovnet",
+            json!({"driver": "overlay", "mtu": 1400, "internal": true,
+                   "overlay": {"vni": 4100}, "ipam": {"subnets": ["10.60.0.0/24", "fd00:61::/64"]}}),
+        )
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "ovnet", 0, &a, json!({}))
+        .await
+        .expect("a");
+    cluster
+        .attach("b", "ovnet", 0, &b, json!({}))
+        .await
+        .expect("b");
+    cluster.endpoint_address("a").await.expect("a ready");
+    assert_eq!(wait_endpoint_count(&cluster, "ovnet", 2).await, 2);
+
+    let nets = kubectl_wide(&["get", "cnet", "ovnet"]);
+    let header: Vec<&str> = nets
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for col in [
+        "SCOPE",
+        "GATEWAY",
+        "SUBNET6",
+        "VNI",
+        "MTU",
+        "INTERNAL",
+        "ENDPOINTS",
+    ] {
+        assert!(header.contains(&col), "{nets}");
+    }
+    let row: Vec<&str> = nets
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let cell = |col: &str| {
+        header
+            .iter()
+            .position(|h| *h == col)
+            .and_then(|i| row.get(i).copied())
+            .unwrap_or_default()
+    };
+    assert_eq!(cell("SCOPE"), "cluster", "{nets}");
+    assert_eq!(cell("GATEWAY"), "10.60.0.1", "{nets}");
+    assert_eq!(cell("SUBNET6"), "fd00:61::/64", "{nets}");
+    assert_eq!(cell("VNI"), "4100", "{nets}");
+    assert_eq!(cell("MTU"), "1400", "{nets}");
+    assert_eq!(cell("INTERNAL"), "true", "{nets}");
+    assert_eq!(cell("ENDPOINTS"), "2", "{nets}");
+
+    let eps = kubectl_wide(&["get", "cep", "a", "-n", "default"]);
+    for col in ["MAC", "INTERFACE", "SANDBOX", "NODE"] {
+        assert!(
+            eps.lines().next().unwrap_or_default().contains(col),
+            "{eps}"
+        );
+    }
+    assert!(eps.contains("02:42:0a:3c:00:"), "{eps}");
+    assert!(eps.contains(&a.path().display().to_string()), "{eps}");
+
+    // Hand-written endpoints are labelled like the CNI plugin's.
+    let api: kube::Api<weft_api::ContainerEndpoint> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let labelled = weft_e2e::wait_for(SETTLE, || {
+        let api = api.clone();
+        async move {
+            let l = api
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels("weft.dev/network=ovnet,weft.dev/node=node-1"),
+                )
+                .await?;
+            Ok((l.items.len() == 2).then_some(()))
+        }
+    })
+    .await;
+    assert!(labelled.is_ok(), "hand-written endpoints were not labelled");
+
+    cluster.detach("b").await.expect("detach b");
+    assert_eq!(wait_endpoint_count(&cluster, "ovnet", 1).await, 1);
+}
+
+/// `examples/endpoints/` — the seeds' `docker run --network`, `--ip`, `-p 8080:80`, `-p 80`
+/// and `docker network connect` as ContainerEndpoints — applied as written (only each
+/// sandbox path becomes a test namespace), with traffic: the published ports answer from
+/// outside, `--ip` is honoured and reached, the connected network's interface is there.
+#[tokio::test]
+async fn the_endpoint_examples_apply_and_carry_traffic() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/endpoints");
+    let objects = weft_e2e::objects::read_examples(&dir).expect("examples/endpoints");
+    let mut sandboxes: std::collections::BTreeMap<String, weft_e2e::netns::Netns> =
+        std::collections::BTreeMap::new();
+    // `docker network connect` comes after `docker run`: the connected endpoint is applied
+    // once the others are attached (so, like Docker's, it does not take the default route).
+    let (connect, objects): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|o| o["metadata"]["name"] == "web-ovnet");
+    let mut applied = 0;
+    for mut obj in objects.into_iter().chain(connect) {
+        if obj["metadata"]["name"] == "web-ovnet" {
+            cluster
+                .wait_endpoint("web", "True", SETTLE)
+                .await
+                .expect("web before the connect");
+        }
+        applied += 1;
+        if obj["kind"] == "ContainerEndpoint" {
+            assert_eq!(obj["spec"]["node"], cluster.nodes[0].name, "{obj}");
+            let path = obj["spec"]["sandbox"]
+                .as_str()
+                .expect("sandbox")
+                .to_string();
+            let base = path.rsplit('/').next().unwrap_or("c").to_string();
+            let ns = sandboxes
+                .entry(path)
+                .or_insert_with(|| cluster.container(&base).expect("container"));
+            obj["spec"]["sandbox"] = json!(ns.path().display().to_string());
+        }
+        cluster.apply(obj).await.expect("apply example");
+    }
+    let web = &sandboxes["/var/run/netns/web"];
+    let db = &sandboxes["/var/run/netns/db"];
+    let api = &sandboxes["/var/run/netns/api"];
+    for name in ["web", "db", "api", "web-ovnet"] {
+        cluster
+            .wait_endpoint(name, "True", SETTLE)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    }
+    // --ip
+    assert_eq!(
+        cluster.endpoint_address("db").await.expect("db"),
+        "172.25.3.3"
+    );
+    assert!(reachable(web, "172.25.3.3", SETTLE).await, "web → db");
+    // network connect: a second interface in web's sandbox.
+    let ov = cluster
+        .endpoint_address("web-ovnet")
+        .await
+        .expect("web-ovnet");
+    assert!(ov.starts_with("10.44.0."), "{ov}");
+    let eth1 = web
+        .exec(&["ip", "-4", "addr", "show", "eth1"])
+        .expect("eth1");
+    assert!(eth1.contains(&format!("inet {ov}/24")), "{eth1}");
+    // -p 8080:80 and -p 80.
+    http_server(web, 80, "hello from web").expect("web server");
+    http_server(api, 80, "hello from api").expect("api server");
+    let node = cluster.nodes[0].address.clone();
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:8080/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from web"),
+        "routes of web: {}\nnft: {}",
+        web.exec(&["ip", "route"]).unwrap_or_default(),
+        cluster.nodes[0]
+            .ns
+            .exec(&["nft", "list", "table", "inet", "weft"])
+            .unwrap_or_default()
+    );
+    let chosen = status_ports(&cluster, "api").await;
+    assert_eq!(chosen, ["49153→80"]);
+    assert_eq!(
+        http_get_within(&cluster.underlay, &format!("http://{node}:49153/"), SETTLE)
+            .await
+            .as_deref(),
+        Some("hello from api")
+    );
+    let web_address = cluster.endpoint_address("web").await.expect("web");
+    assert!(reachable(db, &web_address, SETTLE).await, "db → web");
+    assert_eq!(applied, 6, "every example file applied");
 }

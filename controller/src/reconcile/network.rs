@@ -197,7 +197,7 @@ async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Re
     }
 
     let previous = net.status.clone().unwrap_or_default();
-    let new_status = network_status(
+    let mut new_status = network_status(
         net,
         &outcome,
         &previous,
@@ -206,6 +206,7 @@ async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Re
         &node_failures,
         None,
     );
+    new_status.endpoints = endpoints_of(&name, ctx);
     let held_back = if !add_finalizer {
         write_status(net, &previous, new_status, ctx).await?
     } else if weft_api::condition::is_true(&new_status.conditions, "Ready") {
@@ -301,6 +302,15 @@ fn network_status(
         nodes_selected,
         nodes_ready,
         nodes: Some(format!("{nodes_ready}/{nodes_selected}")),
+        scope: Some(
+            if net.spec.driver.is_cluster_scope() {
+                "cluster"
+            } else {
+                "local"
+            }
+            .into(),
+        ),
+        endpoints: previous.endpoints,
         capacity: needs_addresses.then(|| AddressCapacity {
             addresses: v.addresses,
             block_prefix_length: v.block_prefix_len.map(i32::from),
@@ -309,12 +319,24 @@ fn network_status(
     }
 }
 
-/// Only rollup counts differ: such writes are rate-limited per network.
+/// The network's ContainerEndpoints (not being deleted), from the controller's watch.
+fn endpoints_of(network: &str, ctx: &Context) -> i32 {
+    let n = ctx
+        .endpoints
+        .state()
+        .iter()
+        .filter(|e| e.spec.network == network && e.metadata.deletion_timestamp.is_none())
+        .count();
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Only rollup counts differ (nodes, endpoints): such writes are rate-limited per network.
 fn rollup_only(a: &ContainerNetworkStatus, b: &ContainerNetworkStatus) -> bool {
     let strip = |s: &ContainerNetworkStatus| ContainerNetworkStatus {
         nodes_ready: 0,
         nodes_selected: 0,
         nodes: None,
+        endpoints: 0,
         conditions: s
             .conditions
             .iter()

@@ -29,4 +29,6 @@ pub struct Config {
     pub cni_socket: Option<PathBuf>,
     /// How long a CNI endpoint's sandbox must stay gone before the endpoint is released.
     pub gone_sandbox_grace: Duration,
+    /// Host ports for published ports that name none are chosen from this range.
+    pub host_port_range: crate::endpoints::HostPortRange,
 }

@@ -153,6 +153,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         )
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
         .with_gone_sandbox_grace(cfg.gone_sandbox_grace)
+        .with_host_port_range(cfg.host_port_range)
         .with_sandbox_policy(
             SandboxPolicy::for_node(cfg.netns.as_deref(), &cfg.sandbox_dir)
                 .context("reading the node's network namespaces")?,

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use weft_ipam::first_host;
 
-use super::contract::{AddressSpace, NetworkInput, NodeFacts, Problem, Reason};
+use super::contract::{AddressSpace, MirrorSpace, NetworkInput, NodeFacts, Problem, Reason};
 
 /// Smallest MTU Weft sets (IPv4's minimum reassembly size, the schema's lower bound).
 pub const MIN_MTU: u32 = 576;
@@ -212,16 +212,105 @@ pub(crate) fn address_space(
     let gateway = status_gateway
         .filter(|g| subnet.contains(g))
         .or_else(|| default_gateway.then(|| first_host(&subnet)).flatten());
-    let mut reserved: Vec<IpNet> = excluded;
+    let mut reserved: Vec<IpNet> = excluded.clone();
     if let Some(g) = gateway {
         reserved.push(IpNet::from(g));
+    }
+    let mirror = subnets
+        .iter()
+        .copied()
+        .find(|m| m.addr().is_ipv4() != subnet.addr().is_ipv4())
+        .map(|m| MirrorSpace {
+            subnet: m,
+            gateway: status_gateway
+                .filter(|g| m.contains(g))
+                .or_else(|| default_gateway.then(|| first_host(&m)).flatten()),
+        });
+    if let Some(m) = &mirror {
+        narrow_to_mirror(subnet, m, &excluded, &mut range, &mut reserved);
     }
     Ok(AddressSpace {
         subnet,
         range,
         gateway,
         reserved,
+        mirror,
     })
+}
+
+/// Narrow the first family's space so that every address it hands out has a usable
+/// mirror: inside the mirror subnet (a smaller mirror leaves only the first offsets), and
+/// not the image of the mirror's gateway, network or broadcast address or excluded ranges.
+fn narrow_to_mirror(
+    subnet: IpNet,
+    mirror: &MirrorSpace,
+    excluded: &[IpNet],
+    range: &mut IpNet,
+    reserved: &mut Vec<IpNet>,
+) {
+    let m = mirror.subnet;
+    let host_bits = |n: &IpNet| n.max_prefix_len() - n.prefix_len();
+    let window_prefix = subnet.max_prefix_len() - host_bits(&subnet).min(host_bits(&m));
+    if let Ok(window) = IpNet::new(subnet.network(), window_prefix) {
+        if window.contains(&*range) {
+            // the range fits as it is
+        } else if range.contains(&window) {
+            *range = window;
+        } else {
+            // Disjoint: no address of this range has a mirror.
+            reserved.push(*range);
+        }
+    }
+    let mut mirror_reserved: Vec<IpNet> = vec![IpNet::from(m.network())];
+    if m.addr().is_ipv4() {
+        mirror_reserved.push(IpNet::from(m.broadcast()));
+    }
+    mirror_reserved.extend(mirror.gateway.map(IpNet::from));
+    mirror_reserved.extend(excluded.iter().filter(|e| m.contains(*e)).copied());
+    reserved.extend(mirror_reserved.iter().filter_map(|r| image(m, subnet, *r)));
+}
+
+/// The part of subnet `to` at the same offsets as `r` in subnet `from`, if any.
+fn image(from: IpNet, to: IpNet, r: IpNet) -> Option<IpNet> {
+    let offset = to_u128(r.network()).checked_sub(to_u128(from.network()))?;
+    let bits = (r.max_prefix_len() - r.prefix_len()).min(to.max_prefix_len() - to.prefix_len());
+    let start = offset_addr(to.network(), offset)?;
+    let out = IpNet::new(start, to.max_prefix_len() - bits).ok()?.trunc();
+    to.contains(&out).then_some(out)
+}
+
+fn to_u128(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl AddressSpace {
+    /// The mirror of an address handed out from this space, with the mirror subnet's
+    /// prefix, and the mirror's gateway; `None` without a mirror (or for an address that
+    /// has none, which the narrowed space never hands out).
+    pub fn mirror_of(&self, addr: IpAddr) -> Option<(IpNet, Option<IpAddr>)> {
+        let m = self.mirror.as_ref()?;
+        let host = image(self.subnet, m.subnet, IpNet::from(addr))?;
+        Some((
+            IpNet::new(host.addr(), m.subnet.prefix_len()).ok()?,
+            m.gateway,
+        ))
+    }
+
+    /// A requested address in the allocator's family: itself, or for an address of the
+    /// mirror's family (`docker run --ip6`) the address it mirrors.
+    pub fn in_allocated_family(&self, requested: IpAddr) -> IpAddr {
+        match &self.mirror {
+            Some(m) if m.subnet.contains(&requested) => {
+                image(m.subnet, self.subnet, IpNet::from(requested))
+                    .map(|n| n.addr())
+                    .unwrap_or(requested)
+            }
+            _ => requested,
+        }
+    }
 }
 
 /// `Ok` if the node's kernel has the feature.
@@ -260,6 +349,51 @@ mod tests {
             gateway_addresses(&subnets[..1], None),
             vec![net("10.0.0.1/24")]
         );
+    }
+
+    fn dual_stack(subnets: &[&str], gateway: Option<&str>) -> AddressSpace {
+        let mut n = crate::drivers::testutil::network("ds", weft_api::Driver::Bridge);
+        crate::drivers::testutil::allocate(&mut n, subnets, gateway);
+        let node = crate::drivers::testutil::node("n1", "192.0.2.1");
+        address_space(&n, &node, Scope::Subnet, true).expect("space")
+    }
+
+    #[test]
+    fn a_dual_stack_endpoint_mirrors_its_address_into_the_other_family() {
+        let space = dual_stack(&["10.0.0.0/24", "fd00:1::/64"], Some("10.0.0.1"));
+        assert_eq!(space.subnet, net("10.0.0.0/24"));
+        assert_eq!(
+            space.mirror_of(ip("10.0.0.5")),
+            Some((net("fd00:1::5/64"), Some(ip("fd00:1::1"))))
+        );
+        assert_eq!(space.in_allocated_family(ip("fd00:1::9")), ip("10.0.0.9"));
+        assert_eq!(space.in_allocated_family(ip("10.0.0.9")), ip("10.0.0.9"));
+        // A v6 network first: the v4 mirror is smaller, so only its offsets are handed
+        // out, and the v4 broadcast's image is reserved.
+        let space = dual_stack(&["fd00:2::/64", "10.9.0.0/24"], None);
+        assert_eq!(space.range, net("fd00:2::/120"));
+        assert!(
+            space.reserved.contains(&net("fd00:2::ff/128")),
+            "{:?}",
+            space.reserved
+        );
+        assert_eq!(
+            space.mirror_of(ip("fd00:2::2")),
+            Some((net("10.9.0.2/24"), Some(ip("10.9.0.1"))))
+        );
+        // A gateway that is not the first host in one family reserves its image in the
+        // other: 10.0.0.254 is the v4 gateway, fd00:1::1 the v6 one.
+        let space = dual_stack(&["10.0.0.0/24", "fd00:1::/64"], Some("10.0.0.254"));
+        assert!(space.reserved.contains(&net("10.0.0.254/32")));
+        assert!(
+            space.reserved.contains(&net("10.0.0.1/32")),
+            "{:?}",
+            space.reserved
+        );
+        // Single-stack: no mirror.
+        let space = dual_stack(&["fd00:3::/64"], None);
+        assert_eq!(space.mirror, None);
+        assert_eq!(space.mirror_of(ip("fd00:3::2")), None);
     }
 
     #[test]

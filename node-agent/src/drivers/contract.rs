@@ -177,8 +177,12 @@ pub enum EndpointShape {
     /// A child interface of a parent on the node; `own_mac` = it has a MAC of its own
     /// (macvlan) rather than the parent's (ipvlan).
     Child { own_mac: bool },
-    /// No interface of its own: the sandbox's loopback only (host, none). No addresses.
+    /// No interface of its own: the sandbox's loopback only (none). No addresses.
     LoopbackOnly,
+    /// The container shares the node's own namespace (host, Docker's `--network host`):
+    /// its sandbox is the node's namespace, and Weft changes nothing there. The endpoint is
+    /// a record of the membership (what `docker network inspect host` lists).
+    SharesNode,
 }
 
 impl EndpointShape {
@@ -197,7 +201,10 @@ impl EndpointShape {
 
     /// The endpoint has an interface (and addresses) in its sandbox.
     pub fn has_interface(self) -> bool {
-        self != EndpointShape::LoopbackOnly
+        !matches!(
+            self,
+            EndpointShape::LoopbackOnly | EndpointShape::SharesNode
+        )
     }
 }
 
@@ -210,8 +217,23 @@ pub struct AddressSpace {
     /// node's block (cluster-scope drivers), narrowed by `ipam.ipRange`.
     pub range: IpNet,
     pub gateway: Option<IpAddr>,
-    /// Never handed out: the gateway, excluded ranges, the macvlan host shim.
+    /// Never handed out: the gateway, excluded ranges, the macvlan host shim (and what
+    /// stands for the other family's reserved addresses, see `mirror`).
     pub reserved: Vec<IpNet>,
+    /// A dual-stack network's first subnet of the other address family.
+    pub mirror: Option<MirrorSpace>,
+}
+
+/// The other address family of a dual-stack network. An endpoint's address there mirrors
+/// its allocated one: the same offset into the subnet (10.0.0.5 in 10.0.0.0/24 ↔ fd00::5
+/// in fd00::/64). No second allocator, no second journal record, and an address unique in
+/// one family is unique in the other — also across nodes, whose blocks are of the first
+/// family. The first family's `range` and `reserved` are narrowed so that every address
+/// handed out has a usable mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorSpace {
+    pub subnet: IpNet,
+    pub gateway: Option<IpAddr>,
 }
 
 /// The node side of one endpoint, as its routed link needs it (named by the endpoints

@@ -1,4 +1,6 @@
-//! `host`: endpoints share the node's own network namespace. Nothing to create.
+//! `host`: endpoints share the node's own network namespace (Docker's `--network host`):
+//! their sandbox is the node's namespace, and nothing is created or changed, on the node or
+//! for an endpoint.
 
 use crate::kernel::EndpointLink;
 use crate::model::KernelState;
@@ -22,7 +24,7 @@ impl Driver for Host {
     }
 
     fn endpoint_shape(&self) -> EndpointShape {
-        EndpointShape::LoopbackOnly
+        EndpointShape::SharesNode
     }
 
     fn address_space(

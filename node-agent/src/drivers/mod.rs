@@ -90,7 +90,7 @@ mod tests {
             shape(ApiDriver::Ipvlan),
             EndpointShape::Child { own_mac: false }
         );
-        assert_eq!(shape(ApiDriver::Host), EndpointShape::LoopbackOnly);
+        assert_eq!(shape(ApiDriver::Host), EndpointShape::SharesNode);
         assert_eq!(shape(ApiDriver::None), EndpointShape::LoopbackOnly);
         for d in [
             ApiDriver::Bridge,

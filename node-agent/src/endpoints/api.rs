@@ -14,7 +14,7 @@ use weft_cni::proto::AttachmentId;
 use super::manager::Endpoints;
 use super::plan;
 use super::state::lock;
-use super::translate::{of_an_earlier_sandbox, status_of};
+use super::translate::{missing_labels, of_an_earlier_sandbox, status_of};
 use super::{
     ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, LABEL_NETWORK, LABEL_NODE,
     PortSpec,
@@ -140,6 +140,7 @@ impl Endpoints {
                 writes += delete_object(client, id, cep).await?;
                 continue;
             }
+            writes += label_object(client, id, cep, &self.node).await?;
             let status = status_of(
                 attachments.get(id).and_then(&host_if),
                 attachments.get(id),
@@ -174,6 +175,30 @@ async fn delete_object(
     match api.delete(&id.name, &dp).await {
         Ok(_) => Ok(1),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Add the labels an endpoint lacks (a hand-written one), by a merge patch of those labels
+/// alone: the object's other fields and owners are left as they are.
+async fn label_object(
+    client: &Client,
+    id: &EndpointId,
+    cep: &ContainerEndpoint,
+    node: &str,
+) -> kube::Result<usize> {
+    let missing = missing_labels(cep);
+    if missing.is_empty() || cep.spec.node != node {
+        return Ok(0);
+    }
+    let api: Api<ContainerEndpoint> = Api::namespaced(client.clone(), &id.namespace);
+    let patch = json!({"metadata": {"labels": missing}});
+    match api
+        .patch(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(1),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(0),
         Err(e) => Err(e),
     }
 }

@@ -12,7 +12,7 @@ use super::plan;
 use super::state::{Tombstone, lock, publications};
 use super::translate::{cni_request, cni_result, failure, problem_failure};
 use super::{Attachment, EndpointId};
-use crate::drivers;
+use crate::drivers::{self, EndpointShape};
 use crate::kernel::Kernel;
 
 impl Endpoints {
@@ -51,6 +51,19 @@ impl Endpoints {
                         format!(
                             "network {:?} does not exist or does not select node {} (kubectl get cnet {})",
                             request.network, self.node, request.network
+                        ),
+                    ));
+                }
+                if st
+                    .networks
+                    .get(&request.network)
+                    .is_some_and(|n| drivers::of(n).endpoint_shape() == EndpointShape::SharesNode)
+                {
+                    return Err(failure(
+                        codes::INVALID_CONFIG,
+                        format!(
+                            "network {:?} is a host network: a container joins it by sharing the node's namespace                              (docker/podman --network host, hostNetwork: true), which needs no CNI call",
+                            request.network
                         ),
                     ));
                 }
@@ -137,23 +150,34 @@ impl Endpoints {
             // The result claims the default route only where the sandbox gets it from this
             // attachment (not on an internal network, not when another has a higher
             // priority)...
-            let planned = st.networks.get(&att.network).is_some_and(|net| {
-                plan::holds_default_route_among(&att, net, &st.attachments, &st.networks)
-            });
+            let planned = st
+                .networks
+                .get(&att.network)
+                .map(|net| {
+                    plan::holds_default_route_among(&att, net, &st.attachments, &st.networks)
+                })
+                .unwrap_or_default();
             (att, planned)
         };
         // ...and it was installed: a default route that is not Weft's keeps the sandbox
         // unless the config says `"defaultRoute": "replace"`.
-        let default_route = planned
-            && (att.replace_default_route
-                || Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|found| {
-                        found.routes.iter().any(|r| r.destination.prefix_len() == 0)
-                    }));
-        Ok(cni_result(&att, default_route))
+        let mut default_routes = planned;
+        if (planned.v4 || planned.v6) && !att.replace_default_route {
+            let found = Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
+                .await
+                .ok()
+                .flatten();
+            let installed = |v4: bool| {
+                found.as_ref().is_some_and(|f| {
+                    f.routes.iter().any(|r| {
+                        r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4() == v4
+                    })
+                })
+            };
+            default_routes.v4 &= installed(true);
+            default_routes.v6 &= installed(false);
+        }
+        Ok(cni_result(&att, default_routes))
     }
 
     /// CNI DEL: detach if known; an unknown container is fine (DEL must be idempotent).
@@ -246,8 +270,9 @@ impl Endpoints {
                     att.if_name, att.sandbox, att.id
                 ))
             })?;
-        if let Some(addr) = att.address
-            && !found.addresses.contains(&addr)
+        if let Some((addr, _)) = att
+            .addresses()
+            .find(|(addr, _)| !found.addresses.contains(addr))
         {
             return Err(check_failed(format!(
                 "interface {} in sandbox {} lacks its address {addr}",

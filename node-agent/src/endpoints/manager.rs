@@ -27,7 +27,7 @@ use super::state::{NodeAdditions, State, Work, lock};
 use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
 
-use crate::drivers::{Networks, NodeFacts, Problem, Reason};
+use crate::drivers::{self, EndpointShape, Networks, NodeFacts, Problem, Reason};
 use crate::kernel::{Kernel, KernelError};
 use crate::model::KernelState;
 
@@ -89,6 +89,12 @@ impl Endpoints {
     /// Release CNI endpoints whose sandbox has been gone this long (see [`super::gone`]).
     pub fn with_gone_sandbox_grace(mut self, grace: std::time::Duration) -> Self {
         self.gone_grace = grace;
+        self
+    }
+
+    /// Choose host ports for published ports that name none from this range.
+    pub fn with_host_port_range(self, range: super::HostPortRange) -> Self {
+        lock(&self.state).host_ports = range;
         self
     }
 
@@ -197,10 +203,22 @@ impl Endpoints {
     }
 
     async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
-        let sandbox = lock(&self.state)
-            .attachments
-            .get(id)
-            .map(|a| format!("sandbox {}", a.sandbox));
+        let (sandbox, shares_node) = {
+            let st = lock(&self.state);
+            let att = st.attachments.get(id);
+            (
+                att.map(|a| format!("sandbox {}", a.sandbox)),
+                att.and_then(|a| st.networks.get(&a.network))
+                    .is_some_and(|n| drivers::of(n).endpoint_shape() == EndpointShape::SharesNode),
+            )
+        };
+        if shares_node {
+            // A host network's endpoint is the node's namespace itself: nothing to make.
+            let mut st = lock(&self.state);
+            st.ensured.insert(id.clone());
+            st.problems.remove(id);
+            return Ok(0);
+        }
         let _sandbox = match &sandbox {
             Some(s) => Some(
                 self.sandboxes
@@ -268,16 +286,25 @@ impl Endpoints {
 
     /// [`Self::detach`] for a caller holding the endpoint's claim.
     pub(super) async fn detach_now(&self, att: &Attachment) -> Result<usize, String> {
-        let writes = self
-            .kernel
-            .remove_endpoint(
-                Path::new(&att.sandbox),
-                &att.if_name,
-                &plan::host_interface(&att.id),
-                &plan::host_alias(&att.id),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        // A host network's endpoint (the only one admitted with the node's own namespace as
+        // its sandbox) made nothing there, and nothing there is an endpoint's to remove.
+        let in_node = lock(&self.state)
+            .sandboxes
+            .refuse_node_namespace(&att.sandbox)
+            .is_err();
+        let writes = if in_node {
+            0
+        } else {
+            self.kernel
+                .remove_endpoint(
+                    Path::new(&att.sandbox),
+                    &att.if_name,
+                    &plan::host_interface(&att.id),
+                    &plan::host_alias(&att.id),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+        };
         if let Err(e) = self.journal.remove(&att.id) {
             tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
         }

@@ -64,9 +64,53 @@ impl fmt::Display for EndpointId {
     }
 }
 
+/// The host port of a published port that named none (`docker run -p 80`).
+pub const ANY_HOST_PORT: u16 = 0;
+
+/// The ports the agent chooses host ports from (`--host-port-range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// Docker's range for the host ports it chooses (the upper part of Linux's ephemeral range).
+impl Default for HostPortRange {
+    fn default() -> Self {
+        HostPortRange {
+            first: 49153,
+            last: 65535,
+        }
+    }
+}
+
+/// `FIRST-LAST`, such as `49153-65535`.
+impl std::str::FromStr for HostPortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port range such as 49153-65535");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first {
+            return Err(bad());
+        }
+        Ok(HostPortRange { first, last })
+    }
+}
+
+impl fmt::Display for HostPortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
 /// One published port (or range), checked and in kernel-ready types.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
+    /// [`ANY_HOST_PORT`] in a request that named none: the agent chooses one at admission
+    /// (see [`plan::choose_host_ports`]); an attachment's are always chosen.
     pub host_port: u16,
     /// Equal to `host_port` for a single port.
     pub host_port_end: u16,
@@ -78,9 +122,15 @@ pub struct PortSpec {
 impl PortSpec {
     /// From the API type; `None` if the values are out of range (the schema prevents it).
     pub fn from_api(p: &weft_api::PublishedPort) -> Option<PortSpec> {
-        let host_port = u16::try_from(p.host_port).ok().filter(|p| *p > 0)?;
+        let host_port = match p.host_port {
+            Some(h) => u16::try_from(h).ok().filter(|p| *p > 0)?,
+            None => ANY_HOST_PORT,
+        };
         let host_port_end = match p.host_port_end {
-            Some(e) => u16::try_from(e).ok().filter(|e| *e >= host_port)?,
+            Some(e) if host_port != ANY_HOST_PORT => {
+                u16::try_from(e).ok().filter(|e| *e >= host_port)?
+            }
+            Some(_) => return None,
             None => host_port,
         };
         let container_port = u16::try_from(p.container_port).ok().filter(|p| *p > 0)?;
@@ -100,7 +150,7 @@ impl PortSpec {
 
     pub fn to_api(&self) -> weft_api::PublishedPort {
         weft_api::PublishedPort {
-            host_port: i32::from(self.host_port),
+            host_port: (self.host_port != ANY_HOST_PORT).then_some(i32::from(self.host_port)),
             host_port_end: (self.host_port_end != self.host_port)
                 .then_some(i32::from(self.host_port_end)),
             container_port: i32::from(self.container_port),
@@ -159,9 +209,28 @@ pub struct Attachment {
     pub gw_priority: i32,
     #[serde(default)]
     pub replace_default_route: bool,
+    /// On a dual-stack network: the address of the other family, mirroring `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorAddress>,
+}
+
+/// An endpoint's address in the other family of a dual-stack network (see
+/// [`crate::drivers::MirrorSpace`]), with that family's gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorAddress {
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
 }
 
 impl Attachment {
+    /// Every address with its family's gateway, the allocated one first.
+    pub fn addresses(&self) -> impl Iterator<Item = (IpNet, Option<IpAddr>)> + '_ {
+        self.address
+            .map(|a| (a, self.gateway))
+            .into_iter()
+            .chain(self.mirror.as_ref().map(|m| (m.address, m.gateway)))
+    }
+
     /// Does this attachment still answer `req`?
     pub fn matches(&self, req: &EndpointRequest) -> bool {
         self.network == req.network
@@ -177,8 +246,9 @@ impl Attachment {
 pub struct Publication {
     pub id: EndpointId,
     pub since: u64,
-    pub address: IpAddr,
-    pub subnet: IpNet,
+    /// One address per family, with its prefix (10.0.0.2/24, fd00::2/64): each family's
+    /// connections to a published port go to the address of that family.
+    pub addresses: Vec<IpNet>,
     pub ports: Vec<PortSpec>,
     /// The sandbox is gone ([`gone`]): the ports keep their claims but get no DNAT rules.
     pub sandbox_gone: bool,

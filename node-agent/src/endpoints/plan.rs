@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use weft_api::Protocol;
 
-use super::{Attachment, EndpointId, EndpointRequest, Publication};
+use super::{
+    ANY_HOST_PORT, Attachment, EndpointId, EndpointRequest, HostPortRange, PortSpec, Publication,
+};
 use crate::drivers::{
     self, HostSide, NetworkInput, Networks, NodeFacts, Problem, Reason, RemoteEndpoint, SandboxLink,
 };
@@ -41,25 +43,46 @@ pub fn derive_mac(addr: IpAddr) -> Mac {
     Mac([0x02, 0x42, tail[0], tail[1], tail[2], tail[3]])
 }
 
-/// Does this attachment ask for a default route at all: an address and a gateway, on a
-/// network that is not internal?
-pub fn wants_default_route(att: &Attachment, net: &NetworkInput) -> bool {
-    att.address.is_some() && att.gateway.is_some() && !net.spec.internal
+/// Which address families (of IPv4, IPv6) an attachment gives its sandbox the default
+/// route in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DefaultRoutes {
+    pub v4: bool,
+    pub v6: bool,
 }
 
-/// Of the attachments that want a default route (see [`wants_default_route`]), the one that
-/// gets it for `att`'s sandbox and address family, Docker's `gw-priority` rule: the highest
-/// priority; a tie goes to the one attached first on this node, then to the lower
-/// namespace/name. The others install only their subnet's route (the kernel's prefix route
-/// of their address).
+impl DefaultRoutes {
+    /// In the family of `addr`?
+    pub fn covers(self, addr: IpAddr) -> bool {
+        if addr.is_ipv4() { self.v4 } else { self.v6 }
+    }
+}
+
+/// Does this attachment have an address with a gateway in the family (`v4`: IPv4)?
+fn has_gateway_in(att: &Attachment, v4: bool) -> bool {
+    att.addresses()
+        .any(|(a, g)| g.is_some() && a.addr().is_ipv4() == v4)
+}
+
+/// Does this attachment ask for a default route in the family at all: an address and a
+/// gateway of that family, on a network that is not internal?
+pub fn wants_default_route(att: &Attachment, net: &NetworkInput, v4: bool) -> bool {
+    has_gateway_in(att, v4) && !net.spec.internal
+}
+
+/// Of the attachments that want a default route in the family (see
+/// [`wants_default_route`]), the one that gets it for `att`'s sandbox, Docker's
+/// `gw-priority` rule: the highest priority; a tie goes to the one attached first on this
+/// node, then to the lower namespace/name. The others install only their subnet's route
+/// (the kernel's prefix route of their address).
 pub fn holds_default_route<'a>(
     att: &'a Attachment,
+    v4: bool,
     wanting: impl IntoIterator<Item = &'a Attachment>,
 ) -> bool {
-    let family = |a: &Attachment| a.address.map(|n| n.addr().is_ipv4());
     wanting
         .into_iter()
-        .filter(|a| a.sandbox == att.sandbox && family(a) == family(att))
+        .filter(|a| a.sandbox == att.sandbox && has_gateway_in(a, v4))
         .chain(std::iter::once(att))
         .max_by(|a, b| {
             (
@@ -76,34 +99,42 @@ pub fn holds_default_route<'a>(
         .is_some_and(|w| w.id == att.id)
 }
 
-/// [`holds_default_route`] over every attachment of the node, their networks looked up.
+/// [`holds_default_route`] in each family over every attachment of the node, their
+/// networks looked up.
 pub fn holds_default_route_among(
     att: &Attachment,
     net: &NetworkInput,
     all: &BTreeMap<EndpointId, Attachment>,
     networks: &Networks,
-) -> bool {
-    wants_default_route(att, net)
-        && holds_default_route(
-            att,
-            all.values().filter(|a| {
-                a.sandbox == att.sandbox
-                    && networks
-                        .get(&a.network)
-                        .is_some_and(|n| wants_default_route(a, n))
-            }),
-        )
+) -> DefaultRoutes {
+    let holds = |v4: bool| {
+        wants_default_route(att, net, v4)
+            && holds_default_route(
+                att,
+                v4,
+                all.values().filter(|a| {
+                    a.sandbox == att.sandbox
+                        && networks
+                            .get(&a.network)
+                            .is_some_and(|n| wants_default_route(a, n, v4))
+                }),
+            )
+    };
+    DefaultRoutes {
+        v4: holds(true),
+        v6: holds(false),
+    }
 }
 
 /// The kernel shape of an attachment whose address is decided: the driver's link, plus
-/// what every driver's endpoint gets alike (addresses; a default route via the gateway when
-/// `default_route`, i.e. it [`holds_default_route`] in its sandbox).
+/// what every driver's endpoint gets alike (addresses; a default route via the gateway in
+/// each family of `default_routes`, i.e. where it [`holds_default_route`] in its sandbox).
 pub fn sandbox_config(
     att: &Attachment,
     net: &NetworkInput,
     node: &NodeFacts,
     desired_node: &KernelState,
-    default_route: bool,
+    default_routes: DefaultRoutes,
 ) -> Result<SandboxConfig, Problem> {
     let host = HostSide {
         interface: host_interface(&att.id),
@@ -113,19 +144,18 @@ pub fn sandbox_config(
     let SandboxLink { link, mtu } =
         drivers::of(net).sandbox_link(net, node, desired_node, &host)?;
     let mut routes = Vec::new();
-    if let (Some(addr), Some(gw)) = (att.address, att.gateway)
-        && default_route
-        && wants_default_route(att, net)
-    {
-        let default: IpNet = match addr {
-            IpNet::V4(_) => "0.0.0.0/0".parse().expect("constant"),
-            IpNet::V6(_) => "::/0".parse().expect("constant"),
-        };
-        routes.push(Route {
-            destination: default,
-            link: att.if_name.clone(),
-            gateway: Some(gw),
-        });
+    for (addr, gw) in att.addresses() {
+        let v4 = addr.addr().is_ipv4();
+        if let Some(gw) = gw
+            && default_routes.covers(addr.addr())
+            && wants_default_route(att, net, v4)
+        {
+            routes.push(Route {
+                destination: default_destination(v4),
+                link: att.if_name.clone(),
+                gateway: Some(gw),
+            });
+        }
     }
     Ok(SandboxConfig {
         sandbox: PathBuf::from(&att.sandbox),
@@ -134,10 +164,19 @@ pub fn sandbox_config(
         link,
         mac: att.mac,
         mtu,
-        addresses: att.address.into_iter().collect(),
+        addresses: att.addresses().map(|(a, _)| a).collect(),
         routes,
         replace_default_route: att.replace_default_route,
     })
+}
+
+/// `0.0.0.0/0` or `::/0`.
+pub fn default_destination(v4: bool) -> IpNet {
+    if v4 {
+        IpNet::V4(ipnet::Ipv4Net::default())
+    } else {
+        IpNet::V6(ipnet::Ipv6Net::default())
+    }
 }
 
 /// Refusal of a second endpoint with the same interface name in one sandbox.
@@ -155,6 +194,61 @@ pub fn interface_name_problem<'a>(
             req.if_name, req.sandbox, other.id, other.network
         ),
     ))
+}
+
+/// Every port of `wanted` that names no host port gets one from `range` (Docker's `-p 80`):
+/// the one it had in `previous` (the same endpoint admitted again) if still free, else the
+/// lowest port of the range that no other endpoint claims for that protocol (on any host
+/// address, so a later specific binding cannot meet it either) and this request does not
+/// name. A range with no free port refuses the endpoint with `PortConflict`.
+pub fn choose_host_ports<'a>(
+    wanted: &[PortSpec],
+    previous: Option<&[PortSpec]>,
+    others: impl IntoIterator<Item = &'a Attachment>,
+    range: HostPortRange,
+) -> Result<Vec<PortSpec>, Problem> {
+    if wanted.iter().all(|p| p.host_port != ANY_HOST_PORT) {
+        return Ok(wanted.to_vec());
+    }
+    let mut taken: std::collections::HashSet<(Protocol, u16)> = others
+        .into_iter()
+        .flat_map(|a| a.publish.iter())
+        .chain(wanted.iter().filter(|p| p.host_port != ANY_HOST_PORT))
+        .flat_map(|p| (p.host_port..=p.host_port_end).map(move |h| (p.protocol, h)))
+        .collect();
+    let mut chosen = Vec::with_capacity(wanted.len());
+    for (i, port) in wanted.iter().enumerate() {
+        if port.host_port != ANY_HOST_PORT {
+            chosen.push(port.clone());
+            continue;
+        }
+        let before = previous
+            .and_then(|p| p.get(i))
+            .filter(|p| p.container_port == port.container_port && p.protocol == port.protocol)
+            .map(|p| p.host_port)
+            .filter(|h| *h != ANY_HOST_PORT && !taken.contains(&(port.protocol, *h)));
+        let host = before
+            .or_else(|| {
+                (range.first..=range.last).find(|h| !taken.contains(&(port.protocol, *h)))
+            })
+            .ok_or_else(|| {
+                Problem::new(
+                    Reason::PortConflict,
+                    format!(
+                        "no free host port for {}/{} in the node's range {range}; name a hostPort or free one",
+                        port.container_port,
+                        proto_word(port.protocol)
+                    ),
+                )
+            })?;
+        taken.insert((port.protocol, host));
+        chosen.push(PortSpec {
+            host_port: host,
+            host_port_end: host,
+            ..port.clone()
+        });
+    }
+    Ok(chosen)
 }
 
 /// Publish rules for every endpoint of the node, in the order the endpoints came (the
@@ -228,16 +322,21 @@ pub fn publish_rules(
     }
     let mut publish = Vec::new();
     let mut hairpin = Vec::new();
-    for p in &accepted {
-        let l3 = if p.address.is_ipv4() { "ip" } else { "ip6" };
-        let target = match p.address {
+    for (p, address) in accepted
+        .iter()
+        .flat_map(|p| p.addresses.iter().map(move |a| (p, a)))
+    {
+        let subnet = address.trunc();
+        let address = address.addr();
+        let l3 = if address.is_ipv4() { "ip" } else { "ip6" };
+        let target = match address {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
         for port in &p.ports {
             let proto = proto_word(port.protocol);
             let bind = match port.host_ip {
-                Some(ip) if ip.is_ipv4() == p.address.is_ipv4() => {
+                Some(ip) if ip.is_ipv4() == address.is_ipv4() => {
                     format!("{} daddr {ip} ", if ip.is_ipv4() { "ip" } else { "ip6" })
                 }
                 // A binding of the other family never matches this endpoint.
@@ -245,7 +344,7 @@ pub fn publish_rules(
                 // `[::1]` is not served (IPv6 has no route_localnet: a DNATed packet from
                 // ::1 would be dropped), so a local client is refused at once, not left
                 // waiting for an answer that cannot come.
-                None if p.address.is_ipv6() => "ip6 daddr != ::1 ".to_string(),
+                None if address.is_ipv6() => "ip6 daddr != ::1 ".to_string(),
                 None => String::new(),
             };
             let span = port.host_port_end - port.host_port;
@@ -254,7 +353,7 @@ pub fn publish_rules(
                     format!("dnat {l3} to {target}")
                 } else {
                     // Same ports on both sides: the port is kept.
-                    format!("dnat {l3} to {}", p.address)
+                    format!("dnat {l3} to {address}")
                 }
             } else if span == 0 {
                 format!("dnat {l3} to {target}:{}", port.container_port)
@@ -263,8 +362,7 @@ pub fn publish_rules(
                     .map(|i| format!("{} : {}", port.host_port + i, port.container_port + i))
                     .collect();
                 format!(
-                    "dnat {l3} to {} : {proto} dport map {{ {} }}",
-                    p.address,
+                    "dnat {l3} to {address} : {proto} dport map {{ {} }}",
                     pairs.join(", ")
                 )
             };
@@ -283,8 +381,7 @@ pub fn publish_rules(
             // container itself, or a neighbour on its bridge) would skip the de-NAT without
             // this: the answer would go straight back over the bridge.
             hairpin.push(rule(format!(
-                "ct status dnat {l3} saddr {} {l3} daddr {} {proto} dport {cport} masquerade",
-                p.subnet, p.address
+                "ct status dnat {l3} saddr {subnet} {l3} daddr {address} {proto} dport {cport} masquerade"
             )));
         }
     }
@@ -399,8 +496,7 @@ mod tests {
         Publication {
             id: id(name),
             since,
-            address: addr.parse().expect("addr"),
-            subnet: "10.0.0.0/24".parse().expect("subnet"),
+            addresses: vec![format!("{addr}/24").parse().expect("addr")],
             ports,
             sandbox_gone: false,
         }
@@ -442,6 +538,7 @@ mod tests {
             in_api: true,
             gw_priority: prio,
             replace_default_route: false,
+            mirror: None,
         }
     }
 
@@ -449,6 +546,7 @@ mod tests {
     /// attached, then the lower name; other sandboxes and the other family do not compete.
     #[test]
     fn the_default_route_goes_to_the_highest_priority_then_the_earliest() {
+        let family = |x: &Attachment| x.address.is_some_and(|a| a.addr().is_ipv4());
         let a = attached("a", "/s", "eth0", "10.1.0.2/24", 0, 1);
         let b = attached("b", "/s", "eth1", "10.2.0.2/24", 5, 2);
         let c = attached("c", "/s", "eth2", "10.3.0.2/24", 5, 3);
@@ -457,19 +555,50 @@ mod tests {
         let all = [&a, &b, &c, &d, &e];
         let holders: Vec<&str> = all
             .iter()
-            .filter(|x| holds_default_route(x, all.iter().copied()))
+            .filter(|x| holds_default_route(x, family(x), all.iter().copied()))
             .map(|x| x.id.name.as_str())
             .collect();
         assert_eq!(holders, vec!["b", "d", "e"]);
         // b leaves: c (same priority as b, above a) takes over.
         let rest = [&a, &c, &d];
-        assert!(holds_default_route(&c, rest.iter().copied()));
-        assert!(!holds_default_route(&a, rest.iter().copied()));
+        assert!(holds_default_route(&c, true, rest.iter().copied()));
+        assert!(!holds_default_route(&a, true, rest.iter().copied()));
         // Same priority, same arrival: the lower name.
         let x = attached("x", "/t", "eth0", "10.5.0.2/24", 0, 7);
         let y = attached("y", "/t", "eth1", "10.6.0.2/24", 0, 7);
-        assert!(holds_default_route(&x, [&x, &y]));
-        assert!(!holds_default_route(&y, [&x, &y]));
+        assert!(holds_default_route(&x, true, [&x, &y]));
+        assert!(!holds_default_route(&y, true, [&x, &y]));
+    }
+
+    /// A dual-stack attachment competes in both families, each on its own: a v4-only one
+    /// of higher priority takes the v4 default route, the v6 one stays with it.
+    #[test]
+    fn a_dual_stack_attachment_competes_in_each_family() {
+        let mut a = attached("a", "/s", "eth0", "10.1.0.2/24", 0, 1);
+        a.mirror = Some(crate::endpoints::MirrorAddress {
+            address: "fd00:1::2/64".parse().expect("addr"),
+            gateway: Some("fd00:1::1".parse().expect("gw")),
+        });
+        let b = attached("b", "/s", "eth1", "10.2.0.2/24", 5, 2);
+        assert!(!holds_default_route(&a, true, [&a, &b]));
+        assert!(holds_default_route(&a, false, [&a, &b]));
+        assert!(holds_default_route(&b, true, [&a, &b]));
+        // Without a v6 gateway, a does not compete for the v6 route.
+        let mut c = a.clone();
+        c.id = id("c");
+        c.gw_priority = 9;
+        if let Some(m) = c.mirror.as_mut() {
+            m.gateway = None;
+        }
+        assert!(holds_default_route(&a, false, [&a, &c]));
+        let sandbox_addresses: Vec<IpNet> = a.addresses().map(|(n, _)| n).collect();
+        assert_eq!(
+            sandbox_addresses,
+            vec![
+                "10.1.0.2/24".parse::<IpNet>().expect("a"),
+                "fd00:1::2/64".parse().expect("b")
+            ]
+        );
     }
 
     #[test]
@@ -602,12 +731,125 @@ mod tests {
     #[test]
     fn ipv6_publications_leave_loopback_alone() {
         let mut p = publication("a", 1, "fd00::2", vec![tcp(5000, 80)]);
-        p.subnet = "fd00::/64".parse().expect("subnet");
+        p.addresses = vec!["fd00::2/64".parse().expect("addr")];
         let (chains, _) = publish_rules(&[p]);
         assert_eq!(
             chains[CHAIN_PUBLISH].rules[0].body,
             "ip6 daddr != ::1 tcp dport 5000 dnat ip6 to [fd00::2]:80"
         );
+    }
+
+    /// A dual-stack endpoint's port is published in both families, each to the address of
+    /// its family; a host address binds only its own family.
+    #[test]
+    fn a_dual_stack_endpoint_publishes_in_both_families() {
+        let mut p = publication("a", 1, "10.0.0.2", vec![tcp(5000, 80)]);
+        p.addresses.push("fd00::2/64".parse().expect("addr"));
+        let (chains, conflicts) = publish_rules(&[p.clone()]);
+        assert!(conflicts.is_empty());
+        let rules: Vec<&str> = chains[CHAIN_PUBLISH]
+            .rules
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                "tcp dport 5000 dnat ip to 10.0.0.2:80",
+                "ip6 daddr != ::1 tcp dport 5000 dnat ip6 to [fd00::2]:80"
+            ]
+        );
+        let hairpin: Vec<&str> = chains[CHAIN_PUBLISH_POSTROUTING]
+            .rules
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        assert_eq!(hairpin.len(), 2);
+        assert!(
+            hairpin[1].contains("ip6 saddr fd00::/64 ip6 daddr fd00::2"),
+            "{hairpin:?}"
+        );
+        // One claim per port, not per family: a second endpoint on 5000 is refused.
+        let q = publication("b", 2, "10.0.0.3", vec![tcp(5000, 80)]);
+        let (_, conflicts) = publish_rules(&[p.clone(), q]);
+        assert_eq!(conflicts[&id("b")].reason, Reason::PortConflict);
+        // Bound to a v6 host address: only the v6 rule.
+        p.ports[0].host_ip = Some("2001:db8::1".parse().expect("ip"));
+        let (chains, _) = publish_rules(&[p]);
+        let rules: Vec<&str> = chains[CHAIN_PUBLISH]
+            .rules
+            .iter()
+            .map(|r| r.body.as_str())
+            .collect();
+        assert_eq!(
+            rules,
+            vec!["ip6 daddr 2001:db8::1 tcp dport 5000 dnat ip6 to [fd00::2]:80"]
+        );
+    }
+
+    /// `-p 80`: the lowest free port of the range, clear of every other endpoint's ports
+    /// (any host address) and of the request's own; kept on a repeated admission; a full
+    /// range refuses the endpoint.
+    #[test]
+    fn host_ports_are_chosen_free_kept_and_refused_when_the_range_is_full() {
+        let range = HostPortRange {
+            first: 40000,
+            last: 40003,
+        };
+        let any = |c: u16| PortSpec {
+            host_port: ANY_HOST_PORT,
+            host_port_end: ANY_HOST_PORT,
+            ..tcp(0, c)
+        };
+        let mut other = attached("o", "/o", "eth0", "10.0.0.9/24", 0, 1);
+        let mut bound = tcp(40000, 80);
+        bound.host_ip = Some("192.0.2.1".parse().expect("ip"));
+        other.publish = vec![
+            bound,
+            PortSpec {
+                protocol: Protocol::Udp,
+                ..tcp(40001, 53)
+            },
+        ];
+        let wanted = vec![any(80), tcp(40001, 81), any(443)];
+        let chosen = choose_host_ports(&wanted, None, [&other], range).expect("chosen");
+        let hosts: Vec<u16> = chosen.iter().map(|p| p.host_port).collect();
+        // 40000 is taken (even if only on one address), 40001 is this request's own; the
+        // other endpoint's 40001 is udp and does not count for tcp.
+        assert_eq!(hosts, vec![40002, 40001, 40003]);
+        assert!(chosen.iter().all(|p| p.host_port == p.host_port_end));
+        assert_eq!(chosen[0].container_port, 80);
+        // Admitted again: the same ports, even though lower ones would now be free.
+        let kept = choose_host_ports(&wanted, Some(&chosen), [], range).expect("kept");
+        assert_eq!(kept, chosen);
+        // Nothing free: refused, naming the range.
+        let full = choose_host_ports(
+            &[any(80), any(81)],
+            None,
+            [&other],
+            HostPortRange {
+                first: 40000,
+                last: 40001,
+            },
+        );
+        let p = full.expect_err("full");
+        assert_eq!(p.reason, Reason::PortConflict);
+        assert!(p.message.contains("40000-40001"), "{}", p.message);
+        // Nothing to choose: as it was.
+        let fixed = vec![tcp(8080, 80)];
+        assert_eq!(choose_host_ports(&fixed, None, [&other], range), Ok(fixed));
+    }
+
+    #[test]
+    fn host_port_ranges_parse_like_the_flag() {
+        assert_eq!(
+            "49153-65535".parse::<HostPortRange>(),
+            Ok(HostPortRange::default())
+        );
+        for bad in ["", "80", "0-10", "10-5", "a-b", "1-70000"] {
+            assert!(bad.parse::<HostPortRange>().is_err(), "{bad:?}");
+        }
+        assert_eq!(HostPortRange::default().to_string(), "49153-65535");
     }
 
     #[test]

@@ -81,6 +81,19 @@ impl SandboxPolicy {
         }
     }
 
+    /// A host network's endpoint (which changes nothing, see
+    /// [`crate::drivers::EndpointShape::SharesNode`]): its sandbox must be the node's own
+    /// namespace — a container in another namespace does not share the node's.
+    pub fn authorize_node_sharing(&self, req: &EndpointRequest) -> Result<(), Problem> {
+        match NsId::of(Path::new(&req.sandbox)) {
+            Ok(id) if self.node_namespaces.contains(&id) => Ok(()),
+            _ => Err(not_allowed(format!(
+                "network {} is a host network: its endpoints share the node's network namespace, and sandbox {} is not it;                  run the container in the node's namespace (docker/podman --network host, hostNetwork: true) and name that,                  or use a none network for a namespace with loopback only",
+                req.network, req.sandbox
+            ))),
+        }
+    }
+
     /// The ContainerEndpoint door: a hand-written request, against what is attached.
     pub fn authorize(
         &self,

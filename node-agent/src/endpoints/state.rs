@@ -14,9 +14,11 @@ use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
 use super::sandbox::SandboxPolicy;
-use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoint, request_of};
-use super::{Attachment, EndpointId, EndpointRequest, Publication};
-use crate::drivers::{self, Networks, NodeFacts, Problem, Reason};
+use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoints, request_of};
+use super::{
+    Attachment, EndpointId, EndpointRequest, HostPortRange, MirrorAddress, PortSpec, Publication,
+};
+use crate::drivers::{self, AddressSpace, EndpointShape, Networks, NodeFacts, Problem, Reason};
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
 /// What the pass gets back from [`State::plan`] for the node's desired state.
@@ -72,6 +74,8 @@ pub(super) struct State {
     pub facts: Option<NodeFacts>,
     /// Who may attach which sandbox.
     pub sandboxes: SandboxPolicy,
+    /// Where host ports are chosen for published ports that name none.
+    pub host_ports: HostPortRange,
 }
 
 pub(super) fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -117,7 +121,12 @@ impl State {
                 address,
                 gateway: status.gateway.as_deref().and_then(|g| g.parse().ok()),
                 mac: status.mac.as_deref().and_then(|m| m.parse().ok()),
-                publish: req.publish.clone(),
+                // The ports as they were served (host ports chosen by the agent included).
+                publish: if status.ports.is_empty() {
+                    req.publish.clone()
+                } else {
+                    status.ports.iter().filter_map(PortSpec::from_api).collect()
+                },
                 cni: cni_id_of(cep),
                 since: 0,
                 requested_address: req.address,
@@ -125,20 +134,45 @@ impl State {
                 in_api: true,
                 gw_priority: req.gw_priority,
                 replace_default_route: false,
+                mirror: None,
             });
         }
-        for att in records {
+        for mut att in records {
             let net = networks
                 .get(&att.network)
                 .filter(|n| n.uid == att.network_uid);
             if let (Some(net), Some(addr)) = (net, att.address)
                 && let Ok(Some(space)) = drivers::of(net).address_space(net, facts)
-                && let Err(e) = st
+            {
+                if let Err(e) = st
                     .ipam
                     .restore(&net.uid, &space, &att.id.to_string(), addr.addr())
+                {
+                    tracing::warn!(endpoint = %att.id, error = %e, "could not restore an endpoint's address; it will get a new one");
+                    continue;
+                }
+                // The mirror follows from the address (also for a record from a status).
+                att.mirror = mirror_address(&space, addr.addr());
+            }
+            // A record without its chosen host ports (a status written before they were
+            // chosen) gets them now, clear of every endpoint restored before it.
+            if att
+                .publish
+                .iter()
+                .any(|p| p.host_port == super::ANY_HOST_PORT)
             {
-                tracing::warn!(endpoint = %att.id, error = %e, "could not restore an endpoint's address; it will get a new one");
-                continue;
+                match plan::choose_host_ports(
+                    &att.publish,
+                    None,
+                    st.attachments.values(),
+                    st.host_ports,
+                ) {
+                    Ok(chosen) => att.publish = chosen,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %att.id, error = %e, "no host port for a restored endpoint");
+                        att.publish.retain(|p| p.host_port != super::ANY_HOST_PORT);
+                    }
+                }
             }
             st.next_since = st.next_since.max(att.since + 1);
             st.attachments.insert(att.id.clone(), att);
@@ -181,9 +215,7 @@ impl State {
             };
             in_store.insert(id.clone());
             if cep.spec.node != node {
-                if let Some(r) = remote_endpoint(cep, &st.networks) {
-                    remote.push(r);
-                }
+                remote.extend(remote_endpoints(cep, &st.networks));
                 continue;
             }
             if let Some(t) = st.tombstones.get_mut(&id) {
@@ -279,7 +311,16 @@ impl State {
             }
             // Admitted by the pass = written by hand, whatever its annotations claim: the
             // CNI door admits its own before their objects exist.
-            if let Err(p) = st.sandboxes.authorize(req, &st.attachments) {
+            let shares_node = st
+                .networks
+                .get(&req.network)
+                .is_some_and(|n| drivers::of(n).endpoint_shape() == EndpointShape::SharesNode);
+            let allowed = if shares_node {
+                st.sandboxes.authorize_node_sharing(req)
+            } else {
+                st.sandboxes.authorize(req, &st.attachments)
+            };
+            if let Err(p) = allowed {
                 st.problems.insert(id.clone(), p);
                 continue;
             }
@@ -367,16 +408,27 @@ impl State {
         if let Some(p) = plan::interface_name_problem(req, st.attachments.values()) {
             return Err(p);
         }
+        let publish = plan::choose_host_ports(
+            &req.publish,
+            st.attachments.get(&req.id).map(|a| a.publish.as_slice()),
+            st.attachments.values().filter(|a| a.id != req.id),
+            st.host_ports,
+        )?;
         let owner = req.id.to_string();
-        let (address, gateway) = match &space {
+        let (address, gateway, mirror) = match &space {
             Some(space) => {
+                let requested = req.address.map(|r| space.in_allocated_family(r));
                 let addr = st
                     .ipam
-                    .allocate(&net.uid, space, &owner, req.address)
+                    .allocate(&net.uid, space, &owner, requested)
                     .map_err(|e| address_problem(&e, &net.name))?;
                 let with_prefix = IpNet::new(addr, space.subnet.prefix_len())
                     .map_err(|e| Problem::new(Reason::InvalidSpec, e.to_string()))?;
-                (Some(with_prefix), space.gateway)
+                (
+                    Some(with_prefix),
+                    space.gateway,
+                    mirror_address(space, addr),
+                )
             }
             None => {
                 if req.address.is_some() {
@@ -388,7 +440,7 @@ impl State {
                         ),
                     ));
                 }
-                (None, None)
+                (None, None, None)
             }
         };
         let mac = req.mac.or_else(|| address.map(|a| derive_mac(a.addr())));
@@ -407,7 +459,7 @@ impl State {
             } else {
                 None
             },
-            publish: req.publish.clone(),
+            publish,
             cni: req.cni.clone(),
             since,
             requested_address: req.address,
@@ -415,6 +467,7 @@ impl State {
             in_api: req.cni.is_none(),
             gw_priority: req.gw_priority,
             replace_default_route: req.replace_default_route,
+            mirror,
         };
         if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
@@ -440,6 +493,30 @@ impl State {
     }
 }
 
+/// The other family's address of a dual-stack network's endpoint (see
+/// [`drivers::MirrorSpace`]).
+fn mirror_address(space: &AddressSpace, addr: IpAddr) -> Option<MirrorAddress> {
+    space
+        .mirror_of(addr)
+        .map(|(address, gateway)| MirrorAddress { address, gateway })
+}
+
+/// The ports with the network's `bridge.hostBinding` (Docker's `host_binding_ipv4`) as the
+/// host address of those that name none.
+fn with_host_binding(ports: &[PortSpec], net: Option<&drivers::NetworkInput>) -> Vec<PortSpec> {
+    let binding: Option<IpAddr> = net
+        .and_then(|n| n.spec.bridge.as_ref())
+        .and_then(|b| b.host_binding.as_deref())
+        .and_then(|b| b.trim().parse().ok());
+    ports
+        .iter()
+        .map(|p| PortSpec {
+            host_ip: p.host_ip.or(binding),
+            ..p.clone()
+        })
+        .collect()
+}
+
 /// Published ports of every attachment on a routed network (bridge, overlay).
 pub(super) fn publications(st: &State) -> Vec<Publication> {
     st.attachments
@@ -450,16 +527,13 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
                 .get(&a.network)
                 .is_some_and(|n| drivers::of(n).endpoint_shape().routed())
         })
-        .filter_map(|a| {
-            let addr = a.address?;
-            Some(Publication {
-                id: a.id.clone(),
-                since: a.since,
-                address: addr.addr(),
-                subnet: addr.trunc(),
-                ports: a.publish.clone(),
-                sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
-            })
+        .filter(|a| a.address.is_some())
+        .map(|a| Publication {
+            id: a.id.clone(),
+            since: a.since,
+            addresses: a.addresses().map(|(addr, _)| addr).collect(),
+            ports: with_host_binding(&a.publish, st.networks.get(&a.network)),
+            sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
         })
         .collect()
 }

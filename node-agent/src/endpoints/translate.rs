@@ -8,11 +8,13 @@ use std::path::Path;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
-use weft_api::{ContainerEndpoint, ContainerEndpointStatus};
+use weft_api::{ContainerEndpoint, ContainerEndpointStatus, EndpointAddress};
 use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
+use super::plan::{DefaultRoutes, default_destination};
 use super::{
-    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest, PortSpec,
+    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest,
+    LABEL_NETWORK, LABEL_NODE, PortSpec,
 };
 use crate::drivers::{Networks, Problem, Reason, RemoteEndpoint};
 use crate::kernel::{KernelError, sandbox_missing};
@@ -258,9 +260,10 @@ pub(super) fn cni_request(req: &proto::Request) -> Result<EndpointRequest, Failu
     })
 }
 
-/// The CNI result of an attachment; `default_route`: it gives the sandbox its default route
-/// (see [`super::plan::holds_default_route`]), so the result lists it.
-pub(super) fn cni_result(att: &Attachment, default_route: bool) -> proto::Attachment {
+/// The CNI result of an attachment: its interface, every address (one per family) and a
+/// default route in each family of `default_routes`, where it gives the sandbox its
+/// default route (see [`super::plan::holds_default_route`]).
+pub(super) fn cni_result(att: &Attachment, default_routes: DefaultRoutes) -> proto::Attachment {
     let mut out = proto::Attachment::default();
     if att.address.is_none() && att.mac.is_none() {
         return out;
@@ -270,20 +273,15 @@ pub(super) fn cni_result(att: &Attachment, default_route: bool) -> proto::Attach
         mac: att.mac.map(|m| m.to_string()),
         sandbox: Some(att.sandbox.clone()),
     });
-    if let Some(addr) = att.address {
+    for (addr, gateway) in att.addresses() {
         out.ips.push(proto::IpConfig {
             address: addr.to_string(),
-            gateway: att.gateway.map(|g| g.to_string()),
+            gateway: gateway.map(|g| g.to_string()),
             interface: Some(0),
         });
-        if let Some(gw) = att.gateway.filter(|_| default_route) {
+        if let Some(gw) = gateway.filter(|_| default_routes.covers(addr.addr())) {
             out.routes.push(proto::RouteConfig {
-                dst: if addr.addr().is_ipv4() {
-                    "0.0.0.0/0"
-                } else {
-                    "::/0"
-                }
-                .into(),
+                dst: default_destination(addr.addr().is_ipv4()).to_string(),
                 gw: Some(gw.to_string()),
             });
         }
@@ -310,22 +308,37 @@ pub(super) fn of_an_earlier_sandbox(cep: &ContainerEndpoint, att: &Attachment) -
     }
 }
 
-/// Another node's endpoint, from its status (its network's driver decides whether this
-/// node needs entries for it).
-pub(super) fn remote_endpoint(
+/// Another node's endpoint, from its status, once per address (its network's driver
+/// decides whether this node needs entries for it).
+pub(super) fn remote_endpoints(
     cep: &ContainerEndpoint,
     networks: &Networks,
-) -> Option<RemoteEndpoint> {
-    let net = networks.get(&cep.spec.network)?;
-    let status = cep.status.as_ref()?;
-    let address: IpNet = status.address.as_deref()?.parse().ok()?;
-    let mac: Mac = status.mac.as_deref()?.parse().ok()?;
-    Some(RemoteEndpoint {
-        network: net.name.clone(),
-        node: cep.spec.node.clone(),
-        address: address.addr(),
-        mac,
-    })
+) -> Vec<RemoteEndpoint> {
+    let (Some(net), Some(status)) = (networks.get(&cep.spec.network), cep.status.as_ref()) else {
+        return Vec::new();
+    };
+    let Some(mac) = status.mac.as_deref().and_then(|m| m.parse::<Mac>().ok()) else {
+        return Vec::new();
+    };
+    let mut addresses: Vec<IpAddr> = status
+        .address
+        .iter()
+        .chain(status.addresses.iter().map(|a| &a.address))
+        .filter_map(|a| a.parse::<IpNet>().ok())
+        .map(|a| a.addr())
+        .collect();
+    addresses.dedup();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+        .into_iter()
+        .map(|address| RemoteEndpoint {
+            network: net.name.clone(),
+            node: cep.spec.node.clone(),
+            address,
+            mac,
+        })
+        .collect()
 }
 
 /// The status an endpoint should have. Conditions keep their transition time while their
@@ -374,13 +387,49 @@ pub(super) fn status_of(
         mac: attached.and_then(|a| a.mac).map(|m| m.to_string()),
         gateway: attached.and_then(|a| a.gateway).map(|g| g.to_string()),
         host_interface: attached.and(host_interface),
+        addresses: attached
+            .into_iter()
+            .flat_map(Attachment::addresses)
+            .map(|(address, gateway)| EndpointAddress {
+                address: address.to_string(),
+                gateway: gateway.map(|g| g.to_string()),
+            })
+            .collect(),
+        ports: attached
+            .into_iter()
+            .flat_map(|a| a.publish.iter().map(PortSpec::to_api))
+            .collect(),
     }
+}
+
+/// The labels every endpoint carries, whoever wrote it (`kubectl get cep -l
+/// weft.dev/network=web`): its network and node, where they are valid label values.
+pub(super) fn missing_labels(
+    cep: &ContainerEndpoint,
+) -> std::collections::BTreeMap<&'static str, String> {
+    let valid = |v: &str| {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let have = cep.metadata.labels.as_ref();
+    [
+        (LABEL_NETWORK, cep.spec.network.as_str()),
+        (LABEL_NODE, cep.spec.node.as_str()),
+    ]
+    .into_iter()
+    .filter(|(k, v)| valid(v) && have.and_then(|l| l.get(*k)).map(String::as_str) != Some(*v))
+    .map(|(k, v)| (k, v.to_string()))
+    .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::drivers::NetworkInput;
+    use crate::endpoints::MirrorAddress;
     use serde_json::json;
 
     fn id(name: &str) -> EndpointId {
@@ -433,6 +482,7 @@ mod tests {
             in_api: true,
             gw_priority: 0,
             replace_default_route: false,
+            mirror: None,
         }
     }
 
@@ -537,9 +587,11 @@ mod tests {
         assert!(p.message.contains("spec.mac"), "{}", p.message);
     }
 
+    const ALL: DefaultRoutes = DefaultRoutes { v4: true, v6: true };
+
     #[test]
     fn a_cni_result_lists_interface_address_and_default_route() {
-        let r = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")), true);
+        let r = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")), ALL);
         assert_eq!(r.interfaces.len(), 1);
         assert_eq!(r.interfaces[0].mac.as_deref(), Some("02:42:0a:00:00:02"));
         assert_eq!(r.ips[0].address, "10.0.0.2/24");
@@ -547,18 +599,80 @@ mod tests {
         assert_eq!(r.ips[0].interface, Some(0));
         assert_eq!(r.routes[0].dst, "0.0.0.0/0");
         assert_eq!(r.routes[0].gw.as_deref(), Some("10.0.0.1"));
-        let v6 = cni_result(&attachment(Some("fd00::2/64"), Some("fd00::1")), true);
+        let v6 = cni_result(&attachment(Some("fd00::2/64"), Some("fd00::1")), ALL);
         assert_eq!(v6.routes[0].dst, "::/0");
-        let no_gateway = cni_result(&attachment(Some("10.0.0.2/24"), None), true);
+        let no_gateway = cni_result(&attachment(Some("10.0.0.2/24"), None), ALL);
         assert!(no_gateway.routes.is_empty());
         // Not the sandbox's default-route holder (internal, or a lower gwPriority): no route.
-        let not_holder = cni_result(&attachment(Some("10.0.0.2/24"), Some("10.0.0.1")), false);
+        let not_holder = cni_result(
+            &attachment(Some("10.0.0.2/24"), Some("10.0.0.1")),
+            DefaultRoutes::default(),
+        );
         assert!(not_holder.routes.is_empty());
         assert_eq!(not_holder.ips[0].gateway.as_deref(), Some("10.0.0.1"));
         // host and none: nothing to report.
         assert_eq!(
-            cni_result(&attachment(None, None), true),
+            cni_result(&attachment(None, None), ALL),
             proto::Attachment::default()
+        );
+    }
+
+    /// A dual-stack endpoint: both addresses with their gateways, a default route in each
+    /// family it holds one in.
+    #[test]
+    fn a_dual_stack_cni_result_lists_both_families() {
+        let mut att = attachment(Some("10.0.0.2/24"), Some("10.0.0.1"));
+        att.mirror = Some(MirrorAddress {
+            address: "fd00::2/64".parse().expect("addr"),
+            gateway: Some("fd00::1".parse().expect("gw")),
+        });
+        let r = cni_result(&att, ALL);
+        let ips: Vec<(&str, Option<&str>)> = r
+            .ips
+            .iter()
+            .map(|i| (i.address.as_str(), i.gateway.as_deref()))
+            .collect();
+        assert_eq!(
+            ips,
+            vec![
+                ("10.0.0.2/24", Some("10.0.0.1")),
+                ("fd00::2/64", Some("fd00::1"))
+            ]
+        );
+        let routes: Vec<(&str, Option<&str>)> = r
+            .routes
+            .iter()
+            .map(|r| (r.dst.as_str(), r.gw.as_deref()))
+            .collect();
+        assert_eq!(
+            routes,
+            vec![("0.0.0.0/0", Some("10.0.0.1")), ("::/0", Some("fd00::1"))]
+        );
+        // The v6 default route is another attachment's: only the v4 one is listed.
+        let v4_only = cni_result(
+            &att,
+            DefaultRoutes {
+                v4: true,
+                v6: false,
+            },
+        );
+        assert_eq!(v4_only.ips.len(), 2);
+        assert_eq!(v4_only.routes.len(), 1);
+        assert_eq!(v4_only.routes[0].dst, "0.0.0.0/0");
+        // The status lists both too; `address` stays the first.
+        let s = status_of(None, Some(&att), None, Some(1), None);
+        assert_eq!(s.address.as_deref(), Some("10.0.0.2/24"));
+        let listed: Vec<(&str, Option<&str>)> = s
+            .addresses
+            .iter()
+            .map(|a| (a.address.as_str(), a.gateway.as_deref()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("10.0.0.2/24", Some("10.0.0.1")),
+                ("fd00::2/64", Some("fd00::1"))
+            ]
         );
     }
 
@@ -639,18 +753,55 @@ mod tests {
         });
         let lan: NetworkInput = crate::drivers::testutil::network("lan", weft_api::Driver::Overlay);
         let networks = Networks::new(vec![lan]);
-        assert_eq!(
-            remote_endpoint(&other, &networks),
-            Some(RemoteEndpoint {
-                network: "lan".into(),
-                node: "n2".into(),
-                address: "10.0.0.7".parse().expect("ip"),
-                mac: Mac([0x02, 0x42, 0x0a, 0, 0, 7]),
-            })
-        );
-        assert_eq!(remote_endpoint(&other, &Networks::default()), None);
+        let seven = RemoteEndpoint {
+            network: "lan".into(),
+            node: "n2".into(),
+            address: "10.0.0.7".parse().expect("ip"),
+            mac: Mac([0x02, 0x42, 0x0a, 0, 0, 7]),
+        };
+        assert_eq!(remote_endpoints(&other, &networks), vec![seven.clone()]);
+        assert_eq!(remote_endpoints(&other, &Networks::default()), vec![]);
+        // A dual-stack endpoint: one entry per address, the same MAC.
+        if let Some(s) = other.status.as_mut() {
+            s.addresses = vec![
+                EndpointAddress {
+                    address: "10.0.0.7/24".into(),
+                    gateway: None,
+                },
+                EndpointAddress {
+                    address: "fd00::7/64".into(),
+                    gateway: None,
+                },
+            ];
+        }
+        let six = RemoteEndpoint {
+            address: "fd00::7".parse().expect("ip"),
+            ..seven.clone()
+        };
+        assert_eq!(remote_endpoints(&other, &networks), vec![seven, six]);
         other.status = None;
-        assert_eq!(remote_endpoint(&other, &networks), None);
+        assert_eq!(remote_endpoints(&other, &networks), vec![]);
+    }
+
+    #[test]
+    fn every_endpoint_is_labelled_with_its_network_and_node() {
+        let mut c = cep(json!({
+            "network": "web", "node": "n1", "sandbox": "/var/run/netns/a", "interfaceName": "eth0",
+        }));
+        let missing = missing_labels(&c);
+        assert_eq!(missing.get(LABEL_NETWORK).map(String::as_str), Some("web"));
+        assert_eq!(missing.get(LABEL_NODE).map(String::as_str), Some("n1"));
+        c.metadata.labels = Some(
+            [
+                (LABEL_NETWORK.to_string(), "web".to_string()),
+                (LABEL_NODE.to_string(), "n1".to_string()),
+            ]
+            .into(),
+        );
+        assert!(missing_labels(&c).is_empty());
+        // A name that is no label value (too long) is left out, not sent to be refused.
+        c.spec.network = "n".repeat(64);
+        assert!(missing_labels(&c).is_empty());
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
+};
 use rtnetlink::AddressMessageBuilder;
 
 use crate::kernel::error::{KernelError, already_gone};
@@ -131,6 +133,14 @@ impl Netlink {
             .push(AddressAttribute::Protocol(AddressProtocol::from(
                 WEFT_RTPROT,
             )));
+        if a.address.addr().is_ipv6() {
+            // No duplicate address detection: the address is Weft's to give (its allocator
+            // is the only one in the subnet), and a tentative address cannot be used for
+            // the second or so DAD takes — a just-attached container could not send.
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         let r = self
             .ack(
                 RouteNetlinkMessage::NewAddress(msg),
