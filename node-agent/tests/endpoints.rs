@@ -1607,6 +1607,7 @@ async fn encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard
         );
         assert_eq!(mode & 0o777, 0o600);
     }
+}
 
 /// A dual-stack endpoint's addresses (with their gateways) from its status.
 async fn status_addresses(cluster: &Cluster, name: &str) -> Vec<(String, Option<String>)> {
