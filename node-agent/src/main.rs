@@ -56,6 +56,10 @@ struct Args {
     /// gone this long (a container removed while the agent was down or without CNI DEL).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     gone_sandbox_grace: Duration,
+    /// Unix socket of this node's weft-dns, fed with the names of the node's networks;
+    /// empty disables names (and the CNI result's `dns`).
+    #[arg(long, default_value = "/run/weft/dns.sock")]
+    dns_feed: PathBuf,
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -117,6 +121,7 @@ async fn run() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
         gone_sandbox_grace: args.gone_sandbox_grace,
+        dns_feed: (!args.dns_feed.as_os_str().is_empty()).then_some(args.dns_feed),
     };
     agent::run(client, cfg, metrics).await
 }

@@ -29,4 +29,6 @@ pub struct Config {
     pub cni_socket: Option<PathBuf>,
     /// How long a CNI endpoint's sandbox must stay gone before the endpoint is released.
     pub gone_sandbox_grace: Duration,
+    /// The node's weft-dns feed socket; `None` = no names.
+    pub dns_feed: Option<PathBuf>,
 }

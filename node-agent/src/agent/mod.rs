@@ -9,6 +9,7 @@
 
 mod caches;
 mod config;
+pub mod dns;
 mod node;
 mod pass;
 
@@ -143,6 +144,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         )
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
         .with_gone_sandbox_grace(cfg.gone_sandbox_grace)
+        .with_names(cfg.dns_feed.is_some())
         .with_sandbox_policy(
             SandboxPolicy::for_node(cfg.netns.as_deref(), &cfg.sandbox_dir)
                 .context("reading the node's network namespaces")?,
@@ -181,7 +183,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         interfaces: BTreeSet::new(),
         capabilities,
     };
+    // Fed from the first pass on, which has the networks and the restored endpoints.
+    let names = cfg.dns_feed.clone().map(dns::NameFeed::spawn);
     let mut agent = Agent {
+        names,
         client,
         cfg,
         kernel,

@@ -55,6 +55,8 @@ pub(super) struct Agent {
     pub(super) last_desired: Option<KernelState>,
     pub(super) last_status: Option<(Vec<NetworkRealization>, bool)>,
     pub(super) last_heartbeat: Option<Instant>,
+    /// The node's weft-dns, when it runs.
+    pub(super) names: Option<super::dns::NameFeed>,
 }
 
 impl Agent {
@@ -187,6 +189,15 @@ impl Agent {
                 .collect()
         };
         let endpoint_writes = self.endpoints.converge(work).await;
+        if let Some(names) = &mut self.names {
+            names.update(super::dns::desired(
+                &self.cfg.node_name,
+                &inputs,
+                &facts,
+                &self.endpoints.attachments(),
+                &ceps,
+            ));
+        }
         let apply = t.elapsed();
         let t = Instant::now();
         // The kernel side is done: CNI calls waiting for their ports can answer now, before

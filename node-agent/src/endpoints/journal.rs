@@ -136,6 +136,7 @@ mod tests {
             in_api: true,
             gw_priority: 0,
             replace_default_route: false,
+            names: Default::default(),
         }
     }
 

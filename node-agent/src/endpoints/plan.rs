@@ -442,6 +442,7 @@ mod tests {
             in_api: true,
             gw_priority: prio,
             replace_default_route: false,
+            names: Default::default(),
         }
     }
 
@@ -486,6 +487,7 @@ mod tests {
             cni: None,
             gw_priority: 0,
             replace_default_route: false,
+            names: Default::default(),
         };
         let p = interface_name_problem(&req, [&a]).expect("refused");
         assert_eq!(p.reason, Reason::InterfaceNameInUse);

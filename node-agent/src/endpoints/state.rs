@@ -125,6 +125,7 @@ impl State {
                 in_api: true,
                 gw_priority: req.gw_priority,
                 replace_default_route: false,
+                names: req.names.clone(),
             });
         }
         for att in records {
@@ -415,6 +416,7 @@ impl State {
             in_api: req.cni.is_none(),
             gw_priority: req.gw_priority,
             replace_default_route: req.replace_default_route,
+            names: req.names.clone(),
         };
         if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);
