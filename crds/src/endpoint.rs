@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ContainerEndpointStatus",
     category = "weft",
+    // Agents watch only what concerns them: their node's endpoints and those of the
+    // cluster-scope networks they program (`--field-selector spec.network=NAME`).
+    selectable = ".spec.node",
+    selectable = ".spec.network",
     printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,

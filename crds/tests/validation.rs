@@ -489,7 +489,14 @@ async fn endpoint_with_multicast_or_malformed_mac_is_refused() {
 
 #[tokio::test]
 async fn endpoint_aliases_must_be_dns_names() {
-    for bad in ["has space", "-leading", "trailing-", "a..b", "under.", "x/y"] {
+    for bad in [
+        "has space",
+        "-leading",
+        "trailing-",
+        "a..b",
+        "under.",
+        "x/y",
+    ] {
         let msg = rejected_endpoint(json!({"aliases": [bad]})).await;
         assert_mentions(&msg, "each alias must be a DNS name");
     }

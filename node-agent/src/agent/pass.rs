@@ -12,8 +12,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use weft_api::{
-    ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
-    NetworkRealization, RealizationState,
+    ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus, NetworkRealization,
+    RealizationState,
 };
 
 use crate::drivers::{NetworkInput, Networks, NodeFacts, Peer, Problem, Reason};
@@ -49,7 +49,7 @@ pub(super) struct Agent {
     pub(super) endpoints: Arc<Endpoints>,
     pub(super) last_full_check: Option<Instant>,
     pub(super) networks: Store<ContainerNetwork>,
-    pub(super) ceps: Store<ContainerEndpoint>,
+    pub(super) ceps: super::endpoint_watch::EndpointWatches,
     pub(super) allocations: Store<NetworkAllocation>,
     pub(super) nodes: Store<NetworkNode>,
     pub(super) last_desired: Option<KernelState>,
@@ -113,6 +113,18 @@ impl Agent {
         Networks::new(inputs)
     }
 
+    /// Cache the endpoints of the cluster-scope networks in `inputs` (overlay entries and
+    /// names need other nodes' endpoints there; a bridge is node-local).
+    pub(super) fn follow_endpoints(&mut self, inputs: &Networks) {
+        self.ceps.follow(
+            inputs
+                .iter()
+                .filter(|n| n.spec.driver.is_cluster_scope())
+                .map(|n| n.name.clone())
+                .collect(),
+        );
+    }
+
     /// One pass, numbered for CNI calls that wait for their ports to be published.
     pub(super) async fn pass(&mut self) -> anyhow::Result<PassReport> {
         let n = self.endpoints.pass_started();
@@ -124,6 +136,7 @@ impl Agent {
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
+        self.follow_endpoints(&inputs);
         let t = Instant::now();
         let (observed, foreign) = self.kernel.observe_with_foreign().await?;
         let observe = t.elapsed();
