@@ -168,3 +168,42 @@ pub fn keep_asking(
         Ok((asked, failed))
     })?
 }
+
+/// Ask `name` (A) from `ns` every 2 ms until an answer with an address comes; the instant
+/// it came, or an error after `within`.
+pub fn wait_resolvable(
+    ns: &Netns,
+    server: &str,
+    name: &str,
+    within: Duration,
+) -> Result<std::time::Instant> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::{Name, RecordType};
+    let server: std::net::SocketAddr = format!("{server}:53").parse()?;
+    let qname = Name::from_ascii(name)?;
+    inside(ns, || -> Result<std::time::Instant> {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(Duration::from_millis(2)))?;
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = [0u8; 1500];
+        let mut id = 0u16;
+        while std::time::Instant::now() < deadline {
+            id = id.wrapping_add(1);
+            let mut q = Message::new(id, MessageType::Query, OpCode::Query);
+            q.add_query(Query::query(qname.clone(), RecordType::A));
+            // Refused (port closed for a moment) or lost: ask again.
+            let _ = sock.send(&q.to_vec()?);
+            while let Ok(n) = sock.recv(&mut buf) {
+                if let Ok(m) = Message::from_vec(&buf[..n])
+                    && m.metadata.id == id
+                    && m.metadata.response_code == ResponseCode::NoError
+                    && !m.answers.is_empty()
+                {
+                    return Ok(std::time::Instant::now());
+                }
+            }
+        }
+        anyhow::bail!("{name} never resolved at {server} within {within:?}")
+    })?
+}
