@@ -122,6 +122,26 @@ async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
     );
     assert!(podman.reaches("a1", "w1", SETTLE).await, "a1 → w1 by name");
     assert!(podman.reaches("w1", "a1", SETTLE).await, "w1 → a1 by name");
+    // `--network-alias`: Podman's CNI backend passes it as runtimeConfig.aliases; the
+    // endpoint carries it and it resolves.
+    podman
+        .idle("d1", &net, &["--network-alias", "db"])
+        .expect("a container with a network alias");
+    assert!(
+        podman.reaches("a1", "db", SETTLE).await,
+        "a1 → d1 by its alias"
+    );
+    let d1 = cluster
+        .wait_endpoint(&endpoint_name(&podman, "d1"), "True", SETTLE)
+        .await
+        .expect("d1's ContainerEndpoint");
+    // Podman adds the short container id as an alias of its own.
+    assert!(
+        d1.spec.aliases.iter().any(|a| a == "db"),
+        "{:?}",
+        d1.spec.aliases
+    );
+    podman.ok(&["rm", "-f", "-t", "0", "d1"]).expect("rm d1");
 
     // -p 8081:80: from outside the node, from the node, hairpin, from a neighbour.
     let url = format!("http://{node}:8081/");
