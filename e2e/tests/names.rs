@@ -221,3 +221,40 @@ async fn no_query_fails_across_an_agent_sigkill_and_restart() -> Result<()> {
     dig_until(&a, &ns_a, "charlie", "A", &dug("NOERROR", &[&addr_c])).await?;
     Ok(())
 }
+
+/// macvlan sandboxes cannot reach their node, so they are answered inside their namespace at
+/// 127.0.0.11: the agent feeds their `netns`, the status names 127.0.0.11, and a name on the
+/// other node resolves there.
+#[tokio::test]
+async fn macvlan_sandboxes_resolve_at_127_0_0_11_across_nodes() -> Result<()> {
+    require_dig!();
+    let mut cluster = Cluster::start(2).await?;
+    cluster.start_names(0).await?;
+    cluster.start_names(1).await?;
+    cluster
+        .network(
+            "pub-net",
+            json!({"driver": "macvlan", "macvlan": {"parent": "eth0"},
+                "ipam": {"subnets": ["192.0.2.0/24"], "gateway": "192.0.2.1", "ipRange": "192.0.2.128/25"}}),
+        )
+        .await?;
+    let m1 = cluster.container("mone")?;
+    let m2 = cluster.container("mtwo")?;
+    cluster.attach("mone", "pub-net", 0, &m1, json!({})).await?;
+    cluster.attach("mtwo", "pub-net", 1, &m2, json!({})).await?;
+    let (addr_1, ns_1) =
+        address_and_nameserver(&cluster.wait_endpoint("mone", "True", SETTLE).await?)?;
+    let (addr_2, ns_2) =
+        address_and_nameserver(&cluster.wait_endpoint("mtwo", "True", SETTLE).await?)?;
+    assert_eq!((ns_1.as_str(), ns_2.as_str()), ("127.0.0.11", "127.0.0.11"));
+    dig_until(&m1, "127.0.0.11", "mtwo", "A", &dug("NOERROR", &[&addr_2])).await?;
+    dig_until(
+        &m2,
+        "127.0.0.11",
+        "mone.pub-net",
+        "A",
+        &dug("NOERROR", &[&addr_1]),
+    )
+    .await?;
+    Ok(())
+}
