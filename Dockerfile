@@ -12,9 +12,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked \
-        -p weft-controller -p weft-agent -p weft-cni --bins \
+        -p weft-controller -p weft-agent -p weft-cni -p weft-dns --bins \
  && mkdir -p /out \
- && cp target/release/weft-controller target/release/weft-agent target/release/weft-cni /out/
+ && cp target/release/weft-controller target/release/weft-agent target/release/weft-cni \
+    target/release/weft-dns /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

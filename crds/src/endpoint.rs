@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ContainerEndpointStatus",
     category = "weft",
+    // Agents watch only what concerns them: their node's endpoints and those of the
+    // cluster-scope networks they program (`--field-selector spec.network=NAME`).
+    selectable = ".spec.node",
+    selectable = ".spec.network",
     printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.node"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
@@ -78,6 +82,15 @@ pub struct ContainerEndpointSpec {
     /// attached first on the node, then to the lower namespace/name. Default 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw_priority: Option<i32>,
+    /// More names this endpoint answers to on its network's DNS, beside its own name
+    /// (`docker network connect --alias`): per network, as each endpoint is one network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(a, a.matches('^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?([.][A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*$'))",
+         "message": "each alias must be a DNS name: dot-separated labels of 1-63 letters, digits, '-' or '_', not starting or ending with '-'"}
+    ]))]
+    pub aliases: Vec<String>,
 }
 
 /// One published port or port range: `hostIP:hostPort[-hostPortEnd] → containerPort`.
@@ -142,6 +155,10 @@ pub struct ContainerEndpointStatus {
     /// The host side of the attachment (veth) on the node, if there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_interface: Option<String>,
+    /// Where the sandbox resolves names (the node's weft-dns): the gateway on bridge and
+    /// overlay networks, 127.0.0.11 inside the sandbox on macvlan and ipvlan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<String>,
     /// Every address of the endpoint, one per address family of its network (a dual-stack
     /// network gives two), each with its family's gateway; the first is `address`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

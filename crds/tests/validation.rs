@@ -509,6 +509,34 @@ async fn endpoint_with_multicast_or_malformed_mac_is_refused() {
 }
 
 #[tokio::test]
+async fn endpoint_aliases_must_be_dns_names() {
+    for bad in [
+        "has space",
+        "-leading",
+        "trailing-",
+        "a..b",
+        "under.",
+        "x/y",
+    ] {
+        let msg = rejected_endpoint(json!({"aliases": [bad]})).await;
+        assert_mentions(&msg, "each alias must be a DNS name");
+    }
+    let msg = rejected_endpoint(json!({"aliases": [""]})).await;
+    assert_mentions(&msg, "spec.aliases[0]");
+    let client = connect().await.expect("API server");
+    create_raw_namespaced::<ContainerEndpoint>(
+        &client,
+        NS,
+        endpoint(
+            &unique("aliased"),
+            json!({"aliases": ["web", "db.v2", "_srv", "a-1.B_2"]}),
+        ),
+    )
+    .await
+    .expect("DNS names are accepted");
+}
+
+#[tokio::test]
 async fn endpoint_sandbox_must_be_a_path() {
     let msg = rejected_endpoint(json!({"sandbox": "web-1"})).await;
     assert_mentions(&msg, "spec.sandbox");

@@ -91,7 +91,9 @@ impl FeedConnection {
 }
 
 /// The agent's side: changes go into its copy of the data at once and reach the server
-/// whenever it is up; every (re)connection starts with a snapshot of that copy.
+/// whenever it is up; every (re)connection starts with a snapshot of that copy. It connects
+/// only once it has been given something (the first change, normally `replace_all`), so a
+/// starting agent never blanks the server.
 #[derive(Clone)]
 pub struct Feeder {
     tx: mpsc::UnboundedSender<Change>,
@@ -156,6 +158,15 @@ async fn feed_loop(
 ) {
     let mut data = Data::default();
     let mut taken = 0u64;
+    // Nothing is sent before the first change: a snapshot of nothing would wipe what the
+    // server answers from (the last agent's data) while the new agent is still starting.
+    match rx.recv().await {
+        Some(change) => {
+            let _ = data.apply(change);
+            taken += 1;
+        }
+        None => return,
+    }
     loop {
         // Take in whatever is waiting, then bring the server up to date with one snapshot.
         while let Ok(change) = rx.try_recv() {

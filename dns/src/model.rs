@@ -87,6 +87,11 @@ pub enum InvalidChange {
 /// Longest name accepted, as RFC 1035 has it without the final dot.
 const MAX_NAME: usize = 253;
 
+/// Whether the server takes `name` (what a feeder filters names with before sending).
+pub fn is_dns_name(name: &str) -> bool {
+    check_name(name).is_ok()
+}
+
 fn check_name(name: &str) -> Result<(), InvalidChange> {
     let label_ok = |l: &str| {
         !l.is_empty()

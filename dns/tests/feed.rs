@@ -102,3 +102,32 @@ async fn an_invalid_change_is_refused_and_the_connection_goes_on() {
     assert_eq!(names(&store), ["good"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A new agent's feeder that has been told nothing yet leaves the server's names alone (its
+/// connection would otherwise start with a snapshot of nothing), until its first change.
+#[tokio::test]
+async fn a_feeder_told_nothing_does_not_blank_the_server() {
+    let dir = std::env::temp_dir().join(format!("weft-dns-feed-new-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dns.sock");
+    let (store, _task) = serve(&path);
+    let mut last_agent = FeedConnection::connect(&path).await.unwrap();
+    last_agent
+        .send(&Change::Snapshot {
+            networks: vec![blue()],
+            endpoints: vec![endpoint("alpha", "10.1.0.2")],
+        })
+        .await
+        .unwrap();
+    drop(last_agent);
+
+    let feeder = Feeder::spawn(path.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(names(&store), ["alpha"], "still the last agent's names");
+    feeder.replace_all(vec![blue()], vec![endpoint("bravo", "10.1.0.3")]);
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(names(&store), ["bravo"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use weft_api::ContainerEndpoint;
 
 use crate::daemon::{Daemon, free_port};
+use crate::names::NameServer;
 use crate::netns::{Netns, sh, workspace_binary};
 use crate::{TEST_MANAGER, topology, wait_for};
 
@@ -29,6 +30,8 @@ pub struct Node {
     pub address: String,
     pub metrics_port: u16,
     agent: Option<Daemon>,
+    /// The node's weft-dns, once [`Cluster::start_names`] started it.
+    names: Option<NameServer>,
 }
 
 impl Node {
@@ -129,6 +132,7 @@ impl Cluster {
             address,
             metrics_port: free_port()?,
             agent: None,
+            names: None,
         });
         self.start_agent(i - 1)?;
         Ok(i - 1)
@@ -156,6 +160,18 @@ impl Cluster {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         node.agent = Some(Daemon::start_with_env(&binary, &args, &env)?);
+        Ok(())
+    }
+
+    /// Start weft-dns on node `index`, fed by its agent (`--dns-feed` of
+    /// [`Netns::agent_state_args`]); names not Weft's go to the outside host.
+    pub async fn start_names(&mut self, index: usize) -> Result<()> {
+        let binary = workspace_binary("weft-dns")?;
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        let dir = node.ns.state_dir();
+        node.names = Some(
+            NameServer::start(&binary, &node.ns, &dir, &format!("nameserver {OUTSIDE}\n")).await?,
+        );
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocati
 
 pub mod cluster;
 pub mod daemon;
+pub mod names;
 pub mod netns;
 pub mod objects;
 pub mod outage;

@@ -104,7 +104,8 @@ impl Netns {
         dir
     }
 
-    /// The agent flags that keep its state inside [`Netns::state_dir`].
+    /// The agent flags that keep its state inside [`Netns::state_dir`] (its names feed too:
+    /// a test that wants names starts a weft-dns on `dns.sock` there).
     pub fn agent_state_args(&self) -> Vec<String> {
         let dir = self.state_dir();
         vec![
@@ -112,6 +113,8 @@ impl Netns {
             dir.display().to_string(),
             "--cni-socket".into(),
             dir.join("cni.sock").display().to_string(),
+            "--dns-feed".into(),
+            dir.join("dns.sock").display().to_string(),
         ]
     }
 }

@@ -191,7 +191,7 @@ lock_type = "file"
                 "type": "weft",
                 "network": weft_network,
                 "socket": node.cni_socket().display().to_string(),
-                "capabilities": {"portMappings": true, "ips": true, "mac": true},
+                "capabilities": {"portMappings": true, "ips": true, "mac": true, "aliases": true},
             }],
         });
         std::fs::write(

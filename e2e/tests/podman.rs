@@ -70,9 +70,11 @@ fn bare(address: &str) -> &str {
 async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
     let started = Instant::now();
     let host_setup = host_setup_snapshot();
-    let Some((cluster, mut podman, net)) = bridge_setup().await else {
+    let Some((mut cluster, mut podman, net)) = bridge_setup().await else {
         return;
     };
+    // The node's weft-dns, fed by its agent: containers find each other by name.
+    cluster.start_names(0).await.expect("weft-dns");
     let node = cluster.nodes[0].address.clone();
 
     // Address: podman inspect, inside the container and the endpoint all agree.
@@ -107,6 +109,39 @@ async fn podman_bridge_address_ping_publish_stop_restart_rm_ip_mac() {
         podman.reaches("a1", "10.88.0.1", SETTLE).await,
         "a1 → gateway"
     );
+
+    // By name, as on a Docker user-defined network: Podman wrote resolv.conf from the CNI
+    // result's dns (the gateway, the network's search domain), and weft-dns knows the
+    // container names Podman passed as K8S_POD_NAME.
+    let resolv = podman
+        .ok(&["exec", "a1", "cat", "/etc/resolv.conf"])
+        .expect("resolv.conf");
+    assert!(
+        resolv.contains("nameserver 10.88.0.1") && resolv.contains("search pods.weft.internal"),
+        "{resolv}"
+    );
+    assert!(podman.reaches("a1", "w1", SETTLE).await, "a1 → w1 by name");
+    assert!(podman.reaches("w1", "a1", SETTLE).await, "w1 → a1 by name");
+    // `--network-alias`: Podman's CNI backend passes it as runtimeConfig.aliases; the
+    // endpoint carries it and it resolves.
+    podman
+        .idle("d1", &net, &["--network-alias", "db"])
+        .expect("a container with a network alias");
+    assert!(
+        podman.reaches("a1", "db", SETTLE).await,
+        "a1 → d1 by its alias"
+    );
+    let d1 = cluster
+        .wait_endpoint(&endpoint_name(&podman, "d1"), "True", SETTLE)
+        .await
+        .expect("d1's ContainerEndpoint");
+    // Podman adds the short container id as an alias of its own.
+    assert!(
+        d1.spec.aliases.iter().any(|a| a == "db"),
+        "{:?}",
+        d1.spec.aliases
+    );
+    podman.ok(&["rm", "-f", "-t", "0", "d1"]).expect("rm d1");
 
     // -p 8081:80: from outside the node, from the node, hairpin, from a neighbour.
     let url = format!("http://{node}:8081/");

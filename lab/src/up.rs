@@ -313,6 +313,8 @@ async fn bring_up(run: &mut Run<'_>, opts: &UpOptions, inputs: Inputs) -> Result
                 node_dir.display().to_string(),
                 "--cni-socket".into(),
                 node_dir.join("cni.sock").display().to_string(),
+                // The lab runs no weft-dns: no names, and no nameserver told to sandboxes.
+                "--dns-feed=".into(),
             ],
             port,
         )?;

@@ -60,6 +60,15 @@ struct Args {
     /// this range (Docker's default: the upper part of the Linux ephemeral range).
     #[arg(long, default_value = "49153-65535")]
     host_port_range: weft_agent::endpoints::HostPortRange,
+    /// Unix socket of this node's weft-dns, fed with the names of the node's networks;
+    /// empty (or "none") disables names (and the CNI result's `dns`).
+    #[arg(long, default_value = "/run/weft/dns.sock")]
+    dns_feed: String,
+}
+
+/// `--dns-feed`: the socket, or `None` for "" and "none" (names off).
+fn dns_feed(raw: &str) -> Option<PathBuf> {
+    (!raw.is_empty() && raw != "none").then(|| PathBuf::from(raw))
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -122,6 +131,31 @@ async fn run() -> anyhow::Result<()> {
         cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
         gone_sandbox_grace: args.gone_sandbox_grace,
         host_port_range: args.host_port_range,
+        dns_feed: dns_feed(&args.dns_feed),
     };
     agent::run(client, cfg, metrics).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_dns_feed_turns_names_off_and_the_default_is_the_charts_socket() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["weft-agent", "--node-name", "n"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).expect("valid flags")
+        };
+        assert_eq!(
+            dns_feed(&parse(&[]).dns_feed),
+            Some(PathBuf::from("/run/weft/dns.sock"))
+        );
+        assert_eq!(dns_feed(&parse(&["--dns-feed="]).dns_feed), None);
+        assert_eq!(dns_feed(&parse(&["--dns-feed", "none"]).dns_feed), None);
+        assert_eq!(
+            dns_feed(&parse(&["--dns-feed", "/tmp/x.sock"]).dns_feed),
+            Some(PathBuf::from("/tmp/x.sock"))
+        );
+    }
 }

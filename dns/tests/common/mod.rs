@@ -4,14 +4,16 @@
 #![allow(dead_code)]
 
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use weft_dns::model::{Change, Endpoint, Network};
-use weft_e2e::netns::{Netns, sh};
+use weft_e2e::netns::Netns;
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use weft_e2e::names::{Dug, dig, inside, keep_asking};
 
 /// Print a SKIP line and return from the test when a needed tool is missing.
 #[macro_export]
@@ -234,106 +236,4 @@ impl Drop for Node {
             let _ = c.wait();
         }
     }
-}
-
-/// What `dig` saw: the status and the answer data (last field of each answer line).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Dug {
-    pub status: String,
-    pub answers: Vec<String>,
-}
-
-/// `dig @server name type` from inside `ns` (extra flags such as `+tcp` in `flags`).
-pub fn dig(ns: &Netns, server: &str, name: &str, qtype: &str, flags: &[&str]) -> Result<Dug> {
-    let at = format!("@{server}");
-    let mut args = vec![
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "dig",
-        &at,
-        name,
-        qtype,
-        "+tries=1",
-        "+time=2",
-        "+noall",
-        "+comments",
-        "+answer",
-    ];
-    args.extend_from_slice(flags);
-    let out = sh(&args)?;
-    let status = out
-        .lines()
-        .find_map(|l| l.split("status: ").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .with_context(|| format!("no status in dig's output:\n{out}"))?
-        .to_owned();
-    let mut answers: Vec<String> = out
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
-        .collect();
-    answers.sort();
-    Ok(Dug { status, answers })
-}
-
-/// Run `f` on a thread inside `ns` (sockets it opens stay there).
-pub fn inside<R: Send>(ns: &Netns, f: impl FnOnce() -> R + Send) -> Result<R> {
-    let file = std::fs::File::open(ns.path())?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on an fd we own; only this scoped thread changes namespace.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error().into());
-            }
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread inside {} panicked", ns.name()))?
-    })
-}
-
-/// Ask `name` (A) from `ns` every 5 ms until `stop`; returns (asked, failed): a failure is no
-/// answer within 1 s or an answer that is not NOERROR with at least one address.
-pub fn keep_asking(
-    ns: &Netns,
-    server: &str,
-    name: &str,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<(u32, u32)> {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-    use hickory_proto::rr::{Name, RecordType};
-    let server: std::net::SocketAddr = format!("{server}:53").parse()?;
-    let qname = Name::from_ascii(name)?;
-    inside(ns, || -> Result<(u32, u32)> {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        sock.connect(server)?;
-        sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-        let (mut asked, mut failed) = (0u32, 0u32);
-        let mut buf = [0u8; 1500];
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            asked += 1;
-            let id = asked as u16;
-            let mut q = Message::new(id, MessageType::Query, OpCode::Query);
-            q.add_query(Query::query(qname.clone(), RecordType::A));
-            sock.send(&q.to_vec()?)?;
-            let ok = loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => match Message::from_vec(&buf[..n]) {
-                        Ok(m) if m.metadata.id != id => continue,
-                        Ok(m) => {
-                            break m.metadata.response_code == ResponseCode::NoError
-                                && !m.answers.is_empty();
-                        }
-                        Err(_) => break false,
-                    },
-                    Err(_) => break false,
-                }
-            };
-            failed += u32::from(!ok);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok((asked, failed))
-    })?
 }

@@ -131,6 +131,7 @@ mod tests {
             prev_result: None,
             gw_priority: None,
             replace_default_route: false,
+            aliases: Vec::new(),
         }
     }
 

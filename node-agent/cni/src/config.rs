@@ -36,13 +36,17 @@ pub struct NetConfig {
     pub replace_default_route: bool,
 }
 
-/// The capabilities Weft declares (`portMappings`, `ips`, `mac`), as the runtime filled them.
+/// The capabilities Weft declares (`portMappings`, `ips`, `mac`, `aliases`), as the runtime
+/// filled them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub port_mappings: Vec<PortMapping>,
     /// Requested addresses, as given (CIDR or plain).
     pub ips: Vec<String>,
     pub mac: Option<String>,
+    /// DNS aliases per network name (Podman's `--network-alias` through its CNI backend:
+    /// `{"<network>": ["alias", ...]}`, the dnsname plugin's convention).
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A `cni.dev/valid-attachments` entry as the spec spells it.
@@ -170,10 +174,12 @@ impl RuntimeConfig {
         }
         let ips: Vec<String> = field_at(map, "runtimeConfig.", "ips")?.unwrap_or_default();
         let mac = field_at::<String>(map, "runtimeConfig.", "mac")?.filter(|m| !m.is_empty());
+        let aliases = field_at(map, "runtimeConfig.", "aliases")?.unwrap_or_default();
         Ok(Self {
             port_mappings,
             ips,
             mac,
+            aliases,
         })
     }
 

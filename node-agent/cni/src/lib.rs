@@ -151,6 +151,7 @@ pub fn build_request(
         prev_result: None,
         gw_priority: None,
         replace_default_route: false,
+        aliases: Vec::new(),
     };
     match command {
         proto::Command::Add | proto::Command::Del | proto::Command::Check => {
@@ -180,6 +181,13 @@ pub fn build_request(
                 (None, None) => None,
             };
             request.replace_default_route = config.replace_default_route;
+            // Podman keys them by its network name, which is the configuration's name.
+            request.aliases = config
+                .runtime
+                .aliases
+                .get(&config.name)
+                .cloned()
+                .unwrap_or_default();
         }
         proto::Command::Status => {}
         proto::Command::Gc => {

@@ -96,6 +96,10 @@ pub struct Request {
     /// not Weft's is replaced by Weft's (otherwise it stays and Weft adds none).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replace_default_route: bool,
+    /// ADD: more DNS names of the endpoint on its network (runtimeConfig `aliases` for the
+    /// configuration's network).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A CNI result's `interfaces[]` entry.
@@ -138,6 +142,22 @@ pub struct Attachment {
     pub ips: Vec<IpConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where the sandbox resolves names (the runtime writes its resolv.conf from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+}
+
+/// A CNI result's `dns`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
 }
 
 /// A failure, worded for a person, with the CNI error code the plugin reports.

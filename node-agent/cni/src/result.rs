@@ -102,7 +102,7 @@ pub fn success_json(version: &str, attachment: &Attachment) -> String {
         "interfaces": interfaces,
         "ips": ips,
         "routes": routes,
-        "dns": {},
+        "dns": attachment.dns.clone().unwrap_or_default(),
     })
     .to_string()
 }
@@ -147,6 +147,7 @@ mod tests {
                 dst: "0.0.0.0/0".into(),
                 gw: Some("10.0.0.1".into()),
             }],
+            dns: None,
         }
     }
 
@@ -172,6 +173,21 @@ mod tests {
                 "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}],
                 "dns": {},
             })
+        );
+    }
+
+    #[test]
+    fn the_agents_dns_is_the_results_dns() {
+        let mut with_dns = attachment();
+        with_dns.dns = Some(crate::proto::Dns {
+            nameservers: vec!["10.0.0.1".into()],
+            search: vec!["blue.weft.internal".into()],
+            ..Default::default()
+        });
+        let result = parse(&success_json("1.0.0", &with_dns));
+        assert_eq!(
+            result["dns"],
+            json!({"nameservers": ["10.0.0.1"], "search": ["blue.weft.internal"]})
         );
     }
 

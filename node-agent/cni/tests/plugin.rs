@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_cni::proto::{
-    Attachment, AttachmentId, Command, Failure, Interface, IpConfig, PROTOCOL, PortMapping,
+    Attachment, AttachmentId, Command, Dns, Failure, Interface, IpConfig, PROTOCOL, PortMapping,
     Request, Response, RouteConfig, codes,
 };
 
@@ -220,6 +220,11 @@ fn dual_stack_attachment() -> Attachment {
                 gw: None,
             },
         ],
+        dns: Some(Dns {
+            nameservers: vec!["10.200.0.1".into()],
+            search: vec!["frontend.weft.internal".into()],
+            ..Dns::default()
+        }),
     }
 }
 
@@ -247,7 +252,9 @@ fn add_prints_a_cni_1_1_result_and_sends_the_whole_attachment() {
                     {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.10"}
                 ],
                 "ips": ["10.200.0.7/24"],
-                "mac": "02:42:0a:c8:00:07"
+                "mac": "02:42:0a:c8:00:07",
+                // Podman's network aliases, keyed by its network (the configuration's name).
+                "aliases": {"pods": ["web", "shop-web"], "other": ["not-this-one"]}
             }
         }),
     );
@@ -268,11 +275,12 @@ fn add_prints_a_cni_1_1_result_and_sends_the_whole_attachment() {
                 {"address": "fd00:200::7/64", "gateway": "fd00:200::1", "interface": 1}
             ],
             "routes": [{"dst": "0.0.0.0/0", "gw": "10.200.0.1"}, {"dst": "::/0"}],
-            "dns": {}
+            "dns": {"nameservers": ["10.200.0.1"], "search": ["frontend.weft.internal"]}
         })
     );
 
     let request = agent.request();
+    assert_eq!(request.aliases, ["web", "shop-web"]);
     assert_eq!(request.protocol, PROTOCOL);
     assert_eq!(request.command, Command::Add);
     assert_eq!(request.config_name, "pods");

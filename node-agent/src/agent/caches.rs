@@ -33,6 +33,28 @@ where
         + Sync
         + 'static,
 {
+    // Watched for the agent's whole life: the task is never stopped.
+    watch_selected(client, notify, relevant, trim, None).0
+}
+
+/// [`watch`] of the objects matching a field selector (`None`: all), with the task that
+/// feeds the cache (aborting it ends the watch).
+pub(super) fn watch_selected<K>(
+    client: &Client,
+    notify: Arc<Notify>,
+    relevant: impl Fn(&K) -> Option<u64> + Send + 'static,
+    trim: fn(&mut K),
+    fields: Option<String>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     // Cached objects lose their managedFields and what `trim` removes: the agent never
@@ -40,7 +62,11 @@ where
     // Small pages: a page of the initial list is parsed whole (managedFields included)
     // before `trim` runs, and the agent's peak memory is set by the biggest page, not by
     // what it keeps (500 networks a page cost ~8 MiB at start).
-    let events = watcher(api, watcher::Config::default().page_size(50))
+    let mut config = watcher::Config::default().page_size(50);
+    if let Some(fields) = fields {
+        config = config.fields(&fields);
+    }
+    let events = watcher(api, config)
         .backoff(WatchBackoff::default())
         .modify(move |o: &mut K| {
             o.managed_fields_mut().clear();
@@ -71,8 +97,7 @@ where
         }
         futures::future::ready(())
     });
-    tokio::spawn(stream);
-    reader
+    (reader, tokio::spawn(stream))
 }
 
 pub(super) fn digest<T: Hash>(v: &T) -> u64 {

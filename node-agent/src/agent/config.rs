@@ -31,4 +31,6 @@ pub struct Config {
     pub gone_sandbox_grace: Duration,
     /// Host ports for published ports that name none are chosen from this range.
     pub host_port_range: crate::endpoints::HostPortRange,
+    /// The node's weft-dns feed socket; `None` = no names.
+    pub dns_feed: Option<PathBuf>,
 }

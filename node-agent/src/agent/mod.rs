@@ -9,6 +9,8 @@
 
 mod caches;
 mod config;
+pub mod dns;
+mod endpoint_watch;
 mod node;
 mod pass;
 mod wireguard;
@@ -25,7 +27,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use weft_api::{ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_api::{ContainerNetwork, NetworkAllocation, NetworkNode};
 
 use crate::drivers::NodeFacts;
 use crate::endpoints::manager::Endpoints;
@@ -34,6 +36,7 @@ use crate::kernel::Kernel;
 use crate::metrics::Metrics;
 
 use caches::{digest, watch};
+use endpoint_watch::EndpointWatches;
 use node::{find_underlay, register};
 use pass::Agent;
 
@@ -105,22 +108,9 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         },
         |_| {},
     );
-    // Endpoints matter for their spec and, on overlays, the address and MAC they got.
-    let ceps = watch::<ContainerEndpoint>(
-        &client,
-        notify.clone(),
-        |c: &ContainerEndpoint| {
-            let s = c.status.as_ref();
-            Some(digest(&(
-                serde_json::to_string(&c.spec).unwrap_or_default(),
-                c.metadata.deletion_timestamp.is_some(),
-                c.uid(),
-                c.finalizers(),
-                s.map(|s| (&s.address, &s.mac)),
-            )))
-        },
-        |_| {},
-    );
+    // Endpoints: this node's, and those of the cluster-scope networks it programs (opened
+    // by the first pass, see endpoint_watch.rs).
+    let ceps = EndpointWatches::start(&client, notify.clone(), &cfg.node_name);
     // Peers matter for their underlay address and existence, not for their heartbeats.
     // Their statuses (one entry per network, on every node) are not kept at all.
     let me = cfg.node_name.clone();
@@ -154,6 +144,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
         .with_gone_sandbox_grace(cfg.gone_sandbox_grace)
         .with_host_port_range(cfg.host_port_range)
+        .with_names(cfg.dns_feed.is_some())
         .with_sandbox_policy(
             SandboxPolicy::for_node(cfg.netns.as_deref(), &cfg.sandbox_dir)
                 .context("reading the node's network namespaces")?,
@@ -192,7 +183,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         interfaces: BTreeSet::new(),
         capabilities,
     };
+    // Fed from the first pass on, which has the networks and the restored endpoints.
+    let names = cfg.dns_feed.clone().map(dns::NameFeed::spawn);
     let mut agent = Agent {
+        names,
         client,
         cfg,
         kernel,
@@ -212,6 +206,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     };
     {
         let inputs = agent.inputs();
+        // The first pass must see other nodes' endpoints already: planned without them it
+        // would remove their overlay entries and names until the next.
+        agent.follow_endpoints(&inputs);
+        agent.ceps.wait_until_ready().await?;
         let facts = NodeFacts {
             interfaces: agent.kernel.observe_with_foreign().await?.1,
             ..agent.facts.clone()

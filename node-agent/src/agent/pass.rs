@@ -13,8 +13,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use weft_api::{
-    ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus,
-    NetworkRealization, RealizationState,
+    ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus, NetworkRealization,
+    RealizationState,
 };
 
 use crate::drivers::wireguard::{self, PeerWireguard};
@@ -55,7 +55,7 @@ pub(super) struct Agent {
     pub(super) endpoints: Arc<Endpoints>,
     pub(super) last_full_check: Option<Instant>,
     pub(super) networks: Store<ContainerNetwork>,
-    pub(super) ceps: Store<ContainerEndpoint>,
+    pub(super) ceps: super::endpoint_watch::EndpointWatches,
     pub(super) allocations: Store<NetworkAllocation>,
     pub(super) nodes: Store<NetworkNode>,
     pub(super) last_desired: Option<KernelState>,
@@ -63,6 +63,8 @@ pub(super) struct Agent {
     pub(super) last_heartbeat: Option<Instant>,
     pub(super) underlay: super::node::Underlay,
     pub(super) wireguard: super::wireguard::Identity,
+    /// The node's weft-dns, when it runs.
+    pub(super) names: Option<super::dns::NameFeed>,
 }
 
 impl Agent {
@@ -125,6 +127,18 @@ impl Agent {
         Networks::new(inputs)
     }
 
+    /// Cache the endpoints of the cluster-scope networks in `inputs` (overlay entries and
+    /// names need other nodes' endpoints there; a bridge is node-local).
+    pub(super) fn follow_endpoints(&mut self, inputs: &Networks) {
+        self.ceps.follow(
+            inputs
+                .iter()
+                .filter(|n| n.spec.driver.is_cluster_scope())
+                .map(|n| n.name.clone())
+                .collect(),
+        );
+    }
+
     /// One pass, numbered for CNI calls that wait for their ports to be published.
     pub(super) async fn pass(&mut self) -> anyhow::Result<PassReport> {
         let n = self.endpoints.pass_started();
@@ -136,6 +150,7 @@ impl Agent {
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
         let inputs = self.inputs();
+        self.follow_endpoints(&inputs);
         let t = Instant::now();
         let (observed, foreign) = self.kernel.observe_with_foreign().await?;
         let observe = t.elapsed();
@@ -216,6 +231,15 @@ impl Agent {
             }
         }
         let endpoint_writes = self.endpoints.converge(work).await;
+        if let Some(names) = &mut self.names {
+            names.update(super::dns::desired(
+                &self.cfg.node_name,
+                &inputs,
+                &facts,
+                &self.endpoints.attachments(),
+                &ceps,
+            ));
+        }
         let apply = t.elapsed();
         let t = Instant::now();
         // The kernel side is done: CNI calls waiting for their ports can answer now, before

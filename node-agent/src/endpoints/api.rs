@@ -14,10 +14,10 @@ use weft_cni::proto::AttachmentId;
 use super::manager::Endpoints;
 use super::plan;
 use super::state::lock;
-use super::translate::{missing_labels, of_an_earlier_sandbox, status_of};
+use super::translate::{missing_labels, nameserver, of_an_earlier_sandbox, status_of};
 use super::{
-    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, LABEL_NETWORK, LABEL_NODE,
-    PortSpec,
+    ANNOTATION_CONTAINER_ID, ANNOTATION_CONTAINER_NAME, ANNOTATION_IFNAME, Attachment, EndpointId,
+    LABEL_NETWORK, LABEL_NODE, PortSpec,
 };
 use crate::drivers;
 
@@ -29,8 +29,13 @@ impl Endpoints {
         client: &Client,
         ceps: &[Arc<ContainerEndpoint>],
     ) -> kube::Result<usize> {
-        let (attachments, problems, tombstones, routed) = {
+        let (attachments, problems, tombstones, routed, shapes) = {
             let st = lock(&self.state);
+            let shapes: HashMap<String, drivers::EndpointShape> = st
+                .networks
+                .iter()
+                .map(|n| (n.name.clone(), drivers::of(n).endpoint_shape()))
+                .collect();
             let routed: BTreeSet<String> = st
                 .networks
                 .iter()
@@ -42,6 +47,7 @@ impl Endpoints {
                 st.problems.clone(),
                 st.tombstones.clone(),
                 routed,
+                shapes,
             )
         };
         // Only veth endpoints have a host side.
@@ -49,6 +55,15 @@ impl Endpoints {
             routed
                 .contains(&a.network)
                 .then(|| plan::host_interface(&a.id))
+        };
+        // An attached endpoint's status names where its sandbox resolves names.
+        let names = self.names;
+        let with_nameserver = |mut status: ContainerEndpointStatus, att: Option<&Attachment>| {
+            status.nameserver = att
+                .filter(|_| names && status.address.is_some())
+                .and_then(|a| nameserver(a, *shapes.get(&a.network)?))
+                .map(|ns| ns.to_string());
+            status
         };
         let mut writes = 0;
         let by_id: HashMap<EndpointId, &Arc<ContainerEndpoint>> = ceps
@@ -100,9 +115,17 @@ impl Endpoints {
                 // Else the pass would read priority 0 back and move the default route.
                 spec["gwPriority"] = json!(att.gw_priority);
             }
+            if !att.names.aliases.is_empty() {
+                spec["aliases"] = json!(att.names.aliases);
+            }
             if !att.publish.is_empty() {
                 spec["publish"] =
                     json!(att.publish.iter().map(PortSpec::to_api).collect::<Vec<_>>());
+            }
+            let mut annotations =
+                json!({ANNOTATION_CONTAINER_ID: cni.container_id, ANNOTATION_IFNAME: cni.if_name});
+            if let Some(name) = &att.names.container_name {
+                annotations[ANNOTATION_CONTAINER_NAME] = json!(name);
             }
             let obj = json!({
                 "apiVersion": "weft.dev/v1alpha1",
@@ -111,7 +134,7 @@ impl Endpoints {
                     "name": att.id.name,
                     "namespace": att.id.namespace,
                     "labels": {LABEL_NODE: self.node, LABEL_NETWORK: att.network},
-                    "annotations": {ANNOTATION_CONTAINER_ID: cni.container_id, ANNOTATION_IFNAME: cni.if_name},
+                    "annotations": annotations,
                 },
                 "spec": spec,
             });
@@ -122,7 +145,10 @@ impl Endpoints {
             )
             .await?;
             writes += 1;
-            let status = status_of(host_if(att), Some(att), problems.get(&att.id), None, None);
+            let status = with_nameserver(
+                status_of(host_if(att), Some(att), problems.get(&att.id), None, None),
+                Some(att),
+            );
             writes += apply_status(client, self.manager, &att.id, &status).await?;
         }
         // Statuses of this node's objects.
@@ -141,12 +167,15 @@ impl Endpoints {
                 continue;
             }
             writes += label_object(client, id, cep, &self.node).await?;
-            let status = status_of(
-                attachments.get(id).and_then(&host_if),
+            let status = with_nameserver(
+                status_of(
+                    attachments.get(id).and_then(&host_if),
+                    attachments.get(id),
+                    problems.get(id),
+                    cep.metadata.generation,
+                    cep.status.as_ref(),
+                ),
                 attachments.get(id),
-                problems.get(id),
-                cep.metadata.generation,
-                cep.status.as_ref(),
             );
             if cep.status.as_ref() == Some(&status) {
                 continue;

@@ -10,7 +10,7 @@ use weft_cni::proto::{self, AttachmentId, Failure, codes};
 use super::manager::Endpoints;
 use super::plan;
 use super::state::{Tombstone, lock, publications};
-use super::translate::{cni_request, cni_result, failure, problem_failure};
+use super::translate::{cni_dns, cni_request, cni_result, failure, nameserver, problem_failure};
 use super::{Attachment, EndpointId};
 use crate::drivers::{self, EndpointShape};
 use crate::kernel::Kernel;
@@ -139,7 +139,7 @@ impl Endpoints {
         } else {
             self.wake.notify_one();
         }
-        let (att, planned) = {
+        let (att, planned, nameserver) = {
             let st = lock(&self.state);
             let att = st.attachments.get(&id).cloned().ok_or_else(|| {
                 failure(
@@ -157,7 +157,12 @@ impl Endpoints {
                     plan::holds_default_route_among(&att, net, &st.attachments, &st.networks)
                 })
                 .unwrap_or_default();
-            (att, planned)
+            let nameserver = st
+                .networks
+                .get(&att.network)
+                .filter(|_| self.names)
+                .and_then(|net| nameserver(&att, drivers::of(net).endpoint_shape()));
+            (att, planned, nameserver)
         };
         // ...and it was installed: a default route that is not Weft's keeps the sandbox
         // unless the config says `"defaultRoute": "replace"`.
@@ -177,7 +182,9 @@ impl Endpoints {
             default_routes.v4 &= installed(true);
             default_routes.v6 &= installed(false);
         }
-        Ok(cni_result(&att, default_routes))
+        let mut result = cni_result(&att, default_routes);
+        result.dns = nameserver.map(|ns| cni_dns(&att, ns));
+        Ok(result)
     }
 
     /// CNI DEL: detach if known; an unknown container is fine (DEL must be idempotent).

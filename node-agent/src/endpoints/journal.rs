@@ -137,6 +137,7 @@ mod tests {
             gw_priority: 0,
             replace_default_route: false,
             mirror: None,
+            names: Default::default(),
         }
     }
 

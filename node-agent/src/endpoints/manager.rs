@@ -54,6 +54,8 @@ pub struct Endpoints {
     pub(super) gone_grace: std::time::Duration,
     /// Asks [`Endpoints::release_gone_sandboxes`] to look now.
     pub(super) sandbox_check: Notify,
+    /// The node runs weft-dns: CNI results and statuses name its address.
+    pub(super) names: bool,
 }
 
 impl Endpoints {
@@ -83,6 +85,7 @@ impl Endpoints {
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
             gone_grace: super::gone::DEFAULT_GRACE,
             sandbox_check: Notify::new(),
+            names: false,
         })
     }
 
@@ -96,6 +99,18 @@ impl Endpoints {
     pub fn with_host_port_range(self, range: super::HostPortRange) -> Self {
         lock(&self.state).host_ports = range;
         self
+    }
+
+    /// The node's weft-dns is fed: tell sandboxes where it answers (CNI result `dns`,
+    /// status `nameserver`).
+    pub fn with_names(mut self, on: bool) -> Self {
+        self.names = on;
+        self
+    }
+
+    /// Every attachment of this node as it stands (for the names feed).
+    pub fn attachments(&self) -> Vec<Attachment> {
+        lock(&self.state).attachments.values().cloned().collect()
     }
 
     /// Replace the sandbox policy (the node's own namespaces, the directory of named

@@ -48,6 +48,8 @@ use crate::model::Mac;
 /// Annotations on ContainerEndpoints the agent creates for CNI attachments.
 pub const ANNOTATION_CONTAINER_ID: &str = "weft.dev/cni-container-id";
 pub const ANNOTATION_IFNAME: &str = "weft.dev/cni-ifname";
+/// The runtime's container name (CNI `K8S_POD_NAME`), one of the endpoint's DNS names.
+pub const ANNOTATION_CONTAINER_NAME: &str = "weft.dev/container-name";
 pub const LABEL_NODE: &str = "weft.dev/node";
 pub const LABEL_NETWORK: &str = "weft.dev/network";
 
@@ -178,6 +180,19 @@ pub struct EndpointRequest {
     /// A default route in the sandbox that is not Weft's is replaced (CNI `defaultRoute:
     /// "replace"`); otherwise it stays and this attachment adds none.
     pub replace_default_route: bool,
+    /// Further DNS names the runtime gave (CNI): aliases, container name.
+    pub names: DnsNames,
+}
+
+/// DNS names an endpoint has beside its object's name, as a CNI runtime passes them; a
+/// ContainerEndpoint carries the same as `spec.aliases` and [`ANNOTATION_CONTAINER_NAME`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsNames {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The runtime's container name (`K8S_POD_NAME`: Podman passes the container's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 /// An endpoint attached (or being attached) on this node: the request plus what was
@@ -209,6 +224,9 @@ pub struct Attachment {
     pub gw_priority: i32,
     #[serde(default)]
     pub replace_default_route: bool,
+    /// Names the runtime gave (CNI attachments; mirrored into the object).
+    #[serde(default)]
+    pub names: DnsNames,
     /// On a dual-stack network: the address of the other family, mirroring `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorAddress>,

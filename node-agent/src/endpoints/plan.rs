@@ -539,6 +539,7 @@ mod tests {
             gw_priority: prio,
             replace_default_route: false,
             mirror: None,
+            names: Default::default(),
         }
     }
 
@@ -615,6 +616,7 @@ mod tests {
             cni: None,
             gw_priority: 0,
             replace_default_route: false,
+            names: Default::default(),
         };
         let p = interface_name_problem(&req, [&a]).expect("refused");
         assert_eq!(p.reason, Reason::InterfaceNameInUse);

@@ -135,6 +135,7 @@ impl State {
                 gw_priority: req.gw_priority,
                 replace_default_route: false,
                 mirror: None,
+                names: req.names.clone(),
             });
         }
         for mut att in records {
@@ -468,6 +469,7 @@ impl State {
             gw_priority: req.gw_priority,
             replace_default_route: req.replace_default_route,
             mirror,
+            names: req.names.clone(),
         };
         if let Err(e) = journal.save(&att) {
             st.ipam.release(&net.uid, &owner);

@@ -13,10 +13,10 @@ use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
 use super::plan::{DefaultRoutes, default_destination};
 use super::{
-    ANNOTATION_CONTAINER_ID, ANNOTATION_IFNAME, Attachment, EndpointId, EndpointRequest,
-    LABEL_NETWORK, LABEL_NODE, PortSpec,
+    ANNOTATION_CONTAINER_ID, ANNOTATION_CONTAINER_NAME, ANNOTATION_IFNAME, Attachment, DnsNames,
+    EndpointId, EndpointRequest, LABEL_NETWORK, LABEL_NODE, PortSpec,
 };
-use crate::drivers::{Networks, Problem, Reason, RemoteEndpoint};
+use crate::drivers::{EndpointShape, Networks, Problem, Reason, RemoteEndpoint};
 use crate::kernel::{KernelError, sandbox_missing};
 use crate::model::Mac;
 
@@ -60,6 +60,10 @@ pub(super) fn request_of(cep: &ContainerEndpoint) -> Result<EndpointRequest, Pro
         cni: None,
         gw_priority: cep.spec.gw_priority.unwrap_or(0),
         replace_default_route: false,
+        names: DnsNames {
+            aliases: cep.spec.aliases.clone(),
+            container_name: cep.annotations().get(ANNOTATION_CONTAINER_NAME).cloned(),
+        },
     })
 }
 
@@ -257,6 +261,10 @@ pub(super) fn cni_request(req: &proto::Request) -> Result<EndpointRequest, Failu
         }),
         gw_priority: req.gw_priority.unwrap_or(0),
         replace_default_route: req.replace_default_route,
+        names: DnsNames {
+            aliases: req.aliases.clone(),
+            container_name: req.pod_name.clone().filter(|n| !n.is_empty()),
+        },
     })
 }
 
@@ -287,6 +295,33 @@ pub(super) fn cni_result(att: &Attachment, default_routes: DefaultRoutes) -> pro
         }
     }
     out
+}
+
+/// Where a sandbox on a Weft network asks for names when the node runs weft-dns.
+pub const SANDBOX_NAMESERVER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 11));
+
+/// The node's name server as the endpoint's sandbox reaches it: the gateway for routed
+/// endpoints (bridge, overlay), 127.0.0.11 inside the sandbox for macvlan/ipvlan ones (their
+/// parent does not talk to its children, so the node's addresses are out of reach); none
+/// without an interface (host, none).
+pub fn nameserver(att: &Attachment, shape: EndpointShape) -> Option<IpAddr> {
+    match shape {
+        EndpointShape::Routed => att.gateway,
+        EndpointShape::Child { .. } => att.address.map(|_| SANDBOX_NAMESERVER),
+        EndpointShape::LoopbackOnly => None,
+    }
+}
+
+/// The CNI result's `dns`: the name server and `<network>.<zone>` as search domain, so a
+/// bare name is first tried as the network's own (answered by weft-dns either way). No
+/// `options`: runtimes (Podman, containerd) carry only nameservers and search domains into
+/// resolv.conf, and the resolver's defaults (ndots:1) already send dotted names out as they are.
+pub(super) fn cni_dns(att: &Attachment, nameserver: IpAddr) -> proto::Dns {
+    proto::Dns {
+        nameservers: vec![nameserver.to_string()],
+        search: vec![format!("{}.{}", att.network, weft_dns::model::DEFAULT_ZONE)],
+        ..proto::Dns::default()
+    }
 }
 
 pub(super) fn cni_id_of(cep: &ContainerEndpoint) -> Option<AttachmentId> {
@@ -399,6 +434,8 @@ pub(super) fn status_of(
             .into_iter()
             .flat_map(|a| a.publish.iter().map(PortSpec::to_api))
             .collect(),
+        // Set by the caller, which knows the network's shape and whether weft-dns runs.
+        nameserver: None,
     }
 }
 
@@ -483,6 +520,7 @@ mod tests {
             gw_priority: 0,
             replace_default_route: false,
             mirror: None,
+            names: DnsNames::default(),
         }
     }
 

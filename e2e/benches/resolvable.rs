@@ -1,0 +1,105 @@
+//! Endpoint created → its name resolvable on every node: from a `ContainerEndpoint`'s
+//! server-side apply until a container on each node of the lab gets its address from that
+//! node's `weft-dns` (owner agent attaches and reports the address; every other agent sees it
+//! through its per-network watch, feeds its server; the query is answered).
+//!
+//! A lab of N node namespaces, each with `weft-agent` and `weft-dns` (release binaries:
+//! `cargo build --release -p weft-agent -p weft-controller -p weft-dns --bins` first), one
+//! overlay network, one asking container per node that queries its gateway every 2 ms.
+//! Needs KUBECONFIG (the API server is reset).
+//!
+//! `cargo bench -p weft-e2e --bench resolvable [-- ENDPOINTS NODES]` (default 50 and 10).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use weft_e2e::cluster::Cluster;
+use weft_e2e::names::wait_resolvable;
+use weft_e2e::stats::Stats;
+
+fn main() -> anyhow::Result<()> {
+    // The daemons' logs would drown the figures.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let endpoints = args.first().copied().unwrap_or(50);
+    let nodes = args.get(1).copied().unwrap_or(10);
+    let started = Instant::now();
+    let mut cluster = Cluster::start(nodes).await?;
+    for i in 0..nodes {
+        cluster.start_names(i).await?;
+    }
+    cluster
+        .network(
+            "names",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.70.0.0/16"]}}),
+        )
+        .await?;
+    // One asking container per node, Ready before the clock starts.
+    let mut askers = Vec::new();
+    for i in 0..nodes {
+        let name = format!("asker-{i}");
+        let ns = cluster.container(&name)?;
+        cluster.attach(&name, "names", i, &ns, json!({})).await?;
+        let cep = cluster
+            .wait_endpoint(&name, "True", Duration::from_secs(60))
+            .await?;
+        let server = cep
+            .status
+            .and_then(|s| s.nameserver)
+            .context("no nameserver in the asker's status")?;
+        askers.push((ns, server));
+    }
+    // Every server answers its own asker before the clock starts.
+    for (i, (ns, server)) in askers.iter().enumerate() {
+        wait_resolvable(ns, server, &format!("asker-{i}"), Duration::from_secs(30))?;
+    }
+    println!(
+        "lab of {nodes} nodes with weft-dns up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut all = Stats::new("apply → resolvable on every node");
+    let mut first = Stats::new("  of which: on the first node");
+    for k in 0..endpoints {
+        let name = format!("ep-{k}");
+        let sandbox = cluster.container(&name)?;
+        let t = Instant::now();
+        cluster
+            .attach(&name, "names", k % nodes, &sandbox, json!({}))
+            .await?;
+        let seen: Vec<Instant> = std::thread::scope(|s| {
+            let asks: Vec<_> = askers
+                .iter()
+                .map(|(ns, server)| {
+                    let name = name.as_str();
+                    s.spawn(move || wait_resolvable(ns, server, name, Duration::from_secs(30)))
+                })
+                .collect();
+            asks.into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("an asking thread panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<Instant>>>()
+        })?;
+        let last = seen.iter().max().context("no node")?;
+        let earliest = seen.iter().min().context("no node")?;
+        all.samples.push(last.saturating_duration_since(t));
+        first.samples.push(earliest.saturating_duration_since(t));
+    }
+    println!("ContainerEndpoint apply → name resolvable, {nodes} nodes, {endpoints} endpoints:");
+    all.row();
+    first.row();
+    Ok(())
+}
