@@ -177,9 +177,14 @@ pub(super) fn desired(
         })
         .collect();
     for att in local {
-        let (Some(net), Some(address)) = (networks.get(&att.network), att.address) else {
+        let Some(net) = networks.get(&att.network) else {
             continue;
         };
+        // Every family's address: a dual-stack endpoint answers A and AAAA.
+        let addresses: Vec<IpAddr> = att.addresses().map(|(a, _)| a.addr()).collect();
+        if addresses.is_empty() {
+            continue;
+        }
         if !data.networks.contains_key(&att.network) {
             continue;
         }
@@ -199,7 +204,7 @@ pub(super) fn desired(
                 id,
                 network: att.network.clone(),
                 sandbox: Some(sandbox_key(node, &att.sandbox)),
-                addresses: vec![address.addr()],
+                addresses,
                 names,
                 netns: child.then(|| PathBuf::from(&att.sandbox)),
             },
@@ -215,15 +220,10 @@ pub(super) fn desired(
         if !net.spec.driver.is_cluster_scope() || !data.networks.contains_key(&net.name) {
             continue;
         }
-        let Some(address) = cep
-            .status
-            .as_ref()
-            .and_then(|s| s.address.as_deref())
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse::<IpAddr>().ok())
-        else {
+        let addresses = status_addresses(cep);
+        if addresses.is_empty() {
             continue;
-        };
+        }
         let id = format!("{}/{}", cep.namespace().unwrap_or_default(), cep.name_any());
         data.endpoints.insert(
             id.clone(),
@@ -231,13 +231,36 @@ pub(super) fn desired(
                 id,
                 network: net.name.clone(),
                 sandbox: Some(sandbox_key(&cep.spec.node, &cep.spec.sandbox)),
-                addresses: vec![address],
+                addresses,
                 names: names_of_object(cep),
                 netns: None,
             },
         );
     }
     data
+}
+
+/// The addresses another node's agent reports for an endpoint: every family's
+/// (`status.addresses`), or `status.address` from an agent that predates dual-stack.
+fn status_addresses(cep: &ContainerEndpoint) -> Vec<IpAddr> {
+    let Some(status) = cep.status.as_ref() else {
+        return Vec::new();
+    };
+    let parse = |a: &str| a.split('/').next().and_then(|a| a.parse::<IpAddr>().ok());
+    if status.addresses.is_empty() {
+        status
+            .address
+            .as_deref()
+            .and_then(parse)
+            .into_iter()
+            .collect()
+    } else {
+        status
+            .addresses
+            .iter()
+            .filter_map(|a| parse(&a.address))
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -325,5 +348,34 @@ mod tests {
             vec!["web"],
             "no extra names"
         );
+    }
+
+    #[test]
+    fn another_nodes_dual_stack_endpoint_answers_in_both_families() {
+        let cep = |status: serde_json::Value| -> ContainerEndpoint {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"network": "ovnet", "node": "n2", "sandbox": "/var/run/netns/x"},
+                "status": status,
+            }))
+            .expect("endpoint")
+        };
+        let both = cep(serde_json::json!({
+            "address": "10.1.0.5/24",
+            "addresses": [{"address": "10.1.0.5/24"}, {"address": "fd00:1::5/64"}],
+        }));
+        let want: Vec<IpAddr> = vec![
+            "10.1.0.5".parse().expect("v4"),
+            "fd00:1::5".parse().expect("v6"),
+        ];
+        assert_eq!(status_addresses(&both), want);
+        // An agent that predates dual-stack reports `address` only.
+        let old = cep(serde_json::json!({"address": "10.1.0.6/24"}));
+        assert_eq!(
+            status_addresses(&old),
+            vec!["10.1.0.6".parse::<IpAddr>().expect("v4")]
+        );
+        assert!(status_addresses(&cep(serde_json::json!({}))).is_empty());
     }
 }

@@ -303,12 +303,13 @@ pub const SANDBOX_NAMESERVER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0
 /// The node's name server as the endpoint's sandbox reaches it: the gateway for routed
 /// endpoints (bridge, overlay), 127.0.0.11 inside the sandbox for macvlan/ipvlan ones (their
 /// parent does not talk to its children, so the node's addresses are out of reach); none
-/// without an interface (host, none).
+/// without an interface of its own (none; host, whose sandbox is the node's namespace and
+/// keeps the node's resolv.conf, as Docker's `--network host` does).
 pub fn nameserver(att: &Attachment, shape: EndpointShape) -> Option<IpAddr> {
     match shape {
         EndpointShape::Routed => att.gateway,
         EndpointShape::Child { .. } => att.address.map(|_| SANDBOX_NAMESERVER),
-        EndpointShape::LoopbackOnly => None,
+        EndpointShape::LoopbackOnly | EndpointShape::SharesNode => None,
     }
 }
 
