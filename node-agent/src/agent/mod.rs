@@ -17,6 +17,7 @@ pub use pass::PassReport;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -161,13 +162,23 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
             }
         });
     }
-    {
+    // The full check and the heartbeat each have their own clock, and a tick *marks* its
+    // work due: comparing the time since the last full check with the period at a tick of
+    // the same period found it a hair short every other time (the check is stamped inside
+    // the pass, after the tick), so the full check ran every second period — 60 s, not 30.
+    let resync_due = Arc::new(AtomicBool::new(true));
+    let heartbeat_due = Arc::new(AtomicBool::new(true));
+    for (every, due) in [
+        (cfg.resync, resync_due.clone()),
+        (cfg.heartbeat, heartbeat_due.clone()),
+    ] {
         let notify = notify.clone();
-        let every = cfg.resync.min(cfg.heartbeat);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                due.store(true, Ordering::SeqCst);
                 notify.notify_one();
             }
         });
@@ -188,14 +199,14 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         metrics,
         facts,
         endpoints: endpoints.clone(),
-        last_full_check: None,
+        resync_due,
+        heartbeat_due,
         networks,
         ceps,
         allocations,
         nodes,
         last_desired: None,
         last_status: None,
-        last_heartbeat: None,
     };
     {
         let inputs = agent.inputs();
@@ -206,6 +217,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
     tokio::spawn(endpoints.clone().release_gone_sandboxes());
+    tokio::spawn(endpoints.clone().watch_sandboxes());
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await
@@ -218,10 +230,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         if first {
             first = false;
             endpoints.set_ready();
-            agent
-                .metrics
-                .ready
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            agent.metrics.ready.store(true, Ordering::SeqCst);
         }
         match result {
             Ok(r) => {

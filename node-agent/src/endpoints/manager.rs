@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 use weft_api::ContainerEndpoint;
 
 use super::claims::{CLAIM_TIMEOUT, Claim, Claims};
+use super::drift::is_drift;
 use super::journal::Journal;
 use super::plan;
 use super::sandbox::{DEFAULT_SANDBOX_DIR, SandboxPolicy};
@@ -28,7 +29,7 @@ use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
 
 use crate::drivers::{Networks, NodeFacts, Problem, Reason};
-use crate::kernel::{Kernel, KernelError};
+use crate::kernel::{HostPorts, Kernel, KernelError};
 use crate::model::KernelState;
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
@@ -54,6 +55,8 @@ pub struct Endpoints {
     pub(super) gone_grace: std::time::Duration,
     /// Asks [`Endpoints::release_gone_sandboxes`] to look now.
     pub(super) sandbox_check: Notify,
+    /// Asks [`Endpoints::watch_sandboxes`] to compare its watches with the attachments.
+    pub(super) watches_changed: Notify,
 }
 
 impl Endpoints {
@@ -83,6 +86,7 @@ impl Endpoints {
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
             gone_grace: super::gone::DEFAULT_GRACE,
             sandbox_check: Notify::new(),
+            watches_changed: Notify::new(),
         })
     }
 
@@ -106,6 +110,7 @@ impl Endpoints {
     }
 
     /// Decide, for this pass, which endpoints exist and what the node needs for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &self,
         networks: &Networks,
@@ -113,6 +118,7 @@ impl Endpoints {
         desired_node: &KernelState,
         ceps: &[Arc<ContainerEndpoint>],
         peers: &BTreeMap<String, IpAddr>,
+        host_ports: &HostPorts,
         full_check: bool,
     ) -> (NodeAdditions, Work) {
         lock(&self.state).plan(
@@ -123,6 +129,7 @@ impl Endpoints {
             desired_node,
             ceps,
             peers,
+            host_ports,
             full_check,
         )
     }
@@ -210,18 +217,38 @@ impl Endpoints {
             ),
             None => None,
         };
-        let result = match self.config_of(id) {
-            Ok(cfg) => self
-                .kernel
-                .ensure_endpoint(&cfg)
-                .await
-                .map_err(|e| kernel_problem(&e, &cfg.sandbox)),
-            Err(p) => Err(p),
+        // A repair (it was attached, or its last repair failed): a failure is named by what
+        // drifted, not by the kernel's error alone.
+        let repairing = {
+            let st = lock(&self.state);
+            st.ensured.contains(id) || st.problems.get(id).is_some_and(|p| is_drift(p.reason))
         };
+        let started = std::time::Instant::now();
+        let cfg = self.config_of(id);
+        let result = match &cfg {
+            Ok(cfg) => match self.kernel.ensure_endpoint(cfg).await {
+                Ok(w) => Ok(w),
+                Err(e) => {
+                    let p = kernel_problem(&e, &cfg.sandbox);
+                    if repairing && p.reason != Reason::SandboxMissing {
+                        Err(self.repair_problem(cfg, &p).await)
+                    } else {
+                        Err(p)
+                    }
+                }
+            },
+            Err(p) => Err(p.clone()),
+        };
+        if repairing && let Ok(w @ 1..) = result {
+            tracing::info!(endpoint = %id, writes = w, took_us = started.elapsed().as_micros() as u64, "endpoint drift repaired");
+        }
         let mut st = lock(&self.state);
         match &result {
             Ok(_) => {
-                st.ensured.insert(id.clone());
+                if st.ensured.insert(id.clone()) {
+                    // Newly attached: its sandbox is watched from now on.
+                    self.watches_changed.notify_one();
+                }
                 if st
                     .problems
                     .get(id)
@@ -236,8 +263,11 @@ impl Endpoints {
                     self.check_sandboxes();
                 }
                 // An endpoint detached while this waited for its claim has nothing to report.
-                if st.attachments.contains_key(id) {
-                    st.problems.insert(id.clone(), p.clone());
+                if st.attachments.contains_key(id)
+                    && st.problems.insert(id.clone(), p.clone()).is_none()
+                {
+                    // Retried on the next change in its sandbox.
+                    self.watches_changed.notify_one();
                 }
             }
         }
@@ -281,6 +311,7 @@ impl Endpoints {
         if let Err(e) = self.journal.remove(&att.id) {
             tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
         }
+        self.watches_changed.notify_one();
         Ok(writes)
     }
 
@@ -329,6 +360,7 @@ impl Endpoints {
         st.replan_sandbox(&att.sandbox);
         st.problems.remove(id);
         let _ = self.journal.remove(id);
+        self.watches_changed.notify_one();
         Some(att)
     }
 }
