@@ -5,9 +5,11 @@
 //! one at a time; triggers that arrive during a pass coalesce into one more pass.
 //!
 //! `mod.rs` wires it up ([`run`]); `caches` keeps the API caches and says when a change
-//! matters, `node` finds the underlay and registers the NetworkNode, `pass` is one pass.
+//! matters, `node` finds the underlay and registers the NetworkNode, `pass` is one pass, `clock`
+//! marks the full check and the heartbeat due.
 
 mod caches;
+mod clock;
 mod config;
 mod node;
 mod pass;
@@ -162,27 +164,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
             }
         });
     }
-    // The full check and the heartbeat each have their own clock, and a tick *marks* its
-    // work due: comparing the time since the last full check with the period at a tick of
-    // the same period found it a hair short every other time (the check is stamped inside
-    // the pass, after the tick), so the full check ran every second period — 60 s, not 30.
+    // The full check and the heartbeat each have their own clock (see `clock`).
     let resync_due = Arc::new(AtomicBool::new(true));
     let heartbeat_due = Arc::new(AtomicBool::new(true));
-    for (every, due) in [
-        (cfg.resync, resync_due.clone()),
-        (cfg.heartbeat, heartbeat_due.clone()),
-    ] {
-        let notify = notify.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                due.store(true, Ordering::SeqCst);
-                notify.notify_one();
-            }
-        });
-    }
+    clock::spawn_clock(cfg.resync, resync_due.clone(), notify.clone());
+    clock::spawn_clock(cfg.heartbeat, heartbeat_due.clone(), notify.clone());
 
     let facts = NodeFacts {
         node_name: cfg.node_name.clone(),
