@@ -252,4 +252,57 @@ mod tests {
         }
         assert!(!is_drift(Reason::KernelError));
     }
+
+    /// The pass repairs a host side that is missing, on no bridge or another one, or down;
+    /// one up on its bridge is left alone, as is one whose network is not programmed.
+    #[test]
+    fn a_host_side_off_its_bridge_or_down_is_drifted() {
+        use crate::drivers::testutil::{allocate, network, node, plan_one};
+        use crate::names;
+        let mut net = network("web", weft_api::Driver::Bridge);
+        allocate(&mut net, &["10.1.0.0/24"], Some("10.1.0.1"));
+        let facts = node("n1", "192.0.2.11");
+        let (desired, _) = plan_one(&net, &facts);
+        let att = Attachment {
+            id: super::super::EndpointId {
+                namespace: "default".into(),
+                name: "a".into(),
+            },
+            network: "web".into(),
+            network_uid: net.uid.clone(),
+            sandbox: "/run/netns/a".into(),
+            if_name: "eth0".into(),
+            address: Some("10.1.0.2/24".parse().unwrap()),
+            gateway: Some("10.1.0.1".parse().unwrap()),
+            mac: None,
+            publish: Vec::new(),
+            cni: None,
+            since: 0,
+            requested_address: None,
+            requested_mac: None,
+            in_api: true,
+            gw_priority: 0,
+            replace_default_route: false,
+        };
+        let bridge = names::bridge("web");
+        let port = |master: Option<&str>, up| HostPort {
+            master: master.map(String::from),
+            up,
+        };
+        let drifted = |p: Option<&HostPort>| host_side_drifted(&att, &net, &facts, &desired, p);
+        assert!(!drifted(Some(&port(Some(&bridge), true))));
+        assert!(drifted(None));
+        assert!(drifted(Some(&port(None, true))));
+        assert!(drifted(Some(&port(Some("wfb-other"), true))));
+        assert!(drifted(Some(&port(Some(&bridge), false))));
+        // Its network not programmed here (no bridge planned): nothing to compare with.
+        let nothing = KernelState::default();
+        assert!(!host_side_drifted(
+            &att,
+            &net,
+            &facts,
+            &nothing,
+            Some(&port(None, true))
+        ));
+    }
 }

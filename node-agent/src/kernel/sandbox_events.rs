@@ -31,6 +31,9 @@ use crate::kernel::netns;
 /// route (no neighbours: Weft puts none there).
 const SANDBOX_GROUPS: [u32; 5] = [1, 5, 7, 9, 11];
 
+/// Read buffer: one notification per datagram, a link's is a few KiB at most.
+const DATAGRAM: usize = 16 << 10;
+
 /// How often the stream checks that the sandbox's path still names the namespace it
 /// listens to.
 pub const PATH_CHECK: Duration = Duration::from_millis(500);
@@ -106,16 +109,18 @@ async fn read(
     let mut relevant = weft_route_changes(0);
     let mut check = tokio::time::interval(PATH_CHECK);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; 1 << 16];
     loop {
         tokio::select! {
             ready = socket.readable() => {
                 let Ok(mut guard) = ready else { return };
                 let mut signal = false;
+                // Only while reading: a thousand idle sandboxes hold no buffers. A datagram
+                // that fills it may be cut short, and counts (its headers cannot be read).
+                let mut buf = vec![0u8; DATAGRAM];
                 // Drain what is there: one signal per burst.
                 loop {
                     match guard.try_io(|s| s.get_ref().recv(&mut &mut buf[..], 0)) {
-                        Ok(Ok(n)) => signal |= relevant(Some(&buf[..n])),
+                        Ok(Ok(n)) => signal |= n >= DATAGRAM || relevant(Some(&buf[..n])),
                         Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                             signal = true;
                         }
