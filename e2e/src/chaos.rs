@@ -14,7 +14,8 @@
 //! cluster has settled): no overlapping subnets; no address given twice in a network; every
 //! `Ready` endpoint has its address in its sandbox and reaches its gateway and, where the
 //! network spans nodes, an endpoint on another node. After teardown: no Weft links, no
-//! journal records, no API objects, no stuck finalizer, the pool back at zero.
+//! nftables rules naming a network's bridge or DNATing a port, no journal records, no API
+//! objects, no stuck finalizer, the pool back at zero.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
@@ -660,6 +661,18 @@ impl Run {
                     node.name
                 ));
             }
+            // No nftables rule naming a network's bridge or DNATing a published port.
+            let ruleset = node
+                .ns
+                .exec(&["nft", "list", "ruleset"])
+                .unwrap_or_default();
+            let leaked: Vec<&str> = ruleset
+                .lines()
+                .filter(|l| names_a_bridge(l) || l.contains("dnat"))
+                .collect();
+            if !leaked.is_empty() {
+                left.push(format!("{}: nftables rules left: {leaked:?}", node.name));
+            }
             let journal = node.ns.state_dir().join("endpoints");
             let records: Vec<String> = std::fs::read_dir(&journal)
                 .map(|d| {
@@ -687,6 +700,13 @@ fn ready_of(c: &ContainerEndpoint) -> (String, String) {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .map(|c| (c.status.clone(), c.reason.clone()))
         .unwrap_or_default()
+}
+
+/// Does an nft rule name one network's bridge (`wfb-` and its hex tag, not the `wfb-*`
+/// wildcard of the isolation rules)?
+fn names_a_bridge(line: &str) -> bool {
+    line.match_indices("wfb-")
+        .any(|(i, m)| line[i + m.len()..].starts_with(|c: char| c.is_ascii_hexdigit()))
 }
 
 /// The names of a namespace's links.
