@@ -145,6 +145,9 @@ struct Run {
 }
 
 const SETTLE: Duration = Duration::from_secs(30);
+/// At most this many networks and endpoints at a time.
+const MAX_NETWORKS: usize = 8;
+const MAX_ENDPOINTS: usize = 30;
 const CNI_CONFIG: &str = r#"{"cniVersion":"1.1.0","name":"NET","type":"weft","network":"NET"}"#;
 
 /// Run the whole thing: set up, `ops` operations with quiet points, teardown and the final
@@ -207,9 +210,15 @@ impl Run {
     /// One random operation; returns its kind.
     async fn step(&mut self) -> Result<&'static str> {
         let roll = self.rng.below(100);
+        // Bounded, so a long soak churns instead of piling up (its quiet points would slow
+        // down with every endpoint they ping).
+        let networks_full = self.networks.len() >= MAX_NETWORKS;
+        let endpoints_full = self.endpoints.len() >= MAX_ENDPOINTS;
         Ok(match roll {
+            0..=9 if networks_full => self.delete_network().await?,
             0..=9 => self.create_network().await?,
             10..=13 => self.delete_network().await?,
+            14..=49 if endpoints_full => self.detach().await?,
             14..=37 => self.attach(false).await?,
             38..=49 => self.attach(true).await?,
             50..=63 => self.detach().await?,
