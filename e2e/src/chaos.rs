@@ -625,9 +625,25 @@ impl Run {
                     )
                 })
                 .collect();
+            let ceps: Vec<String> = Api::<ContainerEndpoint>::all(client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .map(kube::ResourceExt::name_any)
+                .collect();
+            let allocs: Vec<String> = Api::<NetworkAllocation>::all(client.clone())
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .map(kube::ResourceExt::name_any)
+                .collect();
             self.violation(
                 op,
-                format!("API objects left after teardown (stuck finalizers?): networks {nets:?}"),
+                format!(
+                    "API objects left after teardown: networks {nets:?}, endpoints {ceps:?}, allocations {allocs:?}"
+                ),
             );
         }
         // Pools back at zero.
