@@ -58,6 +58,16 @@ pub enum Reason {
     SandboxNotAllowed,
     /// Another endpoint already has the interface name in the same sandbox.
     InterfaceNameInUse,
+    /// The endpoint's interface went from its sandbox (or was replaced by one that is not
+    /// Weft's) and could not be made again.
+    InterfaceMissing,
+    /// An address of the endpoint's interface was removed and could not be put back.
+    AddressMissing,
+    /// A route of the endpoint (its default route) was removed and could not be put back.
+    RouteMissing,
+    /// The host side of the endpoint's veth left its bridge (or went down) and could not be
+    /// put back.
+    HostSideDetached,
 
     // A network's allocation (controller).
     /// An explicit subnet overlaps an older network's.
@@ -105,6 +115,10 @@ impl Reason {
             Reason::SandboxMissing => "SandboxMissing",
             Reason::SandboxNotAllowed => "SandboxNotAllowed",
             Reason::InterfaceNameInUse => "InterfaceNameInUse",
+            Reason::InterfaceMissing => "InterfaceMissing",
+            Reason::AddressMissing => "AddressMissing",
+            Reason::RouteMissing => "RouteMissing",
+            Reason::HostSideDetached => "HostSideDetached",
             Reason::SubnetOverlap => "SubnetOverlap",
             Reason::PoolExhausted => "PoolExhausted",
             Reason::PoolNotFound => "PoolNotFound",
@@ -142,6 +156,10 @@ impl Reason {
             | Reason::SandboxMissing
             | Reason::SandboxNotAllowed
             | Reason::InterfaceNameInUse
+            | Reason::InterfaceMissing
+            | Reason::AddressMissing
+            | Reason::RouteMissing
+            | Reason::HostSideDetached
             | Reason::SubnetOverlap
             | Reason::PoolExhausted
             | Reason::PoolNotFound
@@ -156,7 +174,7 @@ impl Reason {
     }
 
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 29] = [
+    pub const ALL: [Reason; 33] = [
         Reason::NotAllocated,
         Reason::NoBlock,
         Reason::ParentMissing,
@@ -176,6 +194,10 @@ impl Reason {
         Reason::SandboxMissing,
         Reason::SandboxNotAllowed,
         Reason::InterfaceNameInUse,
+        Reason::InterfaceMissing,
+        Reason::AddressMissing,
+        Reason::RouteMissing,
+        Reason::HostSideDetached,
         Reason::SubnetOverlap,
         Reason::PoolExhausted,
         Reason::PoolNotFound,

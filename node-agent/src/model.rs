@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 /// Every owned link carries an alias `weft:<network>` (or `weft:node` for node-wide objects).
 pub const ALIAS_PREFIX: &str = "weft:";
 
+/// Alias prefix of host-side endpoint interfaces (deliberately not [`ALIAS_PREFIX`]: the
+/// node's pass never takes them for network objects).
+pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
+
 /// Name of Weft's own nftables tables (one in family inet, one in family bridge). Nothing
 /// outside them is ever touched.
 pub const NFT_TABLE: &str = "weft";

@@ -194,20 +194,29 @@ async fn add_check_del_gc_like_a_runtime() {
     let check_stdin = check_config.to_string();
     let check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
     assert_eq!(check.code, 0, "{}", check.out);
-    // Tampering inside the sandbox (nothing the node sees): CHECK tells.
-    s1.exec(&["ip", "link", "set", "eth0", "down"])
-        .expect("down");
-    s1.exec(&["ip", "link", "set", "eth0", "name", "gone0"])
-        .expect("tamper");
+    // Tampering inside the sandbox: the agent repairs that within milliseconds (it watches
+    // the sandbox), so the interface is renamed and its name taken by a foreign one while
+    // the agent is paused; it cannot make eth0 again, and CHECK tells.
+    let agent = cluster.nodes[0].agent_pid().expect("agent pid").to_string();
+    weft_e2e::netns::sh(&["kill", "-STOP", &agent]).expect("pause the agent");
+    let tampered = s1.exec(&[
+        "sh",
+        "-c",
+        "ip link set eth0 down && ip link set eth0 name gone0 \
+         && ip link add eth0 type veth peer name x1",
+    ]);
+    weft_e2e::netns::sh(&["kill", "-CONT", &agent]).expect("resume the agent");
+    tampered.expect("tamper");
     let check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
     assert_ne!(check.code, 0);
     assert!(error_schema.is_valid(&check.out), "{}", check.out);
     let msg = check.out["msg"].as_str().unwrap_or_default();
     assert!(msg.contains("eth0") && msg.contains("missing"), "{msg}");
 
-    // Deleting the pair from the node's side is repaired by the agent itself.
-    s1.exec(&["ip", "link", "del", "gone0"])
-        .expect("delete the veth");
+    // Deleting the pair (and freeing the name) is repaired by the agent itself.
+    s1.exec(&["ip", "link", "del", "eth0"])
+        .expect("delete the foreign eth0");
+    let _ = s1.try_exec(&["ip", "link", "del", "gone0"]);
     let mut check = cni(&cluster, "CHECK", "c1", Some(&s1), &check_stdin);
     for _ in 0..100 {
         if check.code == 0 {

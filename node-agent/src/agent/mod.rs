@@ -5,9 +5,11 @@
 //! one at a time; triggers that arrive during a pass coalesce into one more pass.
 //!
 //! `mod.rs` wires it up ([`run`]); `caches` keeps the API caches and says when a change
-//! matters, `node` finds the underlay and registers the NetworkNode, `pass` is one pass.
+//! matters, `node` finds the underlay and registers the NetworkNode, `pass` is one pass, `clock`
+//! marks the full check and the heartbeat due.
 
 mod caches;
+mod clock;
 mod config;
 pub mod dns;
 mod endpoint_watch;
@@ -20,6 +22,7 @@ pub use pass::PassReport;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -163,17 +166,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
             }
         });
     }
-    {
-        let notify = notify.clone();
-        let every = cfg.resync.min(cfg.heartbeat);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                notify.notify_one();
-            }
-        });
-    }
+    // The full check and the heartbeat each have their own clock (see `clock`).
+    let resync_due = Arc::new(AtomicBool::new(true));
+    let heartbeat_due = Arc::new(AtomicBool::new(true));
+    clock::spawn_clock(cfg.resync, resync_due.clone(), notify.clone());
+    clock::spawn_clock(cfg.heartbeat, heartbeat_due.clone(), notify.clone());
 
     let facts = NodeFacts {
         node_name: cfg.node_name.clone(),
@@ -193,14 +190,14 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         metrics,
         facts,
         endpoints: endpoints.clone(),
-        last_full_check: None,
+        resync_due,
+        heartbeat_due,
         networks,
         ceps,
         allocations,
         nodes,
         last_desired: None,
         last_status: None,
-        last_heartbeat: None,
         underlay,
         wireguard: wireguard::Identity::new(published),
     };
@@ -217,6 +214,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
     tokio::spawn(endpoints.clone().release_gone_sandboxes());
+    tokio::spawn(endpoints.clone().watch_sandboxes());
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await
@@ -229,10 +227,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         if first {
             first = false;
             endpoints.set_ready();
-            agent
-                .metrics
-                .ready
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            agent.metrics.ready.store(true, Ordering::SeqCst);
         }
         match result {
             Ok(r) => {

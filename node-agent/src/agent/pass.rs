@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -53,14 +54,16 @@ pub(super) struct Agent {
     pub(super) metrics: Arc<Metrics>,
     pub(super) facts: NodeFacts,
     pub(super) endpoints: Arc<Endpoints>,
-    pub(super) last_full_check: Option<Instant>,
+    /// Set by the resync clock: the next pass checks every endpoint.
+    pub(super) resync_due: Arc<AtomicBool>,
+    /// Set by the heartbeat clock: the next pass writes the NetworkNode status.
+    pub(super) heartbeat_due: Arc<AtomicBool>,
     pub(super) networks: Store<ContainerNetwork>,
     pub(super) ceps: super::endpoint_watch::EndpointWatches,
     pub(super) allocations: Store<NetworkAllocation>,
     pub(super) nodes: Store<NetworkNode>,
     pub(super) last_desired: Option<KernelState>,
     pub(super) last_status: Option<(Vec<NetworkRealization>, bool)>,
-    pub(super) last_heartbeat: Option<Instant>,
     pub(super) underlay: super::node::Underlay,
     pub(super) wireguard: super::wireguard::Identity,
     /// The node's weft-dns, when it runs.
@@ -152,7 +155,7 @@ impl Agent {
         let inputs = self.inputs();
         self.follow_endpoints(&inputs);
         let t = Instant::now();
-        let (observed, foreign) = self.kernel.observe_with_foreign().await?;
+        let (observed, foreign, host_ports) = self.kernel.observe_with_foreign().await?;
         let observe = t.elapsed();
         let facts = NodeFacts {
             interfaces: foreign,
@@ -161,12 +164,7 @@ impl Agent {
         let (mut desired, mut outcomes) = plan::plan_node(&inputs, &facts);
         // Endpoints: their publish rules and other nodes' overlay endpoints belong to the
         // node's state; their sandboxes are converged after the node is applied.
-        let full_check = self
-            .last_full_check
-            .is_none_or(|t| t.elapsed() >= self.cfg.resync);
-        if full_check {
-            self.last_full_check = Some(Instant::now());
-        }
+        let full_check = self.resync_due.swap(false, Ordering::SeqCst);
         let ceps = self.ceps.state();
         let peers: BTreeMap<String, IpAddr> = self
             .nodes
@@ -174,9 +172,15 @@ impl Agent {
             .iter()
             .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
             .collect();
-        let (additions, work) = self
-            .endpoints
-            .plan(&inputs, &facts, &desired, &ceps, &peers, full_check);
+        let (additions, work) = self.endpoints.plan(
+            &inputs,
+            &facts,
+            &desired,
+            &ceps,
+            &peers,
+            &host_ports,
+            full_check,
+        );
         crate::endpoints::plan::add_publish_chains(&mut desired.nft, additions.publish_chains);
         desired.fdb.extend(additions.fdb);
         desired.neighbours.extend(additions.neighbours);
@@ -356,9 +360,7 @@ impl Agent {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let healthy = report.failed.is_empty();
-        let heartbeat_due = self
-            .last_heartbeat
-            .is_none_or(|t| t.elapsed() >= self.cfg.heartbeat);
+        let heartbeat_due = self.heartbeat_due.swap(false, Ordering::SeqCst);
         if !heartbeat_due && self.last_status.as_ref() == Some(&(entries.clone(), healthy)) {
             return Ok(());
         }
@@ -383,15 +385,22 @@ impl Agent {
         let api: Api<NetworkNode> = Api::all(self.client.clone());
         let patch =
             json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkNode", "status": status});
-        api.patch_status(
-            &self.cfg.node_name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
+        if let Err(e) = api
+            .patch_status(
+                &self.cfg.node_name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            // Not written: the heartbeat is still due.
+            if heartbeat_due {
+                self.heartbeat_due.store(true, Ordering::SeqCst);
+            }
+            return Err(e.into());
+        }
         self.metrics.status_writes.inc();
         self.last_status = Some((entries, healthy));
-        self.last_heartbeat = Some(Instant::now());
         Ok(())
     }
 }

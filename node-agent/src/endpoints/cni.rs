@@ -277,6 +277,12 @@ impl Endpoints {
                     att.if_name, att.sandbox, att.id
                 ))
             })?;
+        if !found.owned {
+            return Err(check_failed(format!(
+                "interface {} is missing from sandbox {} (endpoint {}): the one there is not Weft's",
+                att.if_name, att.sandbox, att.id
+            )));
+        }
         if let Some((addr, _)) = att
             .addresses()
             .find(|(addr, _)| !found.addresses.contains(addr))

@@ -20,6 +20,7 @@ use tokio::sync::{Notify, Semaphore};
 use weft_api::ContainerEndpoint;
 
 use super::claims::{CLAIM_TIMEOUT, Claim, Claims};
+use super::drift::is_drift;
 use super::journal::Journal;
 use super::plan;
 use super::sandbox::{DEFAULT_SANDBOX_DIR, SandboxPolicy};
@@ -28,7 +29,7 @@ use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
 
 use crate::drivers::{self, EndpointShape, Networks, NodeFacts, Problem, Reason};
-use crate::kernel::{Kernel, KernelError};
+use crate::kernel::{HostPorts, Kernel, KernelError};
 use crate::model::KernelState;
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
@@ -56,6 +57,8 @@ pub struct Endpoints {
     pub(super) sandbox_check: Notify,
     /// The node runs weft-dns: CNI results and statuses name its address.
     pub(super) names: bool,
+    /// Asks [`Endpoints::watch_sandboxes`] to compare its watches with the attachments.
+    pub(super) watches_changed: Notify,
 }
 
 impl Endpoints {
@@ -86,6 +89,7 @@ impl Endpoints {
             gone_grace: super::gone::DEFAULT_GRACE,
             sandbox_check: Notify::new(),
             names: false,
+            watches_changed: Notify::new(),
         })
     }
 
@@ -127,6 +131,7 @@ impl Endpoints {
     }
 
     /// Decide, for this pass, which endpoints exist and what the node needs for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn plan(
         &self,
         networks: &Networks,
@@ -134,6 +139,7 @@ impl Endpoints {
         desired_node: &KernelState,
         ceps: &[Arc<ContainerEndpoint>],
         peers: &BTreeMap<String, IpAddr>,
+        host_ports: &HostPorts,
         full_check: bool,
     ) -> (NodeAdditions, Work) {
         lock(&self.state).plan(
@@ -144,6 +150,7 @@ impl Endpoints {
             desired_node,
             ceps,
             peers,
+            host_ports,
             full_check,
         )
     }
@@ -243,18 +250,38 @@ impl Endpoints {
             ),
             None => None,
         };
-        let result = match self.config_of(id) {
-            Ok(cfg) => self
-                .kernel
-                .ensure_endpoint(&cfg)
-                .await
-                .map_err(|e| kernel_problem(&e, &cfg.sandbox)),
-            Err(p) => Err(p),
+        // A repair (it was attached, or its last repair failed): a failure is named by what
+        // drifted, not by the kernel's error alone.
+        let repairing = {
+            let st = lock(&self.state);
+            st.ensured.contains(id) || st.problems.get(id).is_some_and(|p| is_drift(p.reason))
         };
+        let started = std::time::Instant::now();
+        let cfg = self.config_of(id);
+        let result = match &cfg {
+            Ok(cfg) => match self.kernel.ensure_endpoint(cfg).await {
+                Ok(w) => Ok(w),
+                Err(e) => {
+                    let p = kernel_problem(&e, &cfg.sandbox);
+                    if repairing && p.reason != Reason::SandboxMissing {
+                        Err(self.repair_problem(cfg, &p).await)
+                    } else {
+                        Err(p)
+                    }
+                }
+            },
+            Err(p) => Err(p.clone()),
+        };
+        if repairing && let Ok(w @ 1..) = result {
+            tracing::info!(endpoint = %id, writes = w, took_us = started.elapsed().as_micros() as u64, "endpoint drift repaired");
+        }
         let mut st = lock(&self.state);
         match &result {
             Ok(_) => {
-                st.ensured.insert(id.clone());
+                if st.ensured.insert(id.clone()) {
+                    // Newly attached: its sandbox is watched from now on.
+                    self.watches_changed.notify_one();
+                }
                 if st
                     .problems
                     .get(id)
@@ -269,8 +296,11 @@ impl Endpoints {
                     self.check_sandboxes();
                 }
                 // An endpoint detached while this waited for its claim has nothing to report.
-                if st.attachments.contains_key(id) {
-                    st.problems.insert(id.clone(), p.clone());
+                if st.attachments.contains_key(id)
+                    && st.problems.insert(id.clone(), p.clone()).is_none()
+                {
+                    // Retried on the next change in its sandbox.
+                    self.watches_changed.notify_one();
                 }
             }
         }
@@ -323,6 +353,7 @@ impl Endpoints {
         if let Err(e) = self.journal.remove(&att.id) {
             tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
         }
+        self.watches_changed.notify_one();
         Ok(writes)
     }
 
@@ -371,6 +402,7 @@ impl Endpoints {
         st.replan_sandbox(&att.sandbox);
         st.problems.remove(id);
         let _ = self.journal.remove(id);
+        self.watches_changed.notify_one();
         Some(att)
     }
 }

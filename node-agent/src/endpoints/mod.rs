@@ -12,7 +12,8 @@
 //! ([`crate::drivers::Driver`]); [`plan`] adds what every endpoint gets alike. One endpoint
 //! is worked on by one task at a time ([`claims`]). An endpoint whose sandbox vanished
 //! without a DEL (the runtime removed it while the agent was down) is found and, if the CNI
-//! plugin made it, released by [`gone`]. [`translate`] holds the pure mappings
+//! plugin made it, released by [`gone`]. One whose objects drift (changed behind Weft's
+//! back, on the node or in the sandbox) is repaired at once ([`drift`], `watch`). [`translate`] holds the pure mappings
 //! between the state and the API and CNI shapes.
 //!
 //! Addresses are allocated here, on the node, with no API round trip: bridge networks are
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod claims;
 pub mod cni;
+pub mod drift;
 pub mod gone;
 pub mod ipam;
 pub mod journal;
@@ -34,6 +36,7 @@ pub mod sandbox;
 pub mod socket;
 pub mod state;
 mod translate;
+mod watch;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use kube::ResourceExt;
 use weft_api::ContainerEndpoint;
 
+use super::drift;
 use super::ipam::NodeIpam;
 use super::journal::Journal;
 use super::plan::{self, address_problem, derive_mac};
@@ -19,6 +20,7 @@ use super::{
     Attachment, EndpointId, EndpointRequest, HostPortRange, MirrorAddress, PortSpec, Publication,
 };
 use crate::drivers::{self, AddressSpace, EndpointShape, Networks, NodeFacts, Problem, Reason};
+use crate::kernel::HostPorts;
 use crate::model::{FdbEntry, KernelState, Neighbour, NftChain};
 
 /// What the pass gets back from [`State::plan`] for the node's desired state.
@@ -195,6 +197,7 @@ impl State {
         desired_node: &KernelState,
         ceps: &[Arc<ContainerEndpoint>],
         peers: &BTreeMap<String, IpAddr>,
+        host_ports: &HostPorts,
         full_check: bool,
     ) -> (NodeAdditions, Work) {
         let st = self;
@@ -349,19 +352,21 @@ impl State {
         let (fdb, neighbours) = plan::remote_entries(&remote, &st.networks, peers, desired_node);
 
         // Kernel work: new/changed attachments, all of them on a full check, and any whose
-        // host interface is missing (the node's link dump lists those names).
+        // host side is missing, on no bridge or another one, or down (the node's link dump
+        // shows them): a bridge deleted and made again leaves its ports on none.
         let mut expected_hosts: BTreeSet<String> = BTreeSet::new();
         for (id, att) in &st.attachments {
-            let routed = st
-                .networks
-                .get(&att.network)
-                .is_some_and(|n| drivers::of(n).endpoint_shape().routed());
+            let net = st.networks.get(&att.network);
+            let routed = net.is_some_and(|n| drivers::of(n).endpoint_shape().routed());
             let host = plan::host_interface(id);
-            let host_missing = routed && !facts.interfaces.contains(&host);
+            let host_drifted = routed
+                && net.is_some_and(|n| {
+                    drift::host_side_drifted(att, n, facts, desired_node, host_ports.get(&host))
+                });
             if routed {
                 expected_hosts.insert(host);
             }
-            if full_check || host_missing || !st.ensured.contains(id) {
+            if full_check || host_drifted || !st.ensured.contains(id) {
                 work.ensure.push(id.clone());
             }
         }

@@ -96,7 +96,11 @@ pub(super) fn cni_code(reason: Reason) -> u32 {
         Reason::NetworkNotReady => codes::TRY_AGAIN_LATER,
         Reason::InvalidSpec => codes::INVALID_CONFIG,
         Reason::SandboxMissing | Reason::SandboxNotAllowed => codes::INVALID_ENVIRONMENT,
-        Reason::KernelError => codes::KERNEL,
+        Reason::KernelError
+        | Reason::InterfaceMissing
+        | Reason::AddressMissing
+        | Reason::RouteMissing
+        | Reason::HostSideDetached => codes::KERNEL,
         Reason::InterfaceNameInUse => codes::INTERFACE_NAME_IN_USE,
         // Not endpoint reasons: should one reach a CNI answer, it is the agent's fault.
         Reason::NotAllocated

@@ -28,13 +28,13 @@ use crate::kernel::changes::{ApplyReport, Change};
 use crate::kernel::diff::diff;
 use crate::kernel::error::{KernelError, already_gone};
 use crate::kernel::handle::Kernel;
-use crate::kernel::link::{self, LinkView};
+use crate::kernel::host_ports::HostPort;
+use crate::kernel::link::{self, LinkView, RawLink};
 use crate::kernel::netns;
 use crate::model::{Address, IpvlanMode, KernelState, Link, Mac, MacvlanMode, Route};
 use crate::names;
 
-/// Alias prefix of host-side endpoint interfaces.
-pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
+pub use crate::model::ENDPOINT_ALIAS_PREFIX;
 
 /// How the endpoint's interface reaches the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +83,8 @@ pub struct SandboxConfig {
 pub struct SandboxInterface {
     pub mac: Option<Mac>,
     pub up: bool,
+    /// It carries Weft's mark (`false`: somebody else's interface under that name).
+    pub owned: bool,
     pub addresses: BTreeSet<IpNet>,
     pub routes: BTreeSet<Route>,
 }
@@ -257,6 +259,7 @@ impl Kernel {
         Ok(Some(SandboxInterface {
             mac: raw.mac,
             up: raw.up,
+            owned: raw.owned(),
             addresses: state.addresses.into_iter().map(|a| a.address).collect(),
             routes: state.routes,
         }))
@@ -564,6 +567,40 @@ impl Kernel {
         }
         let report = self.apply(&changes).await;
         Ok(writes + sandbox_outcome(report)?)
+    }
+}
+
+impl Kernel {
+    /// One endpoint host side (its port) as it is now; `None` if there is no such link.
+    pub async fn host_port(&self, name: &str) -> Result<Option<HostPort>, KernelError> {
+        let Some(raw) = self.netlink.get_link(name).await? else {
+            return Ok(None);
+        };
+        let master = match raw.master {
+            Some(index) => self.link_name(index).await?,
+            None => None,
+        };
+        Ok(Some(HostPort { master, up: raw.up }))
+    }
+
+    /// The name of the link with this index; `None` if there is none.
+    async fn link_name(&self, index: u32) -> Result<Option<String>, KernelError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self
+            .netlink
+            .query(RouteNetlinkMessage::GetLink(msg), false, || {
+                format!("look up link {index}")
+            })
+            .await
+        {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(RawLink::parse(l).name),
+                _ => None,
+            })),
+            Err(e) if already_gone(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

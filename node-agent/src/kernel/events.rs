@@ -170,7 +170,7 @@ const AF_INET6: u8 = 10;
 /// notify). On an overlay those learned entries and IPv6 addresses trickle in for seconds
 /// after a network is created, on every node. Links always count, whoever changed them: a
 /// parent appearing, or a link the kernel removed with its parent.
-fn weft_route_changes(own_port: u32) -> impl FnMut(Option<&[u8]>) -> bool + Send {
+pub(crate) fn weft_route_changes(own_port: u32) -> impl FnMut(Option<&[u8]>) -> bool + Send {
     move |buf| {
         let Some(buf) = buf else {
             return true; // lost notifications

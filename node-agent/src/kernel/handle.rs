@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use crate::kernel::changes::{ApplyReport, Change};
 use crate::kernel::error::KernelError;
 use crate::kernel::events;
+use crate::kernel::host_ports::{HostPorts, host_ports};
 use crate::kernel::link::LinkView;
 use crate::kernel::netlink::Netlink;
 use crate::kernel::nft::NftTables;
@@ -107,10 +108,11 @@ impl Kernel {
 
     /// [`Kernel::observe`], plus the names of every link that is not Weft's (parents, the
     /// underlay, foreign bridges) from the same link dump: the planner needs them to find
-    /// parents and to refuse names already taken.
+    /// parents and to refuse names already taken; and the endpoints' host sides, whose
+    /// bridge the endpoints' planning checks.
     pub async fn observe_with_foreign(
         &self,
-    ) -> Result<(KernelState, BTreeSet<String>), KernelError> {
+    ) -> Result<(KernelState, BTreeSet<String>, HostPorts), KernelError> {
         let started = std::time::Instant::now();
         let view = LinkView::new(self.netlink.dump_links().await?);
         let links_took = started.elapsed();
@@ -141,6 +143,7 @@ impl Kernel {
             self.nft.observe(),
             sysctl::read(self.netns(), keys.into_iter().collect()),
         );
+        let hosts = host_ports(&view);
         let foreign = view
             .names()
             .filter(|n| !owned.contains_key(*n))
@@ -155,7 +158,7 @@ impl Kernel {
             nft: nft?,
             sysctls: sysctls?.into_iter().collect(),
         };
-        Ok((state, foreign))
+        Ok((state, foreign, hosts))
     }
 
     /// Apply changes. The nft changes go together in one atomic `nft -f -` run, alongside

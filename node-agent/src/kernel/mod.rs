@@ -13,7 +13,7 @@
 //! check), `error` ([`KernelError`]), `changes` ([`Change`], [`ApplyReport`]) and `diff`
 //! (pure). One file per kernel noun: `link`, `addr`, `route`, `fdb` (FDB + neighbours),
 //! `sysctl`, `nft/` (a folder: planning and rendering apart from running), `endpoint`
-//! (sandboxes). Plus `netns` (entering a namespace), `events` (multicast subscription) and
+//! (sandboxes). Plus `netns` (entering a namespace), `events` (multicast subscription), `sandbox_events` (the same inside a sandbox), `host_ports` (endpoints' veths on the node) and
 //! `probe` (capabilities). Files import each other by noun; nothing imports this index.
 
 mod addr;
@@ -24,12 +24,14 @@ mod error;
 mod events;
 mod fdb;
 mod handle;
+mod host_ports;
 mod link;
 mod netlink;
 mod netns;
 mod nft;
 mod probe;
 mod route;
+mod sandbox_events;
 mod sysctl;
 mod wireguard;
 
@@ -41,8 +43,10 @@ pub use endpoint::{
 pub use error::KernelError;
 pub use events::KernelEvents;
 pub use handle::{InterfaceInfo, Kernel};
+pub use host_ports::{HostPort, HostPorts};
 pub use netlink::WEFT_RTPROT;
 pub use nft::{base_chain, nft_tables_equivalent};
 pub use probe::Capabilities;
+pub use sandbox_events::{SandboxEvents, sandbox_events};
 pub use sysctl::DEFAULT_KEYS as DEFAULT_SYSCTLS;
 pub use wireguard::{WireguardConfig, WireguardDevice, WireguardPeerConfig};

@@ -11,4 +11,4 @@ mod handle;
 mod view;
 
 pub(crate) use handle::{ipvlan_mode, macvlan_mode};
-pub(crate) use view::{LinkView, owned_index, route_link_index};
+pub(crate) use view::{LinkView, RawLink, owned_index, route_link_index};
