@@ -121,7 +121,20 @@ impl ServicePort {
 }
 
 /// TCP or UDP (a service port balances connections; SCTP is not offered).
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Deserialize,
+    Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceProtocol {
     #[default]

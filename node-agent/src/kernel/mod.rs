@@ -30,6 +30,7 @@ mod netns;
 mod nft;
 mod probe;
 mod route;
+mod services;
 mod sysctl;
 
 pub use changes::{ApplyReport, Change};
@@ -43,4 +44,5 @@ pub use handle::{InterfaceInfo, Kernel};
 pub use netlink::WEFT_RTPROT;
 pub use nft::{base_chain, nft_tables_equivalent};
 pub use probe::Capabilities;
+pub use services::{ServiceDataplane, ServiceWrites};
 pub use sysctl::DEFAULT_KEYS as DEFAULT_SYSCTLS;
