@@ -11,6 +11,7 @@ mod caches;
 mod config;
 mod node;
 mod pass;
+mod services;
 
 pub use config::{Config, MANAGER};
 pub use pass::PassReport;
@@ -206,6 +207,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
     tokio::spawn(endpoints.clone().release_gone_sandboxes());
+    tokio::spawn(services::run(
+        agent.client.clone(),
+        agent.cfg.node_name.clone(),
+        agent.cfg.netns.clone(),
+    ));
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await
