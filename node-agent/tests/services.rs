@@ -431,7 +431,7 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
         .await
         .expect("open");
     let first = dp.apply(&desired).await.expect("apply");
-    assert_eq!((first.transactions, first.routes), (1, 1));
+    assert_eq!((first.transactions, first.routes), (1, 51));
     let listed = lab.node.sh("nft list table ip weft-svc");
     let again = dp.apply(&desired).await.expect("apply");
     assert_eq!(again, Default::default(), "nothing written the second time");

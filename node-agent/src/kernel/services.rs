@@ -1,7 +1,7 @@
 //! Effects of the services dataplane in one namespace: the `ip weft-svc` nft table and one
-//! local route per service range (table `local`, `proto` Weft's), which makes the node answer
-//! ARP for every VIP of the range on the network's bridge, so sandboxes that see the VIP as
-//! on-link send it to the node.
+//! local /32 route per VIP (table `local`, `proto` Weft's), which makes the node answer ARP
+//! for the VIP on the network's bridge, so sandboxes that see the VIP as on-link send it to
+//! the node.
 //!
 //! The writer remembers what it last wrote: the first apply replaces the table whole in one
 //! transaction (after an agent restart; established connections live in conntrack and new
@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use std::net::Ipv4Addr;
 
 use crate::kernel::error::{KernelError, already_gone};
 use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
@@ -49,18 +49,16 @@ const RT_TABLE_LOCAL: u8 = 255;
 /// `lo` is interface 1 in every namespace.
 const LOOPBACK_INDEX: u32 = 1;
 
-fn local_route(range: &Ipv4Net) -> RouteMessage {
+fn local_route(vip: &Ipv4Addr) -> RouteMessage {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = range.prefix_len();
+    msg.header.destination_prefix_length = 32;
     msg.header.table = RT_TABLE_LOCAL;
     msg.header.protocol = RouteProtocol::from(WEFT_RTPROT);
     msg.header.scope = RouteScope::Host;
     msg.header.kind = RouteType::Local;
     msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
-            range.network(),
-        )));
+        .push(RouteAttribute::Destination(RouteAddress::Inet(*vip)));
     msg.attributes.push(RouteAttribute::Oif(LOOPBACK_INDEX));
     msg
 }
@@ -81,15 +79,15 @@ impl ServiceDataplane {
             None => render::full(desired),
             Some(old) => render::update(old, desired),
         };
-        let old_ranges: BTreeSet<Ipv4Net> = self
+        let old_vips: BTreeSet<Ipv4Addr> = self
             .applied
             .as_ref()
-            .map(|r| r.ranges.clone())
+            .map(|r| r.vips.clone())
             .unwrap_or_default();
         // Routes first: an address the table answers for must be local before it is mapped.
         let first = self.applied.is_none();
-        for range in &desired.ranges {
-            if first || !old_ranges.contains(range) {
+        for range in &desired.vips {
+            if first || !old_vips.contains(range) {
                 self.netlink
                     .ack(
                         RouteNetlinkMessage::NewRoute(local_route(range)),
@@ -114,7 +112,7 @@ impl ServiceDataplane {
             writes.transactions = 1;
             writes.script_bytes = script.len();
         }
-        for range in old_ranges.difference(&desired.ranges) {
+        for range in old_vips.difference(&desired.vips) {
             match self
                 .netlink
                 .ack(RouteNetlinkMessage::DelRoute(local_route(range)), 0, || {
@@ -133,7 +131,7 @@ impl ServiceDataplane {
 
     /// Remove the table and the routes (the node no longer runs services).
     pub async fn remove(&mut self) -> Result<(), KernelError> {
-        let ranges = self.applied.take().map(|r| r.ranges).unwrap_or_default();
+        let ranges = self.applied.take().map(|r| r.vips).unwrap_or_default();
         for range in &ranges {
             match self
                 .netlink

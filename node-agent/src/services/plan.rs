@@ -69,9 +69,10 @@ pub struct Ruleset {
     pub chains: BTreeMap<String, Vec<String>>,
     /// Affinity sets: name → timeout in seconds.
     pub affinity_sets: BTreeMap<String, u32>,
-    /// The service ranges whose addresses this node answers for (ARP, local route); packets
-    /// to them that no service took are refused.
-    pub ranges: BTreeSet<Ipv4Net>,
+    /// The VIPs this node answers for (ARP, a local /32 route each); packets to them that no
+    /// service port took are refused. Only VIPs, not the whole service range: an endpoint
+    /// that asked for an address of the range by name must stay reachable.
+    pub vips: BTreeSet<Ipv4Addr>,
 }
 
 pub fn proto(p: ServiceProtocol) -> &'static str {
@@ -92,13 +93,7 @@ fn short_hash(parts: &[&str]) -> String {
 pub fn plan(services: &[ServiceInput]) -> Ruleset {
     let mut out = Ruleset::default();
     for svc in services {
-        for subnet in &svc.subnets {
-            if let Some(weft_ipam::IpNet::V4(r)) =
-                weft_ipam::service_range(&weft_ipam::IpNet::V4(*subnet))
-            {
-                out.ranges.insert(r);
-            }
-        }
+        out.vips.extend(svc.vip);
         for port in &svc.ports {
             plan_port(svc, port, &mut out);
         }
@@ -248,7 +243,7 @@ mod tests {
             .find(|v| v.last().unwrap().contains("10.0.0.4:8080"))
             .unwrap();
         assert_eq!(remote[0], "meta mark set meta mark or 0x2000000");
-        assert_eq!(r.ranges.iter().next().unwrap().to_string(), "10.0.0.240/28");
+        assert_eq!(r.vips.iter().next().unwrap().to_string(), "10.0.0.241");
     }
 
     #[test]
@@ -258,9 +253,9 @@ mod tests {
         assert!(r.ingress.is_empty());
         assert!(r.chains.is_empty());
         assert_eq!(
-            r.ranges.len(),
+            r.vips.len(),
             1,
-            "the range is still answered for (and refused)"
+            "the VIP is still answered for (and refused)"
         );
     }
 

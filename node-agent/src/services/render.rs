@@ -41,7 +41,7 @@ pub fn full(r: &Ruleset) -> String {
         s,
         "  map ingress {{ type inet_proto . inet_service : verdict; }}"
     );
-    let _ = writeln!(s, "  set ranges {{ type ipv4_addr; flags interval; }}");
+    let _ = writeln!(s, "  set vips {{ type ipv4_addr; }}");
     for (name, timeout) in &r.affinity_sets {
         let _ = writeln!(s, "  {}", set_decl(name, *timeout));
     }
@@ -59,10 +59,10 @@ pub fn full(r: &Ruleset) -> String {
         "  chain postrouting {{ type nat hook postrouting priority 90; policy accept;\n    meta mark & {MASQUERADE_MARK:#x} == {MASQUERADE_MARK:#x} meta mark set meta mark & {:#x} masquerade\n  }}",
         !MASQUERADE_MARK
     );
-    // A service-range address that no service port took (no such port, no ready endpoint).
+    // A VIP port that no service port took (no such port, no ready endpoint).
     let _ = writeln!(
         s,
-        "  chain input {{ type filter hook input priority 0; policy accept;\n    ip daddr @ranges meta l4proto tcp reject with tcp reset\n    ip daddr @ranges reject\n  }}"
+        "  chain input {{ type filter hook input priority 0; policy accept;\n    ip daddr @vips meta l4proto tcp reject with tcp reset\n    ip daddr @vips reject\n  }}"
     );
     for (name, rules) in &r.chains {
         let _ = writeln!(s, "  chain {name} {{");
@@ -84,8 +84,8 @@ pub fn full(r: &Ruleset) -> String {
         .map(|(k, c)| ingress_element(k, c))
         .collect();
     add_elements(&mut s, "ingress", &elems);
-    let elems: Vec<String> = r.ranges.iter().map(|n| n.to_string()).collect();
-    add_elements(&mut s, "ranges", &elems);
+    let elems: Vec<String> = r.vips.iter().map(|n| n.to_string()).collect();
+    add_elements(&mut s, "vips", &elems);
     s
 }
 
@@ -147,11 +147,11 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> String {
         .collect();
     delete_elements(&mut s, "ingress", &gone);
     let gone: Vec<String> = old
-        .ranges
-        .difference(&new.ranges)
+        .vips
+        .difference(&new.vips)
         .map(|n| n.to_string())
         .collect();
-    delete_elements(&mut s, "ranges", &gone);
+    delete_elements(&mut s, "vips", &gone);
     // Changed chains: flushed and written again; chains that go: flushed first (a chain may
     // jump to another that goes too).
     for (name, rules) in &new.chains {
@@ -209,11 +209,11 @@ pub fn update(old: &Ruleset, new: &Ruleset) -> String {
         .collect();
     add_elements(&mut s, "ingress", &added);
     let added: Vec<String> = new
-        .ranges
-        .difference(&old.ranges)
+        .vips
+        .difference(&old.vips)
         .map(|n| n.to_string())
         .collect();
-    add_elements(&mut s, "ranges", &added);
+    add_elements(&mut s, "vips", &added);
     s
 }
 
@@ -284,6 +284,6 @@ mod tests {
         let del_elem = script.find("delete element").expect("element deleted");
         let del_chain = script.find("delete chain").expect("chain deleted");
         assert!(del_elem < del_chain, "{script}");
-        assert!(script.contains("delete element ip weft-svc ranges { 10.0.0.240/28 }"));
+        assert!(script.contains("delete element ip weft-svc vips { 10.0.0.241 }"));
     }
 }
