@@ -458,6 +458,18 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
     let answers = ask_many(&lab.client.path, vip(), 60);
     assert_eq!(count(&answers, "e2"), 0);
     assert_eq!(count(&answers, "FAILED"), 0);
+    // No service left: the table goes (a node without services carries nothing of them),
+    // and a fresh writer with nothing to program writes nothing.
+    restarted.apply(&plan(&[])).await.expect("apply");
+    assert!(!lab.node.sh("nft list tables").contains("weft-svc"));
+    let mut idle = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    assert_eq!(
+        idle.apply(&plan(&[])).await.expect("apply"),
+        Default::default()
+    );
+    restarted.apply(&desired).await.expect("apply");
     // Removing everything leaves no table and no route behind.
     restarted.remove().await.expect("remove");
     assert!(!lab.node.sh("nft list tables").contains("weft-svc"));

@@ -75,9 +75,17 @@ impl ServiceDataplane {
     /// Make the kernel hold `desired`, writing the least that gets it there.
     pub async fn apply(&mut self, desired: &Ruleset) -> Result<ServiceWrites, KernelError> {
         let mut writes = ServiceWrites::default();
+        // No service: no table at all (a node without services carries nothing of them).
+        let empty = Ruleset::default();
         let script = match &self.applied {
-            None => render::full(desired),
-            Some(old) => render::update(old, desired),
+            _ if *desired == empty => match &self.applied {
+                Some(old) if *old == empty => String::new(),
+                Some(_) => render::remove(),
+                None if self.table_exists().await? => render::remove(),
+                None => String::new(),
+            },
+            Some(old) if *old != empty => render::update(old, desired),
+            _ => render::full(desired),
         };
         let old_vips: BTreeSet<Ipv4Addr> = self
             .applied
@@ -129,6 +137,15 @@ impl ServiceDataplane {
         Ok(writes)
     }
 
+    async fn table_exists(&self) -> Result<bool, KernelError> {
+        let out = run_program(self.ns.as_deref(), &["list", "tables"], None, None).await?;
+        if !out.ok {
+            return Err(KernelError::Nft(out.stderr));
+        }
+        let wanted = format!("table ip {}", render::TABLE);
+        Ok(out.stdout.lines().any(|l| l.trim() == wanted))
+    }
+
     /// Remove the table and the routes (the node no longer runs services).
     pub async fn remove(&mut self) -> Result<(), KernelError> {
         let ranges = self.applied.take().map(|r| r.vips).unwrap_or_default();
@@ -144,7 +161,7 @@ impl ServiceDataplane {
                 res => res?,
             }
         }
-        let script = format!("add table ip {t}\ndelete table ip {t}\n", t = render::TABLE);
+        let script = render::remove();
         let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
         if out.ok {
             Ok(())

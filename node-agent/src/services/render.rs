@@ -89,6 +89,11 @@ pub fn full(r: &Ruleset) -> String {
     s
 }
 
+/// Delete the table (whether it exists or not, in one transaction).
+pub fn remove() -> String {
+    format!("add table ip {TABLE}\ndelete table ip {TABLE}\n")
+}
+
 fn add_elements(s: &mut String, map: &str, elems: &[String]) {
     // In slices: one huge element list makes nft's parser slow.
     for chunk in elems.chunks(1000) {
