@@ -12,14 +12,18 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio_stream_shim::UnboundedReceiverStream;
-use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_api::{
+    AddressPool, ContainerEndpoint, ContainerNetwork, ContainerService, NetworkAllocation,
+    NetworkNode,
+};
 use weft_daemon::http::Probes;
 use weft_daemon::watch::WatchBackoff;
 
 use crate::allocations::Allocations;
 use crate::metrics::Metrics;
 use crate::reconcile::fresh::FreshStore;
-use crate::reconcile::{Context, network, pool};
+use crate::reconcile::service::ServiceContext;
+use crate::reconcile::{Context, network, pool, service};
 use crate::{MANAGER, Settings};
 
 mod tokio_stream_shim {
@@ -301,8 +305,9 @@ pub async fn run(
     .backoff(WatchBackoff::default())
     .modify(|o: &mut ContainerEndpoint| o.managed_fields_mut().clear())
     .reflect(endpoints_writer);
+    let services = services_controller(&client, probes.metrics.clone());
     probes.ready.store(true, Ordering::Relaxed);
-    controller
+    let networks_done = controller
         .owns(
             Api::<NetworkAllocation>::all(client.clone()),
             watcher::Config::default(),
@@ -324,9 +329,82 @@ pub async fn run(
                 tracing::debug!(error = %e, "reconcile error");
             }
             futures::future::ready(())
-        })
-        .await;
+        });
+    futures::future::join(networks_done, services).await;
     Ok(())
+}
+
+/// The ContainerService controller: re-run a service when it changes, when an endpoint of
+/// its network in its namespace changes, or when its network changes.
+/// It keeps its own caches of networks and endpoints, filled by the very watches that
+/// trigger it, so a reconcile never reads a cache older than the event that caused it.
+fn services_controller(
+    client: &Client,
+    metrics: Arc<Metrics>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let controller = Controller::new(
+        Api::<ContainerService>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .trigger_backoff(WatchBackoff::default());
+    let services = controller.store();
+    let (networks, networks_writer) = reflector::store::<ContainerNetwork>();
+    let (endpoints, endpoints_writer) = reflector::store::<ContainerEndpoint>();
+    let network_events = watcher(
+        Api::<ContainerNetwork>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(|o: &mut ContainerNetwork| o.managed_fields_mut().clear())
+    .reflect(networks_writer);
+    let endpoint_events = watcher(
+        Api::<ContainerEndpoint>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .backoff(WatchBackoff::default())
+    .modify(|o: &mut ContainerEndpoint| o.managed_fields_mut().clear())
+    .reflect(endpoints_writer);
+    let sctx = Arc::new(ServiceContext {
+        client: client.clone(),
+        metrics,
+        networks,
+        endpoints,
+        services: services.clone(),
+        vips: Mutex::default(),
+    });
+    let on_endpoint = {
+        let services = services.clone();
+        move |ep: ContainerEndpoint| {
+            services
+                .state()
+                .iter()
+                .filter(|s| s.namespace() == ep.namespace() && s.spec.network == ep.spec.network)
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        }
+    };
+    let on_network = {
+        let services = services.clone();
+        move |net: ContainerNetwork| {
+            services
+                .state()
+                .iter()
+                .filter(|s| s.spec.network == net.name_any())
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        }
+    };
+    controller
+        .watches_stream(marking_deletes(endpoint_events), on_endpoint)
+        .watches_stream(marking_deletes(network_events), on_network)
+        .shutdown_on_signal()
+        .run(service::reconcile, service::error_policy, sctx)
+        .for_each(|res| {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "service reconcile error");
+            }
+            futures::future::ready(())
+        })
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod pool;
 pub mod reason;
+pub mod service;
 
 pub use allocation::{NetworkAllocation, NetworkAllocationSpec, NodeBlock};
 pub use endpoint::{
@@ -28,6 +29,10 @@ pub use node::{
 };
 pub use pool::{AddressPool, AddressPoolSpec, AddressPoolStatus};
 pub use reason::Reason;
+pub use service::{
+    ContainerService, ContainerServiceSpec, ContainerServiceStatus, EndpointMode, PublishMode,
+    ServicePort, ServiceProtocol, ServicePublish, SessionAffinity, TrafficPolicy,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -45,6 +50,7 @@ pub fn all_crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("networknodes.yaml", NetworkNode::crd()),
         ("networkallocations.yaml", NetworkAllocation::crd()),
         ("containerendpoints.yaml", ContainerEndpoint::crd()),
+        ("containerservices.yaml", ContainerService::crd()),
     ]
 }
 

@@ -11,5 +11,6 @@ pub mod forward;
 pub mod model;
 pub mod netns;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod upstream;

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::services::{Service, check_service, index_services};
+
 /// The zone under which `<name>.<network>.<zone>` answers when a network names none.
 pub const DEFAULT_ZONE: &str = "weft.internal";
 
@@ -56,6 +58,9 @@ pub struct Endpoint {
 pub struct Data {
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// Service names (`services.rs`); a snapshot leaves them alone, `ReplaceServices` sets all.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
 }
 
 /// A change the agent sends: a full snapshot first, then deltas.
@@ -72,6 +77,13 @@ pub enum Change {
     },
     UpsertEndpoint(Endpoint),
     RemoveEndpoint {
+        id: String,
+    },
+    ReplaceServices {
+        services: Vec<Service>,
+    },
+    UpsertService(Service),
+    RemoveService {
         id: String,
     },
 }
@@ -92,7 +104,7 @@ pub fn is_dns_name(name: &str) -> bool {
     check_name(name).is_ok()
 }
 
-fn check_name(name: &str) -> Result<(), InvalidChange> {
+pub(crate) fn check_name(name: &str) -> Result<(), InvalidChange> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -154,6 +166,17 @@ impl Data {
             }
             Change::RemoveEndpoint { id } => {
                 self.endpoints.remove(&id);
+            }
+            Change::ReplaceServices { services } => {
+                services.iter().try_for_each(check_service)?;
+                self.services = services.into_iter().map(|s| (s.id.clone(), s)).collect();
+            }
+            Change::UpsertService(svc) => {
+                check_service(&svc)?;
+                self.services.insert(svc.id.clone(), svc);
+            }
+            Change::RemoveService { id } => {
+                self.services.remove(&id);
             }
         }
         Ok(())
@@ -281,6 +304,7 @@ impl Index {
             }
         }
         // Most lists hold one item; a Vec's first push reserves four (half the index's memory).
+        index_services(&mut ix, data.services.values());
         ix.addresses.values_mut().for_each(Vec::shrink_to_fit);
         for net in &mut ix.networks {
             net.names.values_mut().for_each(Vec::shrink_to_fit);
@@ -289,6 +313,22 @@ impl Index {
     }
 
     /// Addresses the gateway listeners bind.
+    /// Let `name` on `network` answer `addrs` too (service names, `services.rs`).
+    pub(crate) fn add_names(&mut self, network: &str, name: &str, addrs: &[IpAddr]) {
+        let Some(&id) = self.by_network.get(network) else {
+            return;
+        };
+        let entry = self.networks[id as usize]
+            .names
+            .entry(name.to_ascii_lowercase().into())
+            .or_default();
+        for a in addrs {
+            if !entry.contains(a) {
+                entry.push(*a);
+            }
+        }
+    }
+
     pub fn gateway_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.gateways.keys().copied()
     }

@@ -78,6 +78,7 @@ pub async fn install_crds(client: &Client) -> Result<()> {
 /// Tests that touch the API server run one at a time (see `.config/nextest.toml`).
 pub async fn reset(client: &Client) -> Result<()> {
     purge_endpoints(client).await?;
+    purge_services(client).await?;
     purge::<ContainerNetwork>(client).await?;
     purge::<NetworkAllocation>(client).await?;
     purge::<AddressPool>(client).await?;
@@ -99,6 +100,19 @@ async fn purge_endpoints(client: &Client) -> Result<()> {
                 .ok();
         }
         api.delete(&name, &DeleteParams::default()).await.ok();
+    }
+    Ok(())
+}
+
+/// Delete every ContainerService in every namespace (they carry no finalizers).
+async fn purge_services(client: &Client) -> Result<()> {
+    let all: Api<weft_api::ContainerService> = Api::all(client.clone());
+    for svc in all.list(&ListParams::default()).await? {
+        let ns = svc.namespace().unwrap_or_default();
+        let api: Api<weft_api::ContainerService> = Api::namespaced(client.clone(), &ns);
+        api.delete(&svc.name_any(), &DeleteParams::default())
+            .await
+            .ok();
     }
     Ok(())
 }

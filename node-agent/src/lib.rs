@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod services;

@@ -28,6 +28,8 @@ pub struct AddressAllocator {
     /// `range` ∩ `subnet`; `None` when they do not meet (nothing to hand out).
     span: Option<Interval>,
     reserved: Occupancy,
+    /// Handed out only when asked for by name, never as "the next free" one.
+    only_on_request: Occupancy,
     by_addr: BTreeMap<u128, String>,
     by_owner: HashMap<String, u128>,
     /// No address of the span below this is free: a shortcut for the search,
@@ -75,11 +77,26 @@ impl AddressAllocator {
             range,
             span,
             reserved: reserved_space,
+            only_on_request: Occupancy::new(),
             by_addr: BTreeMap::new(),
             by_owner: HashMap::new(),
             lowest_maybe_free: span.map_or(0, |span| span.start),
             capacity,
         }
+    }
+
+    /// Addresses handed out only to an owner that asks for them ([`request`](Self::request)),
+    /// never by [`allocate`](Self::allocate): the service range of a subnet, which must stay
+    /// free for VIPs without refusing `docker run --ip` of an address in it.
+    pub fn only_on_request(mut self, nets: &[IpNet]) -> Self {
+        if let Some(span) = self.span {
+            for net in nets {
+                if let Some(part) = Interval::of(net).intersect(&span) {
+                    self.only_on_request.add(part);
+                }
+            }
+        }
+        self
     }
 
     /// The owner's address: the one it has, else the lowest free one.
@@ -182,6 +199,10 @@ impl AddressAllocator {
                 candidate = end.checked_add(1)?;
                 continue;
             }
+            if let Some(end) = self.only_on_request.last_overlap_end(here) {
+                candidate = end.checked_add(1)?;
+                continue;
+            }
             let before = candidate;
             for (&taken, _) in self.by_addr.range(candidate..) {
                 if taken != candidate {
@@ -211,6 +232,27 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_kept_for_requests_are_never_the_next_free_but_can_be_asked_for() {
+        let subnet = net("10.0.0.0/28");
+        let mut addrs = AddressAllocator::new(subnet, subnet, vec![net("10.0.0.1/32")])
+            .only_on_request(&[net("10.0.0.12/30")]);
+        let got: Vec<IpAddr> = (0..9)
+            .map(|i| addrs.allocate(&format!("ep{i}")).unwrap())
+            .collect();
+        assert_eq!(got.last(), Some(&ip("10.0.0.10")));
+        assert_eq!(
+            addrs.allocate("ep9"),
+            Ok(ip("10.0.0.11")),
+            "the last address below the kept range"
+        );
+        assert_eq!(
+            addrs.allocate("ep10"),
+            Err(AddressError::Exhausted { range: subnet })
+        );
+        assert_eq!(addrs.request("asks", ip("10.0.0.13")), Ok(ip("10.0.0.13")));
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod addresses;
 mod blocks;
 mod occupancy;
 pub mod range;
+mod services;
 mod subnets;
 mod vni;
 
@@ -29,5 +30,6 @@ pub use addresses::{AddressAllocator, AddressError};
 pub use blocks::{BlockAllocator, BlockError};
 pub use ipnet::IpNet;
 pub use range::first_host;
+pub use services::service_range;
 pub use subnets::{AllocError, Allocation, Claimant, Pool, PoolUsage, Request, SubnetAllocator};
 pub use vni::{VNI_AUTO_MIN, VNI_MAX, VniAllocator, VniError};

@@ -3,6 +3,7 @@
 pub mod fresh;
 pub mod network;
 pub mod pool;
+pub mod service;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

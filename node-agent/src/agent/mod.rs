@@ -16,6 +16,7 @@ mod endpoint_watch;
 mod node;
 mod pass;
 mod wireguard;
+mod services;
 
 pub use config::{Config, MANAGER};
 pub use pass::PassReport;
@@ -215,6 +216,11 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     }
     tokio::spawn(endpoints.clone().release_gone_sandboxes());
     tokio::spawn(endpoints.clone().watch_sandboxes());
+    tokio::spawn(services::run(
+        agent.client.clone(),
+        agent.cfg.node_name.clone(),
+        agent.cfg.netns.clone(),
+    ));
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await

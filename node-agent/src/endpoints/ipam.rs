@@ -16,7 +16,14 @@ pub struct NodeIpam {
 
 impl NodeIpam {
     fn allocator(&mut self, network_uid: &str, space: &AddressSpace) -> &mut AddressAllocator {
-        let fresh = || AddressAllocator::new(space.subnet, space.range, space.reserved.clone());
+        // The service range stays free for VIPs unless an endpoint asks for an address in it.
+        let services: Vec<_> = weft_ipam::service_range(&space.subnet)
+            .into_iter()
+            .collect();
+        let fresh = || {
+            AddressAllocator::new(space.subnet, space.range, space.reserved.clone())
+                .only_on_request(&services)
+        };
         let entry = self
             .networks
             .entry(network_uid.to_string())

@@ -32,6 +32,7 @@ mod nft;
 mod probe;
 mod route;
 mod sandbox_events;
+mod services;
 mod sysctl;
 mod wireguard;
 
@@ -48,5 +49,6 @@ pub use netlink::WEFT_RTPROT;
 pub use nft::{base_chain, nft_tables_equivalent};
 pub use probe::Capabilities;
 pub use sandbox_events::{SandboxEvents, sandbox_events};
+pub use services::{ServiceDataplane, ServiceWrites};
 pub use sysctl::DEFAULT_KEYS as DEFAULT_SYSCTLS;
 pub use wireguard::{WireguardConfig, WireguardDevice, WireguardPeerConfig};

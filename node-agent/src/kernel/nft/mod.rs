@@ -47,4 +47,6 @@ mod tables;
 pub(crate) use own::{AddedRules, OwnNft};
 pub use plan::{base_chain, nft_tables_equivalent};
 pub(crate) use program::available;
+/// The `nft` child, for the services table (`kernel/services.rs`), which has its own writer.
+pub(crate) use program::run as run_program;
 pub(crate) use tables::NftTables;

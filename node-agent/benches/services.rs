@@ -1,0 +1,287 @@
+//! The services dataplane on one node (throwaway namespaces, real kernel, no API server):
+//!
+//! 1. 10,000 services × 3 endpoints programmed from cold: plan + one transaction.
+//! 2. Connection rate and latency through one VIP with 10 and with 10,000 services.
+//! 3. TCP throughput to an endpoint directly, through its VIP and through an ingress port.
+//!
+//! ```text
+//! cargo bench -p weft-agent --bench services [-- SERVICES CONNECTIONS]
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weft_agent::kernel::ServiceDataplane;
+use weft_agent::services::plan::{EndpointInput, PortInput, ServiceInput, plan};
+use weft_api::{PublishMode, ServiceProtocol, TrafficPolicy};
+
+struct Ns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Ns {
+    fn new(role: &str) -> Ns {
+        let name = format!("weft-sb-{}-{role}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        let ns = Ns {
+            path: Path::new("/var/run/netns").join(&name),
+            name,
+        };
+        ns.sh("ip link set lo up");
+        ns
+    }
+    fn sh(&self, cmd: &str) {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd]);
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn enter(ns: &Path) {
+    let file = std::fs::File::open(ns).expect("open netns");
+    // SAFETY: setns on a valid namespace fd changes only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0);
+}
+
+fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+/// :8080 answers one line per line; :9000 swallows everything.
+fn serve(ns: &Path) {
+    for port in [8080u16, 9000] {
+        let ns = ns.to_path_buf();
+        std::thread::spawn(move || {
+            enter(&ns);
+            let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = conn;
+                    if port == 9000 {
+                        let mut buf = vec![0u8; 1 << 16];
+                        while conn.read(&mut buf).is_ok_and(|n| n > 0) {}
+                        return;
+                    }
+                    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        if conn.write_all(b"ok\n").is_err() {
+                            break;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn service(i: u32, endpoints: &[Ipv4Addr]) -> ServiceInput {
+    // VIPs from the service range of 10.64.0.0/12 (10.79.0.0/16).
+    let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 79, 0, 1)) + i);
+    ServiceInput {
+        id: format!("bench/s{i}"),
+        vip: Some(vip),
+        subnets: vec!["10.64.0.0/12".parse().expect("subnet")],
+        ports: vec![
+            PortInput {
+                protocol: ServiceProtocol::Tcp,
+                port: 80,
+                target: 8080,
+                publish: (i == 0).then_some((PublishMode::Ingress, 8000)),
+            },
+            PortInput {
+                protocol: ServiceProtocol::Tcp,
+                port: 90,
+                target: 9000,
+                publish: (i == 0).then_some((PublishMode::Ingress, 9000)),
+            },
+        ],
+        affinity: None,
+        ingress_policy: TrafficPolicy::Cluster,
+        endpoints: endpoints
+            .iter()
+            .map(|a| EndpointInput {
+                address: *a,
+                ready: true,
+                local: true,
+            })
+            .collect(),
+    }
+}
+
+/// `n` connections one after the other: (connections per second, p50, p99 in µs).
+fn connections(client: &Path, to: SocketAddr, n: usize) -> (f64, u128, u128) {
+    in_ns(client, move || {
+        let started = Instant::now();
+        let mut lat: Vec<u128> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                let conn = TcpStream::connect(to).expect("connect");
+                let mut w = conn.try_clone().expect("clone");
+                w.write_all(b"hi\n").expect("write");
+                let mut line = String::new();
+                BufReader::new(conn).read_line(&mut line).expect("read");
+                t.elapsed().as_micros()
+            })
+            .collect();
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        lat.sort_unstable();
+        (rate, lat[n / 2], lat[n * 99 / 100])
+    })
+}
+
+/// Bytes per second written to `to` for `secs` seconds.
+fn throughput(client: &Path, to: SocketAddr, secs: u64) -> f64 {
+    in_ns(client, move || {
+        let mut conn = TcpStream::connect(to).expect("connect");
+        let buf = vec![0u8; 1 << 17];
+        let started = Instant::now();
+        let mut sent = 0u64;
+        while started.elapsed() < Duration::from_secs(secs) {
+            conn.write_all(&buf).expect("write");
+            sent += buf.len() as u64;
+        }
+        sent as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let conns: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3_000);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+
+    let node = Ns::new("node");
+    node.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br0 type bridge && ip addr add 10.64.0.1/12 dev br0 && ip link set br0 up");
+    let mut eps = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..3u8 {
+        let ns = Ns::new(&format!("e{i}"));
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &format!("v{i}"),
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ],
+        );
+        node.sh(&format!("ip link set v{i} master br0 up"));
+        let a = Ipv4Addr::new(10, 64, 0, 2 + i);
+        ns.sh(&format!("ip addr add {a}/12 dev eth0 && ip link set eth0 up && ip route add default via 10.64.0.1"));
+        serve(&ns.path);
+        eps.push(ns);
+        addrs.push(a);
+    }
+    let client = Ns::new("out");
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "up0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ],
+    );
+    node.sh("ip addr add 192.168.78.1/24 dev up0 && ip link set up0 up");
+    client.sh("ip addr add 192.168.78.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.78.1");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let many: Vec<ServiceInput> = (0..n).map(|i| service(i, &addrs)).collect();
+    let few: Vec<ServiceInput> = many.iter().take(10).cloned().collect();
+    let vip = SocketAddr::from((Ipv4Addr::new(10, 79, 0, 1), 80));
+
+    rt.block_on(async {
+        // 1. Cold start.
+        let mut dp = ServiceDataplane::open(Some(&node.path)).await.expect("open");
+        let t = Instant::now();
+        let desired = plan(&many);
+        let planned = t.elapsed();
+        let w = dp.apply(&desired).await.expect("apply");
+        let total = t.elapsed();
+        println!(
+            "cold start: {n} services x 3 endpoints (x 2 ports): plan {:.0} ms, total {:.0} ms, script {:.1} MiB",
+            planned.as_secs_f64() * 1e3,
+            total.as_secs_f64() * 1e3,
+            w.script_bytes as f64 / 1048576.0
+        );
+        // One endpoint change with everything programmed.
+        let mut changed = many.clone();
+        changed[n as usize / 2].endpoints[1].ready = false;
+        let t = Instant::now();
+        let w = dp.apply(&plan(&changed)).await.expect("apply");
+        println!(
+            "one endpoint change among {n} services: {:.1} ms, script {} bytes",
+            t.elapsed().as_secs_f64() * 1e3,
+            w.script_bytes
+        );
+        dp.apply(&desired).await.expect("apply");
+
+        // 2. Per-packet cost: the same VIP with 10,000 and with 10 services.
+        let (rate_many, p50_many, p99_many) = connections(&client.path, vip, conns);
+        dp.apply(&plan(&few)).await.expect("apply");
+        let (rate_few, p50_few, p99_few) = connections(&client.path, vip, conns);
+        println!("connections through one VIP ({conns} sequential, new connection + one request each):");
+        println!("  {:>6} services: {rate_few:.0}/s, p50 {p50_few} µs, p99 {p99_few} µs", few.len());
+        println!("  {:>6} services: {rate_many:.0}/s, p50 {p50_many} µs, p99 {p99_many} µs", n);
+        println!("  rate ratio {:.3}", rate_many / rate_few);
+
+        // 3. Throughput, one endpoint behind the VIP.
+        let single = vec![service(0, &addrs[..1])];
+        dp.apply(&plan(&single)).await.expect("apply");
+        let direct = throughput(&client.path, SocketAddr::from((addrs[0], 9000)), 3);
+        let via_vip = throughput(&client.path, SocketAddr::from((Ipv4Addr::new(10, 79, 0, 1), 90)), 3);
+        let via_ingress = throughput(&client.path, "192.168.78.1:9000".parse().expect("addr"), 3);
+        let g = |b: f64| b * 8.0 / 1e9;
+        println!("TCP throughput, 3 s each, from a client outside the node:");
+        println!("  direct to the endpoint: {:.2} Gbit/s", g(direct));
+        println!("  through the VIP:        {:.2} Gbit/s ({:.0} %)", g(via_vip), via_vip / direct * 100.0);
+        println!("  through ingress :9000:  {:.2} Gbit/s ({:.0} %)", g(via_ingress), via_ingress / direct * 100.0);
+        dp.remove().await.expect("remove");
+    });
+    drop(eps);
+}

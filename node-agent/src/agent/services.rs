@@ -1,0 +1,104 @@
+//! The services loop of the agent: its own watches (services, endpoints with their
+//! readiness, networks), and on every relevant change one plan → apply of the services table.
+//! Apart from the network pass so a burst of endpoint changes never delays the network's
+//! kernel state, and the other way round.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
+use weft_api::condition::{is_true, types};
+use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService};
+
+use super::caches::{digest, watch};
+use crate::kernel::ServiceDataplane;
+use crate::services::inputs::service_inputs;
+use crate::services::plan::plan;
+
+/// Run until the process ends.
+pub(super) async fn run(client: Client, node: String, netns: Option<PathBuf>) {
+    let notify = Arc::new(Notify::new());
+    let services = watch::<ContainerService>(
+        &client,
+        notify.clone(),
+        |s: &ContainerService| {
+            Some(digest(&(
+                serde_json::to_string(&s.spec).unwrap_or_default(),
+                s.status.as_ref().map(|st| st.vip.clone()),
+                s.metadata.deletion_timestamp.is_some(),
+                s.uid(),
+            )))
+        },
+        |_| {},
+    );
+    let endpoints = watch::<ContainerEndpoint>(
+        &client,
+        notify.clone(),
+        |c: &ContainerEndpoint| {
+            let s = c.status.as_ref();
+            Some(digest(&(
+                &c.spec.network,
+                &c.spec.node,
+                c.labels(),
+                c.metadata.deletion_timestamp.is_some(),
+                s.map(|s| (&s.address, is_true(&s.conditions, types::READY))),
+            )))
+        },
+        |_| {},
+    );
+    let networks = watch::<ContainerNetwork>(
+        &client,
+        notify.clone(),
+        |n: &ContainerNetwork| Some(digest(&n.status.as_ref().map(|s| &s.subnets))),
+        |_| {},
+    );
+    for ready in [
+        services.wait_until_ready().await.is_ok(),
+        endpoints.wait_until_ready().await.is_ok(),
+        networks.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            tracing::warn!(
+                "services: a watch ended before its first list; services not programmed"
+            );
+            return;
+        }
+    }
+    let mut dataplane = loop {
+        match ServiceDataplane::open(netns.as_deref()).await {
+            Ok(d) => break d,
+            Err(e) => {
+                tracing::warn!(error = %e, "services: cannot open the namespace; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    loop {
+        let desired = plan(&service_inputs(
+            &node,
+            &services.state(),
+            &networks.state(),
+            &endpoints.state(),
+        ));
+        match dataplane.apply(&desired).await {
+            Ok(w) if w.transactions > 0 || w.routes > 0 => {
+                tracing::debug!(
+                    bytes = w.script_bytes,
+                    routes = w.routes,
+                    "services programmed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "services: applying failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        notify.notified().await;
+        // Let a burst of events settle into one apply.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

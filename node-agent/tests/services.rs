@@ -1,0 +1,481 @@
+//! The services dataplane against a real kernel, in throwaway network namespaces (run as
+//! root): a node with a bridge, three endpoints answering their name over TCP, a client on
+//! the bridge and a client outside the node. Balance, affinity, hairpin, draining, source
+//! addresses, ingress and idempotence are measured with real connections.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use weft_agent::kernel::ServiceDataplane;
+use weft_agent::services::plan::{EndpointInput, PortInput, ServiceInput, plan};
+use weft_api::{PublishMode, ServiceProtocol, TrafficPolicy};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Ns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Ns {
+    fn new(role: &str) -> Ns {
+        let name = format!(
+            "weft-s-{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let path = Path::new("/var/run/netns").join(&name);
+        let ns = Ns { name, path };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    fn sh(&self, cmd: &str) -> String {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd])
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run `f` on a thread inside the namespace.
+fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).expect("open netns");
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}", ns.display());
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// A TCP server in the namespace: for every line it reads, it answers `<name> <peer ip>`.
+fn serve(ns: &Path, name: &'static str, port: u16) {
+    let ns = ns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).expect("open netns");
+        // SAFETY: as above.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let peer = conn
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut conn = conn;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if conn
+                        .write_all(format!("{name} {peer}\n").as_bytes())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// One connection: ask once, return `(server name, source it saw)`.
+fn ask(to: SocketAddr) -> std::io::Result<(String, String)> {
+    let conn = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut w = conn.try_clone()?;
+    w.write_all(b"hi\n")?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    Ok((
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    ))
+}
+
+/// `n` connections from inside `ns`; the answers, failures counted as "FAILED".
+fn ask_many(ns: &Path, to: SocketAddr, n: usize) -> Vec<(String, String)> {
+    in_ns(ns, move || {
+        (0..n)
+            .map(|_| ask(to).unwrap_or_else(|e| ("FAILED".into(), e.to_string())))
+            .collect()
+    })
+}
+
+fn count(answers: &[(String, String)], name: &str) -> usize {
+    answers.iter().filter(|(n, _)| n == name).count()
+}
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 241);
+const NAMES: [&str; 3] = ["e0", "e1", "e2"];
+
+/// node (bridge 10.30.0.1/24, 192.168.77.1 towards `outside`), e0..e2 = 10.30.0.2-4
+/// serving :8080, `client` = 10.30.0.10 on the bridge, `outside` = 192.168.77.2.
+struct Lab {
+    node: Ns,
+    eps: Vec<Ns>,
+    client: Ns,
+    outside: Ns,
+}
+
+fn lab() -> Option<Lab> {
+    if Command::new("nft").arg("--version").output().is_err() {
+        let _ = writeln!(std::io::stderr(), "SKIP: the nft program is not installed");
+        return None;
+    }
+    let node = Ns::new("node");
+    node.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br0 type bridge && ip addr add 10.30.0.1/24 dev br0 && ip link set br0 up");
+    let attach = |ns: &Ns, idx: usize, addr: &str| {
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &format!("v{idx}"),
+                "netns",
+                &node.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ],
+        );
+        node.sh(&format!("ip link set v{idx} master br0 up"));
+        ns.sh(&format!(
+            "ip addr add {addr}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.30.0.1"
+        ));
+    };
+    let mut eps = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let ns = Ns::new(name);
+        attach(&ns, i, &format!("10.30.0.{}", i + 2));
+        serve(&ns.path, name, 8080);
+        eps.push(ns);
+    }
+    let client = Ns::new("client");
+    attach(&client, 9, "10.30.0.10");
+    let outside = Ns::new("out");
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "up0",
+            "netns",
+            &node.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.name,
+        ],
+    );
+    node.sh("ip addr add 192.168.77.1/24 dev up0 && ip link set up0 up");
+    outside.sh("ip addr add 192.168.77.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.77.1");
+    std::thread::sleep(Duration::from_millis(300));
+    Some(Lab {
+        node,
+        eps,
+        client,
+        outside,
+    })
+}
+
+fn web(ready: [bool; 3], affinity: Option<u32>) -> ServiceInput {
+    ServiceInput {
+        id: "default/web".into(),
+        vip: Some(VIP),
+        subnets: vec!["10.30.0.0/24".parse().unwrap()],
+        ports: vec![PortInput {
+            protocol: ServiceProtocol::Tcp,
+            port: 80,
+            target: 8080,
+            publish: Some((PublishMode::Ingress, 8000)),
+        }],
+        affinity,
+        ingress_policy: TrafficPolicy::Cluster,
+        endpoints: ready
+            .iter()
+            .enumerate()
+            .map(|(i, r)| EndpointInput {
+                address: Ipv4Addr::new(10, 30, 0, 2 + i as u8),
+                ready: *r,
+                local: true,
+            })
+            .collect(),
+    }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::from((VIP, 80))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_thousand_connections_spread_evenly_over_three_endpoints() {
+    let Some(lab) = lab() else { return };
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    dp.apply(&plan(&[web([true; 3], None)]))
+        .await
+        .expect("apply");
+    let answers = ask_many(&lab.client.path, vip(), 3000);
+    for name in NAMES {
+        let n = count(&answers, name);
+        assert!(
+            (900..=1100).contains(&n),
+            "{name} got {n} of 3000 (want 1000 ± 10 %); failed: {}",
+            count(&answers, "FAILED")
+        );
+    }
+    // A client on the bridge is masqueraded to the gateway, so the reply comes back through
+    // the node (it would otherwise go straight over the bridge from the wrong address).
+    assert!(
+        answers.iter().all(|(_, src)| src == "10.30.0.1"),
+        "{:?}",
+        &answers[..3]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_outside_the_subnet_keep_their_address_through_the_vip_and_the_ingress_port() {
+    let Some(lab) = lab() else { return };
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    dp.apply(&plan(&[web([true; 3], None)]))
+        .await
+        .expect("apply");
+    for to in [vip(), "192.168.77.1:8000".parse().unwrap()] {
+        let answers = ask_many(&lab.outside.path, to, 60);
+        assert_eq!(count(&answers, "FAILED"), 0, "{to}: {answers:?}");
+        assert!(
+            answers.iter().all(|(_, src)| src == "192.168.77.2"),
+            "{to}: the endpoint must see the client's own address: {answers:?}"
+        );
+        assert!(
+            NAMES.iter().all(|n| count(&answers, n) > 0),
+            "{to}: {answers:?}"
+        );
+    }
+    // A port no service offers on a VIP is refused at once (not left to time out).
+    let refused = in_ns(&lab.outside.path, || {
+        TcpStream::connect_timeout(&SocketAddr::from((VIP, 81)), Duration::from_secs(2))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(refused, Err(std::io::ErrorKind::ConnectionRefused));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_affinity_sends_a_client_to_one_endpoint() {
+    let Some(lab) = lab() else { return };
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    dp.apply(&plan(&[web([true; 3], Some(60))]))
+        .await
+        .expect("apply");
+    let answers = ask_many(&lab.client.path, vip(), 300);
+    let first = answers[0].0.clone();
+    assert!(NAMES.contains(&first.as_str()), "{answers:?}");
+    assert_eq!(count(&answers, &first), 300, "every connection to {first}");
+    // The outside client is another client: it may land elsewhere, but sticks too.
+    let outside = ask_many(&lab.outside.path, vip(), 100);
+    assert_eq!(count(&outside, &outside[0].0), 100);
+}
+
+// Known failure: a connection an endpoint opens to its own VIP that is balanced to the
+// endpoint itself (saddr == daddr after DNAT) is dropped by the node's routing before the
+// forward hook (never reaches postrouting to be masqueraded); the ones balanced to the other
+// endpoints work. Under investigation — see the report and ARCHITECTURE.md (Services).
+#[ignore = "hairpin to the endpoint itself is dropped before forward; open"]
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_reaches_its_own_service_hairpin() {
+    let Some(lab) = lab() else { return };
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    dp.apply(&plan(&[web([true; 3], None)]))
+        .await
+        .expect("apply");
+    let answers = ask_many(&lab.eps[0].path, vip(), 300);
+    assert_eq!(count(&answers, "FAILED"), 0, "{answers:?}");
+    assert!(
+        count(&answers, "e0") > 0,
+        "e0 reached itself through the VIP"
+    );
+    assert!(count(&answers, "e1") > 0 && count(&answers, "e2") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_not_ready_endpoint_drains_while_established_connections_live_on() {
+    let Some(lab) = lab() else { return };
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    dp.apply(&plan(&[web([true; 3], None)]))
+        .await
+        .expect("apply");
+    // Hold one connection to each endpoint open.
+    let held = in_ns(&lab.client.path, || {
+        let mut held = std::collections::BTreeMap::new();
+        for _ in 0..200 {
+            let conn = TcpStream::connect_timeout(&vip(), Duration::from_secs(2)).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let mut w = conn.try_clone().expect("clone");
+            w.write_all(b"hi\n").expect("write");
+            let mut line = String::new();
+            let mut r = BufReader::new(conn.try_clone().expect("clone"));
+            r.read_line(&mut line).expect("read");
+            let name = line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            held.entry(name).or_insert(conn);
+            if held.len() == 3 {
+                break;
+            }
+        }
+        held
+    });
+    assert_eq!(held.len(), 3, "one connection to each endpoint");
+    let writes = dp
+        .apply(&plan(&[web([true, false, true], None)]))
+        .await
+        .expect("apply");
+    assert_eq!(writes.transactions, 1);
+    let answers = ask_many(&lab.client.path, vip(), 300);
+    assert_eq!(
+        count(&answers, "e1"),
+        0,
+        "no new connection to the not-ready e1"
+    );
+    assert_eq!(count(&answers, "FAILED"), 0);
+    // Every held connection still answers, e1's included (conntrack keeps its DNAT).
+    let still = in_ns(&lab.client.path, move || {
+        held.into_iter()
+            .map(|(name, conn)| {
+                let mut w = conn.try_clone().expect("clone");
+                w.write_all(b"again\n").expect("write on a held connection");
+                let mut line = String::new();
+                BufReader::new(conn).read_line(&mut line).expect("read");
+                (
+                    name,
+                    line.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    for (was, now) in still {
+        assert_eq!(was, now);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table_whole() {
+    let Some(lab) = lab() else { return };
+    // Fifty other services besides web, so "the whole table" and "one service" differ.
+    let others: Vec<ServiceInput> = (0..50u8)
+        .map(|i| ServiceInput {
+            id: format!("default/other-{i}"),
+            vip: Some(Ipv4Addr::new(10, 31, 0, i + 1)),
+            ..web([true; 3], None)
+        })
+        .collect();
+    let with = |web_ready: [bool; 3]| {
+        let mut all = others.clone();
+        all.push(web(web_ready, None));
+        plan(&all)
+    };
+    let desired = with([true; 3]);
+    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    let first = dp.apply(&desired).await.expect("apply");
+    assert_eq!((first.transactions, first.routes), (1, 51));
+    let listed = lab.node.sh("nft list table ip weft-svc");
+    let again = dp.apply(&desired).await.expect("apply");
+    assert_eq!(again, Default::default(), "nothing written the second time");
+    assert_eq!(lab.node.sh("nft list table ip weft-svc"), listed);
+    // An agent restart: a new writer replaces the table in one transaction; same content,
+    // and the service answers right after.
+    let mut restarted = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    restarted.apply(&desired).await.expect("apply");
+    assert_eq!(lab.node.sh("nft list table ip weft-svc"), listed);
+    // One endpoint change writes that service's chain, not the table.
+    let changed = restarted
+        .apply(&with([true, true, false]))
+        .await
+        .expect("apply");
+    assert_eq!(changed.transactions, 1);
+    assert!(
+        changed.script_bytes * 20 < first.script_bytes,
+        "{changed:?} against a full table of {} bytes",
+        first.script_bytes
+    );
+    assert_eq!(changed.routes, 0);
+    let answers = ask_many(&lab.client.path, vip(), 60);
+    assert_eq!(count(&answers, "e2"), 0);
+    assert_eq!(count(&answers, "FAILED"), 0);
+    // No service left: the table goes (a node without services carries nothing of them),
+    // and a fresh writer with nothing to program writes nothing.
+    restarted.apply(&plan(&[])).await.expect("apply");
+    assert!(!lab.node.sh("nft list tables").contains("weft-svc"));
+    let mut idle = ServiceDataplane::open(Some(&lab.node.path))
+        .await
+        .expect("open");
+    assert_eq!(
+        idle.apply(&plan(&[])).await.expect("apply"),
+        Default::default()
+    );
+    restarted.apply(&desired).await.expect("apply");
+    // Removing everything leaves no table and no route behind.
+    restarted.remove().await.expect("remove");
+    assert!(!lab.node.sh("nft list tables").contains("weft-svc"));
+    assert!(
+        !lab.node
+            .sh("ip route show table local")
+            .contains("10.30.0.240")
+    );
+}
