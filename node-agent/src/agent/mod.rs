@@ -206,6 +206,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);
     }
     tokio::spawn(endpoints.clone().release_gone_sandboxes());
+    tokio::spawn(endpoints.clone().finish_teardowns());
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await

@@ -30,6 +30,7 @@ impl Endpoints {
             .await
             .map_err(|_| failure(codes::NOT_AVAILABLE, "the Weft agent is shutting down"))?;
         let request = cni_request(req)?;
+        self.settle_teardowns(&request).await;
         let cni_id = request.cni.clone();
         let (stale, id, admitted) = {
             let mut st = lock(&self.state);
@@ -194,10 +195,10 @@ impl Endpoints {
             .map_err(|m| failure(codes::KERNEL, m))?;
         let att = lock(&self.state).attachments.get(id).cloned();
         if let Some(att) = &att {
-            self.detach_now(att)
+            // Out of service now; the interface's deletion follows in the background.
+            self.take_down(att)
                 .await
                 .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
-            self.forget(id);
             drop(claim);
             // The default route moves to the next holder before DEL answers.
             self.ensure_sandbox(&att.sandbox).await;

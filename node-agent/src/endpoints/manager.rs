@@ -54,6 +54,8 @@ pub struct Endpoints {
     pub(super) gone_grace: std::time::Duration,
     /// Asks [`Endpoints::release_gone_sandboxes`] to look now.
     pub(super) sandbox_check: Notify,
+    /// Asks [`Endpoints::finish_teardowns`] to delete what DEL took down.
+    pub(super) teardowns: Notify,
 }
 
 impl Endpoints {
@@ -83,6 +85,7 @@ impl Endpoints {
             adds: Semaphore::new(MAX_CONCURRENT_ADDS),
             gone_grace: super::gone::DEFAULT_GRACE,
             sandbox_check: Notify::new(),
+            teardowns: Notify::new(),
         })
     }
 

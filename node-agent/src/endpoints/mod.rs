@@ -12,7 +12,8 @@
 //! ([`crate::drivers::Driver`]); [`plan`] adds what every endpoint gets alike. One endpoint
 //! is worked on by one task at a time ([`claims`]). An endpoint whose sandbox vanished
 //! without a DEL (the runtime removed it while the agent was down) is found and, if the CNI
-//! plugin made it, released by [`gone`]. [`translate`] holds the pure mappings
+//! plugin made it, released by [`gone`]. A CNI DEL answers once the endpoint is out of
+//! service; its interface is deleted right after ([`teardown`]). [`translate`] holds the pure mappings
 //! between the state and the API and CNI shapes.
 //!
 //! Addresses are allocated here, on the node, with no API round trip: bridge networks are
@@ -33,6 +34,7 @@ mod release;
 pub mod sandbox;
 pub mod socket;
 pub mod state;
+mod teardown;
 mod translate;
 
 use std::fmt;

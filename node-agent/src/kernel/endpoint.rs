@@ -36,6 +36,11 @@ use crate::names;
 /// Alias prefix of host-side endpoint interfaces.
 pub const ENDPOINT_ALIAS_PREFIX: &str = "weft-ep:";
 
+/// Link group of host-side endpoint interfaces taken out of service by a DEL and waiting
+/// for their deletion ([`Kernel::disconnect_endpoint`]): deleted together in one request,
+/// so several pay for the kernel's RCU waits once (`weft` in ASCII).
+pub const RELEASE_GROUP: u32 = 0x7765_6674;
+
 /// How the endpoint's interface reaches the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndpointLink {
@@ -219,6 +224,77 @@ impl Kernel {
         };
         let (w, r) = sandbox.netlink.delete_link(if_name).await;
         r.map(|()| w)
+    }
+
+    /// Take an endpoint's veth out of service at once, without deleting it: the host end
+    /// down (the sandbox end loses its carrier), out of its bridge, and in
+    /// [`RELEASE_GROUP`]. These are cheap; the deletion itself waits for RCU grace periods
+    /// (~20 ms) and follows in [`Kernel::delete_released`]. Returns `false` when there is
+    /// no host end (not a veth endpoint, or gone already).
+    pub async fn disconnect_endpoint(
+        &self,
+        host: &str,
+        host_alias: &str,
+    ) -> Result<bool, KernelError> {
+        let Some(raw) = self.netlink.get_link(host).await? else {
+            return Ok(false);
+        };
+        if raw.alias.as_deref() != Some(host_alias) {
+            return Err(KernelError::NotOwned(host.to_string()));
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = raw.index;
+        // Up in the mask, not in the flags: down.
+        msg.header.change_mask |= LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(0));
+        msg.attributes.push(LinkAttribute::Group(RELEASE_GROUP));
+        match self
+            .netlink
+            .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                format!("take {host} out of service")
+            })
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if already_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete disconnected host ends (`(name, alias)` pairs): every link in
+    /// [`RELEASE_GROUP`] in one request when all of them are Weft endpoints' (the kernel
+    /// deletes a group in one batch), then any of `hosts` still there one by one. Gone
+    /// already counts as deleted. Returns the writes.
+    pub async fn delete_released(&self, hosts: &[(String, String)]) -> Result<usize, KernelError> {
+        let links = self.netlink.dump_links().await?;
+        let grouped: Vec<_> = links.iter().filter(|l| l.group == RELEASE_GROUP).collect();
+        let all_ours = grouped.iter().all(|l| {
+            l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(ENDPOINT_ALIAS_PREFIX))
+        });
+        let mut writes = 0;
+        if !grouped.is_empty() && all_ours {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::Group(RELEASE_GROUP));
+            writes += 1;
+            match self
+                .netlink
+                .ack(RouteNetlinkMessage::DelLink(msg), 0, || {
+                    format!("delete {} released endpoint interfaces", grouped.len())
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if already_gone(&e) => {}
+                // One by one below.
+                Err(e) => tracing::debug!(error = %e, "deleting the release group failed"),
+            }
+        }
+        for (host, alias) in hosts {
+            writes += self.delete_host_link(host, |a| a == alias).await?;
+        }
+        Ok(writes)
     }
 
     /// Delete a host-side endpoint interface found by the garbage collector.
