@@ -79,13 +79,16 @@ impl Endpoints {
         }
         admitted.map_err(|p| problem_failure(&p))?;
         // A network not programmed here yet comes back as NetworkNotReady: try again later.
-        if let Err(p) = self.ensure(&id).await {
-            // Nothing half-applied: whatever the failed attempt created goes too.
-            if let Some(att) = self.forget(&id) {
-                let _ = self.detach(&att).await;
+        let ensured = match self.ensure(&id).await {
+            Ok(e) => e,
+            Err(p) => {
+                // Nothing half-applied: whatever the failed attempt created goes too.
+                if let Some(att) = self.forget(&id) {
+                    let _ = self.detach(&att).await;
+                }
+                return Err(problem_failure(&p));
             }
-            return Err(problem_failure(&p));
-        }
+        };
         if !request.publish.is_empty() {
             // Publish now rather than after the next pass: the node's inet table as the last
             // pass planned it, with the publish chains of every endpoint including this one,
@@ -143,17 +146,10 @@ impl Endpoints {
             });
             (att, planned)
         };
-        // ...and it was installed: a default route that is not Weft's keeps the sandbox
-        // unless the config says `"defaultRoute": "replace"`.
-        let default_route = planned
-            && (att.replace_default_route
-                || Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|found| {
-                        found.routes.iter().any(|r| r.destination.prefix_len() == 0)
-                    }));
+        // ...and the attach installed it: a default route that is not Weft's keeps the
+        // sandbox unless the config says `"defaultRoute": "replace"` (the attach saw it; no
+        // second look into the sandbox).
+        let default_route = planned && !ensured.default_route_yielded;
         Ok(cni_result(&att, default_route))
     }
 

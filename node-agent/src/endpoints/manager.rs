@@ -28,7 +28,7 @@ use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
 
 use crate::drivers::{Networks, NodeFacts, Problem, Reason};
-use crate::kernel::{Kernel, KernelError};
+use crate::kernel::{Ensured, Kernel, KernelError};
 use crate::model::KernelState;
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
@@ -189,7 +189,7 @@ impl Endpoints {
     }
 
     /// Make one attachment real (or repair it); records the outcome.
-    pub(super) async fn ensure(&self, id: &EndpointId) -> Result<usize, Problem> {
+    pub(super) async fn ensure(&self, id: &EndpointId) -> Result<Ensured, Problem> {
         // Whoever held it before us may have changed it: check again ourselves (cheap when
         // it is all in place; an endpoint detached meanwhile is reported gone).
         let _claim = self
@@ -199,7 +199,7 @@ impl Endpoints {
         self.ensure_now(id).await
     }
 
-    async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
+    async fn ensure_now(&self, id: &EndpointId) -> Result<Ensured, Problem> {
         let sandbox = lock(&self.state)
             .attachments
             .get(id)
@@ -310,13 +310,13 @@ impl Endpoints {
             .iter()
             .map(|id| Box::pin(self.ensure(id)))
             .collect();
-        let results: Vec<Result<usize, Problem>> = futures::stream::iter(pending)
+        let results: Vec<Result<Ensured, Problem>> = futures::stream::iter(pending)
             .buffer_unordered(16)
             .collect()
             .await;
         for r in results {
             match r {
-                Ok(w) => writes += w,
+                Ok(e) => writes += e.writes,
                 Err(p) => tracing::debug!(problem = %p, "endpoint not attached"),
             }
         }

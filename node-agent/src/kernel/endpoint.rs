@@ -83,6 +83,15 @@ pub struct SandboxConfig {
     pub replace_default_route: bool,
 }
 
+/// What [`Kernel::ensure_endpoint`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ensured {
+    pub writes: usize,
+    /// The config's default route was left out: the sandbox has one that is not Weft's
+    /// (and the config does not ask to replace it). A CNI result then claims none.
+    pub default_route_yielded: bool,
+}
+
 /// The interface as found in the sandbox (for CNI CHECK and status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxInterface {
@@ -99,9 +108,9 @@ pub fn sandbox_missing(e: &KernelError) -> bool {
 }
 
 impl Kernel {
-    /// Make the endpoint exist exactly as `cfg` says. Returns the number of writes (0 when
-    /// everything was already in place).
-    pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+    /// Make the endpoint exist exactly as `cfg` says. Reports the writes (0 when everything
+    /// was already in place) and whether the default route yielded to a foreign one.
+    pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<Ensured, KernelError> {
         let ns_file = netns::open(&cfg.sandbox)?;
         let sandbox = Kernel::open(Some(&cfg.sandbox)).await?;
         let mut writes = 0;
@@ -197,10 +206,16 @@ impl Kernel {
             EndpointLink::LoopbackOnly => {}
         }
         writes += sandbox.loopback_up().await?;
+        let mut default_route_yielded = false;
         if cfg.link != EndpointLink::LoopbackOnly {
-            writes += sandbox.configure_sandbox_interface(cfg).await?;
+            let (w, yielded) = sandbox.configure_sandbox_interface(cfg).await?;
+            writes += w;
+            default_route_yielded = yielded;
         }
-        Ok(writes)
+        Ok(Ensured {
+            writes,
+            default_route_yielded,
+        })
     }
 
     /// Remove what Weft made for one endpoint, whatever its driver (also when its network is
@@ -575,7 +590,11 @@ impl Kernel {
 
     /// Inside the sandbox: the interface marked, up, with its MAC and MTU, exactly its
     /// addresses and routes. Diffed against what is there, so a repeat writes nothing.
-    async fn configure_sandbox_interface(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+    /// Returns the writes and whether the default route yielded to a foreign one.
+    async fn configure_sandbox_interface(
+        &self,
+        cfg: &SandboxConfig,
+    ) -> Result<(usize, bool), KernelError> {
         let Some(raw) = self.netlink.get_link(&cfg.if_name).await? else {
             return Err(KernelError::NoSuchLink {
                 op: "configure the endpoint in its sandbox".into(),
@@ -624,6 +643,10 @@ impl Kernel {
             })
             .collect();
         let (routes, settled) = self.settle_default_routes(cfg, raw.index).await?;
+        let yielded = cfg
+            .routes
+            .iter()
+            .any(|r| r.destination.prefix_len() == 0 && !routes.contains(r));
         writes += settled;
         desired.routes = routes;
         let changes: Vec<Change> = diff(&desired, &observed)
@@ -636,10 +659,10 @@ impl Kernel {
             })
             .collect();
         if changes.is_empty() {
-            return Ok(writes);
+            return Ok((writes, yielded));
         }
         let report = self.apply(&changes).await;
-        Ok(writes + sandbox_outcome(report)?)
+        Ok((writes + sandbox_outcome(report)?, yielded))
     }
 }
 
