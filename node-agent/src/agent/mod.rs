@@ -221,6 +221,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         agent.cfg.node_name.clone(),
         agent.cfg.netns.clone(),
     ));
+    tokio::spawn(endpoints.clone().finish_teardowns());
     if let Some(path) = agent.cfg.cni_socket.clone() {
         crate::endpoints::socket::serve(&path, endpoints.clone())
             .await

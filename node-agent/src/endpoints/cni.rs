@@ -30,6 +30,7 @@ impl Endpoints {
             .await
             .map_err(|_| failure(codes::NOT_AVAILABLE, "the Weft agent is shutting down"))?;
         let request = cni_request(req)?;
+        self.settle_teardowns(&request).await;
         let cni_id = request.cni.clone();
         let (stale, id, admitted) = {
             let mut st = lock(&self.state);
@@ -91,13 +92,16 @@ impl Endpoints {
         }
         admitted.map_err(|p| problem_failure(&p))?;
         // A network not programmed here yet comes back as NetworkNotReady: try again later.
-        if let Err(p) = self.ensure(&id).await {
-            // Nothing half-applied: whatever the failed attempt created goes too.
-            if let Some(att) = self.forget(&id) {
-                let _ = self.detach(&att).await;
+        let ensured = match self.ensure(&id).await {
+            Ok(e) => e,
+            Err(p) => {
+                // Nothing half-applied: whatever the failed attempt created goes too.
+                if let Some(att) = self.forget(&id) {
+                    let _ = self.detach(&att).await;
+                }
+                return Err(problem_failure(&p));
             }
-            return Err(problem_failure(&p));
-        }
+        };
         if !request.publish.is_empty() {
             // Publish now rather than after the next pass: the node's inet table as the last
             // pass planned it, with the publish chains of every endpoint including this one,
@@ -164,24 +168,13 @@ impl Endpoints {
                 .and_then(|net| nameserver(&att, drivers::of(net).endpoint_shape()));
             (att, planned, nameserver)
         };
-        // ...and it was installed: a default route that is not Weft's keeps the sandbox
-        // unless the config says `"defaultRoute": "replace"`.
-        let mut default_routes = planned;
-        if (planned.v4 || planned.v6) && !att.replace_default_route {
-            let found = Kernel::inspect_endpoint(Path::new(&att.sandbox), &att.if_name)
-                .await
-                .ok()
-                .flatten();
-            let installed = |v4: bool| {
-                found.as_ref().is_some_and(|f| {
-                    f.routes.iter().any(|r| {
-                        r.destination.prefix_len() == 0 && r.destination.addr().is_ipv4() == v4
-                    })
-                })
-            };
-            default_routes.v4 &= installed(true);
-            default_routes.v6 &= installed(false);
-        }
+        // ...and the attach installed it: a default route that is not Weft's keeps the
+        // sandbox unless the config says `"defaultRoute": "replace"` (the attach saw it; no
+        // second look into the sandbox).
+        let default_routes = plan::DefaultRoutes {
+            v4: planned.v4 && !ensured.default_route_yielded.v4,
+            v6: planned.v6 && !ensured.default_route_yielded.v6,
+        };
         let mut result = cni_result(&att, default_routes);
         result.dns = nameserver.map(|ns| cni_dns(&att, ns));
         Ok(result)
@@ -225,10 +218,10 @@ impl Endpoints {
             .map_err(|m| failure(codes::KERNEL, m))?;
         let att = lock(&self.state).attachments.get(id).cloned();
         if let Some(att) = &att {
-            self.detach_now(att)
+            // Out of service now; the interface's deletion follows in the background.
+            self.take_down(att)
                 .await
                 .map_err(|e| failure(codes::KERNEL, format!("removing endpoint {id}: {e}")))?;
-            self.forget(id);
             drop(claim);
             // The default route moves to the next holder before DEL answers.
             self.ensure_sandbox(&att.sandbox).await;

@@ -29,7 +29,7 @@ use super::translate::kernel_problem;
 use super::{Attachment, EndpointId};
 
 use crate::drivers::{self, EndpointShape, Networks, NodeFacts, Problem, Reason};
-use crate::kernel::{HostPorts, Kernel, KernelError};
+use crate::kernel::{Ensured, HostPorts, Kernel, KernelError};
 use crate::model::KernelState;
 
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
@@ -59,6 +59,8 @@ pub struct Endpoints {
     pub(super) names: bool,
     /// Asks [`Endpoints::watch_sandboxes`] to compare its watches with the attachments.
     pub(super) watches_changed: Notify,
+    /// Asks [`Endpoints::finish_teardowns`] to delete what DEL took down.
+    pub(super) teardowns: Notify,
 }
 
 impl Endpoints {
@@ -90,6 +92,7 @@ impl Endpoints {
             sandbox_check: Notify::new(),
             names: false,
             watches_changed: Notify::new(),
+            teardowns: Notify::new(),
         })
     }
 
@@ -214,7 +217,7 @@ impl Endpoints {
     }
 
     /// Make one attachment real (or repair it); records the outcome.
-    pub(super) async fn ensure(&self, id: &EndpointId) -> Result<usize, Problem> {
+    pub(super) async fn ensure(&self, id: &EndpointId) -> Result<Ensured, Problem> {
         // Whoever held it before us may have changed it: check again ourselves (cheap when
         // it is all in place; an endpoint detached meanwhile is reported gone).
         let _claim = self
@@ -224,7 +227,7 @@ impl Endpoints {
         self.ensure_now(id).await
     }
 
-    async fn ensure_now(&self, id: &EndpointId) -> Result<usize, Problem> {
+    async fn ensure_now(&self, id: &EndpointId) -> Result<Ensured, Problem> {
         let (sandbox, shares_node) = {
             let st = lock(&self.state);
             let att = st.attachments.get(id);
@@ -239,7 +242,7 @@ impl Endpoints {
             let mut st = lock(&self.state);
             st.ensured.insert(id.clone());
             st.problems.remove(id);
-            return Ok(0);
+            return Ok(Ensured::default());
         }
         let _sandbox = match &sandbox {
             Some(s) => Some(
@@ -380,13 +383,13 @@ impl Endpoints {
             .iter()
             .map(|id| Box::pin(self.ensure(id)))
             .collect();
-        let results: Vec<Result<usize, Problem>> = futures::stream::iter(pending)
+        let results: Vec<Result<Ensured, Problem>> = futures::stream::iter(pending)
             .buffer_unordered(16)
             .collect()
             .await;
         for r in results {
             match r {
-                Ok(w) => writes += w,
+                Ok(e) => writes += e.writes,
                 Err(p) => tracing::debug!(problem = %p, "endpoint not attached"),
             }
         }

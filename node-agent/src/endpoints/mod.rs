@@ -13,7 +13,8 @@
 //! is worked on by one task at a time ([`claims`]). An endpoint whose sandbox vanished
 //! without a DEL (the runtime removed it while the agent was down) is found and, if the CNI
 //! plugin made it, released by [`gone`]. One whose objects drift (changed behind Weft's
-//! back, on the node or in the sandbox) is repaired at once ([`drift`], `watch`). [`translate`] holds the pure mappings
+//! back, on the node or in the sandbox) is repaired at once ([`drift`], `watch`). A CNI DEL answers once the endpoint is out of
+//! service; its interface is deleted right after ([`teardown`]). [`translate`] holds the pure mappings
 //! between the state and the API and CNI shapes.
 //!
 //! Addresses are allocated here, on the node, with no API round trip: bridge networks are
@@ -35,6 +36,7 @@ mod release;
 pub mod sandbox;
 pub mod socket;
 pub mod state;
+mod teardown;
 mod translate;
 mod watch;
 

@@ -68,6 +68,10 @@ pub(super) struct State {
     /// a minute if it never showed up), so a ContainerEndpoint created by a late status
     /// write cannot bring the attachment back.
     pub tombstones: BTreeMap<EndpointId, Tombstone>,
+    /// Endpoints a CNI DEL took out of service whose interface is still being deleted
+    /// ([`super::teardown`]): out of `attachments`, but their address and journal record
+    /// stay until the deletion completes.
+    pub releasing: BTreeMap<EndpointId, Attachment>,
     /// Endpoints whose sandbox is certainly gone, since when ([`super::gone`]).
     pub gone: BTreeMap<EndpointId, super::gone::Gone>,
     /// The last pass's picture, for CNI calls between passes.
@@ -268,7 +272,9 @@ impl State {
                             .is_some_and(|n| n.uid == att.network_uid)
                 }
                 Some(Err(_)) => false,
-                None => att.cni.is_some() && !att.in_api,
+                // A tombstone on a journaled attachment is a DEL whose teardown did not
+                // finish before the agent stopped: finish it.
+                None => att.cni.is_some() && !att.in_api && !st.tombstones.contains_key(&id),
             };
             if keep {
                 // A changed gwPriority moves the default route, not the attachment.
@@ -370,6 +376,8 @@ impl State {
                 work.ensure.push(id.clone());
             }
         }
+        // Interfaces being deleted by a DEL's teardown are its business, not garbage.
+        expected_hosts.extend(st.releasing.keys().map(plan::host_interface));
         let prefix = format!("{}e", crate::names::LINK_PREFIX);
         work.garbage = facts
             .interfaces

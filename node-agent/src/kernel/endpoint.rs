@@ -36,6 +36,11 @@ use crate::names;
 
 pub use crate::model::ENDPOINT_ALIAS_PREFIX;
 
+/// Link group of host-side endpoint interfaces taken out of service by a DEL and waiting
+/// for their deletion ([`Kernel::disconnect_endpoint`]): deleted together in one request,
+/// so several pay for the kernel's RCU waits once (`weft` in ASCII).
+pub const RELEASE_GROUP: u32 = 0x7765_6674;
+
 /// How the endpoint's interface reaches the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EndpointLink {
@@ -78,6 +83,22 @@ pub struct SandboxConfig {
     pub replace_default_route: bool,
 }
 
+/// What [`Kernel::ensure_endpoint`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ensured {
+    pub writes: usize,
+    /// The config's default route was left out, per family: the sandbox has one that is
+    /// not Weft's (and the config does not ask to replace it). A CNI result then claims none.
+    pub default_route_yielded: YieldedDefaultRoutes,
+}
+
+/// In which address families the config's default route yielded to a foreign one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct YieldedDefaultRoutes {
+    pub v4: bool,
+    pub v6: bool,
+}
+
 /// The interface as found in the sandbox (for CNI CHECK and status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxInterface {
@@ -96,9 +117,9 @@ pub fn sandbox_missing(e: &KernelError) -> bool {
 }
 
 impl Kernel {
-    /// Make the endpoint exist exactly as `cfg` says. Returns the number of writes (0 when
-    /// everything was already in place).
-    pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+    /// Make the endpoint exist exactly as `cfg` says. Reports the writes (0 when everything
+    /// was already in place) and whether the default route yielded to a foreign one.
+    pub async fn ensure_endpoint(&self, cfg: &SandboxConfig) -> Result<Ensured, KernelError> {
         let ns_file = netns::open(&cfg.sandbox)?;
         let sandbox = Kernel::open(Some(&cfg.sandbox)).await?;
         let mut writes = 0;
@@ -194,10 +215,16 @@ impl Kernel {
             EndpointLink::LoopbackOnly => {}
         }
         writes += sandbox.loopback_up().await?;
+        let mut default_route_yielded = YieldedDefaultRoutes::default();
         if cfg.link != EndpointLink::LoopbackOnly {
-            writes += sandbox.configure_sandbox_interface(cfg).await?;
+            let (w, yielded) = sandbox.configure_sandbox_interface(cfg).await?;
+            writes += w;
+            default_route_yielded = yielded;
         }
-        Ok(writes)
+        Ok(Ensured {
+            writes,
+            default_route_yielded,
+        })
     }
 
     /// Remove what Weft made for one endpoint, whatever its driver (also when its network is
@@ -221,6 +248,77 @@ impl Kernel {
         };
         let (w, r) = sandbox.netlink.delete_link(if_name).await;
         r.map(|()| w)
+    }
+
+    /// Take an endpoint's veth out of service at once, without deleting it: the host end
+    /// down (the sandbox end loses its carrier), out of its bridge, and in
+    /// [`RELEASE_GROUP`]. These are cheap; the deletion itself waits for RCU grace periods
+    /// (~20 ms) and follows in [`Kernel::delete_released`]. Returns `false` when there is
+    /// no host end (not a veth endpoint, or gone already).
+    pub async fn disconnect_endpoint(
+        &self,
+        host: &str,
+        host_alias: &str,
+    ) -> Result<bool, KernelError> {
+        let Some(raw) = self.netlink.get_link(host).await? else {
+            return Ok(false);
+        };
+        if raw.alias.as_deref() != Some(host_alias) {
+            return Err(KernelError::NotOwned(host.to_string()));
+        }
+        let mut msg = LinkMessage::default();
+        msg.header.index = raw.index;
+        // Up in the mask, not in the flags: down.
+        msg.header.change_mask |= LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Controller(0));
+        msg.attributes.push(LinkAttribute::Group(RELEASE_GROUP));
+        match self
+            .netlink
+            .ack(RouteNetlinkMessage::SetLink(msg), 0, || {
+                format!("take {host} out of service")
+            })
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if already_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete disconnected host ends (`(name, alias)` pairs): every link in
+    /// [`RELEASE_GROUP`] in one request when all of them are Weft endpoints' (the kernel
+    /// deletes a group in one batch), then any of `hosts` still there one by one. Gone
+    /// already counts as deleted. Returns the writes.
+    pub async fn delete_released(&self, hosts: &[(String, String)]) -> Result<usize, KernelError> {
+        let links = self.netlink.dump_links().await?;
+        let grouped: Vec<_> = links.iter().filter(|l| l.group == RELEASE_GROUP).collect();
+        let all_ours = grouped.iter().all(|l| {
+            l.alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(ENDPOINT_ALIAS_PREFIX))
+        });
+        let mut writes = 0;
+        if !grouped.is_empty() && all_ours {
+            let mut msg = LinkMessage::default();
+            msg.attributes.push(LinkAttribute::Group(RELEASE_GROUP));
+            writes += 1;
+            match self
+                .netlink
+                .ack(RouteNetlinkMessage::DelLink(msg), 0, || {
+                    format!("delete {} released endpoint interfaces", grouped.len())
+                })
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if already_gone(&e) => {}
+                // One by one below.
+                Err(e) => tracing::debug!(error = %e, "deleting the release group failed"),
+            }
+        }
+        for (host, alias) in hosts {
+            writes += self.delete_host_link(host, |a| a == alias).await?;
+        }
+        Ok(writes)
     }
 
     /// Delete a host-side endpoint interface found by the garbage collector.
@@ -502,7 +600,11 @@ impl Kernel {
 
     /// Inside the sandbox: the interface marked, up, with its MAC and MTU, exactly its
     /// addresses and routes. Diffed against what is there, so a repeat writes nothing.
-    async fn configure_sandbox_interface(&self, cfg: &SandboxConfig) -> Result<usize, KernelError> {
+    /// Returns the writes and whether the default route yielded to a foreign one.
+    async fn configure_sandbox_interface(
+        &self,
+        cfg: &SandboxConfig,
+    ) -> Result<(usize, YieldedDefaultRoutes), KernelError> {
         let Some(raw) = self.netlink.get_link(&cfg.if_name).await? else {
             return Err(KernelError::NoSuchLink {
                 op: "configure the endpoint in its sandbox".into(),
@@ -551,6 +653,17 @@ impl Kernel {
             })
             .collect();
         let (routes, settled) = self.settle_default_routes(cfg, raw.index).await?;
+        let yielded_in = |v4: bool| {
+            cfg.routes.iter().any(|r| {
+                r.destination.prefix_len() == 0
+                    && r.destination.addr().is_ipv4() == v4
+                    && !routes.contains(r)
+            })
+        };
+        let yielded = YieldedDefaultRoutes {
+            v4: yielded_in(true),
+            v6: yielded_in(false),
+        };
         writes += settled;
         desired.routes = routes;
         let changes: Vec<Change> = diff(&desired, &observed)
@@ -563,10 +676,10 @@ impl Kernel {
             })
             .collect();
         if changes.is_empty() {
-            return Ok(writes);
+            return Ok((writes, yielded));
         }
         let report = self.apply(&changes).await;
-        Ok(writes + sandbox_outcome(report)?)
+        Ok((writes + sandbox_outcome(report)?, yielded))
     }
 }
 

@@ -229,16 +229,33 @@ impl Kernel {
                 i = end;
                 continue;
             }
-            let (writes, result) = match change {
-                Change::SetSysctl { key, value } => {
-                    let r = sysctl::write(self.netns(), key.clone(), value.clone()).await;
-                    if let Ok(mut keys) = self.sysctl_keys.lock() {
-                        keys.insert(key.clone());
-                    }
-                    (1, r)
+            if let Change::SetSysctl { .. } = change {
+                // A run of sysctls (the diff puts them together) is written in one go.
+                let end = changes[i..]
+                    .iter()
+                    .position(|c| !matches!(c, Change::SetSysctl { .. }))
+                    .map_or(changes.len(), |p| i + p);
+                let settings: Vec<(String, String)> = changes[i..end]
+                    .iter()
+                    .filter_map(|c| match c {
+                        Change::SetSysctl { key, value } => Some((key.clone(), value.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                if let Ok(mut keys) = self.sysctl_keys.lock() {
+                    keys.extend(settings.iter().map(|(k, _)| k.clone()));
                 }
-                _ => self.apply_link(change).await,
-            };
+                let results = sysctl::write(self.netns(), settings).await;
+                for (c, result) in changes[i..end].iter().zip(results) {
+                    report.writes += 1;
+                    if let Err(e) = result {
+                        report.failed.push(((*c).clone(), e));
+                    }
+                }
+                i = end;
+                continue;
+            }
+            let (writes, result) = self.apply_link(change).await;
             if change.touches_links() {
                 links = None;
             }

@@ -39,7 +39,7 @@ mod wireguard;
 pub use changes::{ApplyReport, Change};
 pub use diff::diff;
 pub use endpoint::{
-    ENDPOINT_ALIAS_PREFIX, EndpointLink, SandboxConfig, SandboxInterface, sandbox_missing,
+    ENDPOINT_ALIAS_PREFIX, EndpointLink, Ensured, SandboxConfig, SandboxInterface, sandbox_missing,
 };
 pub use error::KernelError;
 pub use events::KernelEvents;

@@ -30,6 +30,8 @@ pub(crate) struct RawLink {
     pub data: Option<InfoData>,
     /// Bridge port hairpin mode, when the link is a bridge port.
     pub hairpin: Option<bool>,
+    /// `IFLA_GROUP` (0 unless someone set it).
+    pub group: u32,
 }
 
 impl RawLink {
@@ -47,6 +49,7 @@ impl RawLink {
             kind: None,
             data: None,
             hairpin: None,
+            group: 0,
         };
         for attr in msg.attributes {
             match attr {
@@ -57,6 +60,7 @@ impl RawLink {
                 LinkAttribute::Controller(m) if m != 0 => raw.master = Some(m),
                 LinkAttribute::Link(l) if l != 0 => raw.link = Some(l),
                 LinkAttribute::LinkNetNsId(id) => raw.link_netnsid = Some(id),
+                LinkAttribute::Group(g) => raw.group = g,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
