@@ -282,9 +282,14 @@ pub fn decide(inputs: &Inputs<'_>) -> Verdict {
         let clash_ep = inputs.endpoints.iter().find(|ep| {
             (publish.mode == PublishMode::Ingress || nodes.contains(ep.spec.node.as_str()))
                 && ep.spec.publish.iter().any(|p| {
-                    let end = p.host_port_end.unwrap_or(p.host_port);
+                    // A publish without a host port gets one from the agent's range, which
+                    // published service ports should stay out of.
+                    let Some(start) = p.host_port else {
+                        return false;
+                    };
+                    let end = p.host_port_end.unwrap_or(start);
                     weft_api::Protocol::from(port.protocol) == p.protocol
-                        && (p.host_port..=end).contains(&publish.published_port)
+                        && (start..=end).contains(&publish.published_port)
                 })
         });
         if let Some(ep) = clash_ep {

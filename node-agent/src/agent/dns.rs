@@ -52,6 +52,11 @@ impl NameFeed {
                             networks,
                             endpoints,
                         } => self.feeder.replace_all(networks, endpoints),
+                        // `changes` compares networks and endpoints only: service names are
+                        // not fed by the agent yet.
+                        Change::ReplaceServices { .. }
+                        | Change::UpsertService(_)
+                        | Change::RemoveService { .. } => {}
                     }
                 }
             }
@@ -292,6 +297,7 @@ mod tests {
         Data {
             networks: networks.into_iter().map(|n| (n.name.clone(), n)).collect(),
             endpoints: endpoints.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            services: Default::default(),
         }
     }
 

@@ -15,8 +15,8 @@ pub mod dns;
 mod endpoint_watch;
 mod node;
 mod pass;
-mod wireguard;
 mod services;
+mod wireguard;
 
 pub use config::{Config, MANAGER};
 pub use pass::PassReport;

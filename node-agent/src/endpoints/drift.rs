@@ -283,6 +283,8 @@ mod tests {
             in_api: true,
             gw_priority: 0,
             replace_default_route: false,
+            mirror: None,
+            names: Default::default(),
         };
         let bridge = names::bridge("web");
         let port = |master: Option<&str>, up| HostPort {

@@ -275,8 +275,11 @@ impl Endpoints {
             },
             Err(p) => Err(p.clone()),
         };
-        if repairing && let Ok(w @ 1..) = result {
-            tracing::info!(endpoint = %id, writes = w, took_us = started.elapsed().as_micros() as u64, "endpoint drift repaired");
+        if repairing
+            && let Ok(ensured) = &result
+            && ensured.writes > 0
+        {
+            tracing::info!(endpoint = %id, writes = ensured.writes, took_us = started.elapsed().as_micros() as u64, "endpoint drift repaired");
         }
         let mut st = lock(&self.state);
         match &result {
