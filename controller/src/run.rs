@@ -23,7 +23,7 @@ use crate::allocations::Allocations;
 use crate::metrics::Metrics;
 use crate::reconcile::fresh::FreshStore;
 use crate::reconcile::service::ServiceContext;
-use crate::reconcile::{Context, network, pool, service};
+use crate::reconcile::{Context, network, orphans, pool, service};
 use crate::{MANAGER, Settings};
 
 mod tokio_stream_shim {
@@ -51,6 +51,23 @@ where
         + Sync
         + 'static,
 {
+    store_calling(client, || {}).await
+}
+
+/// [`store`], calling `on_event` after every object the watch applies or deletes.
+async fn store_calling<K>(
+    client: &Client,
+    on_event: impl Fn() + Send + 'static,
+) -> anyhow::Result<reflector::Store<K>>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
     let api: Api<K> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     // The controller never reads managedFields; as JSON trees they are most of a cache.
@@ -59,7 +76,10 @@ where
         .modify(|o: &mut K| o.managed_fields_mut().clear());
     let stream = reflector::reflector(writer, events)
         .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+        .for_each(move |_| {
+            on_event();
+            futures::future::ready(())
+        });
     tokio::spawn(stream);
     reader.wait_until_ready().await?;
     Ok(reader)
@@ -180,7 +200,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let pools = store::<AddressPool>(&client).await?;
     let nodes = store::<NetworkNode>(&client).await?;
-    let node_blocks = store::<NetworkAllocation>(&client).await?;
+    // Every allocation event wakes the orphan sweep (`reconcile::orphans`).
+    let (orphans_tx, orphans_rx) = tokio::sync::mpsc::unbounded_channel();
+    let node_blocks = {
+        let orphans_tx = orphans_tx.clone();
+        store_calling::<NetworkAllocation>(&client, move || {
+            let _ = orphans_tx.send(());
+        })
+        .await?
+    };
     // Endpoints keep a network that is being deleted alive; the cache is filled by the
     // watch that also wakes such a network when its endpoints go (below).
     let (endpoints, endpoints_writer) = reflector::store::<ContainerEndpoint>();
@@ -226,10 +254,12 @@ pub async fn run(
         last_rollup_write: Mutex::new(HashMap::new()),
         last_written: Mutex::new(HashMap::new()),
         requeue: requeue_tx,
+        orphans: orphans_tx,
         pools_changed: pools_tx.clone(),
         events_unsupported: Default::default(),
     });
     tokio::spawn(pool::run(ctx.clone(), pools_rx));
+    tokio::spawn(orphans::run(ctx.clone(), orphans_rx));
 
     // Only a pool's spec (or its appearance/removal) matters to networks; its status is our
     // own usage report and must not re-queue every network on each write.

@@ -624,6 +624,121 @@ async fn killed_and_restarted_controller_reproduces_identical_allocations() {
     );
 }
 
+/// Names of the NetworkAllocations in the API server.
+async fn allocation_names(client: &Client) -> BTreeSet<String> {
+    let allocs: Api<NetworkAllocation> = Api::all(client.clone());
+    allocs
+        .list(&ListParams::default())
+        .await
+        .expect("list allocations")
+        .items
+        .iter()
+        .map(|a| a.name_any())
+        .collect()
+}
+
+/// A NetworkAllocation written by hand, as a controller would have left it.
+async fn allocation(client: &Client, name: &str, network_uid: &str) {
+    let _: NetworkAllocation = apply(
+        client,
+        json!({"apiVersion": "weft.dev/v1alpha1", "kind": "NetworkAllocation",
+        "metadata": {"name": name},
+        "spec": {"network": name, "networkUid": network_uid, "blockPrefixLength": 28,
+                 "blocks": [{"node": "n1", "cidr": "10.209.99.0/28"}]}}),
+    )
+    .await;
+}
+
+async fn wait_allocations(client: &Client, want: &[&str], what: &str) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let got = wait_for(Duration::from_secs(10), || async {
+        let got = allocation_names(client).await;
+        Ok((got == want).then_some(got))
+    })
+    .await;
+    assert!(
+        got.is_ok(),
+        "{what}: want {want:?}, have {:?}",
+        allocation_names(client).await
+    );
+}
+
+#[tokio::test]
+async fn allocations_of_deleted_networks_are_deleted_even_without_the_finalizer_path() {
+    let client = fresh_cluster().await;
+    pool(&client, "default", &["10.209.0.0/16"], 24, true).await;
+    node(&client, "n1", json!({})).await;
+    let nets: Api<ContainerNetwork> = Api::all(client.clone());
+    let ctl = start(&[]);
+    network(&client, "ov", json!({"driver": "overlay"})).await;
+    network(&client, "keep", json!({"driver": "overlay"})).await;
+    wait_network(&client, "ov", Duration::from_secs(10), allocated).await;
+    wait_network(&client, "keep", Duration::from_secs(10), allocated).await;
+    wait_allocations(&client, &["keep", "ov"], "one allocation per overlay").await;
+
+    // The controller is killed, and the network deleted before its finalizer path ran
+    // (here: the finalizer stripped, as if it had never landed). No garbage collector runs.
+    ctl.kill().await.expect("SIGKILL");
+    nets.patch(
+        "ov",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("strip finalizer");
+    nets.delete("ov", &DeleteParams::default())
+        .await
+        .expect("delete");
+    // Left by an earlier incarnation of a network of the same name, and by a network that
+    // never existed: neither belongs to a live network.
+    let keep_uid = nets.get("keep").await.expect("keep").uid().expect("uid");
+    network(&client, "bridge", json!({"driver": "bridge"})).await;
+    allocation(&client, "bridge", "uid-of-an-earlier-bridge").await;
+    allocation(&client, "ghost", "uid-of-a-deleted-network").await;
+    assert_eq!(
+        allocation_names(&client).await,
+        ["bridge", "ghost", "keep", "ov"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        "left over while no controller runs"
+    );
+
+    let _ctl = start(&[]);
+    wait_allocations(&client, &["keep"], "swept at start").await;
+    let keep: Api<NetworkAllocation> = Api::all(client.clone());
+    assert_eq!(
+        keep.get("keep").await.expect("keep").spec.network_uid,
+        keep_uid,
+        "the live network's allocation is untouched"
+    );
+
+    // While the controller runs, an orphan written later (a reconcile in flight while its
+    // network went) is swept on its own event, without any network event.
+    allocation(&client, "late", "uid-of-a-deleted-network").await;
+    wait_allocations(&client, &["keep"], "swept on the allocation's event").await;
+
+    // Networks deleted while their first reconcile is in flight, finalizer or not.
+    for i in 0..10 {
+        let name = format!("flash-{i}");
+        network(&client, &name, json!({"driver": "overlay"})).await;
+        tokio::time::sleep(Duration::from_millis(5 * i)).await;
+        nets.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    wait_for(Duration::from_secs(10), || async {
+        let left = nets.list(&ListParams::default()).await?.items;
+        Ok(left
+            .iter()
+            .all(|n| !n.name_any().starts_with("flash-"))
+            .then_some(()))
+    })
+    .await
+    .expect("flash networks gone");
+    wait_allocations(&client, &["keep"], "no allocation outlives its network").await;
+}
+
 #[tokio::test]
 async fn leader_election_without_lease_support_fails_with_a_clear_message() {
     let _client = fresh_cluster().await;

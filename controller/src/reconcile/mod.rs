@@ -2,6 +2,7 @@
 
 pub mod fresh;
 pub mod network;
+pub mod orphans;
 pub mod pool;
 pub mod service;
 
@@ -42,6 +43,8 @@ pub struct Context {
     pub last_written: Mutex<HashMap<String, (weft_api::ContainerNetworkStatus, Instant)>>,
     /// Networks to reconcile again (an older network displaced their subnet).
     pub requeue: UnboundedSender<ObjectRef<ContainerNetwork>>,
+    /// Something may have left a `NetworkAllocation` without its network: sweep now.
+    pub orphans: UnboundedSender<()>,
     /// Pool usage changed: rewrite AddressPool status.
     pub pools_changed: UnboundedSender<()>,
     /// Set once the API server answered that it does not serve Events: stop asking.

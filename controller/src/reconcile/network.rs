@@ -37,6 +37,9 @@ pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<
         if has_finalizer {
             cleanup(&net, &ctx).await
         } else {
+            // Our finalizer never landed (or cleanup is done): `cleanup` will not run, so
+            // the orphan sweep deletes an allocation an earlier reconcile may have written.
+            let _ = ctx.orphans.send(());
             Ok(Action::await_change())
         }
     } else {
@@ -51,10 +54,10 @@ pub async fn reconcile(net: Arc<ContainerNetwork>, ctx: Arc<Context>) -> Result<
 
 /// A network deleted before its finalizer landed never comes back to `cleanup`: release
 /// what `apply` allocated for it (agents remove its kernel objects by garbage collection).
-async fn release_if_gone(net: &ContainerNetwork, ctx: &Context) {
+pub(super) async fn release_if_gone(ctx: &Context, name: &str) {
     let api: Api<ContainerNetwork> = Api::all(ctx.client.clone());
-    if let Ok(None) = api.get_opt(&net.name_any()).await {
-        release_allocation(ctx, &net.name_any());
+    if let Ok(None) = api.get_opt(name).await {
+        release_allocation(ctx, name);
     }
 }
 
@@ -212,7 +215,9 @@ async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Re
     } else if weft_api::condition::is_true(&new_status.conditions, "Ready") {
         // Nobody sees the network Ready (and deletes it) before its deletion is guarded.
         if let Err(e) = set_finalizer(net, ctx, true).await {
-            release_if_gone(net, ctx).await;
+            release_if_gone(ctx, &name).await;
+            // The allocation written above may now have no network.
+            let _ = ctx.orphans.send(());
             return Err(e);
         }
         write_status(net, &previous, new_status, ctx).await?
@@ -224,7 +229,8 @@ async fn apply(net: &ContainerNetwork, ctx: &Context, add_finalizer: bool) -> Re
         let status = write_status(net, &previous, new_status, ctx).await;
         let finalizer = set_finalizer(net, ctx, true).await;
         if finalizer.is_err() {
-            release_if_gone(net, ctx).await;
+            release_if_gone(ctx, &name).await;
+            let _ = ctx.orphans.send(());
         }
         finalizer?;
         status?
