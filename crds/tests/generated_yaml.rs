@@ -28,14 +28,16 @@ fn helm_chart_carries_the_same_crds() {
 }
 
 #[test]
-fn every_crd_is_in_weft_dev_v1alpha1_and_only_endpoints_are_namespaced() {
+fn every_crd_is_in_weft_dev_v1alpha1_and_only_endpoints_and_services_are_namespaced() {
     for (_, crd) in weft_api::all_crds() {
         assert_eq!(crd.spec.group, "weft.dev");
-        let expected = if crd.spec.names.kind == "ContainerEndpoint" {
-            "Namespaced"
-        } else {
-            "Cluster"
-        };
+        // What a tenant makes in its namespace: its containers' attachments and services.
+        let expected =
+            if ["ContainerEndpoint", "ContainerService"].contains(&crd.spec.names.kind.as_str()) {
+                "Namespaced"
+            } else {
+                "Cluster"
+            };
         assert_eq!(crd.spec.scope, expected, "{}", crd.spec.names.kind);
         assert_eq!(crd.spec.versions.len(), 1);
         assert_eq!(crd.spec.versions[0].name, "v1alpha1");

@@ -654,22 +654,25 @@ async fn two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan() {
         return;
     }
     let cluster = Cluster::start(2).await.expect("cluster");
-    for (name, vlan) in [("v10", 10), ("v20", 20)] {
+    // The networks as examples/macvlan10.yaml and macvlan20.yaml write them (the seeds' macvlan10/20).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = weft_e2e::objects::read_examples(&dir).expect("examples/");
+    for name in ["macvlan10", "macvlan20"] {
+        let example = examples
+            .iter()
+            .find(|o| o["kind"] == "ContainerNetwork" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("examples/{name}.yaml"));
         cluster
-            .network(
-                name,
-                json!({"driver": "macvlan", "macvlan": {"parent": "eth0", "vlan": vlan},
-                       "ipam": {"subnets": [format!("10.70.{vlan}.0/24")]}}),
-            )
+            .network(name, example["spec"].clone())
             .await
             .expect("network");
     }
     let mut sandboxes = std::collections::BTreeMap::new();
     for (ep, net, node) in [
-        ("a10", "v10", 0),
-        ("b10", "v10", 1),
-        ("a20", "v20", 0),
-        ("b20", "v20", 1),
+        ("a10", "macvlan10", 0),
+        ("b10", "macvlan10", 1),
+        ("a20", "macvlan20", 0),
+        ("b20", "macvlan20", 1),
     ] {
         let ns = cluster.container(ep).expect("sandbox");
         cluster
@@ -707,7 +710,7 @@ async fn two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan() {
     );
     // VLAN 10's sandbox asks for VLAN 20's addresses on its own segment: no answer.
     a10.0
-        .exec(&["ip", "route", "add", "10.70.20.0/24", "dev", "eth0"])
+        .exec(&["ip", "route", "add", "172.16.20.0/24", "dev", "eth0"])
         .expect("on-link route");
     assert!(
         !reachable(&a10.0, &b20.1, Duration::from_secs(3)).await,
