@@ -77,6 +77,12 @@ impl FeedConnection {
         })
     }
 
+    /// Wait until the server closes the connection (it sends nothing unasked: anything it
+    /// does send is taken as the end too). Cancel-safe, for a `select!` with the next change.
+    pub async fn closed(&mut self) {
+        let _ = self.stream.fill_buf().await;
+    }
+
     /// Send `change` and wait until the server has applied it.
     pub async fn send(&mut self, change: &Change) -> Result<(), FeedError> {
         let mut line = serde_json::to_vec(change)?;
@@ -245,8 +251,17 @@ async fn feed_loop(
         }
         synced.send_replace(taken);
         loop {
-            let Some(change) = rx.recv().await else {
-                return;
+            // An idle feed still notices the server going away: its successor is resent the
+            // data at once (its state file has no services), not at the next change.
+            let change = tokio::select! {
+                change = rx.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+                () = conn.closed() => {
+                    tracing::warn!("dns feed: server went away, reconnecting");
+                    continue 'connect;
+                }
             };
             given.take(&mut data, change.clone());
             taken += 1;

@@ -182,12 +182,23 @@ async fn services_are_resent_after_a_restart_and_never_blank_the_names() {
         ["bravo", "db", "tasks.db", "tasks.web", "web"]
     );
 
-    // The server restarts empty: names and services come back; changes made meanwhile too.
+    // The server restarts empty while the feed is idle: names and services come back at
+    // once, with no change to send (the feeder noticed the connection close).
     task.abort();
     let _ = task.await;
     drop(first);
-    services.remove_service("web");
     let (second, _task) = serve(&path);
+    let started = std::time::Instant::now();
+    while names(&second) != ["bravo", "db", "tasks.db", "tasks.web", "web"] {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not resent: {:?}",
+            names(&second)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the deltas go on over the new connection.
+    services.remove_service("web");
     feeder.upsert_endpoint(endpoint("charlie", "10.1.0.4"));
     tokio::time::timeout(Duration::from_secs(5), feeder.synced())
         .await
