@@ -4,7 +4,8 @@
 //! The agent sends a snapshot whenever it (re)connects, then deltas. When the agent goes away
 //! (SIGKILL, upgrade, API outage) the server keeps answering from the last data it had;
 //! the next snapshot replaces it. [`Feeder`] is the agent's side: it keeps its own copy of the
-//! data, so it can send that snapshot again after the server restarts.
+//! data, so it can send that snapshot (and its services, which a snapshot leaves alone) again
+//! after the server restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::model::{Change, Data, Endpoint, Network};
+use crate::services::Service;
 
 /// Longest line accepted: a snapshot of 100,000 endpoints fits with room to spare.
 pub const MAX_LINE: u64 = 256 << 20;
@@ -75,6 +77,12 @@ impl FeedConnection {
         })
     }
 
+    /// Wait until the server closes the connection (it sends nothing unasked: anything it
+    /// does send is taken as the end too). Cancel-safe, for a `select!` with the next change.
+    pub async fn closed(&mut self) {
+        let _ = self.stream.fill_buf().await;
+    }
+
     /// Send `change` and wait until the server has applied it.
     pub async fn send(&mut self, change: &Change) -> Result<(), FeedError> {
         let mut line = serde_json::to_vec(change)?;
@@ -91,9 +99,11 @@ impl FeedConnection {
 }
 
 /// The agent's side: changes go into its copy of the data at once and reach the server
-/// whenever it is up; every (re)connection starts with a snapshot of that copy. It connects
-/// only once it has been given something (the first change, normally `replace_all`), so a
-/// starting agent never blanks the server.
+/// whenever it is up; every (re)connection starts with a snapshot of that copy, and its
+/// services. It connects only once it has been given something (the first change, normally
+/// `replace_all`), and resends only the parts it has been given (names, services), so a
+/// starting agent never blanks the server. Clones share one connection: the agent's network
+/// pass feeds names, its services loop the services.
 #[derive(Clone)]
 pub struct Feeder {
     tx: mpsc::UnboundedSender<Change>,
@@ -142,6 +152,15 @@ impl Feeder {
     pub fn remove_endpoint(&self, id: &str) {
         self.push(Change::RemoveEndpoint { id: id.into() });
     }
+    pub fn replace_services(&self, services: Vec<Service>) {
+        self.push(Change::ReplaceServices { services });
+    }
+    pub fn upsert_service(&self, service: Service) {
+        self.push(Change::UpsertService(service));
+    }
+    pub fn remove_service(&self, id: &str) {
+        self.push(Change::RemoveService { id: id.into() });
+    }
 
     /// Wait until the server has every change pushed so far.
     pub async fn synced(&self) {
@@ -151,26 +170,62 @@ impl Feeder {
     }
 }
 
+/// The parts of the data the feeder has been given so far: only those are resent on a
+/// (re)connection (a snapshot of names never given would blank the last agent's).
+#[derive(Default)]
+struct Given {
+    names: bool,
+    services: bool,
+}
+
+impl Given {
+    fn take(&mut self, data: &mut Data, change: Change) {
+        match &change {
+            Change::ReplaceServices { .. }
+            | Change::UpsertService(_)
+            | Change::RemoveService { .. } => self.services = true,
+            _ => self.names = true,
+        }
+        // Our copy takes only what the server would: `apply` is all or nothing.
+        let _ = data.apply(change);
+    }
+
+    /// What brings a (re)started server up to date with `data`.
+    fn resend(&self, data: &Data) -> Vec<Change> {
+        let mut out = Vec::new();
+        if self.names {
+            out.push(data.snapshot());
+        }
+        if self.services {
+            out.push(Change::ReplaceServices {
+                services: data.services.values().cloned().collect(),
+            });
+        }
+        out
+    }
+}
+
 async fn feed_loop(
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Change>,
     synced: Arc<tokio::sync::watch::Sender<u64>>,
 ) {
     let mut data = Data::default();
+    let mut given = Given::default();
     let mut taken = 0u64;
     // Nothing is sent before the first change: a snapshot of nothing would wipe what the
     // server answers from (the last agent's data) while the new agent is still starting.
     match rx.recv().await {
         Some(change) => {
-            let _ = data.apply(change);
+            given.take(&mut data, change);
             taken += 1;
         }
         None => return,
     }
-    loop {
+    'connect: loop {
         // Take in whatever is waiting, then bring the server up to date with one snapshot.
         while let Ok(change) = rx.try_recv() {
-            let _ = data.apply(change);
+            given.take(&mut data, change);
             taken += 1;
         }
         let mut conn = match FeedConnection::connect(&path).await {
@@ -181,23 +236,34 @@ async fn feed_loop(
             }
         };
         while let Ok(change) = rx.try_recv() {
-            let _ = data.apply(change);
+            given.take(&mut data, change);
             taken += 1;
         }
-        match conn.send(&data.snapshot()).await {
-            Ok(()) | Err(FeedError::Invalid(_)) => synced.send_replace(taken),
-            Err(e) => {
-                tracing::warn!(error = %e, "dns feed: snapshot failed, reconnecting");
-                tokio::time::sleep(RECONNECT).await;
-                continue;
+        for change in given.resend(&data) {
+            match conn.send(&change).await {
+                Ok(()) | Err(FeedError::Invalid(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns feed: snapshot failed, reconnecting");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue 'connect;
+                }
             }
-        };
+        }
+        synced.send_replace(taken);
         loop {
-            let Some(change) = rx.recv().await else {
-                return;
+            // An idle feed still notices the server going away: its successor is resent the
+            // data at once (its state file has no services), not at the next change.
+            let change = tokio::select! {
+                change = rx.recv() => match change {
+                    Some(change) => change,
+                    None => return,
+                },
+                () = conn.closed() => {
+                    tracing::warn!("dns feed: server went away, reconnecting");
+                    continue 'connect;
+                }
             };
-            // Our copy takes only what the server would: `apply` is all or nothing.
-            let _ = data.apply(change.clone());
+            given.take(&mut data, change.clone());
             taken += 1;
             match conn.send(&change).await {
                 Ok(()) | Err(FeedError::Invalid(_)) => {

@@ -131,3 +131,78 @@ async fn a_feeder_told_nothing_does_not_blank_the_server() {
     assert_eq!(names(&store), ["bravo"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn service(id: &str, vip: &str) -> weft_dns::services::Service {
+    weft_dns::services::Service {
+        id: id.into(),
+        network: "blue".into(),
+        name: id.into(),
+        vip: Some(vip.parse().unwrap()),
+        endpoints: vec!["10.1.0.2".parse().unwrap()],
+    }
+}
+
+/// Services ride the same connection as the names (a feeder's clone feeds them): a restarted
+/// server gets them again after the snapshot, which leaves them alone; and a feeder given
+/// only services never blanks the names the last agent fed.
+#[tokio::test]
+async fn services_are_resent_after_a_restart_and_never_blank_the_names() {
+    let dir = std::env::temp_dir().join(format!("weft-dns-feed-svc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dns.sock");
+    let (first, task) = serve(&path);
+    let mut last_agent = FeedConnection::connect(&path).await.unwrap();
+    last_agent
+        .send(&Change::Snapshot {
+            networks: vec![blue()],
+            endpoints: vec![endpoint("alpha", "10.1.0.2")],
+        })
+        .await
+        .unwrap();
+    drop(last_agent);
+
+    let feeder = Feeder::spawn(path.clone());
+    let services = feeder.clone();
+    services.replace_services(vec![service("web", "10.1.0.241")]);
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&first),
+        ["alpha", "tasks.web", "web"],
+        "the last agent's names stay beside the services"
+    );
+    feeder.replace_all(vec![blue()], vec![endpoint("bravo", "10.1.0.3")]);
+    services.upsert_service(service("db", "10.1.0.242"));
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&first),
+        ["bravo", "db", "tasks.db", "tasks.web", "web"]
+    );
+
+    // The server restarts empty while the feed is idle: names and services come back at
+    // once, with no change to send (the feeder noticed the connection close).
+    task.abort();
+    let _ = task.await;
+    drop(first);
+    let (second, _task) = serve(&path);
+    let started = std::time::Instant::now();
+    while names(&second) != ["bravo", "db", "tasks.db", "tasks.web", "web"] {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not resent: {:?}",
+            names(&second)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the deltas go on over the new connection.
+    services.remove_service("web");
+    feeder.upsert_endpoint(endpoint("charlie", "10.1.0.4"));
+    tokio::time::timeout(Duration::from_secs(5), feeder.synced())
+        .await
+        .unwrap();
+    assert_eq!(names(&second), ["bravo", "charlie", "db", "tasks.db"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

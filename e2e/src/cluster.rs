@@ -175,6 +175,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGKILL the node's weft-dns and start a new one (from its state file; its agent's
+    /// feed reconnects on its own).
+    pub async fn restart_names(&mut self, index: usize) -> Result<()> {
+        let node = self.nodes.get_mut(index).context("no such node")?;
+        if let Some(names) = node.names.take() {
+            names.kill().await?;
+        }
+        self.start_names(index).await
+    }
+
     /// The node leaves for good: its agent dies and its `NetworkNode` is deleted, as when a
     /// machine is decommissioned. Returns it (its namespace goes when the value drops).
     pub async fn remove_node(&mut self, index: usize) -> Result<Node> {

@@ -13,7 +13,7 @@ use crate::netns::{Netns, sh};
 
 /// A `weft-dns` process inside a node's namespace. Dropping it kills it (SIGKILL).
 pub struct NameServer {
-    _child: Child,
+    child: Child,
     pub feed: PathBuf,
 }
 
@@ -45,10 +45,12 @@ impl NameServer {
         })
         .await
         .context("weft-dns never opened its feed socket")?;
-        Ok(Self {
-            _child: child,
-            feed,
-        })
+        Ok(Self { child, feed })
+    }
+
+    /// SIGKILL it and wait until it is gone (its sockets and addresses free again).
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("killing weft-dns")
     }
 }
 

@@ -49,12 +49,34 @@ fn address_and_nameserver(cep: &ContainerEndpoint) -> Result<(String, String)> {
 async fn dig_until(ns: &Netns, server: &str, name: &str, qtype: &str, want: &Dug) -> Result<()> {
     let started = Instant::now();
     loop {
-        let got = dig(ns, server, name, qtype, &[])?;
-        if &got == want {
+        // Until the server listens on the gateway (a new network, a restarted server),
+        // `dig` finds no server: asked again like a wrong answer.
+        let got = dig(ns, server, name, qtype, &[]);
+        if got.as_ref().is_ok_and(|got| got == want) {
             return Ok(());
         }
         if started.elapsed() > SETTLE {
             anyhow::bail!("{name} {qtype} @{server}: {got:?}, wanted {want:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`dig_until`] for answers in any order (round robin): `want` sorted.
+async fn dig_all_until(ns: &Netns, server: &str, name: &str, want: &[&str]) -> Result<()> {
+    let mut want: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+    want.sort();
+    let started = Instant::now();
+    loop {
+        let mut got = dig(ns, server, name, "A", &[]);
+        if let Ok(got) = &mut got {
+            got.answers.sort();
+            if got.status == "NOERROR" && got.answers == want {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > SETTLE {
+            anyhow::bail!("{name} A @{server}: {got:?}, wanted {want:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -256,5 +278,83 @@ async fn macvlan_sandboxes_resolve_at_127_0_0_11_across_nodes() -> Result<()> {
         &dug("NOERROR", &[&addr_1]),
     )
     .await?;
+    Ok(())
+}
+
+/// Services by name (issue 18), fed by the agent's services loop: a `vip` service's name
+/// answers its VIP, `tasks.<name>` and a `dnsrr` service's name the Ready endpoints; a
+/// restarted weft-dns (whose state file keeps no services) gets them again from the agent,
+/// and an endpoint going away leaves `tasks.<name>` and the `dnsrr` name.
+#[tokio::test]
+async fn service_names_resolve_through_the_agent_and_survive_a_weft_dns_restart() -> Result<()> {
+    require_dig!();
+    let mut cluster = Cluster::start(1).await?;
+    cluster.start_names(0).await?;
+    cluster
+        .network(
+            "app",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.70.0.0/24"]}}),
+        )
+        .await?;
+    let client = cluster.container("client")?;
+    cluster
+        .attach("client", "app", 0, &client, json!({}))
+        .await?;
+    let node = cluster.nodes.first().context("one node")?.name.clone();
+    let members = [cluster.container("wone")?, cluster.container("wtwo")?];
+    for (name, sandbox) in ["wone", "wtwo"].iter().zip(&members) {
+        cluster
+            .apply(
+                json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"network": "app", "node": node,
+                         "sandbox": sandbox.path().display().to_string()}}),
+            )
+            .await?;
+    }
+    for (name, mode) in [("web", "vip"), ("cache", "dnsrr")] {
+        cluster
+            .apply(
+                json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerService",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"network": "app", "endpointMode": mode,
+                         "selector": {"matchLabels": {"app": "web"}},
+                         "ports": [{"port": 80}]}}),
+            )
+            .await?;
+    }
+    let (_, ns) = address_and_nameserver(&cluster.wait_endpoint("client", "True", SETTLE).await?)?;
+    let (addr_1, _) =
+        address_and_nameserver(&cluster.wait_endpoint("wone", "True", SETTLE).await?)?;
+    let (addr_2, _) =
+        address_and_nameserver(&cluster.wait_endpoint("wtwo", "True", SETTLE).await?)?;
+    let vip = weft_e2e::wait_for(SETTLE, || async {
+        let svc = cluster.get_raw("ContainerService", "web").await?;
+        Ok(svc["status"]["vip"].as_str().map(str::to_string))
+    })
+    .await
+    .context("the controller never gave `web` its VIP")?;
+
+    dig_until(&client, &ns, "web", "A", &dug("NOERROR", &[&vip])).await?;
+    dig_all_until(&client, &ns, "tasks.web", &[&addr_1, &addr_2]).await?;
+    dig_all_until(&client, &ns, "cache", &[&addr_1, &addr_2]).await?;
+    dig_all_until(&client, &ns, "tasks.cache", &[&addr_1, &addr_2]).await?;
+    assert_eq!(
+        dig(&client, &ns, "web.app.weft.internal", "A", &[])?,
+        dug("NOERROR", &[&vip]),
+        "qualified by its network too"
+    );
+
+    // weft-dns is SIGKILLed and restarted: the endpoints come back from its state file, the
+    // services only from the agent's feed, which reconnects and resends them.
+    cluster.restart_names(0).await?;
+    dig_until(&client, &ns, "web", "A", &dug("NOERROR", &[&vip])).await?;
+    dig_all_until(&client, &ns, "cache", &[&addr_1, &addr_2]).await?;
+
+    // An endpoint goes away: it leaves the service's tasks and the dnsrr name; the VIP stays.
+    cluster.detach("wtwo").await?;
+    dig_all_until(&client, &ns, "tasks.web", &[&addr_1]).await?;
+    dig_all_until(&client, &ns, "cache", &[&addr_1]).await?;
+    assert_eq!(dig(&client, &ns, "web", "A", &[])?, dug("NOERROR", &[&vip]));
     Ok(())
 }

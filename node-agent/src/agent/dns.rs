@@ -2,6 +2,10 @@
 //! same inputs as the kernel (networks, this node's attachments, other nodes' endpoints),
 //! and sent to the server as the difference from what it was sent last.
 //!
+//! Service names come from the services loop (`services.rs`), which computes them with the
+//! services it programs and feeds them through a second [`NameFeed`] on the same connection
+//! ([`NameFeed::services`]): the snapshot of one part never touches the other.
+//!
 //! The server is its own process ([`weft_dns::feed::Feeder`] reconnects and resends a
 //! snapshot whenever it comes back); the agent's restart costs nothing either: its first
 //! pass sends a snapshot that replaces whatever the server had.
@@ -12,17 +16,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use weft_api::ContainerEndpoint;
+use weft_api::{ContainerEndpoint, ContainerService};
 use weft_dns::feed::Feeder;
 use weft_dns::model::{Change, Data, Endpoint, Network, is_dns_name};
+use weft_dns::services::Service;
 
 use crate::drivers::{self, EndpointShape, Networks, NodeFacts};
 use crate::endpoints::{ANNOTATION_CONTAINER_NAME, Attachment, DnsNames, EndpointId};
+use crate::services::inputs::service_id;
+use crate::services::plan::ServiceInput;
 
 /// The agent's side of the feed: what was sent last, to send only what changed.
 pub(super) struct NameFeed {
     feeder: Feeder,
+    part: Part,
     fed: Option<Data>,
+}
+
+/// Which part of the server's data a [`NameFeed`] owns (the other part it never touches).
+#[derive(Clone, Copy)]
+enum Part {
+    /// Networks and endpoints (the network pass).
+    Names,
+    /// Service names (the services loop).
+    Services,
 }
 
 impl NameFeed {
@@ -30,44 +47,60 @@ impl NameFeed {
     pub(super) fn spawn(path: PathBuf) -> Self {
         Self {
             feeder: Feeder::spawn(path),
+            part: Part::Names,
             fed: None,
         }
     }
 
-    /// Bring the server to `want`: everything at once the first time, then the changes.
+    /// The feed of service names, on the same connection.
+    pub(super) fn services(&self) -> Self {
+        Self {
+            feeder: self.feeder.clone(),
+            part: Part::Services,
+            fed: None,
+        }
+    }
+
+    /// Bring the server to `want` (its part of it): everything at once the first time, then
+    /// the changes.
     pub(super) fn update(&mut self, want: Data) {
-        match &self.fed {
-            None => self.feeder.replace_all(
+        match (&self.fed, self.part) {
+            (None, Part::Names) => self.feeder.replace_all(
                 want.networks.values().cloned().collect(),
                 want.endpoints.values().cloned().collect(),
             ),
-            Some(fed) => {
+            (None, Part::Services) => self
+                .feeder
+                .replace_services(want.services.values().cloned().collect()),
+            (Some(fed), _) => {
                 for change in changes(fed, &want) {
-                    match change {
-                        Change::UpsertNetwork(n) => self.feeder.upsert_network(n),
-                        Change::RemoveNetwork { name } => self.feeder.remove_network(&name),
-                        Change::UpsertEndpoint(e) => self.feeder.upsert_endpoint(e),
-                        Change::RemoveEndpoint { id } => self.feeder.remove_endpoint(&id),
-                        Change::Snapshot {
-                            networks,
-                            endpoints,
-                        } => self.feeder.replace_all(networks, endpoints),
-                        // `changes` compares networks and endpoints only: service names are
-                        // not fed by the agent yet.
-                        Change::ReplaceServices { .. }
-                        | Change::UpsertService(_)
-                        | Change::RemoveService { .. } => {}
-                    }
+                    self.send(change);
                 }
             }
         }
         self.fed = Some(want);
     }
+
+    fn send(&self, change: Change) {
+        match change {
+            Change::UpsertNetwork(n) => self.feeder.upsert_network(n),
+            Change::RemoveNetwork { name } => self.feeder.remove_network(&name),
+            Change::UpsertEndpoint(e) => self.feeder.upsert_endpoint(e),
+            Change::RemoveEndpoint { id } => self.feeder.remove_endpoint(&id),
+            Change::Snapshot {
+                networks,
+                endpoints,
+            } => self.feeder.replace_all(networks, endpoints),
+            Change::ReplaceServices { services } => self.feeder.replace_services(services),
+            Change::UpsertService(s) => self.feeder.upsert_service(s),
+            Change::RemoveService { id } => self.feeder.remove_service(&id),
+        }
+    }
 }
 
-/// The deltas that turn `old` into `new`: networks before the endpoints on them, endpoints
-/// removed before their networks (the server takes any order, but queries in between see
-/// fewer half states this way).
+/// The deltas that turn `old` into `new`: networks before the endpoints and services on
+/// them, removals the other way round (the server takes any order, but queries in between
+/// see fewer half states this way).
 pub(super) fn changes(old: &Data, new: &Data) -> Vec<Change> {
     let mut out = Vec::new();
     for (name, n) in &new.networks {
@@ -78,6 +111,16 @@ pub(super) fn changes(old: &Data, new: &Data) -> Vec<Change> {
     for (id, e) in &new.endpoints {
         if old.endpoints.get(id) != Some(e) {
             out.push(Change::UpsertEndpoint(e.clone()));
+        }
+    }
+    for (id, s) in &new.services {
+        if old.services.get(id) != Some(s) {
+            out.push(Change::UpsertService(s.clone()));
+        }
+    }
+    for id in old.services.keys() {
+        if !new.services.contains_key(id) {
+            out.push(Change::RemoveService { id: id.clone() });
         }
     }
     for id in old.endpoints.keys() {
@@ -91,6 +134,42 @@ pub(super) fn changes(old: &Data, new: &Data) -> Vec<Change> {
         }
     }
     out
+}
+
+/// The service names of the services this node programs (`inputs`, from `objects`): a `vip`
+/// service's name answers its VIP, a `dnsrr` service's its Ready endpoints, and
+/// `tasks.<name>` always the Ready endpoints. A service whose names the server would refuse
+/// is left out (one would get the whole change refused). The server answers them only on
+/// networks it was fed, i.e. those this node programs.
+pub(super) fn desired_services(inputs: &[ServiceInput], objects: &[Arc<ContainerService>]) -> Data {
+    let by_id: HashMap<String, &ContainerService> =
+        objects.iter().map(|s| (service_id(s), &**s)).collect();
+    let mut data = Data::default();
+    for input in inputs {
+        let Some(svc) = by_id.get(&input.id) else {
+            continue;
+        };
+        let name = svc.name_any();
+        if !is_dns_name(&name) || !is_dns_name(&format!("tasks.{name}")) {
+            continue;
+        }
+        data.services.insert(
+            input.id.clone(),
+            Service {
+                id: input.id.clone(),
+                network: svc.spec.network.clone(),
+                name,
+                vip: input.vip.map(IpAddr::V4),
+                endpoints: input
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| IpAddr::V4(e.address))
+                    .collect(),
+            },
+        );
+    }
+    data
 }
 
 /// The endpoint's DNS names: its object's name, its aliases, the runtime's container name;
@@ -332,6 +411,142 @@ mod tests {
             applied.apply(c).expect("valid change");
         }
         assert_eq!(applied, new);
+    }
+
+    fn svc(id: &str, vip: Option<&str>, endpoints: &[&str]) -> Service {
+        Service {
+            id: id.into(),
+            network: "blue".into(),
+            name: id.into(),
+            vip: vip.map(|v| v.parse().expect("ip")),
+            endpoints: endpoints.iter().map(|a| a.parse().expect("ip")).collect(),
+        }
+    }
+
+    fn services(list: Vec<Service>) -> Data {
+        Data {
+            services: list.into_iter().map(|s| (s.id.clone(), s)).collect(),
+            ..Data::default()
+        }
+    }
+
+    #[test]
+    fn only_the_services_that_changed_are_sent_between_the_endpoint_upserts_and_removals() {
+        let old = Data {
+            services: services(vec![
+                svc("web", Some("10.0.0.241"), &["10.0.0.2", "10.0.0.3"]),
+                svc("cache", None, &["10.0.0.4"]),
+                svc("db", Some("10.0.0.242"), &[]),
+            ])
+            .services,
+            ..data(
+                vec![net("blue", "10.0.0.1")],
+                vec![ep("a", "blue", "10.0.0.2"), ep("b", "blue", "10.0.0.3")],
+            )
+        };
+        assert_eq!(changes(&old, &old), Vec::new(), "nothing changed");
+        // An endpoint goes away: `web`'s tasks lose it, `cache` is gone, `api` is new.
+        let new = Data {
+            services: services(vec![
+                svc("web", Some("10.0.0.241"), &["10.0.0.2"]),
+                svc("db", Some("10.0.0.242"), &[]),
+                svc("api", None, &["10.0.0.2"]),
+            ])
+            .services,
+            ..data(
+                vec![net("blue", "10.0.0.1")],
+                vec![ep("a", "blue", "10.0.0.2")],
+            )
+        };
+        assert_eq!(
+            changes(&old, &new),
+            vec![
+                Change::UpsertService(svc("api", None, &["10.0.0.2"])),
+                Change::UpsertService(svc("web", Some("10.0.0.241"), &["10.0.0.2"])),
+                Change::RemoveService { id: "cache".into() },
+                Change::RemoveEndpoint { id: "b".into() },
+            ]
+        );
+        let mut applied = old.clone();
+        for c in changes(&old, &new) {
+            applied.apply(c).expect("valid change");
+        }
+        assert_eq!(applied, new);
+    }
+
+    #[test]
+    fn service_names_carry_the_vip_or_none_and_only_the_ready_endpoints() {
+        use crate::services::plan::EndpointInput;
+        let object = |name: &str, mode: &str| -> Arc<ContainerService> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "weft.dev/v1alpha1", "kind": "ContainerService",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"network": "blue", "selector": {"matchLabels": {"app": "web"}},
+                             "endpointMode": mode, "ports": []},
+                }))
+                .expect("service"),
+            )
+        };
+        let input = |name: &str, vip: Option<&str>| ServiceInput {
+            id: format!("default/{name}"),
+            vip: vip.map(|v| v.parse().expect("ip")),
+            subnets: vec!["10.0.0.0/24".parse().expect("net")],
+            ports: Vec::new(),
+            affinity: None,
+            ingress_policy: Default::default(),
+            endpoints: vec![
+                EndpointInput {
+                    address: "10.0.0.2".parse().expect("ip"),
+                    ready: true,
+                    local: true,
+                },
+                EndpointInput {
+                    address: "10.0.0.3".parse().expect("ip"),
+                    ready: false,
+                    local: false,
+                },
+                EndpointInput {
+                    address: "10.0.0.4".parse().expect("ip"),
+                    ready: true,
+                    local: false,
+                },
+            ],
+        };
+        // A name the server would refuse (`tasks.` + 250 characters is too long) is left out.
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(62),
+            "b".repeat(62),
+            "c".repeat(62),
+            "d".repeat(62)
+        );
+        let got = desired_services(
+            &[
+                input("web", Some("10.0.0.241")),
+                input("cache", None),
+                input(&long, Some("10.0.0.242")),
+                input("orphan", None),
+            ],
+            &[
+                object("web", "vip"),
+                object("cache", "dnsrr"),
+                object(&long, "vip"),
+            ],
+        );
+        let mut want = services(vec![
+            svc("web", Some("10.0.0.241"), &["10.0.0.2", "10.0.0.4"]),
+            svc("cache", None, &["10.0.0.2", "10.0.0.4"]),
+        ]);
+        want.services = want
+            .services
+            .into_values()
+            .map(|mut s| {
+                s.id = format!("default/{}", s.name);
+                (s.id.clone(), s)
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -183,6 +183,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
     };
     // Fed from the first pass on, which has the networks and the restored endpoints.
     let names = cfg.dns_feed.clone().map(dns::NameFeed::spawn);
+    let service_names = names.as_ref().map(dns::NameFeed::services);
     let mut agent = Agent {
         names,
         client,
@@ -220,6 +221,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         agent.client.clone(),
         agent.cfg.node_name.clone(),
         agent.cfg.netns.clone(),
+        service_names,
     ));
     tokio::spawn(endpoints.clone().finish_teardowns());
     if let Some(path) = agent.cfg.cni_socket.clone() {

@@ -1,7 +1,8 @@
 //! The services loop of the agent: its own watches (services, endpoints with their
 //! readiness, networks), and on every relevant change one plan → apply of the services table.
 //! Apart from the network pass so a burst of endpoint changes never delays the network's
-//! kernel state, and the other way round.
+//! kernel state, and the other way round. It feeds the services' DNS names too (`dns.rs`),
+//! from the same inputs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +14,18 @@ use weft_api::condition::{is_true, types};
 use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService};
 
 use super::caches::{digest, watch};
+use super::dns::{NameFeed, desired_services};
 use crate::kernel::ServiceDataplane;
 use crate::services::inputs::service_inputs;
 use crate::services::plan::plan;
 
-/// Run until the process ends.
-pub(super) async fn run(client: Client, node: String, netns: Option<PathBuf>) {
+/// Run until the process ends; `names` feeds this node's DNS server, if it has one.
+pub(super) async fn run(
+    client: Client,
+    node: String,
+    netns: Option<PathBuf>,
+    mut names: Option<NameFeed>,
+) {
     let notify = Arc::new(Notify::new());
     let services = watch::<ContainerService>(
         &client,
@@ -76,12 +83,12 @@ pub(super) async fn run(client: Client, node: String, netns: Option<PathBuf>) {
         }
     };
     loop {
-        let desired = plan(&service_inputs(
-            &node,
-            &services.state(),
-            &networks.state(),
-            &endpoints.state(),
-        ));
+        let objects = services.state();
+        let inputs = service_inputs(&node, &objects, &networks.state(), &endpoints.state());
+        if let Some(names) = &mut names {
+            names.update(desired_services(&inputs, &objects));
+        }
+        let desired = plan(&inputs);
         match dataplane.apply(&desired).await {
             Ok(w) if w.transactions > 0 || w.routes > 0 => {
                 tracing::debug!(

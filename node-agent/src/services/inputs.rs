@@ -30,6 +30,11 @@ fn endpoint_address(ep: &ContainerEndpoint) -> Option<Ipv4Addr> {
     }
 }
 
+/// A service's key, the same in the dataplane's chain names and the names feed.
+pub fn service_id(svc: &ContainerService) -> String {
+    format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
+}
+
 /// The services this node programs: those whose network exists with an IPv4 subnet; a
 /// `vip` service once the controller gave it its VIP. Endpoints without an address are left
 /// out; `ready` is their Ready condition.
@@ -105,7 +110,7 @@ pub fn service_inputs(
             })
             .collect();
         out.push(ServiceInput {
-            id: format!("{}/{}", ns.unwrap_or_default(), svc.name_any()),
+            id: service_id(svc),
             vip,
             subnets,
             ports,
