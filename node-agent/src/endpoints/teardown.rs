@@ -8,7 +8,11 @@
 //! send to, and a new ADD's publish transaction or the next pass replaces them).
 //!
 //! [`Endpoints::finish_teardowns`] then deletes the pending interfaces, several in one
-//! request, and only then frees the address and removes the journal record. Until then:
+//! request, and only then frees the address and removes the journal record. It first waits
+//! for DELs to stop arriving ([`QUIET`], at most [`MAX_WAIT`]): a deletion holds the RTNL
+//! lock through its RCU waits, so one started between two DELs of a burst makes the next
+//! DEL's cheap request wait ~20 ms for it; deleted after the burst, all of it goes in one
+//! request. Until then:
 //! - an ADD for the same endpoint, the same sandbox and interface name, or the same
 //!   requested address finishes the teardown itself first ([`Endpoints::settle_teardowns`]);
 //! - the agent stopping leaves the journal record and the DEL's tombstone behind, and the
@@ -26,6 +30,17 @@ use super::state::lock;
 
 /// How long a failed deletion waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The background deletion starts once no DEL has come for this long. A runtime's or a
+/// bench's DELs of one burst come a few ms apart (one plugin process each), so 50 ms sees
+/// a burst through; it is short beside what a runtime waits for anyway, and an ADD that
+/// needs what is pending never waits for it (it settles the teardown itself).
+const QUIET: Duration = Duration::from_millis(50);
+
+/// ... but no later than this after the first pending DEL was noticed: under an endless
+/// stream of DELs the interfaces (and their addresses, freed only after the deletion) are
+/// still released within half a second, one group request per half second at most.
+const MAX_WAIT: Duration = Duration::from_millis(500);
 
 impl Endpoints {
     /// Take a veth endpoint out of service and leave its deletion to
@@ -56,14 +71,28 @@ impl Endpoints {
     }
 
     /// Delete the interfaces of endpoints taken down by DEL, forever: whatever is pending
-    /// each time, in one batch. Spawn once.
+    /// once DELs pause ([`QUIET`], at most [`MAX_WAIT`]), in one batch. Spawn once.
     pub async fn finish_teardowns(self: Arc<Self>) {
         loop {
             self.teardowns.notified().await;
+            self.until_dels_pause().await;
             let pending: Vec<EndpointId> = lock(&self.state).releasing.keys().cloned().collect();
             if !pending.is_empty() && !self.finish(&pending).await {
                 tokio::time::sleep(RETRY).await;
                 self.teardowns.notify_one();
+            }
+        }
+    }
+
+    /// Wait until no DEL has taken an endpoint down for [`QUIET`] (each one notifies
+    /// `teardowns`), or [`MAX_WAIT`] has passed.
+    async fn until_dels_pause(&self) {
+        let latest = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + QUIET).min(latest);
+            match tokio::time::timeout_at(quiet_until, self.teardowns.notified()).await {
+                Ok(()) if tokio::time::Instant::now() < latest => continue,
+                _ => return,
             }
         }
     }
