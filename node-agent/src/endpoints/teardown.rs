@@ -9,7 +9,7 @@
 //!
 //! [`Endpoints::finish_teardowns`] then deletes the pending interfaces, several in one
 //! request, and only then frees the address and removes the journal record. It first waits
-//! for DELs to stop arriving ([`QUIET`], at most [`MAX_WAIT`]): a deletion holds the RTNL
+//! for DELs to stop arriving ([`DEFAULT_QUIET`], at most [`MAX_WAIT_IN_QUIETS`] times that): a deletion holds the RTNL
 //! lock through its RCU waits, so one started between two DELs of a burst makes the next
 //! DEL's cheap request wait ~20 ms for it; deleted after the burst, all of it goes in one
 //! request. Until then:
@@ -31,16 +31,17 @@ use super::state::lock;
 /// How long a failed deletion waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The background deletion starts once no DEL has come for this long. A runtime's or a
-/// bench's DELs of one burst come a few ms apart (one plugin process each), so 50 ms sees
-/// a burst through; it is short beside what a runtime waits for anyway, and an ADD that
-/// needs what is pending never waits for it (it settles the teardown itself).
-const QUIET: Duration = Duration::from_millis(50);
+/// The background deletion starts once no DEL has come for this long (`--teardown-quiet`).
+/// Back-to-back DELs come a few ms apart, but on a loaded node a runtime's burst of them
+/// (one plugin process each) arrives 50–150 ms apart, so 200 ms sees such a burst through.
+/// Waiting costs nothing but the address being free later, and an ADD that needs it settles
+/// the teardown itself.
+pub(super) const DEFAULT_QUIET: Duration = Duration::from_millis(200);
 
-/// ... but no later than this after the first pending DEL was noticed: under an endless
-/// stream of DELs the interfaces (and their addresses, freed only after the deletion) are
-/// still released within half a second, one group request per half second at most.
-const MAX_WAIT: Duration = Duration::from_millis(500);
+/// ... but no later than this many quiet windows after the first pending DEL was noticed:
+/// under an endless stream of DELs the interfaces (and their addresses, freed only after
+/// the deletion) are still released within about a second by default.
+const MAX_WAIT_IN_QUIETS: u32 = 5;
 
 impl Endpoints {
     /// Take a veth endpoint out of service and leave its deletion to
@@ -71,7 +72,7 @@ impl Endpoints {
     }
 
     /// Delete the interfaces of endpoints taken down by DEL, forever: whatever is pending
-    /// once DELs pause ([`QUIET`], at most [`MAX_WAIT`]), in one batch. Spawn once.
+    /// once DELs pause (see [`Self::until_dels_pause`]), in one batch. Spawn once.
     pub async fn finish_teardowns(self: Arc<Self>) {
         loop {
             self.teardowns.notified().await;
@@ -84,12 +85,13 @@ impl Endpoints {
         }
     }
 
-    /// Wait until no DEL has taken an endpoint down for [`QUIET`] (each one notifies
-    /// `teardowns`), or [`MAX_WAIT`] has passed.
+    /// Wait until no DEL has taken an endpoint down for `teardown_quiet` (each one notifies
+    /// `teardowns`), or [`MAX_WAIT_IN_QUIETS`] times that has passed.
     async fn until_dels_pause(&self) {
-        let latest = tokio::time::Instant::now() + MAX_WAIT;
+        let quiet = self.teardown_quiet;
+        let latest = tokio::time::Instant::now() + quiet * MAX_WAIT_IN_QUIETS;
         loop {
-            let quiet_until = (tokio::time::Instant::now() + QUIET).min(latest);
+            let quiet_until = (tokio::time::Instant::now() + quiet).min(latest);
             match tokio::time::timeout_at(quiet_until, self.teardowns.notified()).await {
                 Ok(()) if tokio::time::Instant::now() < latest => continue,
                 _ => return,
