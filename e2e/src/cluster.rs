@@ -139,6 +139,11 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, index: usize) -> Result<()> {
+        self.start_agent_with(index, &[])
+    }
+
+    /// [`Self::start_agent`] with extra agent arguments (e.g. `--teardown-quiet 2s`).
+    pub fn start_agent_with(&mut self, index: usize, extra: &[&str]) -> Result<()> {
         let binary = self.agent_binary.clone();
         let env: Vec<(String, String)> = self
             .daemon_env()
@@ -157,6 +162,7 @@ impl Cluster {
             "5s".into(),
         ];
         args.extend(node.ns.agent_state_args());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         node.agent = Some(Daemon::start_with_env(&binary, &args, &env)?);

@@ -56,6 +56,10 @@ struct Args {
     /// gone this long (a container removed while the agent was down or without CNI DEL).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     gone_sandbox_grace: Duration,
+    /// Interfaces that CNI DEL took out of service are deleted once no DEL has come for this
+    /// long (at most five times this after the first), a burst of them in one request.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    teardown_quiet: Duration,
     /// Host ports for published ports that name none (`docker run -p 80`) are chosen from
     /// this range (Docker's default: the upper part of the Linux ephemeral range).
     #[arg(long, default_value = "49153-65535")]
@@ -130,6 +134,7 @@ async fn run() -> anyhow::Result<()> {
         state_dir: args.state_dir,
         cni_socket: (args.cni_socket.as_os_str() != "none").then_some(args.cni_socket),
         gone_sandbox_grace: args.gone_sandbox_grace,
+        teardown_quiet: args.teardown_quiet,
         host_port_range: args.host_port_range,
         dns_feed: dns_feed(&args.dns_feed),
     };

@@ -123,12 +123,24 @@ fn adds_at_once(
     prefix: &str,
     meanwhile: impl FnOnce(),
 ) -> Vec<Call> {
+    calls_at_once(cluster, "ADD", sandboxes, prefix, meanwhile)
+}
+
+/// One `command` per sandbox, all at once (container `{prefix}{i}`); `meanwhile` runs while
+/// they are in flight.
+fn calls_at_once(
+    cluster: &Cluster,
+    command: &str,
+    sandboxes: &[Netns],
+    prefix: &str,
+    meanwhile: impl FnOnce(),
+) -> Vec<Call> {
     std::thread::scope(|s| {
         let handles: Vec<_> = sandboxes
             .iter()
             .enumerate()
             .map(|(i, sb)| {
-                s.spawn(move || cni(cluster, "ADD", &format!("{prefix}{i}"), Some(sb), CONFIG))
+                s.spawn(move || cni(cluster, command, &format!("{prefix}{i}"), Some(sb), CONFIG))
             })
             .collect();
         meanwhile();
@@ -255,10 +267,9 @@ async fn add_check_del_gc_like_a_runtime() {
         s2.try_exec(&["ip", "link", "show", "eth0"]),
         "c2 is valid and stays"
     );
-    assert!(
-        !s3.try_exec(&["ip", "link", "show", "eth0"]),
-        "c3 was not listed and goes"
-    );
+    // Out of service when GC answers, deleted once the teardown's quiet window is over.
+    assert!(!carries(&s3), "c3 was not listed and goes");
+    eth0_gone(&s3, "c3 was not listed and goes").await;
 
     // Errors a person understands.
     let unknown = cni(
@@ -555,6 +566,147 @@ async fn right_after_a_del_the_same_name_address_and_port_attach_again() {
     let next = cluster.container("next").expect("sandbox");
     let add = cni(&cluster, "ADD", "next", Some(&next), &config);
     assert_eq!(add.code, 0, "address and port not free again: {}", add.out);
+}
+
+/// Weft's release group (`kernel::endpoint::RELEASE_GROUP`): where DEL leaves the host ends
+/// it took out of service until their deletion.
+const RELEASE_GROUP: &str = "2003134068";
+
+/// A burst of DELs (at once, as a runtime stopping many containers) is taken out of service
+/// first and deleted after it, together (one group request, a few at most), not one
+/// deletion after each DEL — which would make every next
+/// DEL wait for it. Seen from the node: the number of host ends in the release group only
+/// grows during the burst and then drops to zero at once, once or a few times, never one by
+/// one. An ADD while a teardown is pending works (a new sandbox, and the same container again
+/// in one of the burst's sandboxes, which finishes that teardown itself), and after the
+/// quiet window nothing is left.
+#[tokio::test]
+async fn a_burst_of_dels_is_deleted_together_after_it() {
+    const BURST: usize = 10;
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    // A quiet window longer than the DELs' spread on a loaded test machine (up to ~1 s
+    // between two of them seen); the default (200 ms) is for real nodes.
+    cluster.kill_agent(0).await.expect("kill agent");
+    cluster
+        .start_agent_with(0, &["--teardown-quiet", "2s"])
+        .expect("start agent");
+    pods_network(&cluster).await;
+    let sandboxes: Vec<Netns> = (0..BURST)
+        .map(|i| cluster.container(&format!("burst{i}")).expect("sandbox"))
+        .collect();
+    for add in adds_at_once(&cluster, &sandboxes, "burst", || {}) {
+        assert_eq!(add.code, 0, "{}", add.out);
+    }
+
+    // The release group's size, as often as `ip` can read it, from before the burst on.
+    let node = cluster.nodes[0].ns.name().to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sizes = vec![0usize];
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("ip")
+                    .args(["-n", &node, "-o", "link", "show", "group", RELEASE_GROUP])
+                    .output()
+                    .expect("ip");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let size = String::from_utf8_lossy(&out.stdout).lines().count();
+                if sizes.last() != Some(&size) {
+                    sizes.push(size);
+                }
+            }
+            sizes
+        })
+    };
+    for (i, sb) in sandboxes.iter().enumerate() {
+        let del = cni(&cluster, "DEL", &format!("burst{i}"), Some(sb), CONFIG);
+        assert_eq!(del.code, 0, "{}", del.out);
+        assert!(
+            !carries(sb),
+            "burst{i}: eth0 still has its carrier after DEL"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !host_ends(&cluster).is_empty() || journal_records(&cluster) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "15 s after the burst (quiet window 2 s, 10 s at most), left behind: {:?}, {} journal records",
+            host_ends(&cluster),
+            journal_records(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sizes = sampler.join().expect("sampler");
+    let drops: Vec<(usize, usize)> = sizes
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        drops.iter().all(|&(_, to)| to == 0),
+        "release group deleted piecemeal, sizes seen {sizes:?}"
+    );
+    assert!(
+        (1..=2).contains(&drops.len()),
+        "a burst of {BURST} DELs took {} group deletions (sizes seen {sizes:?})",
+        drops.len()
+    );
+    for sb in &sandboxes {
+        assert!(
+            !sb.try_exec(&["ip", "link", "show", "eth0"]),
+            "eth0 left after the burst's deletion"
+        );
+    }
+
+    // ADDs right after a few DELs, within the quiet window: another sandbox, and a new
+    // container in one of those sandboxes (same interface name: it settles that teardown).
+    for (i, sb) in sandboxes.iter().enumerate().take(3) {
+        let add = cni(&cluster, "ADD", &format!("again{i}"), Some(sb), CONFIG);
+        assert_eq!(add.code, 0, "{}", add.out);
+    }
+    for (i, sb) in sandboxes.iter().enumerate().take(3) {
+        let del = cni(&cluster, "DEL", &format!("again{i}"), Some(sb), CONFIG);
+        assert_eq!(del.code, 0, "{}", del.out);
+    }
+    let late = cluster.container("late").expect("sandbox");
+    let add = cni(&cluster, "ADD", "late", Some(&late), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert!(
+        carries(&late),
+        "an ADD during the quiet window has no carrier"
+    );
+    let again = cni(&cluster, "ADD", "burst0", Some(&sandboxes[0]), CONFIG);
+    assert_eq!(again.code, 0, "{}", again.out);
+    assert!(
+        carries(&sandboxes[0]),
+        "the same container again during the quiet window has no carrier"
+    );
+    assert!(reachable(&late, "10.88.0.1", Duration::from_secs(5)).await);
+    assert!(reachable(&sandboxes[0], "10.88.0.1", Duration::from_secs(5)).await);
+    // Once the window is over, only these two are left.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while host_ends(&cluster).len() != 2 || journal_records(&cluster) != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "15 s after the ADDs: {:?}, {} journal records",
+            host_ends(&cluster),
+            journal_records(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for sb in &sandboxes[1..3] {
+        assert!(
+            !sb.try_exec(&["ip", "link", "show", "eth0"]),
+            "eth0 left after the window"
+        );
+    }
 }
 
 /// The agent killed between a DEL's answer and the deletion of the interface: the journal

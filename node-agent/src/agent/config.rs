@@ -29,6 +29,8 @@ pub struct Config {
     pub cni_socket: Option<PathBuf>,
     /// How long a CNI endpoint's sandbox must stay gone before the endpoint is released.
     pub gone_sandbox_grace: Duration,
+    /// How long CNI DELs must pause before what they took down is deleted.
+    pub teardown_quiet: Duration,
     /// Host ports for published ports that name none are chosen from this range.
     pub host_port_range: crate::endpoints::HostPortRange,
     /// The node's weft-dns feed socket; `None` = no names.

@@ -147,6 +147,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         )
         .with_context(|| format!("opening the state directory {}", cfg.state_dir.display()))?
         .with_gone_sandbox_grace(cfg.gone_sandbox_grace)
+        .with_teardown_quiet(cfg.teardown_quiet)
         .with_host_port_range(cfg.host_port_range)
         .with_names(cfg.dns_feed.is_some())
         .with_sandbox_policy(

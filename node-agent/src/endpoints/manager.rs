@@ -61,6 +61,8 @@ pub struct Endpoints {
     pub(super) watches_changed: Notify,
     /// Asks [`Endpoints::finish_teardowns`] to delete what DEL took down.
     pub(super) teardowns: Notify,
+    /// How long DELs must pause before [`Endpoints::finish_teardowns`] deletes.
+    pub(super) teardown_quiet: std::time::Duration,
 }
 
 impl Endpoints {
@@ -93,12 +95,19 @@ impl Endpoints {
             names: false,
             watches_changed: Notify::new(),
             teardowns: Notify::new(),
+            teardown_quiet: super::teardown::DEFAULT_QUIET,
         })
     }
 
     /// Release CNI endpoints whose sandbox has been gone this long (see [`super::gone`]).
     pub fn with_gone_sandbox_grace(mut self, grace: std::time::Duration) -> Self {
         self.gone_grace = grace;
+        self
+    }
+
+    /// Delete what DELs took down once they pause this long (see [`super::teardown`]).
+    pub fn with_teardown_quiet(mut self, quiet: std::time::Duration) -> Self {
+        self.teardown_quiet = quiet;
         self
     }
 

@@ -8,7 +8,11 @@
 //! send to, and a new ADD's publish transaction or the next pass replaces them).
 //!
 //! [`Endpoints::finish_teardowns`] then deletes the pending interfaces, several in one
-//! request, and only then frees the address and removes the journal record. Until then:
+//! request, and only then frees the address and removes the journal record. It first waits
+//! for DELs to stop arriving ([`DEFAULT_QUIET`], at most [`MAX_WAIT_IN_QUIETS`] times that): a deletion holds the RTNL
+//! lock through its RCU waits, so one started between two DELs of a burst makes the next
+//! DEL's cheap request wait ~20 ms for it; deleted after the burst, all of it goes in one
+//! request. Until then:
 //! - an ADD for the same endpoint, the same sandbox and interface name, or the same
 //!   requested address finishes the teardown itself first ([`Endpoints::settle_teardowns`]);
 //! - the agent stopping leaves the journal record and the DEL's tombstone behind, and the
@@ -26,6 +30,18 @@ use super::state::lock;
 
 /// How long a failed deletion waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The background deletion starts once no DEL has come for this long (`--teardown-quiet`).
+/// Back-to-back DELs come a few ms apart, but on a loaded node a runtime's burst of them
+/// (one plugin process each) arrives 50–150 ms apart, so 200 ms sees such a burst through.
+/// Waiting costs nothing but the address being free later, and an ADD that needs it settles
+/// the teardown itself.
+pub(super) const DEFAULT_QUIET: Duration = Duration::from_millis(200);
+
+/// ... but no later than this many quiet windows after the first pending DEL was noticed:
+/// under an endless stream of DELs the interfaces (and their addresses, freed only after
+/// the deletion) are still released within about a second by default.
+const MAX_WAIT_IN_QUIETS: u32 = 5;
 
 impl Endpoints {
     /// Take a veth endpoint out of service and leave its deletion to
@@ -56,14 +72,29 @@ impl Endpoints {
     }
 
     /// Delete the interfaces of endpoints taken down by DEL, forever: whatever is pending
-    /// each time, in one batch. Spawn once.
+    /// once DELs pause (see [`Self::until_dels_pause`]), in one batch. Spawn once.
     pub async fn finish_teardowns(self: Arc<Self>) {
         loop {
             self.teardowns.notified().await;
+            self.until_dels_pause().await;
             let pending: Vec<EndpointId> = lock(&self.state).releasing.keys().cloned().collect();
             if !pending.is_empty() && !self.finish(&pending).await {
                 tokio::time::sleep(RETRY).await;
                 self.teardowns.notify_one();
+            }
+        }
+    }
+
+    /// Wait until no DEL has taken an endpoint down for `teardown_quiet` (each one notifies
+    /// `teardowns`), or [`MAX_WAIT_IN_QUIETS`] times that has passed.
+    async fn until_dels_pause(&self) {
+        let quiet = self.teardown_quiet;
+        let latest = tokio::time::Instant::now() + quiet * MAX_WAIT_IN_QUIETS;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + quiet).min(latest);
+            match tokio::time::timeout_at(quiet_until, self.teardowns.notified()).await {
+                Ok(()) if tokio::time::Instant::now() < latest => continue,
+                _ => return,
             }
         }
     }
