@@ -35,6 +35,14 @@ use crate::model::KernelState;
 /// CNI ADDs handled at once; more wait their turn (a burst of pods cannot exhaust the agent).
 pub const MAX_CONCURRENT_ADDS: usize = 16;
 
+/// The background deletion starts once no DEL has come for this long (`--teardown-quiet`).
+/// Back-to-back DELs come a few ms apart, but on a loaded node a runtime's burst of them
+/// (one plugin process each) arrives 50–150 ms apart, so 200 ms sees such a burst through.
+/// Waiting costs nothing but the address being free later, and an ADD that needs it settles
+/// the teardown itself.
+pub(super) const DEFAULT_TEARDOWN_QUIET: std::time::Duration =
+    std::time::Duration::from_millis(200);
+
 pub struct Endpoints {
     pub(super) node: String,
     /// Field manager of the agent's API writes.
@@ -95,7 +103,7 @@ impl Endpoints {
             names: false,
             watches_changed: Notify::new(),
             teardowns: Notify::new(),
-            teardown_quiet: super::teardown::DEFAULT_QUIET,
+            teardown_quiet: DEFAULT_TEARDOWN_QUIET,
         })
     }
 

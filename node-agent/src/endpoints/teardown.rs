@@ -9,7 +9,7 @@
 //!
 //! [`Endpoints::finish_teardowns`] then deletes the pending interfaces, several in one
 //! request, and only then frees the address and removes the journal record. It first waits
-//! for DELs to stop arriving ([`DEFAULT_QUIET`], at most [`MAX_WAIT_IN_QUIETS`] times that): a deletion holds the RTNL
+//! for DELs to stop arriving ([`super::manager::DEFAULT_TEARDOWN_QUIET`], at most [`MAX_WAIT_IN_QUIETS`] times that): a deletion holds the RTNL
 //! lock through its RCU waits, so one started between two DELs of a burst makes the next
 //! DEL's cheap request wait ~20 ms for it; deleted after the burst, all of it goes in one
 //! request. Until then:
@@ -30,13 +30,6 @@ use super::state::lock;
 
 /// How long a failed deletion waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
-
-/// The background deletion starts once no DEL has come for this long (`--teardown-quiet`).
-/// Back-to-back DELs come a few ms apart, but on a loaded node a runtime's burst of them
-/// (one plugin process each) arrives 50–150 ms apart, so 200 ms sees such a burst through.
-/// Waiting costs nothing but the address being free later, and an ADD that needs it settles
-/// the teardown itself.
-pub(super) const DEFAULT_QUIET: Duration = Duration::from_millis(200);
 
 /// ... but no later than this many quiet windows after the first pending DEL was noticed:
 /// under an endless stream of DELs the interfaces (and their addresses, freed only after
