@@ -674,7 +674,7 @@ async fn s10_gitops_round_trip() {
             )
         })
         .collect();
-    assert!(needs_vlan.len() >= 3, "the VLAN examples: {needs_vlan:?}");
+    assert!(!needs_vlan.is_empty(), "the VLAN examples: {needs_vlan:?}");
     let settled = wait_for(Duration::from_secs(30), || async {
         let all = read_all().await;
         let ok = all.iter().all(|(k, v)| {
