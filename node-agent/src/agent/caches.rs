@@ -34,17 +34,19 @@ where
         + 'static,
 {
     // Watched for the agent's whole life: the task is never stopped.
-    watch_selected(client, notify, relevant, trim, None).0
+    watch_selected(client, notify, relevant, trim, None, |_| {}).0
 }
 
 /// [`watch`] of the objects matching a field selector (`None`: all), with the task that
-/// feeds the cache (aborting it ends the watch).
+/// feeds the cache (aborting it ends the watch). `on_event` sees every event as it comes,
+/// after the cache took it (for what must not wait for a pass: names, `endpoint_watch.rs`).
 pub(super) fn watch_selected<K>(
     client: &Client,
     notify: Arc<Notify>,
     relevant: impl Fn(&K) -> Option<u64> + Send + 'static,
     trim: fn(&mut K),
     fields: Option<String>,
+    mut on_event: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -75,6 +77,9 @@ where
     let mut seen: HashMap<String, u64> = HashMap::new();
     let key = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
     let stream = reflector::reflector(writer, events).for_each(move |event| {
+        if let Ok(event) = &event {
+            on_event(event);
+        }
         match event {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
                 let changed = match relevant(&o) {

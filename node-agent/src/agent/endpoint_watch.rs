@@ -5,17 +5,22 @@
 //! the endpoints of its networks only (1,000 nodes × 100,000 endpoints: each change goes to
 //! the agents of that one network, not to all 1,000). A network's watch opens when the node
 //! starts programming it and closes when it stops. See ARCHITECTURE.md, "Names across nodes".
+//!
+//! A network's watch also feeds the names of other nodes' endpoints on it, on the event
+//! itself ([`super::dns::Names`]): a name needs no pass.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher::Event;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use weft_api::ContainerEndpoint;
 
 use super::caches::{digest, watch_selected};
+use super::dns::{Names, endpoint_id};
 
 /// One field-selected watch; dropping it ends the watch.
 struct Watch {
@@ -43,9 +48,46 @@ fn relevant(c: &ContainerEndpoint) -> Option<u64> {
     )))
 }
 
-fn open(client: &Client, notify: &Arc<Notify>, fields: String) -> Watch {
-    let (store, task) = watch_selected(client, notify.clone(), relevant, |_| {}, Some(fields));
+fn open(
+    client: &Client,
+    notify: &Arc<Notify>,
+    fields: String,
+    on_event: impl FnMut(&Event<ContainerEndpoint>) + Send + 'static,
+) -> Watch {
+    let (store, task) = watch_selected(
+        client,
+        notify.clone(),
+        relevant,
+        |_| {},
+        Some(fields),
+        on_event,
+    );
     Watch { store, task }
+}
+
+/// `network`'s watch events, as `names` takes them. A (re)list is followed to its end, so
+/// what was deleted while the watch was away goes too.
+fn feed_names(
+    names: Arc<Names>,
+    network: String,
+) -> impl FnMut(&Event<ContainerEndpoint>) + Send + 'static {
+    let mut listed: Option<HashSet<String>> = None;
+    move |event: &Event<ContainerEndpoint>| match event {
+        Event::Init => listed = Some(HashSet::new()),
+        Event::InitApply(c) => {
+            if let Some(ids) = &mut listed {
+                ids.insert(endpoint_id(c));
+            }
+            names.seen(&network, c);
+        }
+        Event::InitDone => {
+            if let Some(ids) = listed.take() {
+                names.relisted(&network, &ids);
+            }
+        }
+        Event::Apply(c) => names.seen(&network, c),
+        Event::Delete(c) => names.gone(c),
+    }
 }
 
 pub(super) struct EndpointWatches {
@@ -53,16 +95,24 @@ pub(super) struct EndpointWatches {
     notify: Arc<Notify>,
     mine: Watch,
     networks: BTreeMap<String, Watch>,
+    /// The node's names, when it serves them.
+    names: Option<Arc<Names>>,
 }
 
 impl EndpointWatches {
     /// Start with this node's own endpoints; networks follow ([`EndpointWatches::follow`]).
-    pub(super) fn start(client: &Client, notify: Arc<Notify>, node: &str) -> Self {
+    pub(super) fn start(
+        client: &Client,
+        notify: Arc<Notify>,
+        node: &str,
+        names: Option<Arc<Names>>,
+    ) -> Self {
         Self {
-            mine: open(client, &notify, format!("spec.node={node}")),
+            mine: open(client, &notify, format!("spec.node={node}"), |_| {}),
             client: client.clone(),
             notify,
             networks: BTreeMap::new(),
+            names,
         }
     }
 
@@ -79,13 +129,30 @@ impl EndpointWatches {
     /// opened watch wakes the agent when its first list is in.
     pub(super) fn follow(&mut self, networks: BTreeSet<String>) {
         self.networks.retain(|name, _| networks.contains(name));
+        if let Some(names) = &self.names {
+            names.follow(&networks);
+        }
         for name in networks {
             if !self.networks.contains_key(&name) {
                 tracing::debug!(network = %name, "watching the network's endpoints");
-                let w = open(&self.client, &self.notify, format!("spec.network={name}"));
+                let fields = format!("spec.network={name}");
+                let w = match &self.names {
+                    Some(names) => open(
+                        &self.client,
+                        &self.notify,
+                        fields,
+                        feed_names(names.clone(), name.clone()),
+                    ),
+                    None => open(&self.client, &self.notify, fields, |_| {}),
+                };
                 self.networks.insert(name, w);
             }
         }
+    }
+
+    /// This node's own endpoints.
+    pub(super) fn mine(&self) -> Vec<Arc<ContainerEndpoint>> {
+        self.mine.store.state()
     }
 
     /// Every cached endpoint once: a node's own endpoint on a watched network is in both.

@@ -112,9 +112,15 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         },
         |_| {},
     );
+    // The node's names: other nodes' endpoints from the endpoint watches (held until the
+    // first pass), the networks and this node's endpoints from every pass (see dns.rs).
+    let names = cfg
+        .dns_feed
+        .clone()
+        .map(|path| Arc::new(dns::Names::spawn(path, &cfg.node_name)));
     // Endpoints: this node's, and those of the cluster-scope networks it programs (opened
     // by the first pass, see endpoint_watch.rs).
-    let ceps = EndpointWatches::start(&client, notify.clone(), &cfg.node_name);
+    let ceps = EndpointWatches::start(&client, notify.clone(), &cfg.node_name, names.clone());
     // Peers matter for their underlay address and existence, not for their heartbeats.
     // Their statuses (one entry per network, on every node) are not kept at all.
     let me = cfg.node_name.clone();
@@ -182,9 +188,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         interfaces: BTreeSet::new(),
         capabilities,
     };
-    // Fed from the first pass on, which has the networks and the restored endpoints.
-    let names = cfg.dns_feed.clone().map(dns::NameFeed::spawn);
-    let service_names = names.as_ref().map(dns::NameFeed::services);
+    let service_names = names.as_deref().map(dns::Names::services);
     let mut agent = Agent {
         names,
         client,

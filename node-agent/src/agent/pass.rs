@@ -67,7 +67,7 @@ pub(super) struct Agent {
     pub(super) underlay: super::node::Underlay,
     pub(super) wireguard: super::wireguard::Identity,
     /// The node's weft-dns, when it runs.
-    pub(super) names: Option<super::dns::NameFeed>,
+    pub(super) names: Option<Arc<super::dns::Names>>,
 }
 
 impl Agent {
@@ -235,13 +235,13 @@ impl Agent {
             }
         }
         let endpoint_writes = self.endpoints.converge(work).await;
-        if let Some(names) = &mut self.names {
-            names.update(super::dns::desired(
+        if let Some(names) = &self.names {
+            names.pass(super::dns::desired(
                 &self.cfg.node_name,
                 &inputs,
                 &facts,
                 &self.endpoints.attachments(),
-                &ceps,
+                &self.ceps.mine(),
             ));
         }
         let apply = t.elapsed();

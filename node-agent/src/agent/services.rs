@@ -14,7 +14,7 @@ use weft_api::condition::{is_true, types};
 use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService};
 
 use super::caches::{digest, watch};
-use super::dns::{NameFeed, desired_services};
+use super::dns::{ServiceFeed, desired_services};
 use crate::kernel::ServiceDataplane;
 use crate::services::inputs::service_inputs;
 use crate::services::plan::plan;
@@ -24,7 +24,7 @@ pub(super) async fn run(
     client: Client,
     node: String,
     netns: Option<PathBuf>,
-    mut names: Option<NameFeed>,
+    mut names: Option<ServiceFeed>,
 ) {
     let notify = Arc::new(Notify::new());
     let services = watch::<ContainerService>(
