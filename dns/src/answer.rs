@@ -339,16 +339,12 @@ impl Plain {
     }
 }
 
-fn pointer_records(
-    query: &Query,
-    names: &[&[Box<str>]],
-    ttl: u32,
-) -> Result<Vec<Record>, ResponseCode> {
+fn pointer_records(query: &Query, names: &[String], ttl: u32) -> Result<Vec<Record>, ResponseCode> {
     if !matches!(query.query_type(), RecordType::PTR | RecordType::ANY) {
         return Ok(Vec::new());
     }
     let mut records = Vec::new();
-    for n in names.iter().flat_map(|s| s.iter()) {
+    for n in names {
         let target = Name::from_ascii(n).map_err(|_| ResponseCode::ServFail)?;
         records.push(Record::from_rdata(
             query.name().clone(),
