@@ -8,7 +8,8 @@ use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Datagrams per system call (what a burst from many clients fills; more buys little).
+/// Datagrams per system call at most (what a burst from many clients fills; more buys
+/// little). Each costs 4.5 KiB of buffers for the listener's life.
 pub const BATCH: usize = 32;
 /// A larger query is cut to this (and then answered FORMERR).
 const QUERY_MAX: usize = 4096;
@@ -23,43 +24,44 @@ pub struct Batch {
     pub answers: Vec<Vec<u8>>,
 }
 
-impl Default for Batch {
-    fn default() -> Self {
+impl Batch {
+    /// Room for `size` datagrams per call (at most [`BATCH`]).
+    pub fn new(size: usize) -> Self {
+        let size = size.clamp(1, BATCH);
         Self {
-            queries: vec![[0; QUERY_MAX]; BATCH],
+            queries: vec![[0; QUERY_MAX]; size],
             lens: [0; BATCH],
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (unspecified) one.
             peers: unsafe { MaybeUninit::zeroed().assume_init() },
             peer_lens: [0; BATCH],
             received: 0,
-            answers: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            answers: (0..size).map(|_| Vec::with_capacity(512)).collect(),
         }
     }
-}
 
-impl Batch {
     /// Take the datagrams waiting on `fd` (at least one, or `WouldBlock`).
     pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.received = 0;
+        let size = self.queries.len();
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.queries[i].as_mut_ptr().cast(),
+            iov_base: self.queries[i % size].as_mut_ptr().cast(),
             iov_len: QUERY_MAX,
         });
         // SAFETY: mmsghdr is plain data; the fields used are set below.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        for (i, m) in msgs.iter_mut().enumerate() {
+        for (i, m) in msgs.iter_mut().take(size).enumerate() {
             m.msg_hdr.msg_name = (&raw mut self.peers[i]).cast();
             m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             m.msg_hdr.msg_iov = &raw mut iovecs[i];
             m.msg_hdr.msg_iovlen = 1;
         }
-        // SAFETY: every pointer in msgs points into self or iovecs, alive for the call, with
-        // the lengths given.
+        // SAFETY: the first `size` entries of msgs point into self or iovecs, alive for the
+        // call, with the lengths given.
         let n = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
                 msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                size as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )

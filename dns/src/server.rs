@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 
 use crate::answer::{Outcome, Reply, respond, respond_into};
-use crate::batch::Batch;
+use crate::batch::{BATCH, Batch};
 use crate::forward::{Forwarder, resolve};
 use crate::model::Via;
 use crate::store::Store;
@@ -158,7 +158,12 @@ impl Server {
 
     async fn serve_udp(self, sock: UdpSocket, via: Via) {
         let sock = Arc::new(sock);
-        let mut batch = Batch::default();
+        // A sandbox's own listener hears one sandbox: a few at a time is plenty, and a node
+        // may have hundreds of them.
+        let mut batch = Batch::new(match via {
+            Via::Sandbox(_) => 4,
+            Via::Gateway(_) | Via::Cluster(_) => BATCH,
+        });
         loop {
             let Ok(received) = sock
                 .async_io(Interest::READABLE, || batch.receive(sock.as_fd()))
