@@ -21,7 +21,7 @@ pub use endpoint::{
 };
 pub use network::{
     BridgeOptions, ContainerNetwork, ContainerNetworkSpec, ContainerNetworkStatus, Driver, Inbound,
-    IpamSpec, IpvlanMode, IpvlanOptions, MacvlanMode, MacvlanOptions, OverlayOptions,
+    IpamSpec, IpvlanMode, IpvlanOptions, MacvlanMode, MacvlanOptions, NetworkDns, OverlayOptions,
 };
 pub use node::{
     Capabilities, NetworkNode, NetworkNodeSpec, NetworkNodeStatus, NetworkRealization,

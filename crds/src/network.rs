@@ -54,6 +54,8 @@ use serde::{Deserialize, Serialize};
      "fieldPath": ".ipam", "message": "drivers host and none have no addresses of their own: remove spec.ipam"},
     {"rule": "has(self.ipam) == has(oldSelf.ipam)",
      "message": "spec.ipam cannot be added or removed once the network exists"},
+    {"rule": "!(has(self.internal) && self.internal) || !has(self.dns) || !has(self.dns.upstreams)",
+     "fieldPath": ".dns.upstreams", "message": "an internal network never forwards names out: remove spec.dns.upstreams (or internal)"},
     {"rule": "!has(self.mtu) || self.mtu >= 1280 || !has(self.ipam) || !has(self.ipam.subnets) || self.ipam.subnets.all(s, !isCIDR(s) || cidr(s).ip().family() == 4)",
      "fieldPath": ".mtu", "message": "mtu must be at least 1280 on a network with an IPv6 subnet (RFC 8200)"}
 ]))]
@@ -94,6 +96,52 @@ pub struct ContainerNetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Names on this network (answered by weft-dns on each node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<NetworkDns>,
+}
+
+/// How the network's sandboxes resolve names.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkDns {
+    /// Resolvers for names that are not Weft's, instead of the node's resolv.conf (Docker's
+    /// `--dns`, per network): `IP` (port 53), `IPv4:port` or `[IPv6]:port`, asked in order.
+    /// A sandbox on several networks uses those of the network it asked through (else its
+    /// first non-internal one). Not allowed on an internal network, which forwards nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 3), inner(length(min = 2, max = 47)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(u, isIP(u) || (u.matches('^[0-9.]+:[0-9]{1,5}$') && isIP(u.substring(0, u.lastIndexOf(':'))) && int(u.substring(u.lastIndexOf(':') + 1)) >= 1 && int(u.substring(u.lastIndexOf(':') + 1)) <= 65535) || (u.matches('^\\\\[[0-9A-Fa-f:.]+\\\\]:[0-9]{1,5}$') && isIP(u.substring(1, u.lastIndexOf(']'))) && ip(u.substring(1, u.lastIndexOf(']'))).family() == 6 && int(u.substring(u.lastIndexOf(':') + 1)) >= 1 && int(u.substring(u.lastIndexOf(':') + 1)) <= 65535))",
+         "message": "each upstream must be an IP address, optionally with a port 1-65535: 192.0.2.53, 192.0.2.53:5353, 2001:db8::53 or [2001:db8::53]:5353"}
+    ]))]
+    pub upstreams: Vec<String>,
+}
+
+impl NetworkDns {
+    /// The upstreams as socket addresses (port 53 unless given); `None` when unset, which
+    /// means the node's own resolvers. Entries that do not parse (the API server's rule
+    /// refuses them) are left out.
+    pub fn upstream_addresses(&self) -> Option<Vec<std::net::SocketAddr>> {
+        let parsed: Vec<std::net::SocketAddr> = self
+            .upstreams
+            .iter()
+            .filter_map(|u| parse_upstream(u))
+            .collect();
+        (!parsed.is_empty()).then_some(parsed)
+    }
+}
+
+/// `IP`, `IPv4:port` or `[IPv6]:port` as a socket address (port 53 by default).
+pub fn parse_upstream(s: &str) -> Option<std::net::SocketAddr> {
+    match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(std::net::SocketAddr::new(ip, 53)),
+        Err(_) => s
+            .parse()
+            .ok()
+            .filter(|a: &std::net::SocketAddr| a.port() != 0),
+    }
 }
 
 /// Network driver, as in `docker network create -d`.
@@ -431,4 +479,33 @@ fn default_true() -> bool {
 
 fn default_vxlan_port() -> i32 {
     4789
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::parse_upstream;
+
+    #[test]
+    fn upstreams_are_an_address_with_port_53_unless_one_is_given() {
+        let parsed = |s: &str| parse_upstream(s).map(|a| a.to_string());
+        assert_eq!(parsed("192.0.2.53").as_deref(), Some("192.0.2.53:53"));
+        assert_eq!(
+            parsed("192.0.2.53:5353").as_deref(),
+            Some("192.0.2.53:5353")
+        );
+        assert_eq!(parsed("2001:db8::53").as_deref(), Some("[2001:db8::53]:53"));
+        assert_eq!(
+            parsed("[2001:db8::53]:5353").as_deref(),
+            Some("[2001:db8::53]:5353")
+        );
+        for bad in [
+            "",
+            "dns.example",
+            "192.0.2.53:0",
+            "192.0.2.53:70000",
+            "[2001:db8::53]",
+        ] {
+            assert_eq!(parsed(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -631,3 +631,46 @@ async fn a_node_publishes_only_a_well_formed_wireguard_identity() {
         .expect_err("a short key must be refused");
     assert_mentions(&msg, "spec.wireguard.publicKey");
 }
+
+#[tokio::test]
+async fn dns_upstreams_are_addresses_with_an_optional_port_and_not_on_internal_networks() {
+    let client = connect().await.expect("API server");
+    create_raw::<ContainerNetwork>(
+        &client,
+        network(
+            &unique("upstreams"),
+            json!({"driver": "bridge", "dns": {"upstreams":
+                ["192.0.2.53", "192.0.2.54:5353", "[2001:db8::53]:5353"]}}),
+        ),
+    )
+    .await
+    .expect("well-formed upstreams are accepted");
+    create_raw::<ContainerNetwork>(
+        &client,
+        network(
+            &unique("upstreams6"),
+            json!({"driver": "bridge", "dns": {"upstreams": ["2001:db8::53"]}}),
+        ),
+    )
+    .await
+    .expect("a bare IPv6 address is accepted");
+    for bad in [
+        "dns.example",
+        "192.0.2.53:0",
+        "192.0.2.53:70000",
+        "192.0.2.300",
+        "2001:db8::53:5353x",
+        "[2001:db8::53]",
+        "[192.0.2.53]:53",
+    ] {
+        let msg = rejected_network(json!({"driver": "bridge", "dns": {"upstreams": [bad]}})).await;
+        assert_mentions(&msg, "each upstream must be an IP address");
+    }
+    let msg = rejected_network(json!({"driver": "bridge", "dns": {"upstreams": []}})).await;
+    assert_mentions(&msg, "spec.dns.upstreams");
+    let msg = rejected_network(
+        json!({"driver": "bridge", "internal": true, "dns": {"upstreams": ["192.0.2.53"]}}),
+    )
+    .await;
+    assert_mentions(&msg, "an internal network never forwards names out");
+}

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -204,8 +205,9 @@ pub struct NetNames {
     pub zone: Box<str>,
     pub internal: bool,
     pub upstreams: Option<Vec<SocketAddr>>,
-    /// Lower-case name → addresses of every endpoint carrying it.
-    pub names: HashMap<Box<str>, Vec<IpAddr>>,
+    /// Lower-case name → addresses of every endpoint carrying it. The key is shared with the
+    /// PTR entries of the endpoints it is the first name of.
+    pub names: HashMap<Arc<str>, Box<[IpAddr]>>,
 }
 
 /// How an asking sandbox is known: by the address it asks from (gateway listeners), or by
@@ -226,8 +228,9 @@ pub enum Via {
 struct Holder {
     network: NetId,
     sandbox: Sandbox,
-    /// Its first name, fully qualified, for PTR.
-    pointer: Option<Box<str>>,
+    /// Its first name (lower case, the key in its network's names), qualified when PTR
+    /// answers: one string per name, not two.
+    pointer: Option<Arc<str>>,
 }
 
 /// The read-only lookup tables built from [`Data`].
@@ -238,7 +241,7 @@ pub struct Index {
     /// Gateway address → networks served there.
     gateways: HashMap<IpAddr, Vec<NetId>>,
     /// Endpoint address → who has it (askers are found here, and PTR answered).
-    addresses: HashMap<IpAddr, Vec<Holder>>,
+    addresses: HashMap<IpAddr, Box<[Holder]>>,
     /// Sandbox → every network it is on (on this node's data).
     sandboxes: HashMap<Box<str>, Vec<NetId>>,
     /// Sandboxes with a namespace, for the listeners at 127.0.0.11 inside them.
@@ -283,52 +286,35 @@ impl Index {
                 }
             }
             let net = &mut ix.networks[id as usize];
+            let mut ptr_name: Option<Arc<str>> = None;
             for name in &e.names {
-                let name: Box<str> = name.to_ascii_lowercase().into();
-                let addrs = net.names.entry(name).or_default();
-                for a in &e.addresses {
-                    if !addrs.contains(a) {
-                        addrs.push(*a);
-                    }
-                }
+                let key = net.add(name, &e.addresses);
+                ptr_name.get_or_insert(key);
             }
-            let ptr_name: Option<Box<str>> = e.names.first().map(|first| {
-                format!("{}.{}.{}.", first.to_ascii_lowercase(), net.name, net.zone).into()
-            });
             for a in &e.addresses {
-                ix.addresses.entry(*a).or_default().push(Holder {
-                    network: id,
-                    sandbox: sandbox.clone(),
-                    pointer: ptr_name.clone(),
-                });
+                let holders = ix.addresses.entry(*a).or_default();
+                append(
+                    holders,
+                    std::iter::once(Holder {
+                        network: id,
+                        sandbox: sandbox.clone(),
+                        pointer: ptr_name.clone(),
+                    }),
+                );
             }
         }
-        // Most lists hold one item; a Vec's first push reserves four (half the index's memory).
         index_services(&mut ix, data.services.values());
-        ix.addresses.values_mut().for_each(Vec::shrink_to_fit);
-        for net in &mut ix.networks {
-            net.names.values_mut().for_each(Vec::shrink_to_fit);
-        }
         ix
     }
 
-    /// Addresses the gateway listeners bind.
     /// Let `name` on `network` answer `addrs` too (service names, `services.rs`).
     pub(crate) fn add_names(&mut self, network: &str, name: &str, addrs: &[IpAddr]) {
-        let Some(&id) = self.by_network.get(network) else {
-            return;
-        };
-        let entry = self.networks[id as usize]
-            .names
-            .entry(name.to_ascii_lowercase().into())
-            .or_default();
-        for a in addrs {
-            if !entry.contains(a) {
-                entry.push(*a);
-            }
+        if let Some(&id) = self.by_network.get(network) {
+            self.networks[id as usize].add(name, addrs);
         }
     }
 
+    /// Addresses the gateway listeners bind.
     pub fn gateway_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.gateways.keys().copied()
     }
@@ -366,13 +352,13 @@ impl Index {
     }
 
     /// `qname` as cluster DNS may ask it: only `<name>.<network>.<zone>`, on any network.
-    pub fn lookup_qualified(&self, qname: &str) -> Lookup<'_> {
+    pub fn lookup_qualified(&self, qname: &str) -> Lookup<&[IpAddr]> {
         let found: Vec<&[IpAddr]> = self
             .networks
             .iter()
             .filter_map(|n| {
                 let name = strip(qname, &n.zone).and_then(|p| strip(p, &n.name))?;
-                n.names.get(name).map(Vec::as_slice)
+                n.names.get(name).map(|a| &**a)
             })
             .collect();
         if !found.is_empty() {
@@ -389,13 +375,13 @@ impl Index {
     }
 
     /// What `qname` (lower case, no final dot) means to a sandbox on `nets`.
-    pub fn lookup(&self, nets: &[NetId], qname: &str) -> Lookup<'_> {
+    pub fn lookup(&self, nets: &[NetId], qname: &str) -> Lookup<&[IpAddr]> {
         let mut found: Vec<&[IpAddr]> = Vec::new();
         for &id in nets {
             let net = &self.networks[id as usize];
             let bare = strip_suffix(qname, &net.name, &net.zone);
             if let Some(addrs) = net.names.get(bare) {
-                found.push(addrs);
+                found.push(&**addrs);
             }
         }
         if !found.is_empty() {
@@ -431,22 +417,25 @@ impl Index {
         self.networks.iter().any(|n| n.names.contains_key(name))
     }
 
-    /// PTR names for `addr` as seen from `nets`.
-    pub fn pointer(&self, nets: &[NetId], addr: IpAddr) -> Lookup<'_, Box<str>> {
+    /// PTR names for `addr` as seen from `nets`, fully qualified.
+    pub fn pointer(&self, nets: &[NetId], addr: IpAddr) -> Lookup<String> {
         let Some(holders) = self.addresses.get(&addr) else {
             return Lookup::Elsewhere;
         };
-        let named: Vec<(NetId, &Box<str>)> = holders
+        let named: Vec<(NetId, &str)> = holders
             .iter()
-            .filter_map(|h| Some((h.network, h.pointer.as_ref()?)))
+            .filter_map(|h| Some((h.network, h.pointer.as_deref()?)))
             .collect();
         if named.is_empty() {
             return Lookup::Elsewhere;
         }
-        let visible: Vec<&[Box<str>]> = named
+        let visible: Vec<String> = named
             .iter()
             .filter(|(id, _)| nets.contains(id))
-            .map(|(_, name)| std::slice::from_ref(*name))
+            .map(|&(id, name)| {
+                let net = &self.networks[id as usize];
+                format!("{name}.{}.{}.", net.name, net.zone)
+            })
             .collect();
         if visible.is_empty() {
             Lookup::NotOnAskersNetworks
@@ -463,6 +452,34 @@ impl Index {
             .find(|n| !n.internal)
             .map(|n| n.upstreams.as_deref())
     }
+}
+
+impl NetNames {
+    /// Let `name` (any case) answer `addrs` too; returns its key.
+    fn add(&mut self, name: &str, addrs: &[IpAddr]) -> Arc<str> {
+        let lower = name.to_ascii_lowercase();
+        let key = match self.names.get_key_value(lower.as_str()) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(lower),
+        };
+        let entry = self.names.entry(key.clone()).or_default();
+        let new: Vec<IpAddr> = addrs
+            .iter()
+            .enumerate()
+            .filter(|&(i, a)| !entry.contains(a) && !addrs[..i].contains(a))
+            .map(|(_, a)| *a)
+            .collect();
+        append(entry, new);
+        key
+    }
+}
+
+/// Add `more` to the end of `list`, which stays exactly as long as it is: most lists hold one
+/// item, and a Vec's first push reserves four (half the index's memory, when they were Vecs).
+fn append<T>(list: &mut Box<[T]>, more: impl IntoIterator<Item = T>) {
+    let mut items = std::mem::take(list).into_vec();
+    items.extend(more);
+    *list = items.into_boxed_slice();
 }
 
 /// `prefix` of `prefix.suffix`, if it is that.
@@ -482,9 +499,10 @@ fn strip_suffix<'q>(qname: &'q str, network: &str, zone: &str) -> &'q str {
 
 /// What a name means to the asker.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lookup<'a, T = IpAddr> {
-    /// On the asker's networks: these records (one slice per network carrying it).
-    Found(Vec<&'a [T]>),
+pub enum Lookup<T> {
+    /// On the asker's networks: these records (for addresses, one slice per network
+    /// carrying the name).
+    Found(Vec<T>),
     /// A Weft name, but on none of the asker's networks: NXDOMAIN.
     NotOnAskersNetworks,
     /// Not a Weft name: forward.

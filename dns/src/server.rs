@@ -8,17 +8,19 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::answer::{Reply, respond};
+use crate::answer::{Outcome, Reply, respond, respond_into};
+use crate::batch::{BATCH, Batch};
 use crate::forward::{Forwarder, resolve};
 use crate::model::Via;
 use crate::store::Store;
@@ -156,44 +158,79 @@ impl Server {
 
     async fn serve_udp(self, sock: UdpSocket, via: Via) {
         let sock = Arc::new(sock);
-        // Larger datagrams are cut to this and answered FORMERR.
-        let mut buf = vec![0u8; 4096];
+        // A sandbox's own listener hears one sandbox: a few at a time is plenty, and a node
+        // may have hundreds of them.
+        let mut batch = Batch::new(match via {
+            Via::Sandbox(_) => 4,
+            Via::Gateway(_) | Via::Cluster(_) => BATCH,
+        });
         loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+            let Ok(received) = sock
+                .async_io(Interest::READABLE, || batch.receive(sock.as_fd()))
+                .await
+            else {
                 continue;
             };
-            let packet = &buf[..n];
-            let reply = respond(
-                &self.store.index(),
-                &via,
-                peer.ip(),
-                packet,
-                self.limits.ttl,
-                false,
-            );
-            match reply {
-                Reply::Answer(bytes) => {
-                    let _ = sock.send_to(&bytes, peer).await;
+            // One index for the whole batch: a change lands between batches.
+            let index = self.store.index();
+            for i in 0..received {
+                let mut answer = std::mem::take(&mut batch.answers[i]);
+                let (packet, peer) = batch.query(i);
+                let Some(peer) = peer else { continue };
+                let outcome = respond_into(
+                    &index,
+                    &via,
+                    peer.ip(),
+                    packet,
+                    self.limits.ttl,
+                    false,
+                    &mut answer,
+                );
+                if let Outcome::Forward(resolvers) = outcome {
+                    answer.clear();
+                    self.forward(&sock, packet, peer, resolvers);
+                } else if outcome == Outcome::Drop {
+                    answer.clear();
                 }
-                Reply::Forward(resolvers) => {
-                    let Some(slot) = self.forwarder.slot() else {
-                        if let Some(fail) = crate::answer::server_failure(packet) {
-                            let _ = sock.send_to(&fail, peer).await;
-                        }
-                        continue;
-                    };
-                    let resolvers = resolvers.unwrap_or_else(|| self.node_resolvers.get());
-                    let (sock, query) = (sock.clone(), packet.to_vec());
-                    tokio::spawn(async move {
-                        if let Some(answer) = resolve(&query, &resolvers, false).await {
-                            let _ = sock.send_to(&answer, peer).await;
-                        }
-                        drop(slot);
-                    });
+                batch.answers[i] = answer;
+            }
+            drop(index);
+            let mut done = 0;
+            while done < received {
+                match sock
+                    .async_io(Interest::WRITABLE, || batch.send(sock.as_fd(), done))
+                    .await
+                {
+                    Ok(sent) => done += sent,
+                    // This answer's destination failed (unreachable, say): skip it.
+                    Err(_) => done += 1,
                 }
-                Reply::Drop => {}
             }
         }
+    }
+
+    /// Forward `packet` in a task of its own, or answer SERVFAIL when too many are waiting.
+    fn forward(
+        &self,
+        sock: &Arc<UdpSocket>,
+        packet: &[u8],
+        peer: SocketAddr,
+        resolvers: Option<Vec<SocketAddr>>,
+    ) {
+        let Some(slot) = self.forwarder.slot() else {
+            if let Some(fail) = crate::answer::server_failure(packet) {
+                let _ = sock.try_send_to(&fail, peer);
+            }
+            return;
+        };
+        let resolvers = resolvers.unwrap_or_else(|| self.node_resolvers.get());
+        let (sock, query) = (sock.clone(), packet.to_vec());
+        tokio::spawn(async move {
+            if let Some(answer) = resolve(&query, &resolvers, false).await {
+                let _ = sock.send_to(&answer, peer).await;
+            }
+            drop(slot);
+        });
     }
 
     async fn serve_tcp(self, listener: TcpListener, via: Via) {

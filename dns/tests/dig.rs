@@ -3,7 +3,8 @@
 //! Topology of [`lab`]: node namespace with bridges `blue` (10.10.0.1/24, fd10::1/64),
 //! `red` (10.20.0.1/24) and `sealed` (10.30.0.1/24, internal); sandboxes a, b on blue,
 //! c on red, d on sealed; an `upstream` namespace with dnsmasq at 192.0.2.53 answering
-//! `outside.test` (the node's "resolv.conf" names only it).
+//! `outside.test` (the node's "resolv.conf" names only it) with 198.51.100.7, and a second one
+//! at 192.0.2.53:5353 (no resolv.conf names it) answering it with 198.51.100.8.
 
 mod common;
 
@@ -70,28 +71,29 @@ fn lab_with(with_upstream: bool, flags: &[&str]) -> Result<Lab> {
         node.ns.exec(&["ip", "link", "set", "up0", "up"])?;
         up.exec(&["ip", "addr", "add", "192.0.2.53/24", "dev", "eth0"])?;
         up.exec(&["ip", "link", "set", "eth0", "up"])?;
-        // Killed with its namespace.
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                up.name(),
-                "dnsmasq",
-                "--keep-in-foreground",
-            ])
-            .args([
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-            ])
-            .args([
-                "--listen-address=192.0.2.53",
-                "--address=/outside.test/198.51.100.7",
-            ])
-            .args(["--pid-file=", "--user=root"])
-            .stdout(Stdio::null())
-            .spawn()?;
+        for (port, answer) in [("53", "198.51.100.7"), ("5353", "198.51.100.8")] {
+            // Killed with its namespace.
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    up.name(),
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                ])
+                .args([
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                ])
+                .arg("--listen-address=192.0.2.53")
+                .arg(format!("--port={port}"))
+                .arg(format!("--address=/outside.test/{answer}"))
+                .args(["--pid-file=", "--user=root"])
+                .stdout(Stdio::null())
+                .spawn()?;
+        }
         Some(up)
     } else {
         None
@@ -276,11 +278,23 @@ fn other_names_are_forwarded_except_for_internal_networks() -> Result<()> {
 fn a_networks_own_upstreams_replace_the_nodes() -> Result<()> {
     require!("dig", "dnsmasq");
     let lab = lab(true)?;
+    let sb = &lab.node.sandboxes;
     let mut red = network("red", &["10.20.0.1"]);
-    // Nothing answers there: red's sandboxes get SERVFAIL, blue's still get the node's.
+    // Red's own resolver (on a port no resolv.conf could name) answers red's sandboxes;
+    // blue's still get the node's.
+    red.upstreams = Some(vec!["192.0.2.53:5353".parse()?]);
+    lab.node.feed(&[Change::UpsertNetwork(red.clone())])?;
+    assert_eq!(
+        dig(&sb[C], "10.20.0.1", "outside.test", "A", &[])?,
+        answer("NOERROR", &["198.51.100.8"])
+    );
+    assert_eq!(
+        dig(&sb[A], "10.10.0.1", "outside.test", "A", &[])?,
+        answer("NOERROR", &["198.51.100.7"])
+    );
+    // Nothing answers there: red's sandboxes get SERVFAIL, never the node's resolver.
     red.upstreams = Some(vec!["192.0.2.99:53".parse()?]);
     lab.node.feed(&[Change::UpsertNetwork(red)])?;
-    let sb = &lab.node.sandboxes;
     assert_eq!(
         dig(&sb[C], "10.20.0.1", "outside.test", "A", &["+time=5"])?.status,
         "SERVFAIL"

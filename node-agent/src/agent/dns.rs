@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use kube::ResourceExt;
-use weft_api::{ContainerEndpoint, ContainerService};
+use weft_api::{ContainerEndpoint, ContainerService, NetworkDns};
 use weft_dns::feed::Feeder;
 use weft_dns::model::{Change, Data, Endpoint, Network, is_dns_name};
 use weft_dns::services::Service;
@@ -340,7 +340,11 @@ pub(super) fn desired(
                 name: net.name.clone(),
                 internal: net.spec.internal,
                 gateways,
-                upstreams: None,
+                upstreams: net
+                    .spec
+                    .dns
+                    .as_ref()
+                    .and_then(NetworkDns::upstream_addresses),
                 zone: None,
             },
         );
@@ -813,5 +817,33 @@ mod tests {
         names.seen("ovnet", &changed);
         eprintln!("one endpoint's event: {:?}", t.elapsed());
         assert_eq!(names.lock().remote.len(), 100_001);
+    }
+
+    #[test]
+    fn a_networks_own_upstreams_are_fed_and_unset_means_the_nodes() {
+        use crate::drivers::testutil::{allocate, network, node};
+        let mut own = network("own", weft_api::Driver::Bridge);
+        allocate(&mut own, &["10.5.0.0/24"], Some("10.5.0.1"));
+        own.spec.dns = Some(NetworkDns {
+            upstreams: vec![
+                "192.0.2.53".into(),
+                "192.0.2.54:5353".into(),
+                "[2001:db8::53]:5353".into(),
+            ],
+        });
+        let mut nodes = network("nodes", weft_api::Driver::Bridge);
+        allocate(&mut nodes, &["10.6.0.0/24"], Some("10.6.0.1"));
+        let networks = Networks::new(vec![own, nodes]);
+        let data = desired("n1", &networks, &node("n1", "192.0.2.1"), &[], &[]);
+        let upstreams = |name: &str| data.networks[name].upstreams.clone();
+        assert_eq!(
+            upstreams("own"),
+            Some(vec![
+                "192.0.2.53:53".parse().expect("addr"),
+                "192.0.2.54:5353".parse().expect("addr"),
+                "[2001:db8::53]:5353".parse().expect("addr"),
+            ])
+        );
+        assert_eq!(upstreams("nodes"), None, "unset: the node's resolv.conf");
     }
 }

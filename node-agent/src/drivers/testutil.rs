@@ -67,6 +67,7 @@ pub fn network(name: &str, driver: ApiDriver) -> NetworkInput {
         mtu: None,
         internal: false,
         node_selector: None,
+        dns: None,
     };
     NetworkInput {
         name: name.to_string(),
