@@ -141,6 +141,8 @@ struct Run {
     networks: BTreeMap<String, &'static str>,
     endpoints: Vec<Endpoint>,
     next: usize,
+    /// The operation under way (for the operation log).
+    op: usize,
     report: ChaosReport,
 }
 
@@ -179,6 +181,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
         networks: BTreeMap::new(),
         endpoints: Vec::new(),
         next: 0,
+        op: 0,
         report: ChaosReport {
             seed: cfg.seed,
             ops: cfg.ops,
@@ -186,6 +189,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
         },
     };
     for i in 0..cfg.ops {
+        run.op = i;
         let kind = run
             .step()
             .await
@@ -201,6 +205,11 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
 }
 
 impl Run {
+    /// One line of the operation log: what operation `op` did, to read beside a violation.
+    fn note(&self, what: std::fmt::Arguments) {
+        eprintln!("chaos op {} at {}: {what}", self.op, clock_now());
+    }
+
     fn violation(&mut self, op: usize, what: String) {
         let v = format!("seed {} after operation {op}: {what}", self.report.seed);
         eprintln!("CHAOS VIOLATION: {v}");
@@ -224,18 +233,21 @@ impl Run {
             50..=63 => self.detach().await?,
             64..=67 => {
                 let node = self.rng.below(self.cluster.nodes.len());
+                self.note(format_args!("kill-agent node {node}"));
                 self.cluster.kill_agent(node).await?;
                 tokio::time::sleep(Duration::from_millis(200 + self.rng.below(800) as u64)).await;
                 self.cluster.start_agent(node)?;
                 "kill-agent"
             }
             68..=69 => {
+                self.note(format_args!("kill-controller"));
                 self.cluster.kill_controller().await?;
                 tokio::time::sleep(Duration::from_millis(200 + self.rng.below(800) as u64)).await;
                 self.cluster.start_controller()?;
                 "kill-controller"
             }
             70..=72 => {
+                self.note(format_args!("api-outage"));
                 self.proxy.cut();
                 tokio::time::sleep(Duration::from_millis(1000 + self.rng.below(2000) as u64)).await;
                 self.proxy.restore();
@@ -279,6 +291,7 @@ impl Run {
             _ => ("overlay", json!({"driver": "overlay"})),
         };
         let name = format!("n{}", self.next);
+        self.note(format_args!("create-network {name} ({driver})"));
         self.cluster.network(&name, spec).await?;
         self.networks.insert(name, driver);
         Ok("create-network")
@@ -289,6 +302,7 @@ impl Run {
         let Some(name) = self.rng.pick(&names).cloned() else {
             return Ok("delete-network-none");
         };
+        self.note(format_args!("delete-network {name}"));
         let api: Api<ContainerNetwork> = Api::all(self.cluster.client.clone());
         match api.delete(&name, &Default::default()).await {
             Ok(_) => {}
@@ -313,12 +327,18 @@ impl Run {
         self.next += 1;
         let name = format!("e{}", self.next);
         let sandbox = Netns::new("cx")?;
+        self.note(format_args!(
+            "{} {name} to {network} on node {node} in {}",
+            if cni { "cni-add" } else { "attach" },
+            sandbox.path().display()
+        ));
         if cni {
             let path = sandbox.path().display().to_string();
             let code = self.cni(node, "ADD", &name, &path, &network)?;
             if code != 0 {
                 // Not programmed yet ("try again later"), refused, or the agent restarting:
                 // the runtime calls DEL, and nothing must remain.
+                self.note(format_args!("cni-add {name} refused ({code}): DEL"));
                 self.cni_del(node, &name, &path, &network).await?;
                 return Ok("cni-add-refused");
             }
@@ -343,6 +363,13 @@ impl Run {
         }
         let i = self.rng.below(self.endpoints.len());
         let ep = self.endpoints.remove(i);
+        self.note(format_args!(
+            "{} {} from {} on node {}",
+            if ep.cni { "cni-del" } else { "detach" },
+            ep.name,
+            ep.network,
+            ep.node
+        ));
         if ep.cni {
             let path = ep.sandbox.path().display().to_string();
             self.cni_del(ep.node, &ep.name, &path, &ep.network).await?;
@@ -361,7 +388,13 @@ impl Run {
         if let Some(i) = (!self.endpoints.is_empty()).then(|| self.rng.below(self.endpoints.len()))
         {
             // May fail (not attached yet): tampering is best effort.
-            let _ = self.endpoints[i].sandbox.try_exec(cmd);
+            let r = self.endpoints[i].sandbox.try_exec(cmd);
+            self.note(format_args!(
+                "{kind} in {} ({}): {}",
+                self.endpoints[i].name,
+                self.endpoints[i].network,
+                if r { "done" } else { "failed" }
+            ));
         }
         kind
     }
@@ -373,6 +406,7 @@ impl Run {
             .filter(|n| n.starts_with("wfe"))
             .collect();
         if let Some(h) = self.rng.pick(&hosts).cloned() {
+            self.note(format_args!("tamper-host-nomaster {h} on node {node}"));
             let _ = self.cluster.nodes[node]
                 .ns
                 .try_exec(&["ip", "link", "set", &h, "nomaster"]);
@@ -387,6 +421,7 @@ impl Run {
             .filter(|n| n.starts_with("wfb-"))
             .collect();
         if let Some(b) = self.rng.pick(&bridges).cloned() {
+            self.note(format_args!("tamper-delete-bridge {b} on node {node}"));
             let _ = self.cluster.nodes[node]
                 .ns
                 .try_exec(&["ip", "link", "del", &b]);
@@ -478,6 +513,10 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        self.note(format_args!(
+            "quiet point: settled {:.1} s after the last operation",
+            (Instant::now() + crate::patience(SETTLE) - deadline).as_secs_f64()
+        ));
         let ceps = api.list(&Default::default()).await?.items;
         let networks = nets.list(&Default::default()).await?.items;
 
@@ -534,8 +573,9 @@ impl Run {
             })
             .collect();
         let mut problems = Vec::new();
+        let mut broken = Vec::new();
         let mut checked = 0;
-        for ep in &self.endpoints {
+        for (index, ep) in self.endpoints.iter().enumerate() {
             let Some((network, address, gateway)) = ready.get(&ep.name) else {
                 continue;
             };
@@ -550,6 +590,7 @@ impl Run {
                     "{} is Ready but {plain} is not in its sandbox",
                     ep.name
                 ));
+                broken.push(index);
                 continue;
             }
             if let Some(gw) = gateway
@@ -559,6 +600,8 @@ impl Run {
                     "{} is Ready but cannot reach its gateway {gw}",
                     ep.name
                 ));
+                broken.push(index);
+                continue;
             }
             let driver = self.networks.get(network).copied().unwrap_or("bridge");
             if driver != "bridge"
@@ -578,13 +621,70 @@ impl Run {
                     "{} is Ready but cannot reach {peer} on another node",
                     ep.name
                 ));
+                broken.push(index);
             }
         }
         self.report.checked += checked;
+        if !problems.is_empty() {
+            // What the kernel and the API show for each, to tell a slow repair from a lost
+            // one: now, and again a few seconds later.
+            for when in ["now", "5 s later"] {
+                if when != "now" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let ceps = api.list(&Default::default()).await?.items;
+                for &i in &broken {
+                    let picture = self.picture_of(&self.endpoints[i], &ceps);
+                    eprintln!("chaos: {when}: {picture}");
+                }
+            }
+        }
         for p in problems {
             self.violation(op, p);
         }
         Ok(())
+    }
+
+    /// One endpoint as the API and the kernel show it (for a violation's log).
+    fn picture_of(&self, ep: &Endpoint, ceps: &[ContainerEndpoint]) -> String {
+        let cep = ceps
+            .iter()
+            .find(|c| kube::ResourceExt::name_any(*c) == ep.name);
+        let condition = cep
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| {
+                format!(
+                    "{} {} since {}: {}",
+                    c.status, c.reason, c.last_transition_time.0, c.message
+                )
+            })
+            .unwrap_or_default();
+        let host = cep
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.host_interface.clone())
+            .unwrap_or_default();
+        let node = &self.cluster.nodes[ep.node].ns;
+        let host_link = if host.is_empty() {
+            String::new()
+        } else {
+            node.exec(&["ip", "-d", "-o", "link", "show", &host])
+                .unwrap_or_else(|e| format!("{e:#}"))
+        };
+        let sandbox = ep
+            .sandbox
+            .exec(&["ip", "-o", "addr", "show"])
+            .unwrap_or_default();
+        let routes = ep.sandbox.exec(&["ip", "route"]).unwrap_or_default();
+        format!(
+            "{} on node {} ({}): Ready {condition}\n  host {host}: {}\n  sandbox addresses: {}\n  sandbox routes: {}",
+            ep.name,
+            ep.node,
+            if ep.cni { "cni" } else { "object" },
+            host_link.trim(),
+            sandbox.trim().replace('\n', "\n    "),
+            routes.trim().replace('\n', "; ")
+        )
     }
 
     /// Delete everything and check that nothing is left.
@@ -665,24 +765,33 @@ impl Run {
         let mut left = Vec::new();
         for i in 0..self.cluster.nodes.len() {
             let node = &self.cluster.nodes[i];
+            let seen = std::sync::Mutex::new(BTreeSet::new());
             let leftover = crate::wait_for(crate::patience(Duration::from_secs(20)), || {
                 let ns = &node.ns;
+                let seen = &seen;
                 async move {
                     let left: BTreeSet<String> = link_names(ns)
                         .into_iter()
                         .filter(|n| n.starts_with("wf"))
                         .collect();
-                    Ok(left.is_empty().then_some(()))
+                    let empty = left.is_empty();
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = left;
+                    Ok(empty.then_some(()))
                 }
             })
             .await;
             if leftover.is_err() {
+                let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
                 let links = node
                     .ns
-                    .exec(&["ip", "-o", "link", "show"])
+                    .exec(&["ip", "-d", "-o", "link", "show"])
                     .unwrap_or_default();
+                let details: Vec<&str> = links
+                    .lines()
+                    .filter(|l| seen.iter().any(|n| l.contains(&format!(": {n}"))))
+                    .collect();
                 left.push(format!(
-                    "{}: Weft links left after teardown: {links}",
+                    "{}: Weft links left 20 s after teardown: {seen:?}; now: {details:?}",
                     node.name
                 ));
             }
@@ -716,6 +825,21 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// The UTC time of day, `HH:MM:SS.mmm`, to read the operation log beside the daemons' logs.
+fn clock_now() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since.subsec_millis()
+    )
 }
 
 /// (status, reason) of an endpoint's Ready condition.
