@@ -57,6 +57,12 @@ impl ChaosConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(default_ops);
+        ChaosConfig::seeded(seed, ops)
+    }
+
+    /// A fixed seed and number of operations (a seed that once found a violation, replayed
+    /// on every run).
+    pub fn seeded(seed: u64, ops: usize) -> ChaosConfig {
         ChaosConfig {
             seed,
             ops,
