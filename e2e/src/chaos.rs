@@ -596,7 +596,11 @@ impl Run {
                     "{} is Ready but {plain} is not in its sandbox",
                     ep.name
                 ));
-                broken.push(index);
+                broken.push(Broken {
+                    index,
+                    target: None,
+                    peer: None,
+                });
                 continue;
             }
             if let Some(gw) = gateway
@@ -606,16 +610,21 @@ impl Run {
                     "{} is Ready but cannot reach its gateway {gw}",
                     ep.name
                 ));
-                broken.push(index);
+                broken.push(Broken {
+                    index,
+                    target: Some(gw.clone()),
+                    peer: None,
+                });
                 continue;
             }
             let driver = self.networks.get(network).copied().unwrap_or("bridge");
             if driver != "bridge"
-                && let Some((_, (_, peer, _))) = self
+                && let Some((peer_index, (_, peer, _))) = self
                     .endpoints
                     .iter()
-                    .filter(|o| o.network == *network && o.node != ep.node)
-                    .find_map(|o| ready.get_key_value(&o.name))
+                    .enumerate()
+                    .filter(|(_, o)| o.network == *network && o.node != ep.node)
+                    .find_map(|(i, o)| Some((i, ready.get(&o.name)?)))
                 && !reachable(
                     &ep.sandbox,
                     peer.split('/').next().unwrap_or(peer),
@@ -624,10 +633,14 @@ impl Run {
                 .await
             {
                 problems.push(format!(
-                    "{} is Ready but cannot reach {peer} on another node",
-                    ep.name
+                    "{} is Ready but cannot reach {peer} ({}) on another node",
+                    ep.name, self.endpoints[peer_index].name
                 ));
-                broken.push(index);
+                broken.push(Broken {
+                    index,
+                    target: Some(peer.split('/').next().unwrap_or(peer).to_string()),
+                    peer: Some(peer_index),
+                });
             }
         }
         self.report.checked += checked;
@@ -639,8 +652,40 @@ impl Run {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
                 let ceps = api.list(&Default::default()).await?.items;
-                for &i in &broken {
-                    let picture = self.picture_of(&self.endpoints[i], &ceps);
+                for b in &broken {
+                    let ep = &self.endpoints[b.index];
+                    let mut picture = self.picture_of(ep, &ceps);
+                    if let Some(target) = &b.target {
+                        let node = &self.cluster.nodes[ep.node].ns;
+                        let reached = reachable(&ep.sandbox, target, Duration::from_secs(1)).await;
+                        let neigh = node
+                            .exec(&["ip", "neigh", "show", "to", target])
+                            .unwrap_or_default();
+                        picture.push_str(&format!(
+                            "\n  {target} reachable: {reached}; node's neighbour entry: {}",
+                            neigh.trim()
+                        ));
+                    }
+                    if let Some(p) = b.peer {
+                        let peer = &self.endpoints[p];
+                        let mac = ceps
+                            .iter()
+                            .find(|c| kube::ResourceExt::name_any(*c) == peer.name)
+                            .and_then(|c| c.status.as_ref()?.mac.clone())
+                            .unwrap_or_default();
+                        let fdb = self.cluster.nodes[ep.node]
+                            .ns
+                            .exec(&["bridge", "fdb", "show"])
+                            .unwrap_or_default();
+                        let entries: Vec<&str> = fdb
+                            .lines()
+                            .filter(|l| !mac.is_empty() && l.contains(&mac))
+                            .collect();
+                        picture.push_str(&format!(
+                            "\n  peer {mac}: fdb on this node {entries:?}\n  peer: {}",
+                            self.picture_of(peer, &ceps)
+                        ));
+                    }
                     eprintln!("chaos: {when}: {picture}");
                 }
             }
@@ -846,6 +891,14 @@ fn clock_now() -> String {
         secs % 60,
         since.subsec_millis()
     )
+}
+
+/// A Ready endpoint that failed a check: which, what it could not reach (its gateway or a
+/// peer's address) and the peer (an index into the run's endpoints).
+struct Broken {
+    index: usize,
+    target: Option<String>,
+    peer: Option<usize>,
 }
 
 /// (status, reason) of an endpoint's Ready condition.
