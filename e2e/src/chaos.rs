@@ -57,6 +57,12 @@ impl ChaosConfig {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(default_ops);
+        ChaosConfig::seeded(seed, ops)
+    }
+
+    /// A fixed seed and number of operations (a seed that once found a violation, replayed
+    /// on every run).
+    pub fn seeded(seed: u64, ops: usize) -> ChaosConfig {
         ChaosConfig {
             seed,
             ops,
@@ -141,6 +147,8 @@ struct Run {
     networks: BTreeMap<String, &'static str>,
     endpoints: Vec<Endpoint>,
     next: usize,
+    /// The operation under way (for the operation log).
+    op: usize,
     report: ChaosReport,
 }
 
@@ -179,6 +187,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
         networks: BTreeMap::new(),
         endpoints: Vec::new(),
         next: 0,
+        op: 0,
         report: ChaosReport {
             seed: cfg.seed,
             ops: cfg.ops,
@@ -186,6 +195,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
         },
     };
     for i in 0..cfg.ops {
+        run.op = i;
         let kind = run
             .step()
             .await
@@ -201,6 +211,11 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
 }
 
 impl Run {
+    /// One line of the operation log: what operation `op` did, to read beside a violation.
+    fn note(&self, what: std::fmt::Arguments) {
+        eprintln!("chaos op {} at {}: {what}", self.op, clock_now());
+    }
+
     fn violation(&mut self, op: usize, what: String) {
         let v = format!("seed {} after operation {op}: {what}", self.report.seed);
         eprintln!("CHAOS VIOLATION: {v}");
@@ -224,18 +239,21 @@ impl Run {
             50..=63 => self.detach().await?,
             64..=67 => {
                 let node = self.rng.below(self.cluster.nodes.len());
+                self.note(format_args!("kill-agent node {node}"));
                 self.cluster.kill_agent(node).await?;
                 tokio::time::sleep(Duration::from_millis(200 + self.rng.below(800) as u64)).await;
                 self.cluster.start_agent(node)?;
                 "kill-agent"
             }
             68..=69 => {
+                self.note(format_args!("kill-controller"));
                 self.cluster.kill_controller().await?;
                 tokio::time::sleep(Duration::from_millis(200 + self.rng.below(800) as u64)).await;
                 self.cluster.start_controller()?;
                 "kill-controller"
             }
             70..=72 => {
+                self.note(format_args!("api-outage"));
                 self.proxy.cut();
                 tokio::time::sleep(Duration::from_millis(1000 + self.rng.below(2000) as u64)).await;
                 self.proxy.restore();
@@ -279,6 +297,7 @@ impl Run {
             _ => ("overlay", json!({"driver": "overlay"})),
         };
         let name = format!("n{}", self.next);
+        self.note(format_args!("create-network {name} ({driver})"));
         self.cluster.network(&name, spec).await?;
         self.networks.insert(name, driver);
         Ok("create-network")
@@ -289,6 +308,7 @@ impl Run {
         let Some(name) = self.rng.pick(&names).cloned() else {
             return Ok("delete-network-none");
         };
+        self.note(format_args!("delete-network {name}"));
         let api: Api<ContainerNetwork> = Api::all(self.cluster.client.clone());
         match api.delete(&name, &Default::default()).await {
             Ok(_) => {}
@@ -313,12 +333,18 @@ impl Run {
         self.next += 1;
         let name = format!("e{}", self.next);
         let sandbox = Netns::new("cx")?;
+        self.note(format_args!(
+            "{} {name} to {network} on node {node} in {}",
+            if cni { "cni-add" } else { "attach" },
+            sandbox.path().display()
+        ));
         if cni {
             let path = sandbox.path().display().to_string();
             let code = self.cni(node, "ADD", &name, &path, &network)?;
             if code != 0 {
                 // Not programmed yet ("try again later"), refused, or the agent restarting:
                 // the runtime calls DEL, and nothing must remain.
+                self.note(format_args!("cni-add {name} refused ({code}): DEL"));
                 self.cni_del(node, &name, &path, &network).await?;
                 return Ok("cni-add-refused");
             }
@@ -343,6 +369,13 @@ impl Run {
         }
         let i = self.rng.below(self.endpoints.len());
         let ep = self.endpoints.remove(i);
+        self.note(format_args!(
+            "{} {} from {} on node {}",
+            if ep.cni { "cni-del" } else { "detach" },
+            ep.name,
+            ep.network,
+            ep.node
+        ));
         if ep.cni {
             let path = ep.sandbox.path().display().to_string();
             self.cni_del(ep.node, &ep.name, &path, &ep.network).await?;
@@ -361,7 +394,13 @@ impl Run {
         if let Some(i) = (!self.endpoints.is_empty()).then(|| self.rng.below(self.endpoints.len()))
         {
             // May fail (not attached yet): tampering is best effort.
-            let _ = self.endpoints[i].sandbox.try_exec(cmd);
+            let r = self.endpoints[i].sandbox.try_exec(cmd);
+            self.note(format_args!(
+                "{kind} in {} ({}): {}",
+                self.endpoints[i].name,
+                self.endpoints[i].network,
+                if r { "done" } else { "failed" }
+            ));
         }
         kind
     }
@@ -373,6 +412,7 @@ impl Run {
             .filter(|n| n.starts_with("wfe"))
             .collect();
         if let Some(h) = self.rng.pick(&hosts).cloned() {
+            self.note(format_args!("tamper-host-nomaster {h} on node {node}"));
             let _ = self.cluster.nodes[node]
                 .ns
                 .try_exec(&["ip", "link", "set", &h, "nomaster"]);
@@ -387,6 +427,7 @@ impl Run {
             .filter(|n| n.starts_with("wfb-"))
             .collect();
         if let Some(b) = self.rng.pick(&bridges).cloned() {
+            self.note(format_args!("tamper-delete-bridge {b} on node {node}"));
             let _ = self.cluster.nodes[node]
                 .ns
                 .try_exec(&["ip", "link", "del", &b]);
@@ -478,6 +519,10 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        self.note(format_args!(
+            "quiet point: settled {:.1} s after the last operation",
+            (Instant::now() + crate::patience(SETTLE) - deadline).as_secs_f64()
+        ));
         let ceps = api.list(&Default::default()).await?.items;
         let networks = nets.list(&Default::default()).await?.items;
 
@@ -534,8 +579,9 @@ impl Run {
             })
             .collect();
         let mut problems = Vec::new();
+        let mut broken = Vec::new();
         let mut checked = 0;
-        for ep in &self.endpoints {
+        for (index, ep) in self.endpoints.iter().enumerate() {
             let Some((network, address, gateway)) = ready.get(&ep.name) else {
                 continue;
             };
@@ -550,6 +596,11 @@ impl Run {
                     "{} is Ready but {plain} is not in its sandbox",
                     ep.name
                 ));
+                broken.push(Broken {
+                    index,
+                    target: None,
+                    peer: None,
+                });
                 continue;
             }
             if let Some(gw) = gateway
@@ -559,14 +610,21 @@ impl Run {
                     "{} is Ready but cannot reach its gateway {gw}",
                     ep.name
                 ));
+                broken.push(Broken {
+                    index,
+                    target: Some(gw.clone()),
+                    peer: None,
+                });
+                continue;
             }
             let driver = self.networks.get(network).copied().unwrap_or("bridge");
             if driver != "bridge"
-                && let Some((_, (_, peer, _))) = self
+                && let Some((peer_index, (_, peer, _))) = self
                     .endpoints
                     .iter()
-                    .filter(|o| o.network == *network && o.node != ep.node)
-                    .find_map(|o| ready.get_key_value(&o.name))
+                    .enumerate()
+                    .filter(|(_, o)| o.network == *network && o.node != ep.node)
+                    .find_map(|(i, o)| Some((i, ready.get(&o.name)?)))
                 && !reachable(
                     &ep.sandbox,
                     peer.split('/').next().unwrap_or(peer),
@@ -575,16 +633,109 @@ impl Run {
                 .await
             {
                 problems.push(format!(
-                    "{} is Ready but cannot reach {peer} on another node",
-                    ep.name
+                    "{} is Ready but cannot reach {peer} ({}) on another node",
+                    ep.name, self.endpoints[peer_index].name
                 ));
+                broken.push(Broken {
+                    index,
+                    target: Some(peer.split('/').next().unwrap_or(peer).to_string()),
+                    peer: Some(peer_index),
+                });
             }
         }
         self.report.checked += checked;
+        if !problems.is_empty() {
+            // What the kernel and the API show for each, to tell a slow repair from a lost
+            // one: now, and again a few seconds later.
+            for when in ["now", "5 s later"] {
+                if when != "now" {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                let ceps = api.list(&Default::default()).await?.items;
+                for b in &broken {
+                    let ep = &self.endpoints[b.index];
+                    let mut picture = self.picture_of(ep, &ceps);
+                    if let Some(target) = &b.target {
+                        let node = &self.cluster.nodes[ep.node].ns;
+                        let reached = reachable(&ep.sandbox, target, Duration::from_secs(1)).await;
+                        let neigh = node
+                            .exec(&["ip", "neigh", "show", "to", target])
+                            .unwrap_or_default();
+                        picture.push_str(&format!(
+                            "\n  {target} reachable: {reached}; node's neighbour entry: {}",
+                            neigh.trim()
+                        ));
+                    }
+                    if let Some(p) = b.peer {
+                        let peer = &self.endpoints[p];
+                        let mac = ceps
+                            .iter()
+                            .find(|c| kube::ResourceExt::name_any(*c) == peer.name)
+                            .and_then(|c| c.status.as_ref()?.mac.clone())
+                            .unwrap_or_default();
+                        let fdb = self.cluster.nodes[ep.node]
+                            .ns
+                            .exec(&["bridge", "fdb", "show"])
+                            .unwrap_or_default();
+                        let entries: Vec<&str> = fdb
+                            .lines()
+                            .filter(|l| !mac.is_empty() && l.contains(&mac))
+                            .collect();
+                        picture.push_str(&format!(
+                            "\n  peer {mac}: fdb on this node {entries:?}\n  peer: {}",
+                            self.picture_of(peer, &ceps)
+                        ));
+                    }
+                    eprintln!("chaos: {when}: {picture}");
+                }
+            }
+        }
         for p in problems {
             self.violation(op, p);
         }
         Ok(())
+    }
+
+    /// One endpoint as the API and the kernel show it (for a violation's log).
+    fn picture_of(&self, ep: &Endpoint, ceps: &[ContainerEndpoint]) -> String {
+        let cep = ceps
+            .iter()
+            .find(|c| kube::ResourceExt::name_any(*c) == ep.name);
+        let condition = cep
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| {
+                format!(
+                    "{} {} since {}: {}",
+                    c.status, c.reason, c.last_transition_time.0, c.message
+                )
+            })
+            .unwrap_or_default();
+        let host = cep
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.host_interface.clone())
+            .unwrap_or_default();
+        let node = &self.cluster.nodes[ep.node].ns;
+        let host_link = if host.is_empty() {
+            String::new()
+        } else {
+            node.exec(&["ip", "-d", "-o", "link", "show", &host])
+                .unwrap_or_else(|e| format!("{e:#}"))
+        };
+        let sandbox = ep
+            .sandbox
+            .exec(&["ip", "-o", "addr", "show"])
+            .unwrap_or_default();
+        let routes = ep.sandbox.exec(&["ip", "route"]).unwrap_or_default();
+        format!(
+            "{} on node {} ({}): Ready {condition}\n  host {host}: {}\n  sandbox addresses: {}\n  sandbox routes: {}",
+            ep.name,
+            ep.node,
+            if ep.cni { "cni" } else { "object" },
+            host_link.trim(),
+            sandbox.trim().replace('\n', "\n    "),
+            routes.trim().replace('\n', "; ")
+        )
     }
 
     /// Delete everything and check that nothing is left.
@@ -665,24 +816,33 @@ impl Run {
         let mut left = Vec::new();
         for i in 0..self.cluster.nodes.len() {
             let node = &self.cluster.nodes[i];
+            let seen = std::sync::Mutex::new(BTreeSet::new());
             let leftover = crate::wait_for(crate::patience(Duration::from_secs(20)), || {
                 let ns = &node.ns;
+                let seen = &seen;
                 async move {
                     let left: BTreeSet<String> = link_names(ns)
                         .into_iter()
                         .filter(|n| n.starts_with("wf"))
                         .collect();
-                    Ok(left.is_empty().then_some(()))
+                    let empty = left.is_empty();
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = left;
+                    Ok(empty.then_some(()))
                 }
             })
             .await;
             if leftover.is_err() {
+                let seen = seen.into_inner().unwrap_or_else(|p| p.into_inner());
                 let links = node
                     .ns
-                    .exec(&["ip", "-o", "link", "show"])
+                    .exec(&["ip", "-d", "-o", "link", "show"])
                     .unwrap_or_default();
+                let details: Vec<&str> = links
+                    .lines()
+                    .filter(|l| seen.iter().any(|n| l.contains(&format!(": {n}"))))
+                    .collect();
                 left.push(format!(
-                    "{}: Weft links left after teardown: {links}",
+                    "{}: Weft links left 20 s after teardown: {seen:?}; now: {details:?}",
                     node.name
                 ));
             }
@@ -716,6 +876,29 @@ impl Run {
         }
         Ok(())
     }
+}
+
+/// The UTC time of day, `HH:MM:SS.mmm`, to read the operation log beside the daemons' logs.
+fn clock_now() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since.subsec_millis()
+    )
+}
+
+/// A Ready endpoint that failed a check: which, what it could not reach (its gateway or a
+/// peer's address) and the peer (an index into the run's endpoints).
+struct Broken {
+    index: usize,
+    target: Option<String>,
+    peer: Option<usize>,
 }
 
 /// (status, reason) of an endpoint's Ready condition.

@@ -153,6 +153,10 @@ pub fn delete(name: &str) -> Result<()> {
 
 /// A binary of this workspace, next to the test executable's `deps/` directory
 /// (`cargo nextest run --workspace` and `cargo test --workspace` build them all first).
+///
+/// A test of one package (`cargo nextest run -p weft-e2e`) does not rebuild the daemons, so
+/// one left from an older build would be tested instead of the code at hand: refused (see
+/// [`stale_because`]).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe
@@ -167,5 +171,114 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             name
         );
     }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the e2e crate has no workspace directory")?;
+    if let Some(why) = stale_because(&path, workspace) {
+        bail!(
+            "{} is out of date ({why}): run `cargo build --workspace --bins` first (a test of \
+             one package does not rebuild the daemons it runs)",
+            path.display()
+        );
+    }
     Ok(path)
+}
+
+/// Why the binary at `path` was not built from the sources in `workspace` as they are now,
+/// by its dep-info file (`<path>.d`, cargo's list of the workspace sources it was built
+/// from): a source newer than the binary, gone, or in another checkout. `None` when it is
+/// current, or when there is no dep-info to tell.
+pub fn stale_because(path: &Path, workspace: &Path) -> Option<String> {
+    let depinfo = std::fs::read_to_string(path.with_extension("d")).ok()?;
+    let built = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    // `target: dep dep ...`, spaces in names escaped as `\ `.
+    let (_, deps) = depinfo.lines().next()?.split_once(": ")?;
+    let deps = deps.replace("\\ ", "\0");
+    for dep in deps.split_whitespace().map(|d| d.replace('\0', " ")) {
+        let dep = Path::new(&dep);
+        if !dep.starts_with(workspace) {
+            return Some(format!(
+                "built from {}, not from {}",
+                dep.display(),
+                workspace.display()
+            ));
+        }
+        match std::fs::metadata(dep).and_then(|m| m.modified()) {
+            Ok(changed) if changed > built => {
+                return Some(format!("{} changed since it was built", dep.display()));
+            }
+            Ok(_) => {}
+            Err(_) => return Some(format!("{} is gone", dep.display())),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stale_because;
+    use std::time::{Duration, SystemTime};
+
+    /// A fake checkout: `src.rs` and `target/debug/bin` with its dep-info naming `src.rs`.
+    fn checkout(name: &str, source_age: u64, binary_age: u64) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("weft-stale-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("target/debug")).unwrap();
+        let at = |age: u64| SystemTime::now() - Duration::from_secs(age);
+        let src = std::fs::File::create(root.join("my src.rs")).unwrap();
+        src.set_modified(at(source_age)).unwrap();
+        let bin = root.join("target/debug/bin");
+        std::fs::write(
+            root.join("target/debug/bin.d"),
+            format!(
+                "{}: {}\n",
+                bin.display(),
+                root.join("my src.rs")
+                    .display()
+                    .to_string()
+                    .replace(' ', "\\ ")
+            ),
+        )
+        .unwrap();
+        std::fs::File::create(&bin)
+            .unwrap()
+            .set_modified(at(binary_age))
+            .unwrap();
+        root
+    }
+
+    #[test]
+    fn a_binary_built_after_its_sources_is_current() {
+        let root = checkout("current", 100, 10);
+        assert_eq!(stale_because(&root.join("target/debug/bin"), &root), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_source_changed_since_the_build_makes_it_stale() {
+        let root = checkout("changed", 10, 100);
+        let why = stale_because(&root.join("target/debug/bin"), &root).unwrap();
+        assert!(
+            why.contains("my src.rs changed since it was built"),
+            "{why}"
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_binary_built_in_another_checkout_is_stale() {
+        let root = checkout("other", 100, 10);
+        let elsewhere = std::env::temp_dir().join("weft-stale-elsewhere");
+        let why = stale_because(&root.join("target/debug/bin"), &elsewhere).unwrap();
+        assert!(why.starts_with("built from"), "{why}");
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn without_dep_info_nothing_is_claimed() {
+        let root = checkout("nodepinfo", 10, 100);
+        std::fs::remove_file(root.join("target/debug/bin.d")).unwrap();
+        assert_eq!(stale_because(&root.join("target/debug/bin"), &root), None);
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -307,3 +307,97 @@ async fn endpoints_lose_no_ping_across_an_agent_sigkill_and_restart() {
     assert_eq!(sent, received, "pings to the peer lost");
     assert_eq!(gw_sent, gw_received, "pings to the gateway lost");
 }
+
+/// A change made right after an attach — before the agent has subscribed to the new
+/// sandbox's events — is repaired at once too, not at the next full check: the agent looks
+/// at a sandbox once more when its subscription is open. Each round attaches a new sandbox
+/// through CNI and flushes its address the moment ADD answers (an `ip -batch` already
+/// running in the sandbox); without that look, the rounds whose flush beat the subscription
+/// waited for the full check (5 s here).
+#[tokio::test]
+async fn a_drift_right_after_the_attach_is_repaired_by_events() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "web",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let plugin = weft_e2e::netns::workspace_binary("weft-cni").expect("weft-cni binary");
+    let config = r#"{"cniVersion":"1.1.0","name":"web","type":"weft","network":"web"}"#;
+    let rounds: usize = std::env::var("WEFT_DRIFT_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(50);
+    let mut slow = Vec::new();
+    for round in 0..rounds {
+        let sandbox = cluster.container("fresh").expect("sandbox");
+        let mut tamper = Command::new("ip")
+            .args(["-n", sandbox.name(), "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("ip -batch");
+        // Retried while the agent is starting or does not know the network yet (CNI codes
+        // 50, 11 and 100).
+        let deadline = Instant::now() + weft_e2e::patience(SETTLE);
+        let answer = loop {
+            let mut add = Command::new(&plugin)
+                .env_clear()
+                .env("CNI_COMMAND", "ADD")
+                .env("CNI_CONTAINERID", format!("fresh{round}"))
+                .env("CNI_NETNS", sandbox.path())
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_PATH", "/opt/cni/bin")
+                .env("WEFT_CNI_SOCKET", cluster.nodes[0].cni_socket())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn weft-cni");
+            add.stdin
+                .take()
+                .expect("stdin")
+                .write_all(config.as_bytes())
+                .expect("write stdin");
+            let answer = add.wait_with_output().expect("weft-cni");
+            let code = serde_json::from_slice::<serde_json::Value>(&answer.stdout)
+                .ok()
+                .and_then(|v| v["code"].as_u64());
+            let again = !answer.status.success() && matches!(code, Some(11 | 50 | 100));
+            if !again || Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut to_ip = tamper.stdin.take().expect("ip stdin");
+        to_ip.write_all(b"address flush dev eth0\n").expect("flush");
+        drop(to_ip);
+        let flushed = Instant::now();
+        assert!(answer.status.success(), "ADD failed: {answer:?}");
+        assert!(tamper.wait().expect("ip").success(), "flush failed");
+        let result: serde_json::Value =
+            serde_json::from_slice(&answer.stdout).expect("ADD prints JSON");
+        let address = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .expect("an address")
+            .to_string();
+        while !sandbox_intact(&sandbox, &address, "10.0.0.1") {
+            assert!(
+                flushed.elapsed() < weft_e2e::patience(SETTLE),
+                "round {round}: never repaired"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = flushed.elapsed();
+        if took > weft_e2e::patience(EVENT_BOUND) {
+            slow.push(format!("round {round}: {} ms", took.as_millis()));
+        }
+    }
+    println!("flushed right after ADD, {rounds} rounds; slower than events: {slow:?}");
+    assert!(slow.is_empty(), "repaired only by the full check: {slow:?}");
+}

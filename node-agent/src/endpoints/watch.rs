@@ -3,8 +3,10 @@
 //! failed) and closed when its last one goes (or its path does). A notification there — the interface deleted,
 //! an address or a route removed — re-ensures that sandbox's endpoints after a short
 //! debounce, under their claims, like any repair; the pass is woken only when an endpoint's
-//! problem changed, to write its status. The node side (a host veth off its bridge) is the
-//! pass's, woken by the node's own link events ([`super::drift::host_side_drifted`]).
+//! problem changed, to write its status. A new subscription starts with one such look: a
+//! change made between the attach and the subscription sent no event to it. The node side
+//! (a host veth off its bridge) is the pass's, woken by the node's own link events
+//! ([`super::drift::host_side_drifted`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -81,6 +83,11 @@ impl Endpoints {
                             return;
                         }
                     };
+                    // A change between the attach's last write and this subscription sent
+                    // no event to anyone: look once now that the next one will be seen.
+                    if tx.send(path.clone()).await.is_err() {
+                        return;
+                    }
                     while events.next().await.is_some() {
                         if tx.send(path.clone()).await.is_err() {
                             return;
