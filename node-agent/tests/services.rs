@@ -171,7 +171,10 @@ fn lab() -> Option<Lab> {
                 &ns.name,
             ],
         );
-        node.sh(&format!("ip link set v{idx} master br0 up"));
+        // Hairpin on every port, as the agent's bridge driver sets it.
+        node.sh(&format!(
+            "ip link set v{idx} master br0 up && ip link set v{idx} type bridge_slave hairpin on"
+        ));
         ns.sh(&format!(
             "ip addr add {addr}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.30.0.1"
         ));
@@ -318,11 +321,8 @@ async fn session_affinity_sends_a_client_to_one_endpoint() {
     assert_eq!(count(&outside, &outside[0].0), 100);
 }
 
-// Known failure: a connection an endpoint opens to its own VIP that is balanced to the
-// endpoint itself (saddr == daddr after DNAT) is dropped by the node's routing before the
-// forward hook (never reaches postrouting to be masqueraded); the ones balanced to the other
-// endpoints work. Under investigation — see the report and ARCHITECTURE.md (Services).
-#[ignore = "hairpin to the endpoint itself is dropped before forward; open"]
+/// An endpoint reaching its own VIP, balanced to itself too: with `br_netfilter` the DNAT'd
+/// packet is bridged back out the port it came in on, which needs the port's hairpin mode.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_reaches_its_own_service_hairpin() {
     let Some(lab) = lab() else { return };
@@ -339,6 +339,11 @@ async fn an_endpoint_reaches_its_own_service_hairpin() {
         "e0 reached itself through the VIP"
     );
     assert!(count(&answers, "e1") > 0 && count(&answers, "e2") > 0);
+    // Masqueraded: the reply must come back through the node, not straight from itself.
+    assert!(
+        answers.iter().all(|(_, src)| src == "10.30.0.1"),
+        "{answers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

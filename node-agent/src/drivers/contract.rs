@@ -244,8 +244,6 @@ pub struct HostSide {
     pub interface: String,
     /// Its ownership alias.
     pub alias: String,
-    /// The endpoint publishes ports (its bridge port needs hairpin mode).
-    pub publishes: bool,
 }
 
 /// The link one endpoint gets in its sandbox, and its MTU (`None` = the kernel's choice).
