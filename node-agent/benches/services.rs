@@ -132,6 +132,7 @@ fn service(i: u32, endpoints: &[Ipv4Addr]) -> ServiceInput {
                 address: *a,
                 ready: true,
                 local: true,
+                via: None,
             })
             .collect(),
     }

@@ -237,6 +237,7 @@ fn web(ready: [bool; 3], affinity: Option<u32>) -> ServiceInput {
                 address: Ipv4Addr::new(10, 30, 0, 2 + i as u8),
                 ready: *r,
                 local: true,
+                via: None,
             })
             .collect(),
     }
@@ -483,4 +484,260 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
             .sh("ip route show table local")
             .contains("10.30.0.240")
     );
+}
+
+// ---- The routing mesh: real agents and controller on two nodes of an overlay ----
+
+use serde_json::json;
+use weft_e2e::cluster::{Cluster, OUTSIDE};
+use weft_e2e::netns::Netns;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// A ContainerEndpoint labelled `app: <app>` for `sandbox` on node `index`.
+async fn member(cluster: &Cluster, name: &str, app: &str, index: usize, sandbox: &Netns) {
+    cluster
+        .apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"network": "mesh", "node": cluster.nodes[index].name,
+                     "sandbox": sandbox.path().display().to_string()}}),
+        )
+        .await
+        .expect("endpoint");
+}
+
+/// A `vip` service over `app`: port 80 → 8080, published in ingress mode on `published`.
+async fn service(
+    cluster: &Cluster,
+    name: &str,
+    app: &str,
+    published: u16,
+    policy: &str,
+) -> Ipv4Addr {
+    cluster
+        .apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerService",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"network": "mesh", "selector": {"matchLabels": {"app": app}},
+                     "ingressTrafficPolicy": policy,
+                     "ports": [{"port": 80, "targetPort": 8080,
+                                "publish": {"mode": "ingress", "publishedPort": published}}]}}),
+        )
+        .await
+        .expect("service");
+    let vip = weft_e2e::wait_for(SETTLE, || async {
+        let svc = cluster.get_raw("ContainerService", name).await?;
+        Ok(svc["status"]["vip"].as_str().map(str::to_string))
+    })
+    .await
+    .expect("the controller gives the service its VIP");
+    vip.parse().expect("a VIP")
+}
+
+/// Ask `to` from `ns` until an answer comes (the agents program asynchronously).
+fn first_answer(ns: &Path, to: SocketAddr) -> (String, String) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        let got = in_ns(ns, move || ask(to));
+        match got {
+            Ok(a) => return a,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{to} never answered: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Overlay `mesh` on two nodes: e0 on node 1, e1 and e2 on node 2, a client on node 1.
+struct Mesh {
+    cluster: Cluster,
+    client: Netns,
+    members: Vec<Netns>,
+}
+
+async fn mesh() -> Mesh {
+    let cluster = Cluster::start(2).await.expect("cluster");
+    cluster
+        .network(
+            "mesh",
+            json!({"driver": "overlay", "ipam": {"subnets": ["10.80.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let client = cluster.container("client").expect("client");
+    cluster
+        .attach("client", "mesh", 0, &client, json!({}))
+        .await
+        .expect("client");
+    let mut members = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let sandbox = cluster.container(name).expect("sandbox");
+        member(&cluster, name, "web", usize::from(i > 0), &sandbox).await;
+        members.push(sandbox);
+    }
+    for name in NAMES.iter().chain(&["client"]) {
+        cluster
+            .wait_endpoint(name, "True", SETTLE)
+            .await
+            .expect("ready");
+    }
+    for (sandbox, name) in members.iter().zip(NAMES) {
+        serve(&sandbox.path(), name, 8080);
+    }
+    Mesh {
+        cluster,
+        client,
+        members,
+    }
+}
+
+/// Balance across nodes: 3,000 connections from node 1 spread over e0 (node 1) and e1, e2
+/// (node 2), each 1/3 ± 10 %. The remote endpoints see node 1's own underlay address (unique
+/// per node, so their replies come back to it), not the overlay's anycast gateway, which
+/// every node holds; the local one sees the gateway (a client in the subnet is masqueraded).
+/// From node 2 the other way round.
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_a_vip_balances_across_two_nodes_and_replies_come_back_to_the_balancing_node() {
+    let m = mesh().await;
+    let vip = service(&m.cluster, "web", "web", 8000, "Cluster").await;
+    let to = SocketAddr::from((vip, 80));
+    // Every endpoint answers once (both agents programmed the service and the mesh).
+    let client = m.client.path();
+    weft_e2e::wait_for(SETTLE, || {
+        let client = client.clone();
+        async move {
+            let answers = ask_many(&client, to, 30);
+            Ok(NAMES.iter().all(|n| count(&answers, n) > 0).then_some(()))
+        }
+    })
+    .await
+    .expect("every endpoint answers through the VIP");
+    let answers = ask_many(&client, to, 3000);
+    assert_eq!(count(&answers, "FAILED"), 0, "{:?}", &answers[..5]);
+    for name in NAMES {
+        let n = count(&answers, name);
+        assert!((900..=1100).contains(&n), "{name} got {n} of 3000");
+    }
+    let node1 = m.cluster.nodes[0].address.clone();
+    for (name, src) in &answers {
+        let want = if name == "e0" {
+            "10.80.0.1"
+        } else {
+            node1.as_str()
+        };
+        assert_eq!(src, want, "the source {name} saw");
+    }
+    // From node 2: e0 is the remote one now, and sees node 2's address.
+    let other = m.cluster.container("other").expect("other");
+    m.cluster
+        .attach("other", "mesh", 1, &other, json!({}))
+        .await
+        .expect("other");
+    m.cluster
+        .wait_endpoint("other", "True", SETTLE)
+        .await
+        .expect("ready");
+    let answers = ask_many(&other.path(), to, 300);
+    assert_eq!(count(&answers, "FAILED"), 0);
+    let node2 = m.cluster.nodes[1].address.clone();
+    for (name, src) in &answers {
+        let want = if name == "e0" {
+            node2.as_str()
+        } else {
+            "10.80.0.1"
+        };
+        assert_eq!(src, want, "the source {name} saw from node 2");
+    }
+    assert!(count(&answers, "e0") > 0);
+}
+
+/// Ingress: a port published in ingress mode answers on a node with no endpoint of the
+/// service (node 1 forwards to node 2; the endpoint sees node 1's address: the client's is
+/// lost, as documented); with `ingressTrafficPolicy: Local` the endpoint sees the outside
+/// client's own address, and a node without a local endpoint does not answer the port.
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_ingress_answers_on_a_node_without_an_endpoint_and_local_keeps_the_client_address() {
+    let m = mesh().await;
+    // Only e2 (node 2) serves "solo"; "kept" is the same with the Local policy.
+    member(&m.cluster, "e2", "solo", 1, &m.members[2]).await;
+    service(&m.cluster, "solo", "solo", 8001, "Cluster").await;
+    service(&m.cluster, "kept", "solo", 8002, "Local").await;
+    let underlay = m.cluster.underlay.path();
+    let node1 = m.cluster.nodes[0].address.clone();
+    let node2 = m.cluster.nodes[1].address.clone();
+    let at = |node: &str, port: u16| -> SocketAddr {
+        format!("{node}:{port}").parse().expect("address")
+    };
+    // Cluster policy, through node 1, which has no endpoint of "solo".
+    let (name, src) = first_answer(&underlay, at(&node1, 8001));
+    assert_eq!((name.as_str(), src.as_str()), ("e2", node1.as_str()));
+    let answers = ask_many(&underlay, at(&node1, 8001), 100);
+    assert!(
+        answers.iter().all(|(n, s)| n == "e2" && *s == node1),
+        "{answers:?}"
+    );
+    // Through node 2, which has it: the client's address is kept.
+    let answers = ask_many(&underlay, at(&node2, 8001), 100);
+    assert!(
+        answers.iter().all(|(n, s)| n == "e2" && s == OUTSIDE),
+        "{answers:?}"
+    );
+    // Local policy: node 2 answers with the client's address kept …
+    let (name, src) = first_answer(&underlay, at(&node2, 8002));
+    assert_eq!((name.as_str(), src.as_str()), ("e2", OUTSIDE));
+    // … node 1 has no local endpoint, so it does not publish the port at all.
+    let refused = in_ns(&underlay, move || ask(at(&node1, 8002)));
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+/// The agent on node 1 is SIGKILLed and restarted while a client connects through the VIP
+/// every 10 ms: not one connection fails (the kernel keeps the tables while no agent runs,
+/// and the restarted one replaces them in one transaction each).
+#[tokio::test(flavor = "multi_thread")]
+async fn mesh_services_survive_an_agent_restart_without_a_failed_connection() {
+    let mut m = mesh().await;
+    let vip = service(&m.cluster, "web", "web", 8000, "Cluster").await;
+    let to = SocketAddr::from((vip, 80));
+    let client = m.client.path();
+    weft_e2e::wait_for(SETTLE, || {
+        let client = client.clone();
+        async move {
+            let answers = ask_many(&client, to, 30);
+            Ok(NAMES.iter().all(|n| count(&answers, n) > 0).then_some(()))
+        }
+    })
+    .await
+    .expect("every endpoint answers through the VIP");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = {
+        let stop = stop.clone();
+        let client = client.clone();
+        std::thread::spawn(move || {
+            in_ns(&client, move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(ask(to).unwrap_or_else(|e| ("FAILED".into(), e.to_string())));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                answers
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    m.cluster.kill_agent(0).await.expect("kill");
+    std::thread::sleep(Duration::from_millis(500));
+    m.cluster.start_agent(0).expect("start");
+    // Until the restarted agent has programmed again (its table listed whole once more).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let answers = probe.join().expect("probe");
+    let failed: Vec<_> = answers.iter().filter(|(n, _)| n == "FAILED").collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        answers.len()
+    );
+    assert!(answers.len() > 100, "{} connections", answers.len());
+    assert!(NAMES.iter().all(|n| count(&answers, n) > 0));
 }
