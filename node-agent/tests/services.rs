@@ -741,3 +741,86 @@ async fn mesh_services_survive_an_agent_restart_without_a_failed_connection() {
     assert!(answers.len() > 100, "{} connections", answers.len());
     assert!(NAMES.iter().all(|n| count(&answers, n) > 0));
 }
+
+/// An endpoint that asks for a service's VIP is refused by the agent with a condition naming
+/// the service (the node answers for that address and balances it elsewhere; the schema
+/// cannot know the VIPs). Once the service is gone, the same request is admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_an_endpoint_asking_for_a_service_vip_is_refused_with_a_condition() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    cluster
+        .network(
+            "mesh",
+            json!({"driver": "bridge", "ipam": {"subnets": ["10.81.0.0/24"]}}),
+        )
+        .await
+        .expect("network");
+    let vip = service(&cluster, "web", "web", 8000, "Cluster").await;
+    // Once the agent knows the VIP (its route is there): before that, an endpoint may be
+    // given the address, and then the controller moves the VIP instead.
+    let node = &cluster.nodes[0].ns;
+    weft_e2e::wait_for(SETTLE, || async {
+        let routes = node.exec(&["ip", "route", "show", "table", "local"])?;
+        Ok(routes.contains(&format!("local {vip} ")).then_some(()))
+    })
+    .await
+    .expect("the agent programs the VIP");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let thief = cluster.container("thief").expect("sandbox");
+    cluster
+        .attach(
+            "thief",
+            "mesh",
+            0,
+            &thief,
+            json!({"address": vip.to_string()}),
+        )
+        .await
+        .expect("endpoint");
+    let refused = cluster
+        .wait_endpoint("thief", "False", SETTLE)
+        .await
+        .expect("refused");
+    let ready = refused
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .cloned()
+        .expect("a Ready condition");
+    assert_eq!(ready.reason, "AddressInUse", "{ready:?}");
+    assert!(
+        ready
+            .message
+            .contains(&format!("{vip} is the VIP of service default/web")),
+        "{}",
+        ready.message
+    );
+    let addrs = thief.exec(&["ip", "-4", "addr"]).expect("ip");
+    assert!(
+        !addrs.contains(&format!("inet {vip}/")),
+        "nothing of it is in the sandbox: {addrs}"
+    );
+    // The controller keeps the VIP: the endpoint only asked for it.
+    let svc = cluster
+        .get_raw("ContainerService", "web")
+        .await
+        .expect("web");
+    assert_eq!(
+        svc["status"]["vip"].as_str(),
+        Some(vip.to_string().as_str())
+    );
+    // The service goes: the same request is admitted.
+    let api: kube::Api<weft_api::ContainerService> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    api.delete("web", &Default::default())
+        .await
+        .expect("delete");
+    cluster
+        .wait_endpoint("thief", "True", SETTLE)
+        .await
+        .expect("admitted once the VIP is free");
+    assert_eq!(
+        cluster.endpoint_address("thief").await.expect("address"),
+        vip.to_string()
+    );
+}
