@@ -6,58 +6,18 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use serde_json::json;
 use weft_agent::kernel::ServiceDataplane;
 use weft_agent::services::plan::{EndpointInput, PortInput, ServiceInput, plan};
 use weft_api::{PublishMode, ServiceProtocol, TrafficPolicy};
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-struct Ns {
-    name: String,
-    path: PathBuf,
-}
-
-impl Ns {
-    fn new(role: &str) -> Ns {
-        let name = format!(
-            "weft-s-{}-{}-{role}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let path = Path::new("/var/run/netns").join(&name);
-        let ns = Ns { name, path };
-        ns.sh("ip link set lo up");
-        ns
-    }
-
-    fn sh(&self, cmd: &str) -> String {
-        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd])
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use weft_e2e::cluster::{Cluster, OUTSIDE};
+use weft_e2e::netns::Netns;
+use weft_e2e::topology::BridgeNode;
 
 /// Run `f` on a thread inside the namespace.
 fn in_ns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -140,10 +100,10 @@ const NAMES: [&str; 3] = ["e0", "e1", "e2"];
 /// node (bridge 10.30.0.1/24, 192.168.77.1 towards `outside`), e0..e2 = 10.30.0.2-4
 /// serving :8080, `client` = 10.30.0.10 on the bridge, `outside` = 192.168.77.2.
 struct Lab {
-    node: Ns,
-    eps: Vec<Ns>,
-    client: Ns,
-    outside: Ns,
+    node: BridgeNode,
+    eps: Vec<Netns>,
+    client: Netns,
+    outside: Netns,
 }
 
 fn lab() -> Option<Lab> {
@@ -151,63 +111,19 @@ fn lab() -> Option<Lab> {
         let _ = writeln!(std::io::stderr(), "SKIP: the nft program is not installed");
         return None;
     }
-    let node = Ns::new("node");
-    node.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br0 type bridge && ip addr add 10.30.0.1/24 dev br0 && ip link set br0 up");
-    let attach = |ns: &Ns, idx: usize, addr: &str| {
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &format!("v{idx}"),
-                "netns",
-                &node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns.name,
-            ],
-        );
-        // Hairpin on every port, as the agent's bridge driver sets it.
-        node.sh(&format!(
-            "ip link set v{idx} master br0 up && ip link set v{idx} type bridge_slave hairpin on"
-        ));
-        ns.sh(&format!(
-            "ip addr add {addr}/24 dev eth0 && ip link set eth0 up && ip route add default via 10.30.0.1"
-        ));
-    };
+    let node = BridgeNode::new("10.30.0.1", 24).expect("node");
     let mut eps = Vec::new();
     for (i, name) in NAMES.iter().enumerate() {
-        let ns = Ns::new(name);
-        attach(&ns, i, &format!("10.30.0.{}", i + 2));
-        serve(&ns.path, name, 8080);
+        let ns = Netns::new(name).expect("sandbox");
+        node.plug(&ns, &format!("10.30.0.{}", i + 2)).expect("plug");
+        serve(&ns.path(), name, 8080);
         eps.push(ns);
     }
-    let client = Ns::new("client");
-    attach(&client, 9, "10.30.0.10");
-    let outside = Ns::new("out");
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "up0",
-            "netns",
-            &node.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &outside.name,
-        ],
-    );
-    node.sh("ip addr add 192.168.77.1/24 dev up0 && ip link set up0 up");
-    outside.sh("ip addr add 192.168.77.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.77.1");
+    let client = Netns::new("client").expect("client");
+    node.plug(&client, "10.30.0.10").expect("plug");
+    let outside = node
+        .uplink("up0", "192.168.77.1", "192.168.77.2")
+        .expect("outside");
     std::thread::sleep(Duration::from_millis(300));
     Some(Lab {
         node,
@@ -215,6 +131,11 @@ fn lab() -> Option<Lab> {
         client,
         outside,
     })
+}
+
+/// A shell command in the node.
+fn node_sh(lab: &Lab, cmd: &str) -> String {
+    lab.node.ns.exec(&["sh", "-c", cmd]).expect(cmd)
 }
 
 fn web(ready: [bool; 3], affinity: Option<u32>) -> ServiceInput {
@@ -250,13 +171,13 @@ fn vip() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread")]
 async fn three_thousand_connections_spread_evenly_over_three_endpoints() {
     let Some(lab) = lab() else { return };
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     dp.apply(&plan(&[web([true; 3], None)]))
         .await
         .expect("apply");
-    let answers = ask_many(&lab.client.path, vip(), 3000);
+    let answers = ask_many(&lab.client.path(), vip(), 3000);
     for name in NAMES {
         let n = count(&answers, name);
         assert!(
@@ -277,14 +198,14 @@ async fn three_thousand_connections_spread_evenly_over_three_endpoints() {
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_outside_the_subnet_keep_their_address_through_the_vip_and_the_ingress_port() {
     let Some(lab) = lab() else { return };
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     dp.apply(&plan(&[web([true; 3], None)]))
         .await
         .expect("apply");
     for to in [vip(), "192.168.77.1:8000".parse().unwrap()] {
-        let answers = ask_many(&lab.outside.path, to, 60);
+        let answers = ask_many(&lab.outside.path(), to, 60);
         assert_eq!(count(&answers, "FAILED"), 0, "{to}: {answers:?}");
         assert!(
             answers.iter().all(|(_, src)| src == "192.168.77.2"),
@@ -296,7 +217,7 @@ async fn clients_outside_the_subnet_keep_their_address_through_the_vip_and_the_i
         );
     }
     // A port no service offers on a VIP is refused at once (not left to time out).
-    let refused = in_ns(&lab.outside.path, || {
+    let refused = in_ns(&lab.outside.path(), || {
         TcpStream::connect_timeout(&SocketAddr::from((VIP, 81)), Duration::from_secs(2))
             .map(|_| ())
             .map_err(|e| e.kind())
@@ -307,18 +228,18 @@ async fn clients_outside_the_subnet_keep_their_address_through_the_vip_and_the_i
 #[tokio::test(flavor = "multi_thread")]
 async fn session_affinity_sends_a_client_to_one_endpoint() {
     let Some(lab) = lab() else { return };
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     dp.apply(&plan(&[web([true; 3], Some(60))]))
         .await
         .expect("apply");
-    let answers = ask_many(&lab.client.path, vip(), 300);
+    let answers = ask_many(&lab.client.path(), vip(), 300);
     let first = answers[0].0.clone();
     assert!(NAMES.contains(&first.as_str()), "{answers:?}");
     assert_eq!(count(&answers, &first), 300, "every connection to {first}");
     // The outside client is another client: it may land elsewhere, but sticks too.
-    let outside = ask_many(&lab.outside.path, vip(), 100);
+    let outside = ask_many(&lab.outside.path(), vip(), 100);
     assert_eq!(count(&outside, &outside[0].0), 100);
 }
 
@@ -327,13 +248,13 @@ async fn session_affinity_sends_a_client_to_one_endpoint() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_reaches_its_own_service_hairpin() {
     let Some(lab) = lab() else { return };
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     dp.apply(&plan(&[web([true; 3], None)]))
         .await
         .expect("apply");
-    let answers = ask_many(&lab.eps[0].path, vip(), 300);
+    let answers = ask_many(&lab.eps[0].path(), vip(), 300);
     assert_eq!(count(&answers, "FAILED"), 0, "{answers:?}");
     assert!(
         count(&answers, "e0") > 0,
@@ -350,14 +271,14 @@ async fn an_endpoint_reaches_its_own_service_hairpin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_not_ready_endpoint_drains_while_established_connections_live_on() {
     let Some(lab) = lab() else { return };
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     dp.apply(&plan(&[web([true; 3], None)]))
         .await
         .expect("apply");
     // Hold one connection to each endpoint open.
-    let held = in_ns(&lab.client.path, || {
+    let held = in_ns(&lab.client.path(), || {
         let mut held = std::collections::BTreeMap::new();
         for _ in 0..200 {
             let conn = TcpStream::connect_timeout(&vip(), Duration::from_secs(2)).expect("connect");
@@ -386,7 +307,7 @@ async fn a_not_ready_endpoint_drains_while_established_connections_live_on() {
         .await
         .expect("apply");
     assert_eq!(writes.transactions, 1);
-    let answers = ask_many(&lab.client.path, vip(), 300);
+    let answers = ask_many(&lab.client.path(), vip(), 300);
     assert_eq!(
         count(&answers, "e1"),
         0,
@@ -394,7 +315,7 @@ async fn a_not_ready_endpoint_drains_while_established_connections_live_on() {
     );
     assert_eq!(count(&answers, "FAILED"), 0);
     // Every held connection still answers, e1's included (conntrack keeps its DNAT).
-    let still = in_ns(&lab.client.path, move || {
+    let still = in_ns(&lab.client.path(), move || {
         held.into_iter()
             .map(|(name, conn)| {
                 let mut w = conn.try_clone().expect("clone");
@@ -433,22 +354,22 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
         plan(&all)
     };
     let desired = with([true; 3]);
-    let mut dp = ServiceDataplane::open(Some(&lab.node.path))
+    let mut dp = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     let first = dp.apply(&desired).await.expect("apply");
     assert_eq!((first.transactions, first.routes), (1, 51));
-    let listed = lab.node.sh("nft list table ip weft-svc");
+    let listed = node_sh(&lab, "nft list table ip weft-svc");
     let again = dp.apply(&desired).await.expect("apply");
     assert_eq!(again, Default::default(), "nothing written the second time");
-    assert_eq!(lab.node.sh("nft list table ip weft-svc"), listed);
+    assert_eq!(node_sh(&lab, "nft list table ip weft-svc"), listed);
     // An agent restart: a new writer replaces the table in one transaction; same content,
     // and the service answers right after.
-    let mut restarted = ServiceDataplane::open(Some(&lab.node.path))
+    let mut restarted = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     restarted.apply(&desired).await.expect("apply");
-    assert_eq!(lab.node.sh("nft list table ip weft-svc"), listed);
+    assert_eq!(node_sh(&lab, "nft list table ip weft-svc"), listed);
     // One endpoint change writes that service's chain, not the table.
     let changed = restarted
         .apply(&with([true, true, false]))
@@ -461,14 +382,14 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
         first.script_bytes
     );
     assert_eq!(changed.routes, 0);
-    let answers = ask_many(&lab.client.path, vip(), 60);
+    let answers = ask_many(&lab.client.path(), vip(), 60);
     assert_eq!(count(&answers, "e2"), 0);
     assert_eq!(count(&answers, "FAILED"), 0);
     // No service left: the table goes (a node without services carries nothing of them),
     // and a fresh writer with nothing to program writes nothing.
     restarted.apply(&plan(&[])).await.expect("apply");
-    assert!(!lab.node.sh("nft list tables").contains("weft-svc"));
-    let mut idle = ServiceDataplane::open(Some(&lab.node.path))
+    assert!(!node_sh(&lab, "nft list tables").contains("weft-svc"));
+    let mut idle = ServiceDataplane::open(Some(&lab.node.ns.path()))
         .await
         .expect("open");
     assert_eq!(
@@ -478,19 +399,11 @@ async fn a_second_apply_writes_nothing_and_a_restarted_writer_replaces_the_table
     restarted.apply(&desired).await.expect("apply");
     // Removing everything leaves no table and no route behind.
     restarted.remove().await.expect("remove");
-    assert!(!lab.node.sh("nft list tables").contains("weft-svc"));
-    assert!(
-        !lab.node
-            .sh("ip route show table local")
-            .contains("10.30.0.240")
-    );
+    assert!(!node_sh(&lab, "nft list tables").contains("weft-svc"));
+    assert!(!node_sh(&lab, "ip route show table local").contains("10.30.0.240"));
 }
 
 // ---- The routing mesh: real agents and controller on two nodes of an overlay ----
-
-use serde_json::json;
-use weft_e2e::cluster::{Cluster, OUTSIDE};
-use weft_e2e::netns::Netns;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
