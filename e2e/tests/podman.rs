@@ -648,3 +648,70 @@ async fn podman_several_networks_connect_and_disconnect_while_traffic_flows() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A service reached by name from a Podman container (issue 18): two web containers, their
+/// ContainerEndpoints labelled `app: web` afterwards (CNI passes no labels), a `vip` service
+/// over them. A third container asks for `web` by name: weft-dns answers the VIP, the node
+/// balances it over both, and `tasks.web` names both.
+#[tokio::test]
+async fn podman_a_service_is_reached_by_name() {
+    let started = Instant::now();
+    let Some((mut cluster, mut podman, net)) = bridge_setup().await else {
+        return;
+    };
+    cluster.start_names(0).await.expect("weft-dns");
+    for name in ["s1", "s2"] {
+        podman.web(name, &net, &[]).expect("web container");
+        let endpoint = endpoint_name(&podman, name);
+        cluster
+            .wait_endpoint(&endpoint, "True", SETTLE)
+            .await
+            .expect("its endpoint");
+        let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+        api.patch(
+            &endpoint,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})),
+        )
+        .await
+        .expect("label");
+    }
+    podman.idle("c1", &net, &[]).expect("client");
+    cluster
+        .apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"network": "pods", "selector": {"matchLabels": {"app": "web"}},
+                     "ports": [{"port": 80}]}}),
+        )
+        .await
+        .expect("service");
+    let vip = wait_for(SETTLE, || async {
+        let svc = cluster.get_raw("ContainerService", "web").await?;
+        Ok(svc["status"]["vip"].as_str().map(str::to_string))
+    })
+    .await
+    .expect("the controller gives the service its VIP");
+    let page = wait_for(SETTLE, || async { Ok(podman.http_get("c1", "web", 80)) })
+        .await
+        .expect("c1 reaches the service by name");
+    assert_eq!(page, PAGE);
+    let answer = podman
+        .exec("c1", &["busybox", "nslookup", "web"])
+        .expect("nslookup web");
+    assert!(answer.contains(&vip), "web is the VIP {vip}: {answer}");
+    let s1 = podman.address("s1", &net).expect("s1");
+    let s2 = podman.address("s2", &net).expect("s2");
+    let tasks = podman
+        .exec("c1", &["busybox", "nslookup", "tasks.web"])
+        .expect("nslookup tasks.web");
+    assert!(tasks.contains(&s1) && tasks.contains(&s2), "{tasks}");
+    for _ in 0..10 {
+        assert_eq!(podman.http_get("c1", "web", 80).as_deref(), Some(PAGE));
+    }
+    podman.close().expect("podman cleanup");
+    println!(
+        "podman_a_service_is_reached_by_name: {:?}",
+        started.elapsed()
+    );
+}

@@ -11,51 +11,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use weft_agent::kernel::ServiceDataplane;
 use weft_agent::services::plan::{EndpointInput, PortInput, ServiceInput, plan};
 use weft_api::{PublishMode, ServiceProtocol, TrafficPolicy};
-
-struct Ns {
-    name: String,
-    path: PathBuf,
-}
-
-impl Ns {
-    fn new(role: &str) -> Ns {
-        let name = format!("weft-sb-{}-{role}", std::process::id());
-        run("ip", &["netns", "add", &name]);
-        let ns = Ns {
-            path: Path::new("/var/run/netns").join(&name),
-            name,
-        };
-        ns.sh("ip link set lo up");
-        ns
-    }
-    fn sh(&self, cmd: &str) {
-        run("ip", &["netns", "exec", &self.name, "sh", "-c", cmd]);
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use weft_e2e::netns::Netns;
+use weft_e2e::topology::BridgeNode;
 
 fn enter(ns: &Path) {
     let file = std::fs::File::open(ns).expect("open netns");
@@ -132,6 +95,7 @@ fn service(i: u32, endpoints: &[Ipv4Addr]) -> ServiceInput {
                 address: *a,
                 ready: true,
                 local: true,
+                via: None,
             })
             .collect(),
     }
@@ -179,56 +143,20 @@ fn main() {
     let conns: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3_000);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
 
-    let node = Ns::new("node");
-    node.sh("sysctl -qw net.ipv4.ip_forward=1 && ip link add br0 type bridge && ip addr add 10.64.0.1/12 dev br0 && ip link set br0 up");
+    let node = BridgeNode::new("10.64.0.1", 12).expect("node");
     let mut eps = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..3u8 {
-        let ns = Ns::new(&format!("e{i}"));
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &format!("v{i}"),
-                "netns",
-                &node.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns.name,
-            ],
-        );
-        node.sh(&format!("ip link set v{i} master br0 up"));
+        let ns = Netns::new(&format!("e{i}")).expect("sandbox");
         let a = Ipv4Addr::new(10, 64, 0, 2 + i);
-        ns.sh(&format!("ip addr add {a}/12 dev eth0 && ip link set eth0 up && ip route add default via 10.64.0.1"));
-        serve(&ns.path);
+        node.plug(&ns, &a.to_string()).expect("plug");
+        serve(&ns.path());
         eps.push(ns);
         addrs.push(a);
     }
-    let client = Ns::new("out");
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "up0",
-            "netns",
-            &node.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &client.name,
-        ],
-    );
-    node.sh("ip addr add 192.168.78.1/24 dev up0 && ip link set up0 up");
-    client.sh("ip addr add 192.168.78.2/24 dev eth0 && ip link set eth0 up && ip route add default via 192.168.78.1");
+    let client = node
+        .uplink("up0", "192.168.78.1", "192.168.78.2")
+        .expect("outside");
     std::thread::sleep(Duration::from_millis(300));
 
     let many: Vec<ServiceInput> = (0..n).map(|i| service(i, &addrs)).collect();
@@ -237,7 +165,7 @@ fn main() {
 
     rt.block_on(async {
         // 1. Cold start.
-        let mut dp = ServiceDataplane::open(Some(&node.path)).await.expect("open");
+        let mut dp = ServiceDataplane::open(Some(&node.ns.path())).await.expect("open");
         let t = Instant::now();
         let desired = plan(&many);
         let planned = t.elapsed();
@@ -262,9 +190,9 @@ fn main() {
         dp.apply(&desired).await.expect("apply");
 
         // 2. Per-packet cost: the same VIP with 10,000 and with 10 services.
-        let (rate_many, p50_many, p99_many) = connections(&client.path, vip, conns);
+        let (rate_many, p50_many, p99_many) = connections(&client.path(), vip, conns);
         dp.apply(&plan(&few)).await.expect("apply");
-        let (rate_few, p50_few, p99_few) = connections(&client.path, vip, conns);
+        let (rate_few, p50_few, p99_few) = connections(&client.path(), vip, conns);
         println!("connections through one VIP ({conns} sequential, new connection + one request each):");
         println!("  {:>6} services: {rate_few:.0}/s, p50 {p50_few} µs, p99 {p99_few} µs", few.len());
         println!("  {:>6} services: {rate_many:.0}/s, p50 {p50_many} µs, p99 {p99_many} µs", n);
@@ -273,9 +201,9 @@ fn main() {
         // 3. Throughput, one endpoint behind the VIP.
         let single = vec![service(0, &addrs[..1])];
         dp.apply(&plan(&single)).await.expect("apply");
-        let direct = throughput(&client.path, SocketAddr::from((addrs[0], 9000)), 3);
-        let via_vip = throughput(&client.path, SocketAddr::from((Ipv4Addr::new(10, 79, 0, 1), 90)), 3);
-        let via_ingress = throughput(&client.path, "192.168.78.1:9000".parse().expect("addr"), 3);
+        let direct = throughput(&client.path(), SocketAddr::from((addrs[0], 9000)), 3);
+        let via_vip = throughput(&client.path(), SocketAddr::from((Ipv4Addr::new(10, 79, 0, 1), 90)), 3);
+        let via_ingress = throughput(&client.path(), "192.168.78.1:9000".parse().expect("addr"), 3);
         let g = |b: f64| b * 8.0 / 1e9;
         println!("TCP throughput, 3 s each, from a client outside the node:");
         println!("  direct to the endpoint: {:.2} Gbit/s", g(direct));

@@ -63,8 +63,14 @@ async fn bridge_endpoints_talk_publish_ports_and_detach() {
         link.contains(&format!("master {}", names::bridge("web"))),
         "{link}"
     );
-    // It publishes ports, so its bridge port hairpins (its own published port reaches it).
+    // Its bridge port hairpins (its own published port reaches it), and so does every
+    // endpoint's, publishing or not: any of them may be balanced to itself behind a service VIP.
     assert!(link.contains("hairpin on"), "{link}");
+    let b_link = node
+        .ns
+        .exec(&["ip", "-d", "link", "show", &host_interface(&id("b"))])
+        .expect("b's host veth");
+    assert!(b_link.contains("hairpin on"), "{b_link}");
     let eth0 = a.exec(&["ip", "-d", "addr", "show", "eth0"]).expect("eth0");
     assert!(eth0.contains("link/ether 02:42:0a:00:00:02"), "{eth0}");
     assert!(eth0.contains("inet 10.0.0.2/24"), "{eth0}");

@@ -59,14 +59,16 @@ pub struct Inputs<'a> {
     pub taken_vips: &'a BTreeMap<IpAddr, String>,
 }
 
-fn ep_addr(ep: &ContainerEndpoint) -> Option<IpAddr> {
-    let from_status = ep
-        .status
+fn ep_status_addr(ep: &ContainerEndpoint) -> Option<IpAddr> {
+    ep.status
         .as_ref()
         .and_then(|s| s.address.as_deref())
         .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok());
-    from_status.or_else(|| ep.spec.address.as_deref().and_then(|a| a.parse().ok()))
+        .and_then(|a| a.parse().ok())
+}
+
+fn ep_addr(ep: &ContainerEndpoint) -> Option<IpAddr> {
+    ep_status_addr(ep).or_else(|| ep.spec.address.as_deref().and_then(|a| a.parse().ok()))
 }
 
 fn is_ready(ep: &ContainerEndpoint) -> bool {
@@ -165,6 +167,15 @@ pub fn decide(inputs: &Inputs<'_>) -> Verdict {
         .filter(|ep| ep.spec.network == svc.spec.network)
         .filter_map(|ep| ep_addr(ep))
         .collect();
+    // Given to an endpoint (its status), not only asked for: a VIP already given stays when
+    // an endpoint asks for it later (the agent refuses that endpoint), and moves only if an
+    // endpoint was admitted with it before its agent knew it was a VIP.
+    let given: BTreeSet<IpAddr> = inputs
+        .endpoints
+        .iter()
+        .filter(|ep| ep.spec.network == svc.spec.network)
+        .filter_map(|ep| ep_status_addr(ep))
+        .collect();
     let me = svc.uid().unwrap_or_default();
     let taken_by_other = |a: &IpAddr| inputs.taken_vips.get(a).is_some_and(|u| *u != me);
     let vip = match svc.spec.endpoint_mode {
@@ -242,7 +253,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Verdict {
                         .and_then(|s| s.vip.as_deref())
                         .and_then(|v| v.parse::<IpAddr>().ok())
                         .filter(|v| ranges.iter().any(|r| r.contains(v)))
-                        .filter(|v| !taken_by_other(v) && !held.contains(v));
+                        .filter(|v| !taken_by_other(v) && !given.contains(v));
                     let free = || {
                         ranges.iter().find_map(|r| {
                             r.hosts()

@@ -607,16 +607,19 @@ mod tests {
                     address: "10.0.0.2".parse().expect("ip"),
                     ready: true,
                     local: true,
+                    via: None,
                 },
                 EndpointInput {
                     address: "10.0.0.3".parse().expect("ip"),
                     ready: false,
                     local: false,
+                    via: None,
                 },
                 EndpointInput {
                     address: "10.0.0.4".parse().expect("ip"),
                     ready: true,
                     local: false,
+                    via: None,
                 },
             ],
         };

@@ -31,7 +31,7 @@ use futures::StreamExt;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
-use weft_api::{ContainerNetwork, NetworkAllocation, NetworkNode};
+use weft_api::{ContainerNetwork, ContainerService, NetworkAllocation, NetworkNode};
 
 use crate::drivers::NodeFacts;
 use crate::endpoints::manager::Endpoints;
@@ -137,8 +137,19 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         },
         |n| n.status = None,
     );
+    // Services matter for their VIPs only: an endpoint may not ask for one.
+    let services = watch::<ContainerService>(
+        &client,
+        notify.clone(),
+        |s: &ContainerService| {
+            let vip = s.status.as_ref().and_then(|st| st.vip.clone());
+            vip.map(|v| digest(&(&s.spec.network, v)))
+        },
+        |_| {},
+    );
     // Never plan from an incomplete picture: an empty store would garbage-collect everything.
     networks.wait_until_ready().await?;
+    services.wait_until_ready().await?;
     allocations.wait_until_ready().await?;
     nodes.wait_until_ready().await?;
     ceps.wait_until_ready().await?;
@@ -203,6 +214,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         ceps,
         allocations,
         nodes,
+        services,
         last_desired: None,
         last_status: None,
         underlay,

@@ -14,8 +14,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use weft_api::{
-    ContainerNetwork, NetworkAllocation, NetworkNode, NetworkNodeStatus, NetworkRealization,
-    RealizationState,
+    ContainerNetwork, ContainerService, NetworkAllocation, NetworkNode, NetworkNodeStatus,
+    NetworkRealization, RealizationState,
 };
 
 use crate::drivers::wireguard::{self, PeerWireguard};
@@ -62,6 +62,8 @@ pub(super) struct Agent {
     pub(super) ceps: super::endpoint_watch::EndpointWatches,
     pub(super) allocations: Store<NetworkAllocation>,
     pub(super) nodes: Store<NetworkNode>,
+    /// Services, for their VIPs (no endpoint may ask for one).
+    pub(super) services: Store<ContainerService>,
     pub(super) last_desired: Option<KernelState>,
     pub(super) last_status: Option<(Vec<NetworkRealization>, bool)>,
     pub(super) underlay: super::node::Underlay,
@@ -85,6 +87,7 @@ impl Agent {
             })
             .collect();
         let ceps = self.ceps.state();
+        let mut service_vips = services_vips(&self.services.state());
         for net in self.networks.state() {
             // A network being deleted stays programmed while endpoints still use it (the
             // controller holds its deletion until they are gone), so traffic is not cut
@@ -117,6 +120,7 @@ impl Agent {
                     })
                 })
                 .collect();
+            let service_vips = service_vips.remove(&name).unwrap_or_default();
             inputs.push(NetworkInput {
                 name,
                 uid,
@@ -125,6 +129,7 @@ impl Agent {
                 status: net.status.clone().unwrap_or_default(),
                 blocks,
                 peers,
+                service_vips,
             });
         }
         Networks::new(inputs)
@@ -417,4 +422,24 @@ fn change_link(c: &kernel::Change) -> Option<&str> {
         AddNeighbour(n) | DeleteNeighbour(n) => Some(&n.link),
         SetNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,
     }
+}
+
+/// Every service's VIP, by network: VIP → `namespace/name`.
+fn services_vips(services: &[Arc<ContainerService>]) -> HashMap<String, BTreeMap<IpAddr, String>> {
+    let mut out: HashMap<String, BTreeMap<IpAddr, String>> = HashMap::new();
+    for svc in services {
+        let Some(vip) = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.vip.as_deref())
+            .and_then(|v| v.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        out.entry(svc.spec.network.clone()).or_default().insert(
+            vip,
+            format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()),
+        );
+    }
+    out
 }

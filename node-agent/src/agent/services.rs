@@ -11,12 +11,13 @@ use std::time::Duration;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use weft_api::condition::{is_true, types};
-use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService};
+use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService, NetworkNode};
 
 use super::caches::{digest, watch};
 use super::dns::{ServiceFeed, desired_services};
-use crate::kernel::ServiceDataplane;
-use crate::services::inputs::service_inputs;
+use crate::kernel::{MeshDataplane, ServiceDataplane};
+use crate::services::inputs::{mesh_peers, node_addresses, service_inputs};
+use crate::services::mesh;
 use crate::services::plan::plan;
 
 /// Run until the process ends; `names` feeds this node's DNS server, if it has one.
@@ -61,10 +62,18 @@ pub(super) async fn run(
         |n: &ContainerNetwork| Some(digest(&n.status.as_ref().map(|s| &s.subnets))),
         |_| {},
     );
+    // The other nodes' addresses: where the mesh routes connections to remote endpoints.
+    let nodes = watch::<NetworkNode>(
+        &client,
+        notify.clone(),
+        |n: &NetworkNode| Some(digest(&n.spec.underlay_address)),
+        |_| {},
+    );
     for ready in [
         services.wait_until_ready().await.is_ok(),
         endpoints.wait_until_ready().await.is_ok(),
         networks.wait_until_ready().await.is_ok(),
+        nodes.wait_until_ready().await.is_ok(),
     ] {
         if !ready {
             tracing::warn!(
@@ -73,8 +82,14 @@ pub(super) async fn run(
             return;
         }
     }
-    let mut dataplane = loop {
-        match ServiceDataplane::open(netns.as_deref()).await {
+    let (mut dataplane, mut mesh_dataplane) = loop {
+        let opened = async {
+            Ok::<_, crate::kernel::KernelError>((
+                ServiceDataplane::open(netns.as_deref()).await?,
+                MeshDataplane::open(netns.as_deref()).await?,
+            ))
+        };
+        match opened.await {
             Ok(d) => break d,
             Err(e) => {
                 tracing::warn!(error = %e, "services: cannot open the namespace; retrying");
@@ -84,11 +99,27 @@ pub(super) async fn run(
     };
     loop {
         let objects = services.state();
-        let inputs = service_inputs(&node, &objects, &networks.state(), &endpoints.state());
+        let addresses = node_addresses(&nodes.state());
+        let inputs = service_inputs(
+            &node,
+            &objects,
+            &networks.state(),
+            &endpoints.state(),
+            &addresses,
+        );
         if let Some(names) = &mut names {
             names.update(desired_services(&inputs, &objects));
         }
         let desired = plan(&inputs);
+        // The mesh first: a route to a remote endpoint exists before a VIP balances to it.
+        if let Err(e) = mesh_dataplane
+            .apply(&mesh::plan(&inputs, &mesh_peers(&node, &addresses)))
+            .await
+        {
+            tracing::warn!(error = %e, "services: applying the mesh failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         match dataplane.apply(&desired).await {
             Ok(w) if w.transactions > 0 || w.routes > 0 => {
                 tracing::debug!(

@@ -92,7 +92,7 @@ pub(crate) fn routed_link(
             host: host.interface.clone(),
             host_alias: host.alias.clone(),
             bridge,
-            hairpin: host.publishes,
+            hairpin: true,
         },
     })
 }

@@ -51,6 +51,9 @@ pub struct NetworkInput {
     /// Other nodes taking part in this network (those with a block), with their underlay
     /// addresses. This node may appear too; it is skipped.
     pub peers: Vec<Peer>,
+    /// The VIPs the controller gave this network's services (VIP → `namespace/name`): an
+    /// endpoint may not ask for one (the node answers for it, and balances it elsewhere).
+    pub service_vips: BTreeMap<IpAddr, String>,
 }
 
 /// One pass's networks, sorted by name, shared between the pass and the endpoint manager
@@ -244,8 +247,6 @@ pub struct HostSide {
     pub interface: String,
     /// Its ownership alias.
     pub alias: String,
-    /// The endpoint publishes ports (its bridge port needs hairpin mode).
-    pub publishes: bool,
 }
 
 /// The link one endpoint gets in its sandbox, and its MTU (`None` = the kernel's choice).

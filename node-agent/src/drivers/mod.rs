@@ -54,7 +54,6 @@ mod tests {
         HostSide {
             interface: "wfe000000000001".into(),
             alias: "weft-ep:default/a".into(),
-            publishes: true,
         }
     }
 

@@ -77,6 +77,7 @@ pub fn network(name: &str, driver: ApiDriver) -> NetworkInput {
         status: ContainerNetworkStatus::default(),
         blocks: BTreeMap::new(),
         peers: Vec::new(),
+        service_vips: BTreeMap::new(),
     }
 }
 

@@ -37,7 +37,6 @@ fn expected_bridge(
     let host = HostSide {
         interface: host_interface(&att.id),
         alias: host_alias(&att.id),
-        publishes: !att.publish.is_empty(),
     };
     match drivers::of(net)
         .sandbox_link(net, facts, desired_node, &host)

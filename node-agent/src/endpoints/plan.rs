@@ -139,7 +139,6 @@ pub fn sandbox_config(
     let host = HostSide {
         interface: host_interface(&att.id),
         alias: host_alias(&att.id),
-        publishes: !att.publish.is_empty(),
     };
     let SandboxLink { link, mtu } =
         drivers::of(net).sandbox_link(net, node, desired_node, &host)?;

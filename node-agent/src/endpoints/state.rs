@@ -428,6 +428,16 @@ impl State {
             st.attachments.values().filter(|a| a.id != req.id),
             st.host_ports,
         )?;
+        if let Some(svc) = req.address.and_then(|a| net.service_vips.get(&a)) {
+            return Err(Problem::new(
+                Reason::AddressInUse,
+                format!(
+                    "network {}: {} is the VIP of service {svc}; ask for another address",
+                    net.name,
+                    req.address.map(|a| a.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
         let owner = req.id.to_string();
         let (address, gateway, mirror) = match &space {
             Some(space) => {

@@ -49,11 +49,14 @@ pub enum EndpointLink {
         host: String,
         host_alias: String,
         bridge: String,
-        /// Bridge hairpin mode on the host end, so the container's own published ports reach
-        /// it: with `br_netfilter` loaded, a DNAT'd packet is bridged back out the port it
-        /// came in on, which a bridge only does in hairpin mode (Docker does the same without
-        /// its userland proxy). Only endpoints that publish ports get it, as hairpin also
-        /// echoes the endpoint's own broadcasts back to it.
+        /// Bridge hairpin mode on the host end, so the container reaches itself through a
+        /// DNAT of the node (its own published port, a service VIP balanced to itself): with
+        /// `br_netfilter` loaded, a DNAT'd packet is bridged back out the port it came in on,
+        /// which a bridge only does in hairpin mode. The bridge driver sets it on every port,
+        /// as Docker without its userland proxy and kubelet's `hairpin-veth` do: any endpoint
+        /// may join a service by a label change, which must not need a link change. Hairpin
+        /// also echoes the endpoint's broadcasts back to it; IPv6 DAD tells its own probes
+        /// by their nonce (RFC 7527).
         hairpin: bool,
     },
     /// A macvlan child of `parent` (a node interface), living in the sandbox.

@@ -10,7 +10,7 @@
 //! | masquerade (unless internal or `bridge.masquerade: false`) | inet `postrouting` (nat) | `ip saddr S oifname != "B" masquerade` (`ip6 saddr` for IPv6) |
 //! | internal | inet `forward` | `iifname "B" oifname != "B" drop`, `iifname != "B" oifname "B" drop` |
 //! | isolation (if either side asks for it) | inet `forward` | `iifname "B" oifname != "B" oifname "wfb-*" drop`, `oifname "B" iifname != "B" iifname "wfb-*" drop` |
-//! | inbound `published` (bridge default; overlay) | inet `forward` | `oifname "B" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 drop` |
+//! | inbound `published` (bridge default; overlay) | inet `forward` | `oifname "B" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 ct mark & 0x4000000 == 0 drop` (the mark: the services mesh) |
 //! | `interContainerTraffic: false` | bridge `forward` | `ip daddr S drop` (`ip6 daddr` for IPv6) |
 //! | overlay anycast gateway | bridge `prerouting` | `iifname "X" ether saddr M drop` (`X` = VXLAN port, `M` = gateway MAC) |
 //!
@@ -45,6 +45,7 @@ use ipnet::IpNet;
 pub use crate::drivers::{AnycastGuard, FirewallIntent};
 use crate::model::{NFT_TABLE, NftChain, NftFamily, NftRule, NftTable};
 use crate::names::fnv1a64;
+use crate::services::mesh::MESH_CT_MARK;
 
 /// Base chain spec of the filter chains on the forward hook.
 pub const FILTER_FORWARD: &str = "type filter hook forward priority 0; policy accept;";
@@ -108,8 +109,10 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
             inet.add(
                 CHAIN_FORWARD,
                 FILTER_FORWARD,
+                // Connections another node's service balanced to an endpoint here carry the
+                // routing mesh's conntrack mark (`services::mesh`): taken like published ones.
                 format!(
-                    "oifname {b} iifname != {all} ct state != {{ established, related }} ct status & dnat == 0 drop",
+                    "oifname {b} iifname != {all} ct state != {{ established, related }} ct status & dnat == 0 ct mark & {MESH_CT_MARK:#x} == 0 drop",
                     all = all_bridges()
                 ),
             );
@@ -558,7 +561,7 @@ pub(crate) mod tests {
         assert_eq!(
             inbound,
             vec![
-                r#"oifname "wfb-a" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 drop"#
+                r#"oifname "wfb-a" iifname != "wfb-*" ct state != { established, related } ct status & dnat == 0 ct mark & 0x4000000 == 0 drop"#
             ]
         );
         assert!(published_only(bridge_intent("a", "wfb-a", &[])).needs_nftables());

@@ -1,5 +1,6 @@
 //! API objects → the planner's [`ServiceInput`]s for one node (pure).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -7,7 +8,9 @@ use ipnet::{IpNet, Ipv4Net};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 use weft_api::condition::{is_true, types};
-use weft_api::{ContainerEndpoint, ContainerNetwork, ContainerService, EndpointMode};
+use weft_api::{
+    ContainerEndpoint, ContainerNetwork, ContainerService, Driver, EndpointMode, NetworkNode,
+};
 
 use crate::services::plan::{EndpointInput, PortInput, ServiceInput};
 
@@ -35,14 +38,33 @@ pub fn service_id(svc: &ContainerService) -> String {
     format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
+/// Every node's IPv4 underlay address, by node name.
+pub fn node_addresses(nodes: &[Arc<NetworkNode>]) -> BTreeMap<String, Ipv4Addr> {
+    nodes
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
+        .collect()
+}
+
+/// The other nodes' addresses: the peers of this node's routing mesh.
+pub fn mesh_peers(node: &str, addresses: &BTreeMap<String, Ipv4Addr>) -> BTreeSet<Ipv4Addr> {
+    addresses
+        .iter()
+        .filter(|(name, _)| name.as_str() != node)
+        .map(|(_, a)| *a)
+        .collect()
+}
+
 /// The services this node programs: those whose network exists with an IPv4 subnet; a
 /// `vip` service once the controller gave it its VIP. Endpoints without an address are left
-/// out; `ready` is their Ready condition.
+/// out; `ready` is their Ready condition. An endpoint on another node of a plain overlay is
+/// reached through that node's address in `addresses` (the mesh; none on an encrypted one).
 pub fn service_inputs(
     node: &str,
     services: &[Arc<ContainerService>],
     networks: &[Arc<ContainerNetwork>],
     endpoints: &[Arc<ContainerEndpoint>],
+    addresses: &BTreeMap<String, Ipv4Addr>,
 ) -> Vec<ServiceInput> {
     let mut out = Vec::new();
     for svc in services {
@@ -53,6 +75,8 @@ pub fn service_inputs(
             continue;
         };
         let subnets = v4_subnets(net);
+        let meshed = net.spec.driver == Driver::Overlay
+            && !net.spec.overlay.as_ref().is_some_and(|o| o.encrypted);
         if subnets.is_empty() {
             continue;
         }
@@ -87,6 +111,11 @@ pub fn service_inputs(
                         .as_ref()
                         .is_some_and(|s| is_true(&s.conditions, types::READY)),
                     local: ep.spec.node == node,
+                    via: if meshed && ep.spec.node != node {
+                        addresses.get(&ep.spec.node).copied()
+                    } else {
+                        None
+                    },
                 })
             })
             .collect();
@@ -168,7 +197,7 @@ mod tests {
             ep("a", "n1", "web", "10.0.0.2/24", "False"),
             ep("c", "n1", "db", "10.0.0.4/24", "True"),
         ];
-        let got = service_inputs("n1", &[svc], &[net], &eps);
+        let got = service_inputs("n1", &[svc], &[net], &eps, &BTreeMap::new());
         assert_eq!(got.len(), 1);
         let s = &got[0];
         assert_eq!(s.id, "default/web");
@@ -181,14 +210,67 @@ mod tests {
                 EndpointInput {
                     address: "10.0.0.2".parse().unwrap(),
                     ready: false,
-                    local: true
+                    local: true,
+                    via: None
                 },
                 EndpointInput {
                     address: "10.0.0.3".parse().unwrap(),
                     ready: true,
-                    local: false
+                    local: false,
+                    via: None
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_remote_endpoint_of_a_plain_overlay_is_reached_through_its_nodes_address() {
+        let net = |encrypted: bool| -> Arc<ContainerNetwork> {
+            obj(json!({
+                "apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork",
+                "metadata": {"name": "web"},
+                "spec": {"driver": "overlay", "overlay": {"encrypted": encrypted}},
+                "status": {"subnets": ["10.0.0.0/24"]}}))
+        };
+        let svc: Arc<ContainerService> = obj(json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "ContainerService",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"network": "web", "selector": {"matchLabels": {"app": "web"}},
+                     "ports": [{"port": 80}]},
+            "status": {"vip": "10.0.0.241"}}));
+        let ep = |name: &str, node: &str, addr: &str| -> Arc<ContainerEndpoint> {
+            obj(
+                json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"network": "web", "node": node, "sandbox": "/var/run/netns/x"},
+                "status": {"address": addr}}),
+            )
+        };
+        let eps = vec![ep("a", "n1", "10.0.0.2/24"), ep("b", "n2", "10.0.0.3/24")];
+        let nodes: BTreeMap<String, Ipv4Addr> = [
+            ("n1".to_string(), "192.0.2.11".parse().unwrap()),
+            ("n2".to_string(), "192.0.2.12".parse().unwrap()),
+        ]
+        .into();
+        let via = |encrypted: bool| -> Vec<Option<Ipv4Addr>> {
+            service_inputs(
+                "n1",
+                std::slice::from_ref(&svc),
+                &[net(encrypted)],
+                &eps,
+                &nodes,
+            )[0]
+            .endpoints
+            .iter()
+            .map(|e| e.via)
+            .collect()
+        };
+        assert_eq!(via(false), vec![None, Some("192.0.2.12".parse().unwrap())]);
+        // Encrypted: never over the clear underlay.
+        assert_eq!(via(true), vec![None, None]);
+        assert_eq!(
+            mesh_peers("n1", &nodes),
+            BTreeSet::from(["192.0.2.12".parse().unwrap()])
         );
     }
 }

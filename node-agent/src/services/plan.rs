@@ -12,8 +12,10 @@
 //! - a client inside the service's subnet (hairpin included): the endpoint would answer it
 //!   directly over the bridge, past the node's conntrack, with the wrong source address;
 //! - an endpoint on another node: its reply would leave through its own node, which never saw
-//!   the connection. The client's address is lost there; the `Local` ingress policy keeps it by
-//!   never crossing nodes.
+//!   the connection. On an overlay the connection is routed to that node over the underlay
+//!   ([`crate::services::mesh`]), so the masquerade address is this node's own underlay
+//!   address, unique per node. The client's address is lost there; the `Local` ingress policy
+//!   keeps it by never crossing nodes.
 //!   An endpoint on this node reached from outside the subnet keeps the client's address.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -56,6 +58,9 @@ pub struct EndpointInput {
     pub ready: bool,
     /// On this node (no masquerade needed to get the reply back).
     pub local: bool,
+    /// On another node of an overlay: that node's underlay address, which the connection is
+    /// routed to (the routing mesh, [`crate::services::mesh`]).
+    pub via: Option<Ipv4Addr>,
 }
 
 /// The desired content of table `ip weft-svc`, in the parts the writer updates one by one.
@@ -190,6 +195,7 @@ mod tests {
             address: ip(a),
             ready,
             local,
+            via: None,
         }
     }
 

@@ -247,6 +247,7 @@ mod tests {
                     address: a.parse().unwrap(),
                     ready: true,
                     local: true,
+                    via: None,
                 })
                 .collect(),
         }
