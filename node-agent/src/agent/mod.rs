@@ -122,7 +122,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         &client,
         notify.clone(),
         move |n: &NetworkNode| {
-            (n.name_any() != me).then(|| {
+            // This node's own object matters only for a key rotation request.
+            Some(if n.name_any() == me {
+                digest(&n.annotations().get(wireguard::ROTATE_ANNOTATION))
+            } else {
                 digest(&(
                     serde_json::to_string(&n.spec).unwrap_or_default(),
                     n.metadata.deletion_timestamp.is_some(),
@@ -181,10 +184,12 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         underlay_mtu: underlay.mtu,
         interfaces: BTreeSet::new(),
         capabilities,
+        wireguard: Default::default(),
     };
     // Fed from the first pass on, which has the networks and the restored endpoints.
     let names = cfg.dns_feed.clone().map(dns::NameFeed::spawn);
     let service_names = names.as_ref().map(dns::NameFeed::services);
+    let wireguard = wireguard::Identity::load(&cfg.state_dir, published)?;
     let mut agent = Agent {
         names,
         client,
@@ -202,7 +207,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         last_desired: None,
         last_status: None,
         underlay,
-        wireguard: wireguard::Identity::new(published),
+        wireguard,
+        wake: notify.clone(),
     };
     {
         let inputs = agent.inputs();
@@ -212,6 +218,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         agent.ceps.wait_until_ready().await?;
         let facts = NodeFacts {
             interfaces: agent.kernel.observe_with_foreign().await?.1,
+            wireguard: agent.wireguard.slots(),
             ..agent.facts.clone()
         };
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);

@@ -68,6 +68,8 @@ pub(super) struct Agent {
     pub(super) wireguard: super::wireguard::Identity,
     /// The node's weft-dns, when it runs.
     pub(super) names: Option<super::dns::NameFeed>,
+    /// Wakes the agent for another pass (a key rotation's next step needs one).
+    pub(super) wake: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -159,6 +161,7 @@ impl Agent {
         let observe = t.elapsed();
         let facts = NodeFacts {
             interfaces: foreign,
+            wireguard: self.wireguard.slots(),
             ..self.facts.clone()
         };
         let (mut desired, mut outcomes) = plan::plan_node(&inputs, &facts);
@@ -219,11 +222,11 @@ impl Agent {
                 .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
                 .collect()
         };
-        if desired.links.contains_key(wireguard::LINK)
+        if wireguard::planned(&desired)
             && let Err(e) = self.converge_wireguard().await
         {
-            // Fail closed all the same: the encrypted networks' VXLAN devices are bound to
-            // weft-wg, and without its keys and peers WireGuard sends nothing.
+            // Fail closed all the same: the encrypted networks' VXLAN traffic is routed
+            // into the WireGuard links, which without keys and peers send nothing.
             tracing::warn!(error = format!("{e:#}"), "WireGuard not configured");
             for input in inputs.iter().filter(|i| encrypted(i)) {
                 if let Some(outcome @ Ok(())) = outcomes.get_mut(&input.name) {
@@ -271,18 +274,21 @@ impl Agent {
         })
     }
 
-    /// `weft-wg`'s keys and peers, and this node's published identity when it changed.
+    /// The WireGuard links' keys and peers, the key rotation's next step (another pass
+    /// follows when it moves), and this node's published identity when it changed.
     async fn converge_wireguard(&mut self) -> anyhow::Result<()> {
-        let peers = super::wireguard::peers(&self.nodes.state(), &self.cfg.node_name);
-        let identity = self
+        let (identity, moved) = self
             .wireguard
             .converge(
                 &self.kernel,
                 &self.cfg.state_dir,
                 &self.cfg.node_name,
-                peers,
+                &self.nodes.state(),
             )
             .await?;
+        if moved {
+            self.wake.notify_one();
+        }
         if self.wireguard.published.as_ref() != Some(&identity) {
             super::node::register(
                 &self.client,
@@ -412,7 +418,7 @@ fn change_link(c: &kernel::Change) -> Option<&str> {
         CreateLink(l) | RecreateLink(l) => Some(&l.name),
         DeleteLink(n) | SetLink { name: n, .. } => Some(n),
         AddAddress(a) | DeleteAddress(a) => Some(&a.link),
-        AddRoute(r) | DeleteRoute(r) => Some(&r.link),
+        AddRoute(r) | ReplaceRoute(r) | DeleteRoute(r) => Some(&r.link),
         AddFdb(f) | DeleteFdb(f) => Some(&f.link),
         AddNeighbour(n) | DeleteNeighbour(n) => Some(&n.link),
         SetNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,
