@@ -74,10 +74,13 @@ pub(super) struct Agent {
 
 impl Agent {
     pub(super) fn inputs(&self) -> Networks {
+        self.inputs_with(&self.nodes.state())
+    }
+
+    /// The networks as `nodes` (one snapshot of the NetworkNodes) has the peers.
+    fn inputs_with(&self, nodes: &[Arc<NetworkNode>]) -> Networks {
         let mut inputs = Vec::new();
-        let peers_underlay: HashMap<String, (IpAddr, Option<PeerWireguard>)> = self
-            .nodes
-            .state()
+        let peers_underlay: HashMap<String, (IpAddr, Option<PeerWireguard>)> = nodes
             .iter()
             .filter(|n| n.metadata.deletion_timestamp.is_none())
             .filter_map(|n| {
@@ -154,7 +157,10 @@ impl Agent {
     }
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
-        let inputs = self.inputs();
+        // One snapshot of the nodes for the whole pass: the WireGuard acknowledgements it
+        // publishes must describe the FDB entries it applied (a peer retires a key on them).
+        let nodes = self.nodes.state();
+        let inputs = self.inputs_with(&nodes);
         self.follow_endpoints(&inputs);
         let t = Instant::now();
         let (observed, foreign, host_ports) = self.kernel.observe_with_foreign().await?;
@@ -169,9 +175,7 @@ impl Agent {
         // node's state; their sandboxes are converged after the node is applied.
         let full_check = self.resync_due.swap(false, Ordering::SeqCst);
         let ceps = self.ceps.state();
-        let peers: BTreeMap<String, IpAddr> = self
-            .nodes
-            .state()
+        let peers: BTreeMap<String, IpAddr> = nodes
             .iter()
             .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
             .collect();
@@ -223,7 +227,9 @@ impl Agent {
                 .collect()
         };
         if wireguard::planned(&desired)
-            && let Err(e) = self.converge_wireguard().await
+            && let Err(e) = self
+                .converge_wireguard(&nodes, report.failed.is_empty())
+                .await
         {
             // Fail closed all the same: the encrypted networks' VXLAN traffic is routed
             // into the WireGuard links, which without keys and peers send nothing.
@@ -276,14 +282,21 @@ impl Agent {
 
     /// The WireGuard links' keys and peers, the key rotation's next step (another pass
     /// follows when it moves), and this node's published identity when it changed.
-    async fn converge_wireguard(&mut self) -> anyhow::Result<()> {
+    /// `nodes`: the snapshot the pass planned from; `applied`: its kernel changes all
+    /// succeeded (otherwise the acknowledgements stay as they were).
+    async fn converge_wireguard(
+        &mut self,
+        nodes: &[Arc<NetworkNode>],
+        applied: bool,
+    ) -> anyhow::Result<()> {
         let (identity, moved) = self
             .wireguard
             .converge(
                 &self.kernel,
                 &self.cfg.state_dir,
                 &self.cfg.node_name,
-                &self.nodes.state(),
+                nodes,
+                applied,
             )
             .await?;
         if moved {

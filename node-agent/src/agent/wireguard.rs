@@ -307,13 +307,17 @@ impl Identity {
 
     /// Configure the links of the slots the plan had (keys, ports, peers), then move the
     /// rotation on if it can. Returns the identity to publish (of the configured state) and
-    /// whether the rotation moved (the plan changes: another pass is due).
+    /// whether the rotation moved (the plan changes: another pass is due). `nodes` must be
+    /// the snapshot the pass planned its FDB entries from, and `applied` whether they are in
+    /// the kernel: an acknowledgement tells a rotating peer that this node no longer sends
+    /// to its old key, so it is only changed when that is true.
     pub(super) async fn converge(
         &mut self,
         kernel: &Kernel,
         state_dir: &Path,
         node: &str,
         nodes: &[std::sync::Arc<NetworkNode>],
+        applied: bool,
     ) -> anyhow::Result<(WireguardIdentity, bool)> {
         let identities = peer_identities(nodes, node);
         let peers = peers(&identities);
@@ -354,7 +358,14 @@ impl Identity {
                 Phase::Retiring => public(spare),
                 _ => None,
             },
-            acknowledged: acknowledged(&identities, &peers),
+            acknowledged: if applied {
+                acknowledged(&identities, &peers)
+            } else {
+                self.published
+                    .as_ref()
+                    .map(|p| p.acknowledged.clone())
+                    .unwrap_or_default()
+            },
         };
 
         let request = nodes
