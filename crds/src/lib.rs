@@ -25,7 +25,7 @@ pub use network::{
 };
 pub use node::{
     Capabilities, NetworkNode, NetworkNodeSpec, NetworkNodeStatus, NetworkRealization,
-    RealizationState, WireguardIdentity,
+    RealizationState, WireguardIdentity, WireguardKey,
 };
 pub use pool::{AddressPool, AddressPoolSpec, AddressPoolStatus};
 pub use reason::Reason;

@@ -260,7 +260,7 @@ pub struct OverlayOptions {
     #[schemars(range(min = 1, max = 65535))]
     pub udp_port: i32,
     /// Encrypt the tunnel between nodes (Docker's `--opt encrypted`): the VXLAN traffic runs
-    /// inside WireGuard between the nodes' `weft-wg` links. A node that cannot encrypt (no
+    /// inside WireGuard between the nodes' WireGuard links (`weft-wg0`/`weft-wg1`). A node that cannot encrypt (no
     /// WireGuard in its kernel) reports `EncryptionUnavailable` and sends nothing of the
     /// network; no node sends it to a peer that has published no WireGuard key.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -41,7 +41,7 @@ pub struct NetworkNodeSpec {
     /// Kernel features found by probing on this node.
     #[serde(default)]
     pub capabilities: Capabilities,
-    /// This node's WireGuard identity for encrypted overlays, once its `weft-wg` link is set
+    /// This node's WireGuard identity for encrypted overlays, once its WireGuard link is set
     /// up. Only the public key travels: the private key never leaves the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireguardIdentity>,
@@ -62,6 +62,39 @@ pub struct WireguardIdentity {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// The node's address inside the tunnel (the VXLAN endpoint of encrypted overlays).
+    #[schemars(length(max = 45))]
+    pub address: String,
+    /// During a key rotation: the key this node is introducing. Peers accept it beside the
+    /// current one (a second peer, own port and tunnel address) before the node sends with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<WireguardKey>,
+    /// During a key rotation: the public key this node no longer sends with, still receiving
+    /// until every peer has moved to the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 44, max = 44))]
+    pub retiring: Option<String>,
+    /// The public keys of rotating peers (those publishing `next` or `retiring`) that this
+    /// node has configured: what a rotating node waits for before each step.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 44, max = 44)))]
+    pub acknowledged: Vec<String>,
+}
+
+/// One more WireGuard key of a node (its next generation).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "isIP(self.address) && ip(self.address).family() == 6",
+     "fieldPath": ".address", "message": "wireguard.next.address must be an IPv6 address"}
+]))]
+pub struct WireguardKey {
+    /// Curve25519 public key, base64 (44 characters).
+    #[schemars(length(min = 44, max = 44))]
+    pub public_key: String,
+    /// UDP port of the link holding this key.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The tunnel address this key's generation sends from and receives at.
     #[schemars(length(max = 45))]
     pub address: String,
 }

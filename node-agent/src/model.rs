@@ -60,6 +60,13 @@ impl NftFamily {
 #[serde(transparent)]
 pub struct Mac(pub [u8; 6]);
 
+impl Mac {
+    /// Neither all-zero (an FDB's flood entry) nor multicast/broadcast.
+    pub fn is_unicast(&self) -> bool {
+        self.0 != [0; 6] && self.0[0] & 1 == 0
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let [a, b, c, d, e, g] = self.0;
@@ -182,7 +189,7 @@ pub enum LinkKind {
     Veth {
         peer: String,
     },
-    /// A WireGuard link (the node's `weft-wg`); its keys and peers are set through the
+    /// A WireGuard link (the node's `weft-wg0`/`weft-wg1`); its keys and peers are set through the
     /// WireGuard generic netlink family ([`crate::kernel::wireguard`]), not here.
     Wireguard,
 }
@@ -269,7 +276,7 @@ pub fn alias_for(network: &str) -> String {
 }
 
 /// The network a link alias names, if the link is Weft's and belongs to a network (the
-/// node-level `weft-wg` is `weft:` alone).
+/// node-level `weft-wg0` is `weft:` alone).
 pub fn network_of_alias(alias: &str) -> Option<&str> {
     alias.strip_prefix(ALIAS_PREFIX).filter(|n| !n.is_empty())
 }

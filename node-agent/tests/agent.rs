@@ -362,7 +362,8 @@ async fn encrypted_overlay_fails_closed_where_the_kernel_has_no_wireguard() {
     for link in [
         names::vxlan("secret"),
         names::bridge("secret"),
-        "weft-wg".to_string(),
+        "weft-wg0".to_string(),
+        "weft-wg1".to_string(),
     ] {
         assert!(node.link(&link).is_none(), "{link} must not exist");
     }

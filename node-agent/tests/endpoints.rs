@@ -1507,7 +1507,8 @@ async fn tapped_pings(cluster: &Cluster, from: &weft_e2e::netns::Netns, to: &str
 }
 
 /// An encrypted overlay between two nodes (issue 20): endpoints reach each other, and a tap
-/// on the underlay sees WireGuard and neither VXLAN nor the pings' payload. The same tap on
+/// on the underlay sees WireGuard and neither VXLAN nor the pings' payload; keys rotate on
+/// one node, the other, then both, with no ping (every 10 ms) lost. The same tap on
 /// a plain overlay beside it does see the payload (the capture works). Needs WireGuard in
 /// the kernel: the VM tier runs it.
 #[tokio::test]
@@ -1616,6 +1617,157 @@ async fn encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard
         );
         assert_eq!(mode & 0o777, 0o600);
     }
+
+    // Key rotation: pings every 10 ms from sa to sb while the key rotates on one node, then
+    // on both at once. None is lost, and afterwards the tap still sees no payload. (In the
+    // same test, so the VM tier starts no more daemons for it.)
+    let pinger = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            sandboxes[2].name(),
+            "ping",
+            "-n",
+            "-i",
+            "0.01",
+        ])
+        .arg(&sb)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ping");
+    let first: Vec<String> = {
+        let mut keys = Vec::new();
+        for node in &cluster.nodes {
+            keys.push(published_wireguard(&api, &node.name).await.public_key);
+        }
+        keys
+    };
+    let mut seen = first.clone();
+    let mut rotations = Vec::new();
+    for (round, nodes) in [vec![0], vec![0, 1]].into_iter().enumerate() {
+        let t = std::time::Instant::now();
+        for &i in &nodes {
+            let patch = json!({"metadata": {"annotations": {
+                "weft.dev/rotate-wireguard-key": format!("round-{round}"),
+            }}});
+            api.patch(
+                &cluster.nodes[i].name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("annotate");
+        }
+        for &i in &nodes {
+            let name = &cluster.nodes[i].name;
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let wg = published_wireguard(&api, name).await;
+                if wg.public_key != seen[i] && wg.next.is_none() && wg.retiring.is_none() {
+                    seen[i] = wg.public_key;
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: {name}'s rotation did not finish: {wg:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        rotations.push(t.elapsed());
+    }
+    // The last replies come in, then the summary.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::process::Command::new("kill")
+        .args(["-INT", &pinger.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = pinger.wait_with_output().expect("ping ended");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sent, lost) = lost_pings(&text);
+    eprintln!(
+        "key rotations took {rotations:?}; {sent} pings, {} lost",
+        lost.len()
+    );
+    assert!(sent >= 300, "too few pings to tell: {text}");
+    assert!(lost.is_empty(), "pings lost during the rotations: {lost:?}");
+    // Node 1 rotated twice (slots 0 → 1 → 0), node 2 once (0 → 1): only the active slot's
+    // link is left, and the retired key's file is gone.
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_ne!(seen[i], first[i], "{} kept its key", node.name);
+        let (active, retired) = if i == 0 {
+            (
+                ("weft-wg0", "wireguard.key"),
+                ("weft-wg1", "wireguard.1.key"),
+            )
+        } else {
+            (
+                ("weft-wg1", "wireguard.1.key"),
+                ("weft-wg0", "wireguard.key"),
+            )
+        };
+        let links = node
+            .ns
+            .exec(&["ip", "-o", "link", "show", "type", "wireguard"])
+            .expect("links");
+        assert!(
+            links.contains(active.0) && !links.contains(retired.0),
+            "{}: {links}",
+            node.name
+        );
+        assert!(node.ns.state_dir().join(active.1).exists());
+        assert!(!node.ns.state_dir().join(retired.1).exists());
+    }
+    let after = tapped_pings(&cluster, &sandboxes[2], &sb).await;
+    assert_eq!(
+        carries_secret(&after),
+        0,
+        "payload in clear after the rotations"
+    );
+    assert_eq!(vxlan_frames(&after, secret_vni), 0);
+    // Each node sends to the other's current port: node 1's is 51871, node 2's 51872.
+    assert!(
+        udp_payloads(&after, 51871).len() >= 10 && udp_payloads(&after, 51872).len() >= 10,
+        "no WireGuard after the rotations"
+    );
+}
+
+async fn published_wireguard(
+    api: &kube::Api<weft_api::NetworkNode>,
+    node: &str,
+) -> weft_api::WireguardIdentity {
+    api.get(node)
+        .await
+        .expect("node")
+        .spec
+        .wireguard
+        .expect("a WireGuard identity")
+}
+
+/// `ping`'s output → (packets sent, the sequence numbers up to the last answered one that got
+/// no answer). Those after the last answer were still in flight when it was stopped.
+fn lost_pings(text: &str) -> (u64, Vec<u64>) {
+    let answered: std::collections::BTreeSet<u64> = text
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let sent = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let last = answered.last().copied().unwrap_or(0);
+    let lost = (1..=last).filter(|s| !answered.contains(s)).collect();
+    (sent, lost)
 }
 
 /// A dual-stack endpoint's addresses (with their gateways) from its status.

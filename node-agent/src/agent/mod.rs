@@ -128,7 +128,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         &client,
         notify.clone(),
         move |n: &NetworkNode| {
-            (n.name_any() != me).then(|| {
+            // This node's own object matters only for a key rotation request.
+            Some(if n.name_any() == me {
+                digest(&n.annotations().get(wireguard::ROTATE_ANNOTATION))
+            } else {
                 digest(&(
                     serde_json::to_string(&n.spec).unwrap_or_default(),
                     n.metadata.deletion_timestamp.is_some(),
@@ -198,8 +201,10 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         underlay_mtu: underlay.mtu,
         interfaces: BTreeSet::new(),
         capabilities,
+        wireguard: Default::default(),
     };
     let service_names = names.as_deref().map(dns::Names::services);
+    let wireguard = wireguard::Identity::load(&cfg.state_dir, published)?;
     let mut agent = Agent {
         names,
         client,
@@ -218,7 +223,8 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         last_desired: None,
         last_status: None,
         underlay,
-        wireguard: wireguard::Identity::new(published),
+        wireguard,
+        wake: notify.clone(),
     };
     {
         let inputs = agent.inputs();
@@ -228,6 +234,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         agent.ceps.wait_until_ready().await?;
         let facts = NodeFacts {
             interfaces: agent.kernel.observe_with_foreign().await?.1,
+            wireguard: agent.wireguard.slots(),
             ..agent.facts.clone()
         };
         endpoints.restore(&agent.ceps.state(), &inputs, &facts);

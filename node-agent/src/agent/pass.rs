@@ -70,14 +70,19 @@ pub(super) struct Agent {
     pub(super) wireguard: super::wireguard::Identity,
     /// The node's weft-dns, when it runs.
     pub(super) names: Option<Arc<super::dns::Names>>,
+    /// Wakes the agent for another pass (a key rotation's next step needs one).
+    pub(super) wake: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
     pub(super) fn inputs(&self) -> Networks {
+        self.inputs_with(&self.nodes.state())
+    }
+
+    /// The networks as `nodes` (one snapshot of the NetworkNodes) has the peers.
+    fn inputs_with(&self, nodes: &[Arc<NetworkNode>]) -> Networks {
         let mut inputs = Vec::new();
-        let peers_underlay: HashMap<String, (IpAddr, Option<PeerWireguard>)> = self
-            .nodes
-            .state()
+        let peers_underlay: HashMap<String, (IpAddr, Option<PeerWireguard>)> = nodes
             .iter()
             .filter(|n| n.metadata.deletion_timestamp.is_none())
             .filter_map(|n| {
@@ -157,13 +162,17 @@ impl Agent {
     }
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
-        let inputs = self.inputs();
+        // One snapshot of the nodes for the whole pass: the WireGuard acknowledgements it
+        // publishes must describe the FDB entries it applied (a peer retires a key on them).
+        let nodes = self.nodes.state();
+        let inputs = self.inputs_with(&nodes);
         self.follow_endpoints(&inputs);
         let t = Instant::now();
         let (observed, foreign, host_ports) = self.kernel.observe_with_foreign().await?;
         let observe = t.elapsed();
         let facts = NodeFacts {
             interfaces: foreign,
+            wireguard: self.wireguard.slots(),
             ..self.facts.clone()
         };
         let (mut desired, mut outcomes) = plan::plan_node(&inputs, &facts);
@@ -171,9 +180,7 @@ impl Agent {
         // node's state; their sandboxes are converged after the node is applied.
         let full_check = self.resync_due.swap(false, Ordering::SeqCst);
         let ceps = self.ceps.state();
-        let peers: BTreeMap<String, IpAddr> = self
-            .nodes
-            .state()
+        let peers: BTreeMap<String, IpAddr> = nodes
             .iter()
             .filter_map(|n| Some((n.name_any(), n.spec.underlay_address.parse().ok()?)))
             .collect();
@@ -224,11 +231,13 @@ impl Agent {
                 .filter_map(|l| network_of_alias(&l.alias).map(str::to_string))
                 .collect()
         };
-        if desired.links.contains_key(wireguard::LINK)
-            && let Err(e) = self.converge_wireguard().await
+        if wireguard::planned(&desired)
+            && let Err(e) = self
+                .converge_wireguard(&nodes, report.failed.is_empty())
+                .await
         {
-            // Fail closed all the same: the encrypted networks' VXLAN devices are bound to
-            // weft-wg, and without its keys and peers WireGuard sends nothing.
+            // Fail closed all the same: the encrypted networks' VXLAN traffic is routed
+            // into the WireGuard links, which without keys and peers send nothing.
             tracing::warn!(error = format!("{e:#}"), "WireGuard not configured");
             for input in inputs.iter().filter(|i| encrypted(i)) {
                 if let Some(outcome @ Ok(())) = outcomes.get_mut(&input.name) {
@@ -276,18 +285,28 @@ impl Agent {
         })
     }
 
-    /// `weft-wg`'s keys and peers, and this node's published identity when it changed.
-    async fn converge_wireguard(&mut self) -> anyhow::Result<()> {
-        let peers = super::wireguard::peers(&self.nodes.state(), &self.cfg.node_name);
-        let identity = self
+    /// The WireGuard links' keys and peers, the key rotation's next step (another pass
+    /// follows when it moves), and this node's published identity when it changed.
+    /// `nodes`: the snapshot the pass planned from; `applied`: its kernel changes all
+    /// succeeded (otherwise the acknowledgements stay as they were).
+    async fn converge_wireguard(
+        &mut self,
+        nodes: &[Arc<NetworkNode>],
+        applied: bool,
+    ) -> anyhow::Result<()> {
+        let (identity, moved) = self
             .wireguard
             .converge(
                 &self.kernel,
                 &self.cfg.state_dir,
                 &self.cfg.node_name,
-                peers,
+                nodes,
+                applied,
             )
             .await?;
+        if moved {
+            self.wake.notify_one();
+        }
         if self.wireguard.published.as_ref() != Some(&identity) {
             super::node::register(
                 &self.client,
@@ -417,7 +436,7 @@ fn change_link(c: &kernel::Change) -> Option<&str> {
         CreateLink(l) | RecreateLink(l) => Some(&l.name),
         DeleteLink(n) | SetLink { name: n, .. } => Some(n),
         AddAddress(a) | DeleteAddress(a) => Some(&a.link),
-        AddRoute(r) | DeleteRoute(r) => Some(&r.link),
+        AddRoute(r) | ReplaceRoute(r) | DeleteRoute(r) => Some(&r.link),
         AddFdb(f) | DeleteFdb(f) => Some(&f.link),
         AddNeighbour(n) | DeleteNeighbour(n) => Some(&n.link),
         SetNftTable(..) | DeleteNftTable(_) | SetSysctl { .. } => None,

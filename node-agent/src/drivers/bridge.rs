@@ -46,6 +46,7 @@ impl Driver for Bridge {
             icc: options.inter_container_traffic,
             published_only: options.inbound == weft_api::Inbound::Published,
             anycast_guard: None,
+            tunnel_guard: false,
         };
         bridge.add_to(out);
         Ok(intent)
@@ -207,6 +208,7 @@ mod tests {
                 icc: true,
                 published_only: true,
                 anycast_guard: None,
+                tunnel_guard: false,
             }
         );
     }

@@ -26,6 +26,8 @@ pub struct NodeFacts {
     /// Names of the host's existing non-Weft interfaces (parents for macvlan/ipvlan).
     pub interfaces: BTreeSet<String>,
     pub capabilities: weft_api::Capabilities,
+    /// Its WireGuard key slots (which link sends; both during a key rotation).
+    pub wireguard: super::wireguard::Slots,
 }
 
 /// Another node taking part in a cluster-scope network.
@@ -301,6 +303,10 @@ pub struct FirewallIntent {
     /// Overlay: drop frames that enter the bridge from the VXLAN port with the anycast
     /// gateway's MAC as source — another node's gateway, which must stay on its own node.
     pub anycast_guard: Option<AnycastGuard>,
+    /// Encrypted overlay: nothing addressed into the WireGuard tunnel prefix leaves the node
+    /// through any link but Weft's WireGuard links (its VXLAN devices are routed into them
+    /// by one route; should that route be missing, the firewall keeps them from the wire).
+    pub tunnel_guard: bool,
 }
 
 /// A bridge port on which frames from the (shared) gateway MAC are dropped.
@@ -331,6 +337,7 @@ impl FirewallIntent {
                 || !self.icc
                 || self.published_only
                 || self.anycast_guard.is_some()
+                || self.tunnel_guard
                 || (self.masquerade && !self.subnets.is_empty()))
     }
 }

@@ -18,15 +18,16 @@
 //! - **MTU**: the underlay's minus the VXLAN overhead (50 bytes over an IPv4 underlay, 70
 //!   over IPv6), unless `spec.mtu` is set; the bridge and the VXLAN device get the same MTU.
 //! - **Encrypted** (`spec.overlay.encrypted`): the VXLAN device runs over the node's
-//!   WireGuard link ([`super::wireguard`]): local = this node's tunnel address, bound to
-//!   `weft-wg`, FDB destinations = the peers' tunnel addresses, and only peers that published
-//!   a WireGuard key get any. A node whose kernel has no WireGuard plans nothing of the
+//!   WireGuard links ([`super::wireguard`]): no fixed local address and no lower link (the
+//!   route of the tunnel prefix into the active key slot's link chooses both, so a key
+//!   rotation switches it in one route change), FDB destinations = the peers' current tunnel
+//!   addresses, and only peers that published a WireGuard key get any. A node whose kernel has no WireGuard plans nothing of the
 //!   network and reports `EncryptionUnavailable` (fail closed: Docker's encrypted overlay
 //!   sent clear text in that case, CVE-2023-28840). MTU: underlay − WireGuard (60/80) −
 //!   VXLAN over the IPv6 tunnel (70).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::model::{FdbEntry, KernelState, Link, LinkKind, Mac, Neighbour, alias_for};
 use crate::names::{self, fnv1a64};
@@ -93,11 +94,10 @@ impl Driver for Overlay {
         node_block(net, node)?;
 
         let vxlan_name = names::vxlan(&net.name);
+        // Encrypted: no fixed local address and no lower link; the route of the tunnel
+        // prefix picks the active key slot's link, and its address as the source.
         let (local, underlay) = if options.encrypted {
-            (
-                IpAddr::V6(wireguard::tunnel_address(&node.node_name)),
-                Some(wireguard::LINK.to_string()),
-            )
+            (IpAddr::V6(Ipv6Addr::UNSPECIFIED), None)
         } else {
             (node.underlay_address, node.underlay_interface.clone())
         };
@@ -143,14 +143,16 @@ impl Driver for Overlay {
                 port: vxlan_name.clone(),
                 mac,
             }),
+            tunnel_guard: options.encrypted,
         };
         bridge.add_to(out);
         if options.encrypted {
-            wireguard::add_link(
+            wireguard::add_links(
                 out,
                 &node.node_name,
                 node.underlay_address,
                 node.underlay_mtu,
+                node.wireguard,
             );
         }
         out.links.insert(vxlan_name, vxlan);
@@ -252,7 +254,9 @@ fn is_encrypted(net: &NetworkInput) -> bool {
 /// address, and nowhere when it has published no WireGuard key (it cannot decrypt).
 fn tunnel_destination(net: &NetworkInput, peer: &Peer) -> Option<IpAddr> {
     if is_encrypted(net) {
-        peer.wireguard.as_ref().map(|w| IpAddr::V6(w.address))
+        peer.wireguard
+            .as_ref()
+            .map(|w| IpAddr::V6(w.current.address))
     } else {
         Some(peer.underlay_address)
     }
@@ -509,9 +513,14 @@ mod tests {
         for p in &mut n.peers {
             if p.node == "n2" {
                 p.wireguard = Some(wireguard::PeerWireguard {
-                    public_key: [2; 32],
-                    port: wireguard::DEFAULT_PORT,
-                    address: wireguard::tunnel_address("n2"),
+                    current: wireguard::PeerKey {
+                        public_key: [2; 32],
+                        port: wireguard::DEFAULT_PORT,
+                        address: wireguard::tunnel_address("n2", 0),
+                    },
+                    next: None,
+                    retiring: None,
+                    acknowledged: Vec::new(),
                 });
             }
         }
@@ -529,20 +538,23 @@ mod tests {
             LinkKind::Vxlan {
                 vni: 4242,
                 port: 4789,
-                local: IpAddr::V6(wireguard::tunnel_address("n1")),
-                underlay: Some(wireguard::LINK.into()),
+                local: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                underlay: None,
                 learning: false,
                 proxy: true,
             }
         );
-        assert_eq!(state.links[wireguard::LINK].kind, LinkKind::Wireguard);
+        assert_eq!(state.links["weft-wg0"].kind, LinkKind::Wireguard);
+        // The tunnel prefix goes into the active slot's link, nowhere else.
+        let routes: Vec<_> = state.routes.iter().map(|r| r.link.as_str()).collect();
+        assert_eq!(routes, vec!["weft-wg0"]);
         // 1500 − WireGuard over IPv4 (60) − VXLAN over the IPv6 tunnel (70).
         assert_eq!(state.links[&x].mtu, Some(1370));
         assert_eq!(state.links[&names::bridge("secret")].mtu, Some(1370));
-        assert_eq!(state.links[wireguard::LINK].mtu, Some(1440));
+        assert_eq!(state.links["weft-wg0"].mtu, Some(1440));
         // n3 published no key: no flood entry towards it, in clear text or otherwise.
         let dsts: Vec<IpAddr> = state.fdb.iter().map(|f| f.dst).collect();
-        assert_eq!(dsts, vec![IpAddr::V6(wireguard::tunnel_address("n2"))]);
+        assert_eq!(dsts, vec![IpAddr::V6(wireguard::tunnel_address("n2", 0))]);
 
         let remote = [
             RemoteEndpoint {
@@ -569,7 +581,7 @@ mod tests {
             vec![FdbEntry {
                 link: x.clone(),
                 mac: Mac([2, 0, 0, 0, 0, 17]),
-                dst: IpAddr::V6(wireguard::tunnel_address("n2")),
+                dst: IpAddr::V6(wireguard::tunnel_address("n2", 0)),
             }]
         );
         assert_eq!(neighbours.len(), 1);

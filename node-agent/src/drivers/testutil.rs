@@ -42,6 +42,7 @@ pub fn node(name: &str, underlay: &str) -> NodeFacts {
             .map(String::from)
             .collect::<BTreeSet<_>>(),
         capabilities: all_capabilities(),
+        wireguard: Default::default(),
     }
 }
 

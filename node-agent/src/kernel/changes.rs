@@ -29,6 +29,9 @@ pub enum Change {
     AddAddress(Address),
     DeleteAddress(Address),
     AddRoute(Route),
+    /// The route of the same destination (in the main table, Weft's) becomes this one in
+    /// one request: traffic never finds no route.
+    ReplaceRoute(Route),
     DeleteRoute(Route),
     AddFdb(FdbEntry),
     DeleteFdb(FdbEntry),
@@ -53,7 +56,7 @@ impl Change {
             | Change::RecreateLink(_)
             | Change::SetLink { .. } => "link",
             Change::AddAddress(_) | Change::DeleteAddress(_) => "address",
-            Change::AddRoute(_) | Change::DeleteRoute(_) => "route",
+            Change::AddRoute(_) | Change::ReplaceRoute(_) | Change::DeleteRoute(_) => "route",
             Change::AddFdb(_) | Change::DeleteFdb(_) => "fdb",
             Change::AddNeighbour(_) | Change::DeleteNeighbour(_) => "neighbour",
             Change::SetNftTable(..) | Change::DeleteNftTable(_) => "nft",
@@ -73,6 +76,7 @@ impl Change {
             Change::AddAddress(_)
                 | Change::DeleteAddress(_)
                 | Change::AddRoute(_)
+                | Change::ReplaceRoute(_)
                 | Change::DeleteRoute(_)
                 | Change::AddFdb(_)
                 | Change::DeleteFdb(_)
@@ -131,6 +135,7 @@ impl fmt::Display for Change {
             Change::AddAddress(a) => write!(f, "add address {} dev {}", a.address, a.link),
             Change::DeleteAddress(a) => write!(f, "delete address {} dev {}", a.address, a.link),
             Change::AddRoute(r) => write!(f, "add route {}", describe_route(r)),
+            Change::ReplaceRoute(r) => write!(f, "replace route {}", describe_route(r)),
             Change::DeleteRoute(r) => write!(f, "delete route {}", describe_route(r)),
             Change::AddFdb(e) => {
                 write!(f, "add fdb {} dst {} dev {}", e.mac, e.dst, e.link)

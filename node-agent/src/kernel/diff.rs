@@ -3,13 +3,21 @@
 //! Order of the output, and why:
 //! 1. nft tables (isolation rules exist before ports come up; they match interfaces by
 //!    name, so they do not need the links to exist);
-//! 2. removals of neighbours, FDB entries, routes, addresses on links that stay (on links
-//!    that go, they go with the link);
+//! 2. removals of neighbours, routes, addresses on links that stay (on links that go, they
+//!    go with the link);
 //! 3. link deletions, children (macvlan, vlan, vxlan on an underlay, bridge ports) first;
 //! 4. link creations and re-creations, masters and parents first;
 //! 5. in-place link changes (only the fields that differ);
 //! 6. sysctls (after links: per-interface keys need the interface);
 //! 7. additions of addresses, then routes (a gateway must be on-link), FDB, neighbours.
+//! 8. removals of FDB entries on links that stay: make before break, so a peer's VTEP that
+//!    moves (a key rotation moves an encrypted overlay's) always has an entry. A unicast
+//!    MAC's entry is not removed at all when it is re-added elsewhere: that add replaces it
+//!    in the kernel in one request.
+//!
+//! A route whose destination stays and whose link or gateway changes is replaced in one
+//! request at step 7 (also make before break: a key rotation moves the tunnel prefix's
+//! route to the next WireGuard link this way), not removed at 2 and added at 7.
 //!
 //! A link that the kernel will take down with another one (a macvlan whose parent is
 //! re-created, the far end of a re-created veth) is created again rather than diffed, and
@@ -19,7 +27,7 @@ use std::collections::BTreeSet;
 
 use crate::kernel::changes::Change;
 use crate::kernel::nft::plan::nft_tables_equivalent;
-use crate::model::{KernelState, Link, LinkKind, NftFamily};
+use crate::model::{KernelState, Link, LinkKind, NftFamily, Route};
 
 /// `""` (or `Some("")`) in an observed kind means the kernel only told us an index in some
 /// other namespace: it matches any name.
@@ -52,7 +60,8 @@ pub(crate) fn kind_matches(desired: &LinkKind, observed: &LinkKind) -> bool {
         ) => {
             vni == ov
                 && port == op
-                && local == ol
+                // No local address: the kernel reports none, which reads as 0.0.0.0.
+                && (local == ol || (local.is_unspecified() && ol.is_unspecified()))
                 && learning == olr
                 && proxy == opx
                 && match (underlay, ou) {
@@ -215,6 +224,7 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
 
     // 2. removals on links that stay
     let stays = |link: &str| !fresh.contains(link);
+    let needed = |link: &str, present: bool| fresh.contains(link) || !present;
     for n in observed
         .neighbours
         .difference(&desired.neighbours)
@@ -222,18 +232,28 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
     {
         out.push(Change::DeleteNeighbour(n.clone()));
     }
-    for e in observed
-        .fdb
-        .difference(&desired.fdb)
-        .filter(|e| stays(&e.link))
-    {
-        out.push(Change::DeleteFdb(e.clone()));
-    }
-    for r in observed
+    let route_adds: Vec<&Route> = desired
+        .routes
+        .iter()
+        .filter(|r| needed(&r.link, observed.routes.contains(*r)))
+        .collect();
+    let mut route_removals: Vec<&Route> = observed
         .routes
         .difference(&desired.routes)
         .filter(|r| stays(&r.link))
-    {
+        .collect();
+    // Same destination, new link or gateway: one replace at step 7 instead.
+    let mut replaces: BTreeSet<&Route> = BTreeSet::new();
+    for add in &route_adds {
+        if let Some(i) = route_removals
+            .iter()
+            .position(|r| r.destination == add.destination)
+        {
+            route_removals.remove(i);
+            replaces.insert(add);
+        }
+    }
+    for r in route_removals {
         out.push(Change::DeleteRoute(r.clone()));
     }
     for a in observed
@@ -316,7 +336,6 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
     }
 
     // 7. additions
-    let needed = |link: &str, present: bool| fresh.contains(link) || !present;
     for a in desired
         .addresses
         .iter()
@@ -324,19 +343,20 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
     {
         out.push(Change::AddAddress(a.clone()));
     }
-    for r in desired
-        .routes
-        .iter()
-        .filter(|r| needed(&r.link, observed.routes.contains(*r)))
-    {
-        out.push(Change::AddRoute(r.clone()));
+    for r in route_adds {
+        out.push(if replaces.contains(r) {
+            Change::ReplaceRoute(r.clone())
+        } else {
+            Change::AddRoute(r.clone())
+        });
     }
-    for e in desired
+    let fdb_adds: Vec<_> = desired
         .fdb
         .iter()
         .filter(|e| needed(&e.link, observed.fdb.contains(*e)))
-    {
-        out.push(Change::AddFdb(e.clone()));
+        .collect();
+    for e in &fdb_adds {
+        out.push(Change::AddFdb((*e).clone()));
     }
     for n in desired
         .neighbours
@@ -344,6 +364,19 @@ pub fn diff(desired: &KernelState, observed: &KernelState) -> Vec<Change> {
         .filter(|n| needed(&n.link, observed.neighbours.contains(*n)))
     {
         out.push(Change::AddNeighbour(n.clone()));
+    }
+
+    // 8. FDB removals, after the additions
+    for e in observed
+        .fdb
+        .difference(&desired.fdb)
+        .filter(|e| stays(&e.link))
+    {
+        let replaced =
+            e.mac.is_unicast() && fdb_adds.iter().any(|a| a.link == e.link && a.mac == e.mac);
+        if !replaced {
+            out.push(Change::DeleteFdb(e.clone()));
+        }
     }
     out
 }
@@ -593,10 +626,10 @@ mod tests {
             dst: ip("192.0.2.1"),
         });
         let c = diff(&d, &o);
+        // FDB removals come last: the flood list never misses a peer in between.
         assert_eq!(
             c,
             vec![
-                Change::DeleteFdb(stale),
                 Change::DeleteAddress(addr("br", "10.1.0.2/24")),
                 Change::AddAddress(addr("br", "10.1.0.1/24")),
                 Change::AddFdb(FdbEntry {
@@ -604,8 +637,75 @@ mod tests {
                     mac: Mac([0; 6]),
                     dst: ip("192.0.2.1")
                 }),
+                Change::DeleteFdb(stale),
             ]
         );
+    }
+
+    #[test]
+    fn a_moved_route_is_replaced_and_a_moved_unicast_mac_is_re_added_never_removed_first() {
+        let mut o = rich();
+        o.links
+            .insert("wg0".into(), link("wg0", LinkKind::Wireguard));
+        o.links
+            .insert("wg1".into(), link("wg1", LinkKind::Wireguard));
+        let tunnel: ipnet::IpNet = "fd77:6566:7400::/64".parse().unwrap();
+        o.routes.insert(Route {
+            destination: tunnel,
+            link: "wg0".into(),
+            gateway: None,
+        });
+        let old_vtep = FdbEntry {
+            link: "vx".into(),
+            mac: Mac([2, 0, 0, 0, 0, 9]),
+            dst: ip("fd77:6566:7400::8"),
+        };
+        let old_flood = FdbEntry {
+            mac: Mac([0; 6]),
+            ..old_vtep.clone()
+        };
+        o.fdb.insert(old_vtep.clone());
+        o.fdb.insert(old_flood.clone());
+
+        let mut d = o.clone();
+        let on_wg0 = Route {
+            destination: tunnel,
+            link: "wg0".into(),
+            gateway: None,
+        };
+        assert!(d.routes.remove(&on_wg0));
+        let moved = Route {
+            link: "wg1".into(),
+            ..on_wg0.clone()
+        };
+        d.routes.insert(moved.clone());
+        d.fdb.remove(&old_vtep);
+        d.fdb.remove(&old_flood);
+        let new_vtep = FdbEntry {
+            dst: ip("fd77:6566:7400::9"),
+            ..old_vtep.clone()
+        };
+        let new_flood = FdbEntry {
+            mac: Mac([0; 6]),
+            ..new_vtep.clone()
+        };
+        d.fdb.insert(new_vtep.clone());
+        d.fdb.insert(new_flood.clone());
+        assert_eq!(
+            diff(&d, &o),
+            vec![
+                Change::ReplaceRoute(moved),
+                Change::AddFdb(new_flood),
+                Change::AddFdb(new_vtep),
+                Change::DeleteFdb(old_flood),
+            ]
+        );
+
+        // A route whose destination goes is still deleted; one that is new is added.
+        let mut gone = o.clone();
+        gone.routes.remove(&on_wg0);
+        assert_eq!(diff(&gone, &o), vec![Change::DeleteRoute(on_wg0.clone())]);
+        assert_eq!(diff(&o, &gone), vec![Change::AddRoute(on_wg0)]);
     }
 
     #[test]

@@ -174,7 +174,14 @@ impl Netlink {
         e: &FdbEntry,
         view: &LinkView,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || format!("append fdb {} dst {} dev {}", e.mac, e.dst, e.link);
+        // The flood (all-zero) and multicast MACs take several destinations: appended. A
+        // unicast MAC has one: replaced, in one request, when it moves to another VTEP.
+        let flags = if e.mac.is_unicast() {
+            NLM_F_CREATE | NLM_F_REPLACE
+        } else {
+            NLM_F_CREATE | NLM_F_APPEND
+        };
+        let op = || format!("add fdb {} dst {} dev {}", e.mac, e.dst, e.link);
         let index = match owned_index(view, &e.link, op) {
             Ok(i) => i,
             Err(err) => return (0, Err(err)),
@@ -182,7 +189,7 @@ impl Netlink {
         let r = self
             .ack(
                 RouteNetlinkMessage::NewNeighbour(fdb_message(index, e)),
-                NLM_F_CREATE | NLM_F_APPEND,
+                flags,
                 op,
             )
             .await;

@@ -276,7 +276,8 @@ impl Kernel {
         match change {
             Change::AddAddress(a) => self.netlink.add_address(a, view).await,
             Change::DeleteAddress(a) => self.netlink.delete_address(a, view).await,
-            Change::AddRoute(r) => self.netlink.add_route(r, view).await,
+            Change::AddRoute(r) => self.netlink.add_route(r, view, false).await,
+            Change::ReplaceRoute(r) => self.netlink.add_route(r, view, true).await,
             Change::DeleteRoute(r) => self.netlink.delete_route(r, view).await,
             Change::AddFdb(e) => self.netlink.add_fdb(e, view).await,
             Change::DeleteFdb(e) => self.netlink.delete_fdb(e, view).await,

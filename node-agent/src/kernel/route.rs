@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -253,12 +253,17 @@ impl Netlink {
         }
     }
 
+    /// Add `r`, or with `replace`, make the main table's route of its destination (and
+    /// metric) this one in one request (the diff asks for that only where it observed a
+    /// route of Weft's there).
     pub(crate) async fn add_route(
         &self,
         r: &Route,
         view: &LinkView,
+        replace: bool,
     ) -> (usize, Result<(), KernelError>) {
-        let op = || format!("add route {}", describe_route(r));
+        let verb = if replace { "replace" } else { "add" };
+        let op = || format!("{verb} route {}", describe_route(r));
         let index = match route_link_index(view, &r.link, op) {
             Ok(i) => i,
             Err(e) => return (0, Err(e)),
@@ -268,11 +273,17 @@ impl Netlink {
         } else {
             RouteScope::Link
         };
-        // EXCL, not REPLACE: an equal route that is not Weft's must not be taken over.
+        // EXCL, not REPLACE, for an addition: an equal route that is not Weft's must not be
+        // taken over.
+        let flags = if replace {
+            NLM_F_CREATE | NLM_F_REPLACE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
         let res = self
             .ack(
                 RouteNetlinkMessage::NewRoute(message(r, index, scope)),
-                NLM_F_CREATE | NLM_F_EXCL,
+                flags,
                 op,
             )
             .await;

@@ -51,6 +51,8 @@ use crate::services::mesh::MESH_CT_MARK;
 pub const FILTER_FORWARD: &str = "type filter hook forward priority 0; policy accept;";
 /// Base chain spec of the bridge family's filter chain on the prerouting hook.
 pub const FILTER_PREROUTING: &str = "type filter hook prerouting priority 0; policy accept;";
+/// Base chain spec of the filter chain on the output hook.
+pub const FILTER_OUTPUT: &str = "type filter hook output priority 0; policy accept;";
 /// Base chain spec of the nat chain on the postrouting hook.
 pub const NAT_POSTROUTING: &str = "type nat hook postrouting priority 100; policy accept;";
 
@@ -58,6 +60,7 @@ pub const NAT_POSTROUTING: &str = "type nat hook postrouting priority 100; polic
 pub const CHAIN_FORWARD: &str = "forward";
 pub const CHAIN_PREROUTING: &str = "prerouting";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
+pub const CHAIN_OUTPUT: &str = "output";
 
 /// A rule whose id is the content hash of its body.
 pub fn rule(body: impl Into<String>) -> NftRule {
@@ -180,6 +183,18 @@ pub fn render(intents: &[FirewallIntent]) -> BTreeMap<NftFamily, NftTable> {
                 ),
             );
         }
+    }
+
+    if routed.iter().any(|(_, i)| i.tunnel_guard) {
+        inet.add(
+            CHAIN_OUTPUT,
+            FILTER_OUTPUT,
+            format!(
+                "ip6 daddr {} oifname != \"{}*\" drop",
+                crate::drivers::wireguard::tunnel_net(),
+                crate::drivers::wireguard::LINK_PREFIX
+            ),
+        );
     }
 
     let mut out = BTreeMap::new();
@@ -348,6 +363,7 @@ pub(crate) mod tests {
             icc: true,
             published_only: false,
             anycast_guard: None,
+            tunnel_guard: false,
         }
     }
 

@@ -77,8 +77,8 @@ fn plan_network(
 
 /// A network may only add kernel objects nobody else has: not a link name a foreign
 /// interface or an earlier network holds, not an address or a route destination an earlier
-/// network holds. Node-level objects that several networks plan alike (the WireGuard link
-/// of encrypted overlays and its address) are shared, not claimed.
+/// network holds. Node-level objects that several networks plan alike (the WireGuard links
+/// of encrypted overlays, their addresses and the tunnel route) are shared, not claimed.
 fn check_claims(
     planned: &KernelState,
     node: &NodeFacts,
@@ -126,7 +126,7 @@ fn check_claims(
         if let Some(other) = claimed
             .routes
             .iter()
-            .find(|r| r.destination == route.destination)
+            .find(|r| r.destination == route.destination && *r != route)
         {
             return Err(Problem::new(
                 Reason::Conflict,

@@ -460,9 +460,23 @@ fn rule_ids_are_stable_when_unrelated_networks_change() {
 /// namespace so nothing touches the host.
 #[test]
 fn rendered_rules_pass_nft_check() {
-    let (state, outcomes) = plan_node(&mixed(), &me());
-    assert!(outcomes.values().all(Result::is_ok));
+    // With an encrypted overlay too, for its guard of the tunnel prefix.
+    let mut networks = mixed();
+    let mut secret = overlay("secret", "10.41.0.0/24", 101);
+    secret.spec.overlay = Some(weft_api::OverlayOptions {
+        encrypted: true,
+        ..Default::default()
+    });
+    networks.push(secret);
+    let (state, outcomes) = plan_node(&networks, &me());
+    assert!(outcomes.values().all(Result::is_ok), "{outcomes:?}");
     assert_eq!(state.nft.len(), 2, "both families");
+    assert_eq!(
+        rules(&state, NftFamily::Inet, "output"),
+        vec![r#"ip6 daddr fd77:6566:7400::/64 oifname != "weft-wg*" drop"#]
+    );
+    let (plain, _) = plan_node(&mixed(), &me());
+    assert!(rules(&plain, NftFamily::Inet, "output").is_empty());
     let script = to_nft_script(&state.nft);
 
     let nft_present = Command::new("nft")
