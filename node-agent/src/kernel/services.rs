@@ -94,18 +94,11 @@ impl ServiceDataplane {
             .unwrap_or_default();
         // Routes first: an address the table answers for must be local before it is mapped.
         let first = self.applied.is_none();
-        for range in &desired.vips {
-            if first || !old_vips.contains(range) {
-                self.netlink
-                    .ack(
-                        RouteNetlinkMessage::NewRoute(local_route(range)),
-                        NLM_F_CREATE | NLM_F_REPLACE,
-                        || format!("add local route {range}"),
-                    )
-                    .await?;
-                writes.routes += 1;
-            }
-        }
+        let new_vips = desired
+            .vips
+            .iter()
+            .filter(|v| first || !old_vips.contains(*v));
+        writes.routes += self.local_routes(new_vips, true).await?;
         if !script.is_empty() {
             let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
             if !out.ok {
@@ -120,21 +113,52 @@ impl ServiceDataplane {
             writes.transactions = 1;
             writes.script_bytes = script.len();
         }
-        for range in old_vips.difference(&desired.vips) {
-            match self
-                .netlink
-                .ack(RouteNetlinkMessage::DelRoute(local_route(range)), 0, || {
-                    format!("delete local route {range}")
-                })
-                .await
-            {
-                Err(e) if already_gone(&e) => {}
-                res => res?,
-            }
-            writes.routes += 1;
-        }
+        writes.routes += self
+            .local_routes(old_vips.difference(&desired.vips), false)
+            .await?;
         self.applied = Some(desired.clone());
         Ok(writes)
+    }
+
+    /// Add (or delete) the VIPs' local routes; returns how many. Many requests are in flight
+    /// on the one socket at a time: 10,000 VIPs one round trip after the other took longer
+    /// than the whole nft transaction. A route already gone is not an error.
+    async fn local_routes(
+        &self,
+        vips: impl IntoIterator<Item = &Ipv4Addr>,
+        add: bool,
+    ) -> Result<usize, KernelError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        const IN_FLIGHT: usize = 128;
+        let vips: Vec<Ipv4Addr> = vips.into_iter().copied().collect();
+        let count = vips.len();
+        let netlink = &self.netlink;
+        stream::iter(vips)
+            .map(move |vip| async move {
+                let res = if add {
+                    netlink
+                        .ack(
+                            RouteNetlinkMessage::NewRoute(local_route(&vip)),
+                            NLM_F_CREATE | NLM_F_REPLACE,
+                            || format!("add local route {vip}"),
+                        )
+                        .await
+                } else {
+                    netlink
+                        .ack(RouteNetlinkMessage::DelRoute(local_route(&vip)), 0, || {
+                            format!("delete local route {vip}")
+                        })
+                        .await
+                };
+                match res {
+                    Err(e) if !add && already_gone(&e) => Ok(()),
+                    res => res,
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(count)
     }
 
     async fn table_exists(&self) -> Result<bool, KernelError> {
@@ -148,19 +172,8 @@ impl ServiceDataplane {
 
     /// Remove the table and the routes (the node no longer runs services).
     pub async fn remove(&mut self) -> Result<(), KernelError> {
-        let ranges = self.applied.take().map(|r| r.vips).unwrap_or_default();
-        for range in &ranges {
-            match self
-                .netlink
-                .ack(RouteNetlinkMessage::DelRoute(local_route(range)), 0, || {
-                    format!("delete local route {range}")
-                })
-                .await
-            {
-                Err(e) if already_gone(&e) => {}
-                res => res?,
-            }
-        }
+        let vips = self.applied.take().map(|r| r.vips).unwrap_or_default();
+        self.local_routes(&vips, false).await?;
         let script = render::remove();
         let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
         if out.ok {
