@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::route::{
@@ -20,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use crate::kernel::error::{KernelError, already_gone};
 use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
-use crate::kernel::nft::run_program;
+use crate::kernel::nft::{MAX_IN_PROCESS_SCRIPT, NftSession, run_program};
 use crate::services::plan::Ruleset;
 use crate::services::render;
 
@@ -41,6 +42,9 @@ pub struct ServiceDataplane {
     netlink: Netlink,
     /// What the kernel holds, as far as this writer knows (`None`: not written yet).
     applied: Option<Ruleset>,
+    /// libnftables in this process, for small scripts (an endpoint change): starting `nft`
+    /// costs more than the change. `None`: the library is not installed.
+    library: Option<Arc<NftSession>>,
 }
 
 /// The kernel's `local` routing table.
@@ -69,6 +73,7 @@ impl ServiceDataplane {
             ns: ns.map(Path::to_path_buf),
             netlink: Netlink::open(ns).await?,
             applied: None,
+            library: NftSession::open(ns).await?.map(Arc::new),
         })
     }
 
@@ -100,13 +105,11 @@ impl ServiceDataplane {
             .filter(|v| first || !old_vips.contains(*v));
         writes.routes += self.local_routes(new_vips, true).await?;
         if !script.is_empty() {
-            let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
-            if !out.ok {
+            if let Err(e) = self.run(&script).await {
                 // Unknown what holds now: the next apply replaces the table whole.
                 self.applied = None;
                 return Err(KernelError::Nft(format!(
-                    "services table: {} (script of {} bytes)",
-                    out.stderr,
+                    "services table: {e} (script of {} bytes)",
                     script.len()
                 )));
             }
@@ -118,6 +121,27 @@ impl ServiceDataplane {
             .await?;
         self.applied = Some(desired.clone());
         Ok(writes)
+    }
+
+    /// One transaction: in this process when the script is small, else in a child `nft`
+    /// (a cold start's whole table: the child gives back the memory of parsing it).
+    async fn run(&self, script: &str) -> Result<(), KernelError> {
+        match &self.library {
+            Some(library) if script.len() <= MAX_IN_PROCESS_SCRIPT => {
+                let (library, text) = (library.clone(), script.to_string());
+                tokio::task::spawn_blocking(move || library.run(&text))
+                    .await
+                    .map_err(|e| KernelError::Nft(format!("libnftables: {e}")))?
+            }
+            _ => {
+                let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(script), None).await?;
+                if out.ok {
+                    Ok(())
+                } else {
+                    Err(KernelError::Nft(out.stderr))
+                }
+            }
+        }
     }
 
     /// Add (or delete) the VIPs' local routes; returns how many. Many requests are in flight
@@ -174,12 +198,6 @@ impl ServiceDataplane {
     pub async fn remove(&mut self) -> Result<(), KernelError> {
         let vips = self.applied.take().map(|r| r.vips).unwrap_or_default();
         self.local_routes(&vips, false).await?;
-        let script = render::remove();
-        let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
-        if out.ok {
-            Ok(())
-        } else {
-            Err(KernelError::Nft(out.stderr))
-        }
+        self.run(&render::remove()).await
     }
 }
