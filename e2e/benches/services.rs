@@ -174,6 +174,7 @@ async fn run() -> anyhow::Result<()> {
     let mover = &cluster.nodes[3 % nodes].name;
     let mut all = Stats::new("label patch → every node updated");
     let mut first = Stats::new("  of which: the first node");
+    let mut applied = Stats::new("  of which: the apply's answer");
     for round in 0..=rounds {
         let (app, n) = if round % 2 == 0 {
             ("web", 4)
@@ -185,6 +186,7 @@ async fn run() -> anyhow::Result<()> {
         cluster
             .apply(endpoint("ep-3", mover, &sandboxes[3], json!({"app": app})))
             .await?;
+        let answered = t.elapsed();
         let wanted = format!("add element ip weft-svc services {{ {} }}", element(n));
         let mut seen: Vec<Option<Instant>> = vec![None; nodes];
         while seen.iter().any(Option::is_none) {
@@ -204,6 +206,7 @@ async fn run() -> anyhow::Result<()> {
         };
         all.samples.push(last.saturating_duration_since(t));
         first.samples.push(earliest.saturating_duration_since(t));
+        applied.samples.push(answered);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!(
@@ -211,5 +214,6 @@ async fn run() -> anyhow::Result<()> {
     );
     all.row();
     first.row();
+    applied.row();
     Ok(())
 }
