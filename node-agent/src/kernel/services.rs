@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::route::{
@@ -20,7 +21,7 @@ use std::net::Ipv4Addr;
 
 use crate::kernel::error::{KernelError, already_gone};
 use crate::kernel::netlink::{Netlink, WEFT_RTPROT};
-use crate::kernel::nft::run_program;
+use crate::kernel::nft::{MAX_IN_PROCESS_SCRIPT, NftSession, run_program};
 use crate::services::plan::Ruleset;
 use crate::services::render;
 
@@ -41,6 +42,9 @@ pub struct ServiceDataplane {
     netlink: Netlink,
     /// What the kernel holds, as far as this writer knows (`None`: not written yet).
     applied: Option<Ruleset>,
+    /// libnftables in this process, for small scripts (an endpoint change): starting `nft`
+    /// costs more than the change. `None`: the library is not installed.
+    library: Option<Arc<NftSession>>,
 }
 
 /// The kernel's `local` routing table.
@@ -69,6 +73,7 @@ impl ServiceDataplane {
             ns: ns.map(Path::to_path_buf),
             netlink: Netlink::open(ns).await?,
             applied: None,
+            library: NftSession::open(ns).await?.map(Arc::new),
         })
     }
 
@@ -94,47 +99,90 @@ impl ServiceDataplane {
             .unwrap_or_default();
         // Routes first: an address the table answers for must be local before it is mapped.
         let first = self.applied.is_none();
-        for range in &desired.vips {
-            if first || !old_vips.contains(range) {
-                self.netlink
-                    .ack(
-                        RouteNetlinkMessage::NewRoute(local_route(range)),
-                        NLM_F_CREATE | NLM_F_REPLACE,
-                        || format!("add local route {range}"),
-                    )
-                    .await?;
-                writes.routes += 1;
-            }
-        }
+        let new_vips = desired
+            .vips
+            .iter()
+            .filter(|v| first || !old_vips.contains(*v));
+        writes.routes += self.local_routes(new_vips, true).await?;
         if !script.is_empty() {
-            let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
-            if !out.ok {
+            if let Err(e) = self.run(&script).await {
                 // Unknown what holds now: the next apply replaces the table whole.
                 self.applied = None;
                 return Err(KernelError::Nft(format!(
-                    "services table: {} (script of {} bytes)",
-                    out.stderr,
+                    "services table: {e} (script of {} bytes)",
                     script.len()
                 )));
             }
             writes.transactions = 1;
             writes.script_bytes = script.len();
         }
-        for range in old_vips.difference(&desired.vips) {
-            match self
-                .netlink
-                .ack(RouteNetlinkMessage::DelRoute(local_route(range)), 0, || {
-                    format!("delete local route {range}")
-                })
-                .await
-            {
-                Err(e) if already_gone(&e) => {}
-                res => res?,
-            }
-            writes.routes += 1;
-        }
+        writes.routes += self
+            .local_routes(old_vips.difference(&desired.vips), false)
+            .await?;
         self.applied = Some(desired.clone());
         Ok(writes)
+    }
+
+    /// One transaction: in this process when the script is small, else in a child `nft`
+    /// (a cold start's whole table: the child gives back the memory of parsing it).
+    async fn run(&self, script: &str) -> Result<(), KernelError> {
+        match &self.library {
+            Some(library) if script.len() <= MAX_IN_PROCESS_SCRIPT => {
+                let (library, text) = (library.clone(), script.to_string());
+                tokio::task::spawn_blocking(move || library.run(&text))
+                    .await
+                    .map_err(|e| KernelError::Nft(format!("libnftables: {e}")))?
+            }
+            _ => {
+                let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(script), None).await?;
+                if out.ok {
+                    Ok(())
+                } else {
+                    Err(KernelError::Nft(out.stderr))
+                }
+            }
+        }
+    }
+
+    /// Add (or delete) the VIPs' local routes; returns how many. Many requests are in flight
+    /// on the one socket at a time: 10,000 VIPs one round trip after the other took longer
+    /// than the whole nft transaction. A route already gone is not an error.
+    async fn local_routes(
+        &self,
+        vips: impl IntoIterator<Item = &Ipv4Addr>,
+        add: bool,
+    ) -> Result<usize, KernelError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        const IN_FLIGHT: usize = 128;
+        let vips: Vec<Ipv4Addr> = vips.into_iter().copied().collect();
+        let count = vips.len();
+        let netlink = &self.netlink;
+        stream::iter(vips)
+            .map(move |vip| async move {
+                let res = if add {
+                    netlink
+                        .ack(
+                            RouteNetlinkMessage::NewRoute(local_route(&vip)),
+                            NLM_F_CREATE | NLM_F_REPLACE,
+                            || format!("add local route {vip}"),
+                        )
+                        .await
+                } else {
+                    netlink
+                        .ack(RouteNetlinkMessage::DelRoute(local_route(&vip)), 0, || {
+                            format!("delete local route {vip}")
+                        })
+                        .await
+                };
+                match res {
+                    Err(e) if !add && already_gone(&e) => Ok(()),
+                    res => res,
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(count)
     }
 
     async fn table_exists(&self) -> Result<bool, KernelError> {
@@ -148,25 +196,8 @@ impl ServiceDataplane {
 
     /// Remove the table and the routes (the node no longer runs services).
     pub async fn remove(&mut self) -> Result<(), KernelError> {
-        let ranges = self.applied.take().map(|r| r.vips).unwrap_or_default();
-        for range in &ranges {
-            match self
-                .netlink
-                .ack(RouteNetlinkMessage::DelRoute(local_route(range)), 0, || {
-                    format!("delete local route {range}")
-                })
-                .await
-            {
-                Err(e) if already_gone(&e) => {}
-                res => res?,
-            }
-        }
-        let script = render::remove();
-        let out = run_program(self.ns.as_deref(), &["-f", "-"], Some(&script), None).await?;
-        if out.ok {
-            Ok(())
-        } else {
-            Err(KernelError::Nft(out.stderr))
-        }
+        let vips = self.applied.take().map(|r| r.vips).unwrap_or_default();
+        self.local_routes(&vips, false).await?;
+        self.run(&render::remove()).await
     }
 }

@@ -44,9 +44,11 @@ mod program;
 mod render;
 mod tables;
 
+/// The `nft` child and the in-process library, for the services table
+/// (`kernel/services.rs`), which has its own writer.
+pub(crate) use libnft::{MAX_IN_PROCESS_SCRIPT, Session as NftSession};
 pub(crate) use own::{AddedRules, OwnNft};
 pub use plan::{base_chain, nft_tables_equivalent};
 pub(crate) use program::available;
-/// The `nft` child, for the services table (`kernel/services.rs`), which has its own writer.
 pub(crate) use program::run as run_program;
 pub(crate) use tables::NftTables;
