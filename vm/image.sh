@@ -20,7 +20,7 @@ die() { log "ERROR: $*"; exit 1; }
 for tool in apt-cache apt-get dpkg depmod modprobe cpio xz od ldd flock sha256sum; do
   command -v "$tool" >/dev/null || die "$tool not found (apt-get install cpio kmod xz-utils)"
 done
-[[ -x /bin/busybox ]] && /bin/busybox --list | grep -qx ash || die "/bin/busybox not found (apt-get install busybox-static)"
+[[ -x /bin/busybox ]] && /bin/busybox --list | grep -x ash >/dev/null || die "/bin/busybox not found (apt-get install busybox-static)"
 
 # Host tools copied into the guest: required, then optional (copied when the host has them).
 REQUIRED=(ip bridge nft ping)
