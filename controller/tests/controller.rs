@@ -338,6 +338,94 @@ async fn deleting_a_network_removes_the_finalizer_and_frees_the_subnet_for_the_n
     );
 }
 
+/// Seed 19 of the chaos soak, operation 8719: a deleted network's subnet was handed to a new
+/// network while the old object still existed and recorded it (the controller was killed, and
+/// the API cut off, before the finalizer came off). The restarted controller restored the old
+/// network first and moved the new one to another subnet under its running endpoints. Here
+/// another controller's finalizer keeps the deleted network, as long as a kill would.
+#[tokio::test]
+async fn a_subnet_is_reused_only_once_no_deleted_network_records_it_across_a_restart() {
+    let client = fresh_cluster().await;
+    pool(&client, "one", &["10.215.0.0/24"], 24, true).await;
+    let ctl = start(&[]);
+    network(&client, "first", json!({"driver": "bridge"})).await;
+    let first = wait_network(&client, "first", Duration::from_secs(10), ready).await;
+    assert_eq!(subnets(&first), vec!["10.215.0.0/24"]);
+    let api: Api<ContainerNetwork> = Api::all(client.clone());
+    const HOLD: &str = "test.weft.dev/hold";
+    api.patch(
+        "first",
+        &PatchParams::apply("other-controller"),
+        &Patch::Apply(
+            &json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork",
+            "metadata": {"name": "first", "finalizers": [HOLD]}}),
+        ),
+    )
+    .await
+    .expect("another finalizer");
+    network(&client, "second", json!({"driver": "bridge"})).await;
+    wait_network(
+        &client,
+        "second",
+        Duration::from_secs(10),
+        stalled_with("PoolExhausted"),
+    )
+    .await;
+
+    api.delete("first", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let second = wait_network(&client, "second", Duration::from_secs(10), ready).await;
+    assert_eq!(
+        subnets(&second),
+        vec!["10.215.0.0/24"],
+        "the freed subnet is reused"
+    );
+    let first = api
+        .get("first")
+        .await
+        .expect("still held by the other finalizer");
+    assert_eq!(
+        first.finalizers(),
+        [HOLD.to_string()],
+        "only the other finalizer is left"
+    );
+    assert!(
+        subnets(&first).is_empty(),
+        "a deleted network that still exists must not record the subnet handed to another: {:?}",
+        first.status
+    );
+
+    ctl.kill().await.expect("SIGKILL");
+    let _ctl = start(&[]);
+    wait_controller_up(&client, "one").await;
+    // Give the restarted controller time to act on what it restored.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = wait_network(&client, "second", Duration::from_secs(10), ready).await;
+    assert_eq!(
+        subnets(&second),
+        vec!["10.215.0.0/24"],
+        "a restart keeps the subnet where the running network has it"
+    );
+
+    api.patch(
+        "first",
+        &PatchParams::apply("other-controller"),
+        &Patch::Apply(
+            &json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerNetwork",
+            "metadata": {"name": "first", "finalizers": []}}),
+        ),
+    )
+    .await
+    .expect("other finalizer off");
+    wait_for(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { Ok(api.get_opt("first").await?.is_none().then_some(())) }
+    })
+    .await
+    .expect("first gone");
+}
+
 #[tokio::test]
 async fn deletion_waits_until_no_node_reports_the_network() {
     let client = fresh_cluster().await;

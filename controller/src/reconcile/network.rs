@@ -532,6 +532,23 @@ async fn cleanup(net: &ContainerNetwork, ctx: &Context) -> Result<Action> {
         // Endpoint and node changes trigger a reconcile at once; this is the backstop.
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    // The subnets are free only once no API object records them. Until the finalizer is
+    // off and the object gone (a kill, an API outage or another finalizer can keep it), the
+    // status still names them, and a restarted controller restores them from it, oldest
+    // network first: it would take them back from a newer network handed them meanwhile,
+    // whose agents and endpoints already use them. So the record goes before the memory.
+    let previous = net.status.clone().unwrap_or_default();
+    let mut released = network_status(
+        net,
+        &Outcome::default(),
+        &previous,
+        0,
+        0,
+        &[],
+        Some("deleting: subnets released".into()),
+    );
+    released.endpoints = 0;
+    write_status(net, &previous, released, ctx).await?;
     release_allocation(ctx, &name);
     ctx.last_rollup_write
         .lock()
