@@ -383,7 +383,11 @@ async fn network_node_with_bad_underlay_address_is_refused() {
 
 #[tokio::test]
 async fn examples_are_accepted_by_the_api_server() {
-    connect().await.expect("API server (CRDs installed)");
+    let client = connect().await.expect("API server (CRDs installed)");
+    // A dry-run apply is checked against what exists: an object of the same name left by
+    // another test (a ContainerService `web` on another network, say) would be refused as a
+    // change of an immutable field. The examples are judged on an empty cluster.
+    weft_e2e::reset(&client).await.expect("reset");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let out = tokio::process::Command::new("kubectl")
         .args(["apply", "--dry-run=server", "-f"])
