@@ -93,13 +93,22 @@ async fn main() -> anyhow::Result<()> {
     let resolvers = NodeResolvers::watch(args.resolv_conf.clone());
     let server = Server::new(store, limits, resolvers, args.max_forwards);
     tracing::info!(feed = %args.feed.display(), "weft-dns started");
+    let retirer = server.retirer();
+    let running = tokio::spawn(server.run(args.cluster_listen));
     tokio::select! {
-        () = server.run(args.cluster_listen) => {}
+        _ = running => return Ok(()),
         _ = tokio::signal::ctrl_c() => {}
         _ = terminated() => {}
     }
+    // An upgrade's successor is already bound beside us: hand the port over, answer what is
+    // queued, then go.
+    retirer.send_replace(true);
+    tokio::time::sleep(RETIRE_DRAIN).await;
     Ok(())
 }
+
+/// How long a retiring server keeps answering the queries queued before it left its ports.
+const RETIRE_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn terminated() -> std::io::Result<()> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?

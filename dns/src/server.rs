@@ -5,6 +5,12 @@
 //! Every socket is bound with IP_FREEBIND (an address the agent has not configured yet still
 //! binds; packets arrive once it exists) and SO_REUSEPORT (a new server process binds beside
 //! the old one, so an upgrade never leaves the port closed).
+//!
+//! A server told to go ([`Server::retirer`]) first leaves its UDP sockets' SO_REUSEPORT
+//! groups, by connecting each socket to its own address: the kernel never picks a connected
+//! socket for another peer's datagram, so new queries go to the successor bound beside it,
+//! while the ones already queued here are still read and answered. Closing at once would
+//! drop that queue (a query lost per upgrade, now and then).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,7 +21,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
@@ -47,6 +53,8 @@ pub struct Server {
     pub node_resolvers: NodeResolvers,
     pub forwarder: Forwarder,
     tcp_slots: Arc<Semaphore>,
+    /// `true` once the process is going: see the module's comment.
+    retiring: Arc<watch::Sender<bool>>,
 }
 
 /// Queries one TCP connection may carry before it is closed.
@@ -92,7 +100,14 @@ impl Server {
             limits,
             node_resolvers,
             forwarder: Forwarder::new(max_forwards),
+            retiring: Arc::new(watch::Sender::new(false)),
         }
+    }
+
+    /// What tells the listeners the process is going (send `true`, then give the queued
+    /// queries a moment before exiting).
+    pub fn retirer(&self) -> Arc<watch::Sender<bool>> {
+        self.retiring.clone()
     }
 
     /// Keep one listener pair per wanted address for ever, following the data.
@@ -164,11 +179,18 @@ impl Server {
             Via::Sandbox(_) => 4,
             Via::Gateway(_) | Via::Cluster(_) => BATCH,
         });
+        let mut retiring = self.retiring.subscribe();
+        let mut retired = false;
         loop {
-            let Ok(received) = sock
-                .async_io(Interest::READABLE, || batch.receive(sock.as_fd()))
-                .await
-            else {
+            let received = tokio::select! {
+                received = sock.async_io(Interest::READABLE, || batch.receive(sock.as_fd())) => received,
+                _ = retiring.changed(), if !retired => {
+                    retired = true;
+                    leave_reuseport_group(&sock, &via).await;
+                    continue;
+                }
+            };
+            let Ok(received) = received else {
                 continue;
             };
             // One index for the whole batch: a change lands between batches.
@@ -297,5 +319,18 @@ impl Server {
                 .map_err(std::io::Error::other)??;
         }
         Ok(())
+    }
+}
+
+/// Connect `sock` to its own address: it stays open for what is queued, and the kernel's
+/// SO_REUSEPORT lookup passes it over for every other peer from now on.
+async fn leave_reuseport_group(sock: &UdpSocket, via: &Via) {
+    let left = match sock.local_addr() {
+        Ok(own) => sock.connect(own).await,
+        Err(e) => Err(e),
+    };
+    match left {
+        Ok(()) => tracing::debug!(?via, "retiring: new queries go to the successor"),
+        Err(e) => tracing::warn!(?via, error = %e, "retiring: cannot leave the port group"),
     }
 }
