@@ -73,10 +73,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-#[tokio::test]
-async fn endpoint_drift_is_repaired_by_events_per_kind() {
-    let cluster = Cluster::start(1).await.expect("cluster");
-    let node = &cluster.nodes[0];
+/// The bridge network `web` (10.0.0.0/24) with containers `a` and `b` attached and Ready.
+struct Web {
+    a: Netns,
+    b: Netns,
+    /// `a`'s address and `b`'s (its peer).
+    address: String,
+    peer: String,
+}
+
+async fn two_on_web(cluster: &Cluster) -> Web {
     cluster
         .network(
             "web",
@@ -96,6 +102,25 @@ async fn endpoint_drift_is_repaired_by_events_per_kind() {
         .expect("attach b");
     let address = cluster.endpoint_address("a").await.expect("a ready");
     let peer = cluster.endpoint_address("b").await.expect("b ready");
+    Web {
+        a,
+        b,
+        address,
+        peer,
+    }
+}
+
+#[tokio::test]
+async fn endpoint_drift_is_repaired_by_events_per_kind() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let node = &cluster.nodes[0];
+    // `b` is held: dropping it would delete its namespace.
+    let Web {
+        a,
+        b: _b,
+        address,
+        peer,
+    } = two_on_web(&cluster).await;
     let gateway = "10.0.0.1";
     let host = host_interface(&id("a"));
     let bridge = names::bridge("web");
@@ -269,25 +294,12 @@ async fn a_drift_that_cannot_be_repaired_is_in_the_status_until_it_can() {
 #[tokio::test]
 async fn endpoints_lose_no_ping_across_an_agent_sigkill_and_restart() {
     let mut cluster = Cluster::start(1).await.expect("cluster");
-    cluster
-        .network(
-            "web",
-            json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"]}}),
-        )
-        .await
-        .expect("network");
-    let a = cluster.container("a").expect("a");
-    let b = cluster.container("b").expect("b");
-    cluster
-        .attach("a", "web", 0, &a, json!({}))
-        .await
-        .expect("attach a");
-    cluster
-        .attach("b", "web", 0, &b, json!({}))
-        .await
-        .expect("attach b");
-    let peer = cluster.endpoint_address("b").await.expect("b");
-    cluster.endpoint_address("a").await.expect("a");
+    let Web {
+        a,
+        b,
+        peer,
+        address: _,
+    } = two_on_web(&cluster).await;
     assert!(reachable(&a, &peer, SETTLE).await, "a cannot reach b");
 
     let to_peer = Pinger::start(&a, &peer, 8).expect("ping b");
