@@ -46,6 +46,11 @@ impl Daemon {
         self.child.kill().await.context("killing the daemon")
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The process id, for tests that read /proc.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()

@@ -204,7 +204,7 @@ pub async fn run(client: Client, cfg: Config, metrics: Arc<Metrics>) -> anyhow::
         wireguard: Default::default(),
     };
     let service_names = names.as_deref().map(dns::Names::services);
-    let wireguard = wireguard::Identity::load(&cfg.state_dir, published)?;
+    let wireguard = wireguard::Identity::load(&cfg.state_dir, published);
     let mut agent = Agent {
         names,
         client,

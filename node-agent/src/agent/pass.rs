@@ -162,6 +162,8 @@ impl Agent {
     }
 
     async fn pass_inner(&mut self, n: u64) -> anyhow::Result<PassReport> {
+        // A WireGuard rotation file that could not be read may have been mended by hand.
+        self.wireguard.reread(&self.cfg.state_dir);
         // One snapshot of the nodes for the whole pass: the WireGuard acknowledgements it
         // publishes must describe the FDB entries it applied (a peer retires a key on them).
         let nodes = self.nodes.state();

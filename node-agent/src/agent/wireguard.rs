@@ -148,6 +148,11 @@ pub(super) struct Identity {
     rotation: Rotation,
     /// Whether `rotation` is in its file yet.
     stored: bool,
+    /// Why the rotation's file could not be read. Until it can (it is read again before
+    /// every pass), WireGuard is left as the kernel has it, nothing is written over the
+    /// file, and every encrypted network reports this (fail closed) — a bad file is not
+    /// worth a crash loop that takes the node's other networks down with it.
+    unreadable: Option<String>,
     private_keys: [Option<[u8; 32]>; 2],
     public_keys: [Option<[u8; 32]>; 2],
     /// What this node's NetworkNode spec says (what `register` last wrote).
@@ -262,33 +267,86 @@ pub(super) fn peers(
     out
 }
 
+/// The rotation's state from its file: `(state, whether the file exists)`.
+fn read_state(state_dir: &Path) -> anyhow::Result<(Rotation, bool)> {
+    let path = state_path(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let rotation: Rotation = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a WireGuard rotation state; restore it, or delete it and the key files to start with new keys",
+                    path.display()
+                )
+            })?;
+            Ok((rotation, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Rotation::default(), false)),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The slots the key files on disk say exist, for when the rotation's file cannot be read:
+/// one key is that slot, steady; both are a rotation (which one sends is unknown, so both
+/// links stay).
+fn inferred_rotation(state_dir: &Path) -> Rotation {
+    let has = |slot| key_path(state_dir, slot).exists();
+    match (has(0), has(1)) {
+        (false, true) => Rotation {
+            active: 1,
+            ..Rotation::default()
+        },
+        (true, true) => Rotation {
+            phase: Phase::Introducing,
+            ..Rotation::default()
+        },
+        _ => Rotation::default(),
+    }
+}
+
 impl Identity {
     /// Before the first configuration: the rotation's state from its file (none yet: slot
-    /// 0, steady) and what the API holds from an earlier run.
-    pub(super) fn load(
-        state_dir: &Path,
-        published: Option<WireguardIdentity>,
-    ) -> anyhow::Result<Self> {
-        let path = state_path(state_dir);
-        let (rotation, stored) = match std::fs::read_to_string(&path) {
-            Ok(text) => (
-                serde_json::from_str(&text).with_context(|| {
-                    format!(
-                        "{} is not a WireGuard rotation state; restore it, or delete it and the key files to start with new keys",
-                        path.display()
-                    )
-                })?,
-                true,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Rotation::default(), false),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        Ok(Self {
-            rotation,
-            stored,
+    /// 0, steady) and what the API holds from an earlier run. A file that cannot be read is
+    /// reported, not fatal (see `unreadable`).
+    pub(super) fn load(state_dir: &Path, published: Option<WireguardIdentity>) -> Self {
+        let mut id = Self {
             published,
             ..Self::default()
-        })
+        };
+        id.read(state_dir);
+        id
+    }
+
+    /// Read the rotation's file again if it could not be read before (each pass, before
+    /// it plans); returns whether that changed the key slots the plan must have.
+    pub(super) fn reread(&mut self, state_dir: &Path) -> bool {
+        if self.unreadable.is_none() {
+            return false;
+        }
+        let before = self.slots();
+        self.read(state_dir);
+        self.slots() != before
+    }
+
+    fn read(&mut self, state_dir: &Path) {
+        match read_state(state_dir) {
+            Ok((rotation, stored)) => {
+                if self.unreadable.take().is_some() {
+                    tracing::info!("WireGuard rotation state readable again");
+                }
+                self.rotation = rotation;
+                self.stored = stored;
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.unreadable.as_ref() != Some(&why) {
+                    tracing::error!(error = %why, "WireGuard left as it is");
+                }
+                // Keep every link a key file says exists: removing the one that carries
+                // the traffic would not make anything safer.
+                self.rotation = inferred_rotation(state_dir);
+                self.unreadable = Some(why);
+            }
+        }
     }
 
     /// The key slots the plan must have.
@@ -319,6 +377,9 @@ impl Identity {
         nodes: &[std::sync::Arc<NetworkNode>],
         applied: bool,
     ) -> anyhow::Result<(WireguardIdentity, bool)> {
+        if let Some(why) = &self.unreadable {
+            anyhow::bail!("{why}");
+        }
         let identities = peer_identities(nodes, node);
         let peers = peers(&identities);
         let slots = self.rotation.slots();
@@ -631,9 +692,10 @@ mod tests {
     }
 
     #[test]
-    fn the_rotation_state_survives_a_restart_and_bad_state_is_refused() {
+    fn the_rotation_state_survives_a_restart_and_bad_state_is_reported_and_left_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut id = Identity::load(dir.path(), None).expect("fresh");
+        let mut id = Identity::load(dir.path(), None);
+        assert_eq!(id.unreadable, None);
         assert_eq!(id.slots(), Slots::default());
         let introducing = Rotation {
             active: 0,
@@ -647,7 +709,7 @@ mod tests {
         assert!(!key_path(dir.path(), 1).exists());
         let fresh = load_or_create_key(&key_path(dir.path(), 1)).expect("fresh");
         assert_ne!(stale, fresh);
-        let again = Identity::load(dir.path(), None).expect("reloaded");
+        let again = Identity::load(dir.path(), None);
         assert_eq!(again.rotation, introducing);
         // Switched, then retired: the old slot's key file goes.
         id.advance(
@@ -678,8 +740,41 @@ mod tests {
         );
         assert_eq!(mode & 0o777, 0o600);
 
+        // A file that cannot be read: reported, the links the key files name kept (here
+        // slot 1's alone), the file not written over; read again until it can be.
         std::fs::write(state_path(dir.path()), "{").expect("write");
-        let err = Identity::load(dir.path(), None).expect_err("refused");
-        assert!(format!("{err:#}").contains("wireguard.state"), "{err:#}");
+        let mut broken = Identity::load(dir.path(), None);
+        let why = broken.unreadable.clone().expect("reported");
+        assert!(why.contains("wireguard.state"), "{why}");
+        let only_slot_1 = Slots {
+            active: 1,
+            rotating: false,
+        };
+        assert_eq!(broken.slots(), only_slot_1);
+        assert!(!broken.reread(dir.path()));
+        assert_eq!(
+            std::fs::read_to_string(state_path(dir.path())).expect("state"),
+            "{"
+        );
+        load_or_create_key(&key_path(dir.path(), 0)).expect("both keys");
+        let both = Identity::load(dir.path(), None);
+        assert_eq!(
+            both.slots(),
+            Slots {
+                active: 0,
+                rotating: true
+            }
+        );
+        let restored = Rotation {
+            active: 1,
+            phase: Phase::Retiring,
+            handled: Some("t".into()),
+        };
+        let text = serde_json::to_string(&restored).expect("json");
+        std::fs::write(state_path(dir.path()), text).expect("restore");
+        assert!(broken.reread(dir.path()), "now rotating: the plan changes");
+        assert_eq!(broken.unreadable, None);
+        assert_eq!(broken.rotation, restored);
+        assert!(!broken.reread(dir.path()));
     }
 }
