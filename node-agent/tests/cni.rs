@@ -568,6 +568,91 @@ async fn right_after_a_del_the_same_name_address_and_port_attach_again() {
     assert_eq!(add.code, 0, "address and port not free again: {}", add.out);
 }
 
+/// An address DEL freed is not given to another container while the DELeted one's object
+/// still shows it — here a finalizer keeps the object, in the chaos soak that found it an
+/// API outage did (op 8479: two objects with one address) — not even after an agent
+/// restart; once the object has left, it is the lowest free address again.
+#[tokio::test]
+async fn an_address_is_not_given_again_while_the_deleted_containers_object_shows_it() {
+    let mut cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    let first = cluster.container("first").expect("sandbox");
+    let add = cni(&cluster, "ADD", "first", Some(&first), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    let held = address_of(&add);
+    cluster
+        .wait_endpoint("pod-first", "True", Duration::from_secs(20))
+        .await
+        .expect("endpoint");
+    let finalizers =
+        |list: Vec<&str>| kube::api::Patch::Merge(json!({"metadata": {"finalizers": list}}));
+    let pp = kube::api::PatchParams::default();
+    api.patch("pod-first", &pp, &finalizers(vec!["test.weft.dev/hold"]))
+        .await
+        .expect("finalizer");
+    assert_eq!(cni(&cluster, "DEL", "first", Some(&first), CONFIG).code, 0);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal_records(&cluster) > 0 || !host_ends(&cluster).is_empty() {
+        assert!(Instant::now() < deadline, "the teardown never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shown = api.get("pod-first").await.expect("kept by its finalizer");
+    assert!(shown.metadata.deletion_timestamp.is_some());
+
+    let second = cluster.container("second").expect("sandbox");
+    let add = cni(&cluster, "ADD", "second", Some(&second), CONFIG);
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert_ne!(
+        address_of(&add),
+        held,
+        "given while pod-first still shows it"
+    );
+    cluster.kill_agent(0).await.expect("kill agent");
+    cluster.start_agent(0).expect("start agent");
+    let third = cluster.container("third").expect("sandbox");
+    let mut add = cni(&cluster, "ADD", "third", Some(&third), CONFIG);
+    for _ in 0..100 {
+        if add.code == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        add = cni(&cluster, "ADD", "third", Some(&third), CONFIG);
+    }
+    assert_eq!(add.code, 0, "{}", add.out);
+    assert_ne!(
+        address_of(&add),
+        held,
+        "given after a restart while pod-first shows it"
+    );
+
+    api.patch("pod-first", &pp, &finalizers(vec![]))
+        .await
+        .expect("finalizer removed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fourth = cluster.container("fourth").expect("sandbox");
+    loop {
+        let add = cni(&cluster, "ADD", "fourth", Some(&fourth), CONFIG);
+        assert_eq!(add.code, 0, "{}", add.out);
+        if address_of(&add) == held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{held} not free again after pod-first left"
+        );
+        assert_eq!(
+            cni(&cluster, "DEL", "fourth", Some(&fourth), CONFIG).code,
+            0
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (name, sandbox) in [("second", &second), ("third", &third), ("fourth", &fourth)] {
+        assert_eq!(cni(&cluster, "DEL", name, Some(sandbox), CONFIG).code, 0);
+    }
+}
+
 /// Weft's release group (`kernel::endpoint::RELEASE_GROUP`): where DEL leaves the host ends
 /// it took out of service until their deletion.
 const RELEASE_GROUP: &str = "2003134068";

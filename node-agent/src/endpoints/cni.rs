@@ -9,7 +9,7 @@ use weft_cni::proto::{self, AttachmentId, Failure, codes};
 
 use super::manager::Endpoints;
 use super::plan;
-use super::state::{Tombstone, lock, publications};
+use super::state::{lock, publications};
 use super::translate::{cni_dns, cni_request, cni_result, failure, nameserver, problem_failure};
 use super::{Attachment, EndpointId};
 use crate::drivers::{self, EndpointShape};
@@ -77,9 +77,7 @@ impl Endpoints {
                     st.ensured.remove(&old.id);
                     stale = Some(old);
                 }
-                if st.tombstones.remove(&request.id).is_some() {
-                    let _ = self.journal.remove_tombstone(&request.id);
-                }
+                st.drop_tombstone(&self.journal, &request.id);
                 admitted = st.admit(&self.node, &self.journal, &request);
             }
             (stale, existing.unwrap_or(request.id.clone()), admitted)
@@ -204,11 +202,7 @@ impl Endpoints {
         id: &EndpointId,
     ) -> Result<Option<Attachment>, Failure> {
         {
-            let mut st = lock(&self.state);
-            st.tombstones.insert(id.clone(), Tombstone::now());
-            if let Err(e) = self.journal.save_tombstone(id) {
-                tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
-            }
+            lock(&self.state).put_tombstone(&self.journal, id);
         }
         // Held until the attachment is forgotten: a pass repairing it in between would
         // bring the interface back after DEL answered.

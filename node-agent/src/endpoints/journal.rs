@@ -7,10 +7,32 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::{Attachment, EndpointId};
 
 pub struct Journal {
     dir: PathBuf,
+}
+
+/// A CNI DEL's record until the endpoint's object has left the API: which endpoint, and the
+/// address its object still shows, held until then (the file of an earlier version, the
+/// id alone, reads as holding nothing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TombstoneRecord {
+    #[serde(flatten)]
+    pub id: EndpointId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldAddress>,
+}
+
+/// An address kept from other endpoints for a detached one whose object still shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldAddress {
+    pub network: String,
+    pub network_uid: String,
+    pub address: std::net::IpAddr,
 }
 
 impl Journal {
@@ -57,10 +79,11 @@ impl Journal {
     }
 
     /// Remember that an endpoint was detached through CNI until its ContainerEndpoint has
-    /// left the API, so a restarted agent does not attach it again from the object.
-    pub fn save_tombstone(&self, id: &EndpointId) -> std::io::Result<()> {
-        let path = self.path(id).with_extension("deleted");
-        let data = serde_json::to_vec(id).map_err(std::io::Error::other)?;
+    /// left the API, so a restarted agent does not attach it again from the object, nor
+    /// give the address the object still shows to another endpoint.
+    pub fn save_tombstone(&self, record: &TombstoneRecord) -> std::io::Result<()> {
+        let path = self.path(&record.id).with_extension("deleted");
+        let data = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         std::fs::write(path, data)
     }
 
@@ -71,7 +94,7 @@ impl Journal {
         }
     }
 
-    pub fn load_tombstones(&self) -> Vec<EndpointId> {
+    pub fn load_tombstones(&self) -> Vec<TombstoneRecord> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };

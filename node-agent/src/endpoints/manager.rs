@@ -420,7 +420,7 @@ impl Endpoints {
     pub(super) fn forget(&self, id: &EndpointId) -> Option<Attachment> {
         let mut st = lock(&self.state);
         let att = st.attachments.remove(id)?;
-        st.ipam.release(&att.network_uid, &id.to_string());
+        st.free_address(&self.journal, &att);
         st.ensured.remove(id);
         st.replan_sandbox(&att.sandbox);
         st.problems.remove(id);

@@ -12,7 +12,7 @@ use weft_api::ContainerEndpoint;
 
 use super::drift;
 use super::ipam::NodeIpam;
-use super::journal::Journal;
+use super::journal::{HeldAddress, Journal, TombstoneRecord};
 use super::plan::{self, address_problem, derive_mac};
 use super::sandbox::SandboxPolicy;
 use super::translate::{cni_id_of, of_an_earlier_sandbox, remote_endpoints, request_of};
@@ -39,10 +39,13 @@ pub struct Work {
     pub(super) garbage: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Tombstone {
     seen: bool,
     since: std::time::Instant,
+    /// The address the endpoint had, kept from other endpoints while its object (which
+    /// may still show it: the API unreachable) has not left.
+    held: Option<HeldAddress>,
 }
 
 impl Tombstone {
@@ -50,6 +53,14 @@ impl Tombstone {
         Tombstone {
             seen: false,
             since: std::time::Instant::now(),
+            held: None,
+        }
+    }
+
+    fn record(&self, id: &EndpointId) -> TombstoneRecord {
+        TombstoneRecord {
+            id: id.clone(),
+            held: self.held.clone(),
         }
     }
 }
@@ -100,8 +111,25 @@ impl State {
         facts: &NodeFacts,
     ) {
         let st = self;
-        for id in journal.load_tombstones() {
-            st.tombstones.insert(id, Tombstone::now());
+        for record in journal.load_tombstones() {
+            if let Some(held) = &record.held
+                && let Some(net) = networks
+                    .get(&held.network)
+                    .filter(|n| n.uid == held.network_uid)
+                && let Ok(Some(space)) = drivers::of(net).address_space(net, facts)
+                && let Err(e) =
+                    st.ipam
+                        .restore(&net.uid, &space, &record.id.to_string(), held.address)
+            {
+                tracing::warn!(endpoint = %record.id, error = %e, "could not hold a detached endpoint's address again");
+            }
+            st.tombstones.insert(
+                record.id,
+                Tombstone {
+                    held: record.held,
+                    ..Tombstone::now()
+                },
+            );
         }
         let mut records = journal.load();
         let journaled: BTreeSet<EndpointId> = records.iter().map(|a| a.id.clone()).collect();
@@ -245,17 +273,21 @@ impl State {
             }
             wanted.insert(id, request_of(cep));
         }
-        st.tombstones.retain(|id, t| {
-            let keep = if t.seen {
-                in_store.contains(id)
-            } else {
-                t.since.elapsed() < std::time::Duration::from_secs(60)
-            };
-            if !keep {
-                let _ = journal.remove_tombstone(id);
-            }
-            keep
-        });
+        let dropped: Vec<EndpointId> = st
+            .tombstones
+            .iter()
+            .filter(|(id, t)| {
+                if t.seen {
+                    !in_store.contains(*id)
+                } else {
+                    t.since.elapsed() >= std::time::Duration::from_secs(60)
+                }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &dropped {
+            st.drop_tombstone(journal, id);
+        }
 
         // Attachments no longer wanted go (CNI ones not yet mirrored into the API stay).
         let ids: Vec<EndpointId> = st.attachments.keys().cloned().collect();
@@ -300,7 +332,7 @@ impl State {
                 continue;
             }
             if let Some(att) = st.attachments.remove(&id) {
-                st.ipam.release(&att.network_uid, &id.to_string());
+                st.free_address(journal, &att);
                 st.ensured.remove(&id);
                 st.replan_sandbox(&att.sandbox);
                 work.detach.push(att);
@@ -442,6 +474,9 @@ impl State {
         let (address, gateway, mirror) = match &space {
             Some(space) => {
                 let requested = req.address.map(|r| space.in_allocated_family(r));
+                if let Some(want) = requested {
+                    give_up_held(&mut st.tombstones, &mut st.ipam, journal, &net.uid, want);
+                }
                 let addr = st
                     .ipam
                     .allocate(&net.uid, space, &owner, requested)
@@ -507,6 +542,51 @@ impl State {
         Ok(())
     }
 
+    /// Free a detached endpoint's address, unless a CNI DEL's tombstone stands for it: its
+    /// object may still show the address (the API unreachable when DEL came), and another
+    /// endpoint given it meanwhile would be a second object with that address. The
+    /// tombstone then holds it (on disk too, for a restart) until the object has left.
+    pub(super) fn free_address(&mut self, journal: &Journal, att: &Attachment) {
+        let owner = att.id.to_string();
+        match (self.tombstones.get_mut(&att.id), att.address) {
+            (Some(t), Some(addr)) if self.ipam.holds(&att.network_uid, &owner, addr.addr()) => {
+                t.held = Some(HeldAddress {
+                    network: att.network.clone(),
+                    network_uid: att.network_uid.clone(),
+                    address: addr.addr(),
+                });
+                if let Err(e) = journal.save_tombstone(&t.record(&att.id)) {
+                    tracing::warn!(endpoint = %att.id, error = %e, "cannot record the held address in the journal");
+                }
+            }
+            _ => self.ipam.release(&att.network_uid, &owner),
+        }
+    }
+
+    /// A CNI DEL's tombstone for `id` (a new one, or a DEL again: what it holds stays).
+    pub(super) fn put_tombstone(&mut self, journal: &Journal, id: &EndpointId) {
+        let held = self.tombstones.get(id).and_then(|t| t.held.clone());
+        let t = Tombstone {
+            held,
+            ..Tombstone::now()
+        };
+        if let Err(e) = journal.save_tombstone(&t.record(id)) {
+            tracing::warn!(endpoint = %id, error = %e, "cannot record the detach in the journal");
+        }
+        self.tombstones.insert(id.clone(), t);
+    }
+
+    /// The object is gone (or an ADD takes the name again): the tombstone goes, and with it
+    /// the address it held.
+    pub(super) fn drop_tombstone(&mut self, journal: &Journal, id: &EndpointId) {
+        if let Some(t) = self.tombstones.remove(id) {
+            if let Some(held) = t.held {
+                self.ipam.release(&held.network_uid, &id.to_string());
+            }
+            let _ = journal.remove_tombstone(id);
+        }
+    }
+
     /// An attachment came to or left `sandbox`, or changed its priority: the others there
     /// are checked again (the default route may move to or from them).
     pub(super) fn replan_sandbox(&mut self, sandbox: &str) {
@@ -561,4 +641,25 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
             sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
         })
         .collect()
+}
+
+/// An address asked for by name is given even while a tombstone holds it (a container
+/// started again with its fixed address must not wait for its old object to leave).
+fn give_up_held(
+    tombstones: &mut BTreeMap<EndpointId, Tombstone>,
+    ipam: &mut NodeIpam,
+    journal: &Journal,
+    network_uid: &str,
+    address: IpAddr,
+) {
+    let holder = tombstones.iter_mut().find(|(_, t)| {
+        t.held
+            .as_ref()
+            .is_some_and(|h| h.network_uid == network_uid && h.address == address)
+    });
+    if let Some((id, t)) = holder {
+        t.held = None;
+        ipam.release(network_uid, &id.to_string());
+        let _ = journal.save_tombstone(&t.record(id));
+    }
 }

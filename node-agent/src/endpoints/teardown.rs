@@ -154,7 +154,7 @@ impl Endpoints {
                 if st.attachments.contains_key(&att.id) {
                     continue;
                 }
-                st.ipam.release(&att.network_uid, &att.id.to_string());
+                st.free_address(&self.journal, att);
                 if let Err(e) = self.journal.remove(&att.id) {
                     tracing::warn!(endpoint = %att.id, error = %e, "cannot remove the endpoint's journal record");
                 }
