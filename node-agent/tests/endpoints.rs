@@ -1190,6 +1190,63 @@ async fn a_hand_written_endpoint_keeps_object_address_and_port_while_its_sandbox
     );
 }
 
+/// An endpoint whose address leaves its network's space on the node (here `ipRange`
+/// narrowed; in the chaos soak a subnet the controller moved after a crash, op 8719) is
+/// attached again with an address inside it — not left `Ready` on a link without its
+/// gateway — and reaches its gateway and a peer.
+#[tokio::test]
+async fn an_endpoint_whose_address_left_the_networks_range_is_given_a_new_one() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    let spec = |range: &str| json!({"driver": "bridge", "ipam": {"subnets": ["10.0.0.0/24"], "ipRange": range}});
+    cluster
+        .network("web", spec("10.0.0.0/25"))
+        .await
+        .expect("network");
+    let a = cluster.container("a").expect("a");
+    let b = cluster.container("b").expect("b");
+    cluster
+        .attach("a", "web", 0, &a, json!({}))
+        .await
+        .expect("attach a");
+    let before = cluster.endpoint_address("a").await.expect("a ready");
+    assert!(
+        before.starts_with("10.0.0.") && before != "10.0.0.1",
+        "{before}"
+    );
+
+    cluster
+        .network("web", spec("10.0.0.128/25"))
+        .await
+        .expect("narrowed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let now = cluster.endpoint_address("a").await.expect("a ready");
+        if now != before {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a kept {before}, outside 10.0.0.128/25"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let last: u8 = after.rsplit('.').next().unwrap_or("0").parse().unwrap_or(0);
+    assert!(last >= 128, "{after} is outside 10.0.0.128/25");
+    let inside = a
+        .exec(&["ip", "-4", "-o", "addr", "show"])
+        .unwrap_or_default();
+    assert!(inside.contains(&format!("{after}/24")), "{inside}");
+    assert!(!inside.contains(&format!("{before}/")), "{inside}");
+    cluster
+        .attach("b", "web", 0, &b, json!({}))
+        .await
+        .expect("attach b");
+    cluster.endpoint_address("b").await.expect("b ready");
+    assert!(reachable(&a, "10.0.0.1", SETTLE).await, "a: gateway");
+    let b_address = cluster.endpoint_address("b").await.expect("b");
+    assert!(reachable(&a, &b_address, SETTLE).await, "a: peer b");
+}
+
 /// The sandbox's IPv4 default routes, one line each.
 fn default_routes(ns: &weft_e2e::netns::Netns) -> Vec<String> {
     ns.exec(&["ip", "-4", "route", "show", "default"])

@@ -291,6 +291,8 @@ impl State {
 
         // Attachments no longer wanted go (CNI ones not yet mirrored into the API stay).
         let ids: Vec<EndpointId> = st.attachments.keys().cloned().collect();
+        // Each network's space once per pass (by uid), not once per endpoint.
+        let mut spaces: BTreeMap<String, Option<(IpNet, u8)>> = BTreeMap::new();
         for id in ids {
             let Some(att) = st.attachments.get(&id) else {
                 continue;
@@ -301,7 +303,13 @@ impl State {
                         && st
                             .networks
                             .get(&att.network)
-                            .is_some_and(|n| n.uid == att.network_uid)
+                            .filter(|n| n.uid == att.network_uid)
+                            .is_some_and(|n| {
+                                let space = spaces
+                                    .entry(n.uid.clone())
+                                    .or_insert_with(|| space_on_node(n, facts));
+                                still_fits(att, *space)
+                            })
                 }
                 Some(Err(_)) => false,
                 // A tombstone on a journaled attachment is a DEL whose teardown did not
@@ -641,6 +649,30 @@ pub(super) fn publications(st: &State) -> Vec<Publication> {
             sandbox_gone: st.gone.get(&a.id).is_some_and(|g| g.sandbox == a.sandbox),
         })
         .collect()
+}
+
+/// A network's range on this node and its subnet's prefix length, if it has addresses.
+fn space_on_node(net: &drivers::NetworkInput, facts: &NodeFacts) -> Option<(IpNet, u8)> {
+    match drivers::of(net).address_space(net, facts) {
+        Ok(Some(space)) => Some((space.range, space.subnet.prefix_len())),
+        // No space to compare with (not allocated yet, a spec problem): the network's own
+        // status says why; its endpoints are not moved for it.
+        _ => None,
+    }
+}
+
+/// Whether an attachment's address is still in its network's space on this node
+/// (`space_on_node`). It can leave it: the node's block or the network's subnet moved (a
+/// controller restored from statuses after a crash), or `ipRange` was narrowed. An
+/// endpoint outside is attached again with a new address rather than left `Ready` without
+/// a gateway on its link.
+fn still_fits(att: &Attachment, space: Option<(IpNet, u8)>) -> bool {
+    match (att.address, space) {
+        (Some(addr), Some((range, prefix))) => {
+            range.contains(&addr.addr()) && addr.prefix_len() == prefix
+        }
+        _ => true,
+    }
 }
 
 /// An address asked for by name is given even while a tombstone holds it (a container
