@@ -31,6 +31,7 @@ vm_tests! {
     vm_endpoints_two_vlans_on_one_parent_are_isolated => "weft-agent::endpoints", "two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan";
     vm_endpoints_ipvlan_l3_on_two_nodes => "weft-agent::endpoints", "ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_has_ipvlan";
     vm_endpoints_encrypted_overlay_on_two_nodes => "weft-agent::endpoints", "encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard";
+    vm_agent_unreadable_wireguard_rotation_file => "weft-agent::agent", "an_unreadable_wireguard_rotation_file_is_reported_not_a_crash_loop";
 }
 
 fn check(id: &str) {
