@@ -577,6 +577,8 @@ async fn an_address_is_not_given_again_while_the_deleted_containers_object_shows
     let mut cluster = Cluster::start(1).await.expect("cluster");
     pods_network(&cluster).await;
     let api: Api<ContainerEndpoint> = Api::namespaced(cluster.client.clone(), "default");
+    // The probe's teardown done first: its address free again, `first` gets the lowest.
+    teardowns_done(&cluster).await;
     let first = cluster.container("first").expect("sandbox");
     let add = cni(&cluster, "ADD", "first", Some(&first), CONFIG);
     assert_eq!(add.code, 0, "{}", add.out);
@@ -593,11 +595,7 @@ async fn an_address_is_not_given_again_while_the_deleted_containers_object_shows
         .expect("finalizer");
     assert_eq!(cni(&cluster, "DEL", "first", Some(&first), CONFIG).code, 0);
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while journal_records(&cluster) > 0 || !host_ends(&cluster).is_empty() {
-        assert!(Instant::now() < deadline, "the teardown never finished");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    teardowns_done(&cluster).await;
     let shown = api.get("pod-first").await.expect("kept by its finalizer");
     assert!(shown.metadata.deletion_timestamp.is_some());
 
@@ -650,6 +648,15 @@ async fn an_address_is_not_given_again_while_the_deleted_containers_object_shows
     }
     for (name, sandbox) in [("second", &second), ("third", &third), ("fourth", &fourth)] {
         assert_eq!(cni(&cluster, "DEL", name, Some(sandbox), CONFIG).code, 0);
+    }
+}
+
+/// Wait until every DEL's teardown has finished: no journal record, no host end left.
+async fn teardowns_done(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal_records(cluster) > 0 || !host_ends(cluster).is_empty() {
+        assert!(Instant::now() < deadline, "a teardown never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
