@@ -26,7 +26,7 @@ vm_tests! {
     vm_agent_ipvlan_network_is_programmed => "weft-agent::agent", "ipvlan_network_is_programmed_where_the_kernel_has_ipvlan";
     vm_endpoints_ipvlan_endpoints_on_two_nodes => "weft-agent::endpoints", "ipvlan_endpoints_on_two_nodes_where_the_kernel_has_ipvlan";
     vm_s06_macvlan_on_a_vlan_and_ipvlan => "weft-e2e::scenarios", "s06_macvlan_on_a_vlan_and_ipvlan_when_supported";
-    vm_s10_gitops_round_trip => "weft-e2e::scenarios", "s10_gitops_round_trip";
+    vm_agent_the_vlan_examples_are_programmed => "weft-agent::agent", "the_vlan_examples_are_programmed_where_the_kernel_has_vlan";
     vm_agent_vlan_network_waits_for_a_late_parent => "weft-agent::agent", "vlan_network_waits_for_a_late_parent_where_the_kernel_has_vlan";
     vm_endpoints_two_vlans_on_one_parent_are_isolated => "weft-agent::endpoints", "two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan";
     vm_endpoints_ipvlan_l3_on_two_nodes => "weft-agent::endpoints", "ipvlan_l3_endpoints_reach_each_other_and_their_node_where_the_kernel_has_ipvlan";
