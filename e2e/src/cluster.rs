@@ -418,6 +418,32 @@ pub async fn reachable_from(ns: &str, target: &str, within: Duration) -> bool {
     }
 }
 
+/// No ping from `ns` reaches `target` for `during` — not stretched by [`crate::patience`]:
+/// a slow machine makes waiting for something longer, not the proof that it never comes
+/// (the positive checks before it have already waited for the dataplane to settle).
+pub async fn stays_unreachable(ns: &Netns, target: &str, during: Duration) -> bool {
+    let deadline = std::time::Instant::now() + during;
+    let ping = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "ping",
+        "-c1",
+        "-W1",
+        target,
+    ];
+    loop {
+        if sh(&ping).is_ok() {
+            return false;
+        }
+        if std::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Start a tiny HTTP server on `port` inside `ns` that answers with `body` (python3's
 /// http.server; killed with the namespace).
 pub fn http_server(ns: &Netns, port: u16, body: &str) -> Result<()> {

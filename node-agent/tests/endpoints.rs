@@ -8,7 +8,9 @@ use serde_json::json;
 use weft_agent::endpoints::EndpointId;
 use weft_agent::endpoints::plan::host_interface;
 use weft_agent::names;
-use weft_e2e::cluster::{Cluster, OUTSIDE, http_get, http_get_within, http_server, reachable};
+use weft_e2e::cluster::{
+    Cluster, OUTSIDE, http_get, http_get_within, http_server, reachable, stays_unreachable,
+};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -348,15 +350,15 @@ async fn isolation_internal_and_icc() {
     );
 
     assert!(
-        !reachable(&c1, &a_c2, Duration::from_secs(2)).await,
+        stays_unreachable(&c1, &a_c2, Duration::from_secs(2)).await,
         "two networks must not talk"
     );
     assert!(
-        !reachable(&i1, OUTSIDE, Duration::from_secs(2)).await,
+        stays_unreachable(&i1, OUTSIDE, Duration::from_secs(2)).await,
         "internal must not leave"
     );
     assert!(
-        !reachable(&q1, &a_q2, Duration::from_secs(2)).await,
+        stays_unreachable(&q1, &a_q2, Duration::from_secs(2)).await,
         "ICC off must block peers"
     );
 }
@@ -719,11 +721,11 @@ async fn two_vlans_on_one_parent_are_isolated_where_the_kernel_has_vlan() {
         .exec(&["ip", "route", "add", "172.16.20.0/24", "dev", "eth0"])
         .expect("on-link route");
     assert!(
-        !reachable(&a10.0, &b20.1, Duration::from_secs(3)).await,
+        stays_unreachable(&a10.0, &b20.1, Duration::from_secs(3)).await,
         "VLAN 10 reached VLAN 20"
     );
     assert!(
-        !reachable(&a10.0, &a20.1, Duration::from_secs(3)).await,
+        stays_unreachable(&a10.0, &a20.1, Duration::from_secs(3)).await,
         "VLAN 10 reached VLAN 20 on the same node"
     );
     // VLAN 10 still works after that (the failures above are isolation, not a broken a10).
