@@ -150,7 +150,15 @@ struct Run {
     /// The operation under way (for the operation log).
     op: usize,
     report: ChaosReport,
+    /// When the last API outage ended.
+    outage_ended: Option<Instant>,
 }
+
+/// How long after an API outage an agent's watches may still be reconnecting: their backoff
+/// is capped at 8 s (`weft_daemon::watch::WatchBackoff::MAX`), so one that slept through the
+/// outage's end learns what changed meanwhile within that — another node's endpoint attached
+/// during the outage included. A quiet point is not quiet before then.
+const WATCH_RECONNECT: Duration = Duration::from_secs(8);
 
 const SETTLE: Duration = Duration::from_secs(30);
 /// At most this many networks and endpoints at a time.
@@ -183,6 +191,7 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport> {
         cluster,
         proxy,
         _proxy_dir: proxy_dir,
+        outage_ended: None,
         rng: Rng(cfg.seed),
         networks: BTreeMap::new(),
         endpoints: Vec::new(),
@@ -257,6 +266,7 @@ impl Run {
                 self.proxy.cut();
                 tokio::time::sleep(Duration::from_millis(1000 + self.rng.below(2000) as u64)).await;
                 self.proxy.restore();
+                self.outage_ended = Some(Instant::now());
                 "api-outage"
             }
             73..=76 => self.tamper_sandbox(
@@ -496,6 +506,10 @@ impl Run {
         self.report.quiet_points += 1;
         let api: Api<ContainerEndpoint> = Api::namespaced(self.cluster.client.clone(), "default");
         let nets: Api<ContainerNetwork> = Api::all(self.cluster.client.clone());
+        if let Some(ended) = self.outage_ended {
+            let reconnected = ended + WATCH_RECONNECT + Duration::from_millis(500);
+            tokio::time::sleep_until(reconnected.into()).await;
+        }
         // Settled: every endpoint we hold has a Ready condition that has not changed for a
         // while (Ready or a stable reason) — repairs are event-driven, so a second is plenty.
         let deadline = Instant::now() + crate::patience(SETTLE);
