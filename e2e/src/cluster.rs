@@ -405,7 +405,24 @@ pub async fn reachable(ns: &Netns, target: &str, within: Duration) -> bool {
 
 /// [`reachable`] from a namespace known by its name only.
 pub async fn reachable_from(ns: &str, target: &str, within: Duration) -> bool {
-    let deadline = std::time::Instant::now() + crate::patience(within);
+    ping_until(
+        ns,
+        target,
+        std::time::Instant::now() + crate::patience(within),
+    )
+    .await
+}
+
+/// No ping from `ns` reaches `target` for `during` — not stretched by [`crate::patience`]:
+/// a slow machine makes waiting for something longer, not the proof that it never comes
+/// (the positive checks before it have already waited for the dataplane to settle).
+pub async fn stays_unreachable(ns: &Netns, target: &str, during: Duration) -> bool {
+    !ping_until(ns.name(), target, std::time::Instant::now() + during).await
+}
+
+/// `ping -c1 -W1 target` from inside `ns` every 200 ms until one answers (true) or
+/// `deadline` has passed (false).
+async fn ping_until(ns: &str, target: &str, deadline: std::time::Instant) -> bool {
     let ping = ["ip", "netns", "exec", ns, "ping", "-c1", "-W1", target];
     loop {
         if sh(&ping).is_ok() {
@@ -413,32 +430,6 @@ pub async fn reachable_from(ns: &str, target: &str, within: Duration) -> bool {
         }
         if std::time::Instant::now() >= deadline {
             return false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// No ping from `ns` reaches `target` for `during` — not stretched by [`crate::patience`]:
-/// a slow machine makes waiting for something longer, not the proof that it never comes
-/// (the positive checks before it have already waited for the dataplane to settle).
-pub async fn stays_unreachable(ns: &Netns, target: &str, during: Duration) -> bool {
-    let deadline = std::time::Instant::now() + during;
-    let ping = [
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "ping",
-        "-c1",
-        "-W1",
-        target,
-    ];
-    loop {
-        if sh(&ping).is_ok() {
-            return false;
-        }
-        if std::time::Instant::now() >= deadline {
-            return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
