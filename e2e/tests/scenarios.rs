@@ -371,7 +371,7 @@ async fn s05_macvlan_two_nodes_and_host_shim() {
 // 6. vlan sub-interface and ipvlan: run where the kernel has them.
 #[tokio::test]
 async fn s06_macvlan_on_a_vlan_and_ipvlan_when_supported() {
-    for (kind, spec) in [
+    let kinds: Vec<(&str, serde_json::Value)> = [
         (
             "vlan",
             json!({"driver": "macvlan", "macvlan": {"parent": "eth0", "vlan": 10},
@@ -382,16 +382,27 @@ async fn s06_macvlan_on_a_vlan_and_ipvlan_when_supported() {
             json!({"driver": "ipvlan", "ipvlan": {"parent": "eth0", "mode": "l2"},
                 "ipam": {"subnets": ["192.0.2.0/24"], "gateway": OUTSIDE, "ipRange": "192.0.2.128/25"}}),
         ),
-    ] {
-        if !kernel_has(kind) {
+    ]
+    .into_iter()
+    .filter(|(kind, _)| {
+        let has = kernel_has(kind);
+        if !has {
             eprintln!(
                 "SKIP: s06 {kind} scenario: this kernel has no {kind} support (Unknown device type)"
             );
-            continue;
         }
-        let cluster = Cluster::start(2).await.expect("cluster");
-        cluster.network("lan", spec).await.expect("network");
-        let members = one_per_node(&cluster, "lan", "v").await;
+        has
+    })
+    .collect();
+    if kinds.is_empty() {
+        return;
+    }
+    // One cluster for both (a VLAN sub-interface and ipvlan children share the parent eth0).
+    let cluster = Cluster::start(2).await.expect("cluster");
+    for (kind, spec) in kinds {
+        let network = format!("lan-{kind}");
+        cluster.network(&network, spec).await.expect("network");
+        let members = one_per_node(&cluster, &network, &format!("{kind}-")).await;
         all_pairs_talk(&members).await;
         if kind == "vlan" {
             let links = cluster.nodes[0]
