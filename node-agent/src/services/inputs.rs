@@ -1,6 +1,6 @@
 //! API objects → the planner's [`ServiceInput`]s for one node (pure).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -66,12 +66,25 @@ pub fn service_inputs(
     endpoints: &[Arc<ContainerEndpoint>],
     addresses: &BTreeMap<String, Ipv4Addr>,
 ) -> Vec<ServiceInput> {
+    // Indexed once, so each service looks only at its own network's endpoints in its own
+    // namespace: O(services + endpoints) to find them, not O(services × endpoints).
+    let by_name: HashMap<String, &Arc<ContainerNetwork>> =
+        networks.iter().map(|n| (n.name_any(), n)).collect();
+    let mut members: HashMap<(Option<String>, &str), Vec<&Arc<ContainerEndpoint>>> = HashMap::new();
+    for ep in endpoints {
+        if ep.metadata.deletion_timestamp.is_none() {
+            members
+                .entry((ep.namespace(), ep.spec.network.as_str()))
+                .or_default()
+                .push(ep);
+        }
+    }
     let mut out = Vec::new();
     for svc in services {
         if svc.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(net) = networks.iter().find(|n| n.name_any() == svc.spec.network) else {
+        let Some(net) = by_name.get(&svc.spec.network) else {
             continue;
         };
         let subnets = v4_subnets(net);
@@ -97,11 +110,10 @@ pub fn service_inputs(
         let Ok(selector) = Selector::try_from(svc.spec.selector.clone()) else {
             continue;
         };
-        let ns = svc.namespace();
-        let mut eps: Vec<EndpointInput> = endpoints
-            .iter()
-            .filter(|ep| ep.namespace() == ns && ep.spec.network == svc.spec.network)
-            .filter(|ep| ep.metadata.deletion_timestamp.is_none())
+        let mut eps: Vec<EndpointInput> = members
+            .get(&(svc.namespace(), svc.spec.network.as_str()))
+            .into_iter()
+            .flatten()
             .filter(|ep| selector.matches(ep.labels()))
             .filter_map(|ep| {
                 Some(EndpointInput {
