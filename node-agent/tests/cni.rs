@@ -651,6 +651,44 @@ async fn an_address_is_not_given_again_while_the_deleted_containers_object_shows
     }
 }
 
+/// A container whose attachment is gone but whose ContainerEndpoint is not still takes the
+/// object with it when the runtime DELs it. In the chaos soak (seed 19, e2046, the only
+/// violation of the 10,000 operations) the network was deleted while the agent was down
+/// between the ADD and the object's creation; the restarted agent mirrored the attachment
+/// into an object, then dropped the attachment with the network, and the DEL found nothing
+/// and left the object for good. Here the object stands for that state directly: CNI's
+/// annotations, a network that does not exist, so no attachment.
+#[tokio::test]
+async fn a_del_takes_the_object_of_a_container_whose_attachment_is_gone() {
+    let cluster = Cluster::start(1).await.expect("cluster");
+    pods_network(&cluster).await;
+    let sandbox = cluster.container("ghost").expect("sandbox");
+    cluster
+        .apply(
+            json!({"apiVersion": "weft.dev/v1alpha1", "kind": "ContainerEndpoint",
+            "metadata": {"name": "pod-ghost", "namespace": "default", "annotations": {
+                "weft.dev/cni-container-id": "ghost", "weft.dev/cni-ifname": "eth0"}},
+            "spec": {"network": "gone", "node": cluster.nodes[0].name,
+                "sandbox": sandbox.path().display().to_string()}}),
+        )
+        .await
+        .expect("object");
+    cluster
+        .wait_endpoint("pod-ghost", "False", Duration::from_secs(20))
+        .await
+        .expect("not attached: no such network");
+    let del = cni(&cluster, "DEL", "ghost", Some(&sandbox), CONFIG);
+    assert_eq!(del.code, 0, "{}", del.out);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while object_exists(&cluster, "pod-ghost").await {
+        assert!(
+            Instant::now() < deadline,
+            "pod-ghost outlived its container's DEL"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Wait until every DEL's teardown has finished: no journal record, no host end left.
 async fn teardowns_done(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(10);

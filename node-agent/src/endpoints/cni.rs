@@ -186,11 +186,25 @@ impl Endpoints {
             if_name: req.if_name.clone(),
         };
         let found = {
-            let st = lock(&self.state);
-            st.attachments
+            let mut st = lock(&self.state);
+            let found = st
+                .attachments
                 .values()
                 .find(|a| a.cni.as_ref() == Some(&target))
-                .map(|a| a.id.clone())
+                .map(|a| a.id.clone());
+            // No attachment, but its object: the network was deleted under the container,
+            // which took the attachment. The object still leaves with the container.
+            if found.is_none()
+                && let Some(id) = st.cni_objects.get(&target).cloned()
+                && req
+                    .pod_namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == id.namespace)
+            {
+                st.put_tombstone(&self.journal, &id);
+                self.wake.notify_one();
+            }
+            found
         };
         let Some(id) = found else { return Ok(None) };
         self.remove_via_cni(&id).await

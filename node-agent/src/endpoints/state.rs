@@ -89,6 +89,10 @@ pub(super) struct State {
     pub networks: Networks,
     pub desired_node: Arc<KernelState>,
     pub facts: Option<NodeFacts>,
+    /// This node's ContainerEndpoints made for CNI attachments, by container and interface,
+    /// as of the last pass: a DEL finds by it an object whose attachment is already gone
+    /// (its network was deleted), so the object leaves with the container.
+    pub cni_objects: BTreeMap<weft_cni::proto::AttachmentId, EndpointId>,
     /// Who may attach which sandbox.
     pub sandboxes: SandboxPolicy,
     /// Where host ports are chosen for published ports that name none.
@@ -244,6 +248,7 @@ impl State {
         let mut wanted: BTreeMap<EndpointId, Result<EndpointRequest, Problem>> = BTreeMap::new();
         let mut remote = Vec::new();
         let mut in_store: BTreeSet<EndpointId> = BTreeSet::new();
+        st.cni_objects.clear();
         for cep in ceps {
             let id = EndpointId {
                 namespace: cep.namespace().unwrap_or_default(),
@@ -253,6 +258,9 @@ impl State {
             if cep.spec.node != node {
                 remote.extend(remote_endpoints(cep, &st.networks));
                 continue;
+            }
+            if let Some(cni) = cni_id_of(cep) {
+                st.cni_objects.insert(cni, id.clone());
             }
             if let Some(t) = st.tombstones.get_mut(&id) {
                 t.seen = true;
@@ -313,8 +321,17 @@ impl State {
                 }
                 Some(Err(_)) => false,
                 // A tombstone on a journaled attachment is a DEL whose teardown did not
-                // finish before the agent stopped: finish it.
-                None => att.cni.is_some() && !att.in_api && !st.tombstones.contains_key(&id),
+                // finish before the agent stopped: finish it. One whose network has gone is
+                // detached, not mirrored into the API.
+                None => {
+                    att.cni.is_some()
+                        && !att.in_api
+                        && !st.tombstones.contains_key(&id)
+                        && st
+                            .networks
+                            .get(&att.network)
+                            .is_some_and(|n| n.uid == att.network_uid)
+                }
             };
             if keep {
                 // A changed gwPriority moves the default route, not the attachment.
