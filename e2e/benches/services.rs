@@ -84,19 +84,11 @@ fn service(name: &str, selector: Value) -> Value {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The daemons' logs would drown the figures.
-    if std::env::var_os("RUST_LOG").is_none() {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var("RUST_LOG", "warn") };
-    }
-    tokio::runtime::Runtime::new()?.block_on(run())
+    weft_e2e::bench::main(run)
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let args = weft_e2e::bench::numeric_args();
     let rounds = args.first().copied().unwrap_or(100);
     let nodes = args.get(1).copied().unwrap_or(10);
     let services = args.get(2).copied().unwrap_or(100).max(1);

@@ -13,6 +13,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use weft_api::{AddressPool, ContainerEndpoint, ContainerNetwork, NetworkAllocation, NetworkNode};
 
+pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod daemon;
