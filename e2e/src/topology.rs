@@ -84,21 +84,7 @@ impl BridgeNode {
             .ports
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let port = format!("v{i}");
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "netns",
-            self.ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            sandbox.name(),
-        ])?;
+        self.veth_to(&port, sandbox)?;
         self.ns
             .exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
         self.ns.exec(&[
@@ -119,15 +105,13 @@ impl BridgeNode {
             .map(drop)
     }
 
-    /// A new "outside" namespace on uplink `name` of the node: the node has `node`/24 there,
-    /// the outside `outside`/24 and its default route via the node.
-    pub fn uplink(&self, name: &str, node: &str, outside: &str) -> Result<crate::netns::Netns> {
-        let out = crate::netns::Netns::new("out")?;
+    /// A veth pair: `port` in the node, `eth0` in `other`.
+    fn veth_to(&self, port: &str, other: &crate::netns::Netns) -> Result<()> {
         sh(&[
             "ip",
             "link",
             "add",
-            name,
+            port,
             "netns",
             self.ns.name(),
             "type",
@@ -136,8 +120,16 @@ impl BridgeNode {
             "name",
             "eth0",
             "netns",
-            out.name(),
-        ])?;
+            other.name(),
+        ])
+        .map(drop)
+    }
+
+    /// A new "outside" namespace on uplink `name` of the node: the node has `node`/24 there,
+    /// the outside `outside`/24 and its default route via the node.
+    pub fn uplink(&self, name: &str, node: &str, outside: &str) -> Result<crate::netns::Netns> {
+        let out = crate::netns::Netns::new("out")?;
+        self.veth_to(name, &out)?;
         let cidr = format!("{node}/24");
         self.ns.exec(&["ip", "addr", "add", &cidr, "dev", name])?;
         self.ns.exec(&["ip", "link", "set", name, "up"])?;
