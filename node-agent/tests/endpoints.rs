@@ -1695,6 +1695,7 @@ async fn encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("ping");
+    let pinging_since = std::time::Instant::now();
     let first: Vec<String> = {
         let mut keys = Vec::new();
         for node in &cluster.nodes {
@@ -1736,8 +1737,10 @@ async fn encrypted_overlay_endpoints_on_two_nodes_where_the_kernel_has_wireguard
         }
         rotations.push(t.elapsed());
     }
-    // The last replies come in, then the summary.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The last replies come in, then the summary — after at least 5 s of pings (500 at
+    // 10 ms, fewer under emulation): rotations faster than that would leave too few to tell.
+    let at_least = Duration::from_secs(5).saturating_sub(pinging_since.elapsed());
+    tokio::time::sleep(at_least.max(Duration::from_millis(500))).await;
     std::process::Command::new("kill")
         .args(["-INT", &pinger.id().to_string()])
         .status()
